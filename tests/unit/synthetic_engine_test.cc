@@ -1,0 +1,70 @@
+#include "workers/synthetic_engine.h"
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+
+namespace dsi {
+namespace {
+
+Token argmax_row(const Logits& l, int r) {
+  auto row = l.row(r);
+  return static_cast<Token>(std::max_element(row.begin(), row.end()) - row.begin());
+}
+
+TEST(SyntheticEngine, TargetTokenDependsOnWholeContextAndSurvivesRollback) {
+  SyntheticParams p{.seed = 7, .vocab = 50, .ttft_ms = 0, .forward_ms = 0};
+  SyntheticEngine e(p);
+  CancelFlag never;
+  std::vector<Token> ctx{1, 2, 3, 4};
+  Logits a = e.forward(ctx, 2, never);
+  ASSERT_EQ(a.n, 2);
+  const Token t3 = argmax_row(a, 0), t4 = argmax_row(a, 1);
+  e.truncate(3);
+  Logits b = e.forward(std::vector<Token>{4}, 1, never);
+  EXPECT_EQ(argmax_row(b, 0), t4);
+  e.truncate(2);
+  Logits c = e.forward(std::vector<Token>{3}, 1, never);
+  EXPECT_EQ(argmax_row(c, 0), t3);
+  // A different earlier token changes the prediction at this position (for almost every seed).
+  SyntheticEngine f(p);
+  Logits d = f.forward(std::vector<Token>{9, 2, 3}, 1, never);
+  EXPECT_NE(argmax_row(d, 0), t3);
+}
+
+TEST(SyntheticEngine, DrafterAgreesAtRateA) {
+  for (double a : {0.0, 0.5, 0.9, 1.0}) {
+    int agree = 0;
+    const int n = 20000;
+    uint64_t h = synthetic::start_hash(3);
+    for (int i = 0; i < n; ++i) {
+      h = synthetic::extend_hash(h, i % 17);
+      agree += synthetic::drafter_next(3, h, 64, a) == synthetic::target_next(3, h, 64);
+    }
+    EXPECT_NEAR(static_cast<double>(agree) / n, a, 0.015) << "a=" << a;
+  }
+}
+
+TEST(SyntheticEngine, CancelStopsForwardPromptlyAndKeepsCache) {
+  SyntheticParams p{.ttft_ms = 500, .forward_ms = 500};
+  SyntheticEngine e(p);
+  CancelFlag flag;
+  flag.cancel();
+  auto t0 = std::chrono::steady_clock::now();
+  EXPECT_THROW(e.forward(std::vector<Token>{1, 2}, 1, flag), Cancelled);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(100));
+  EXPECT_EQ(e.kv_len(), 0);
+}
+
+TEST(SyntheticEngine, KvExportImportReproducesPredictions) {
+  SyntheticParams p{.seed = 11, .vocab = 32, .ttft_ms = 0, .forward_ms = 0};
+  SyntheticEngine a(p), b(p);
+  CancelFlag never;
+  a.forward(std::vector<Token>{5, 6, 7}, 0, never);
+  b.import_kv(a.export_kv(0, 3));
+  EXPECT_EQ(argmax_row(a.forward(std::vector<Token>{8}, 1, never), 0),
+            argmax_row(b.forward(std::vector<Token>{8}, 1, never), 0));
+}
+
+}  // namespace
+}  // namespace dsi
