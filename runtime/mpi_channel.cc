@@ -1,0 +1,82 @@
+#include "runtime/mpi_channel.h"
+
+#include <algorithm>
+#include <thread>
+
+namespace dsi {
+namespace {
+constexpr int kControlTag = 17;
+}
+
+MpiChannel::MpiChannel(MPI_Comm comm, int poll_max_us) : poll_max_us_(std::max(1, poll_max_us)) {
+  MPI_Comm_dup(comm, &comm_);
+  MPI_Comm_rank(comm_, &rank_);
+  MPI_Comm_size(comm_, &size_);
+}
+
+MpiChannel::~MpiChannel() {
+  flush(Clock::now() + std::chrono::milliseconds(500));
+  std::lock_guard lk(send_mu_);
+  for (auto& [req, buf] : pending_) {
+    MPI_Cancel(&req);
+    MPI_Request_free(&req);
+  }
+  pending_.clear();
+  MPI_Comm_free(&comm_);
+}
+
+void MpiChannel::reap_locked() {
+  for (auto it = pending_.begin(); it != pending_.end();) {
+    int done = 0;
+    MPI_Test(&it->first, &done, MPI_STATUS_IGNORE);
+    it = done ? pending_.erase(it) : std::next(it);
+  }
+}
+
+void MpiChannel::send(int dst, const Message& m) {
+  std::lock_guard lk(send_mu_);
+  reap_locked();
+  auto& [req, buf] = pending_.emplace_back(MPI_REQUEST_NULL, encode(m));
+  MPI_Isend(buf.data(), static_cast<int>(buf.size()), MPI_BYTE, dst, kControlTag, comm_, &req);
+}
+
+bool MpiChannel::flush(Clock::time_point deadline) {
+  for (;;) {
+    {
+      std::lock_guard lk(send_mu_);
+      reap_locked();
+      if (pending_.empty()) return true;
+    }
+    if (Clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(std::chrono::microseconds(100));
+  }
+}
+
+std::optional<Envelope> MpiChannel::recv(Clock::time_point deadline) {
+  std::lock_guard lk(recv_mu_);
+  int sleep_us = 1;
+  for (;;) {
+    int flag = 0;
+    MPI_Status st;
+    MPI_Iprobe(MPI_ANY_SOURCE, kControlTag, comm_, &flag, &st);
+    if (flag) {
+      int count = 0;
+      MPI_Get_count(&st, MPI_BYTE, &count);
+      std::vector<uint8_t> buf(count);
+      MPI_Recv(buf.data(), count, MPI_BYTE, st.MPI_SOURCE, kControlTag, comm_, MPI_STATUS_IGNORE);
+      return Envelope{st.MPI_SOURCE, decode(buf)};
+    }
+    {
+      // Completing sends here too keeps buffers from piling up on a rank that mostly listens.
+      std::lock_guard slk(send_mu_);
+      reap_locked();
+    }
+    const auto now = Clock::now();
+    if (now >= deadline) return std::nullopt;
+    const auto nap = std::min<Clock::duration>(std::chrono::microseconds(sleep_us), deadline - now);
+    std::this_thread::sleep_for(nap);
+    sleep_us = std::min(sleep_us * 2, poll_max_us_);
+  }
+}
+
+}  // namespace dsi

@@ -1,0 +1,161 @@
+#include "runtime/simulator.h"
+
+#include <algorithm>
+#include <functional>
+#include <map>
+#include <queue>
+#include <stdexcept>
+
+namespace dsi {
+namespace {
+
+uint64_t hash_of(uint64_t seed, const std::vector<Token>& seq, size_t n) {
+  uint64_t h = synthetic::start_hash(seed);
+  for (size_t i = 0; i < n; ++i) h = synthetic::extend_hash(h, seq[i]);
+  return h;
+}
+
+size_t common_prefix(const std::vector<Token>& a, const std::vector<Token>& b) {
+  size_t i = 0;
+  while (i < a.size() && i < b.size() && a[i] == b[i]) ++i;
+  return i;
+}
+
+struct Event {
+  double time;
+  uint64_t order;  // FIFO among equal times, so runs are deterministic
+  std::function<void()> fire;
+  bool operator>(const Event& o) const {
+    return time != o.time ? time > o.time : order > o.order;
+  }
+};
+
+}  // namespace
+
+std::vector<Token> synthetic_prompt(uint64_t seed, int n, int vocab) {
+  std::vector<Token> p;
+  uint64_t h = synthetic::start_hash(seed ^ 0x70726f6d7074ULL);
+  for (int i = 0; i < n; ++i) {
+    h = synthetic::extend_hash(h, i);
+    p.push_back(static_cast<Token>(h % static_cast<uint64_t>(vocab)));
+  }
+  return p;
+}
+
+std::vector<Token> synthetic_reference(const SyntheticParams& target,
+                                       const std::vector<Token>& prompt, int max_new_tokens,
+                                       const std::vector<Token>& stop_tokens) {
+  std::vector<Token> out;
+  uint64_t h = hash_of(target.seed, prompt, prompt.size());
+  for (int i = 0; i < max_new_tokens; ++i) {
+    const Token t = synthetic::target_next(target.seed, h, target.vocab);
+    out.push_back(t);
+    if (std::find(stop_tokens.begin(), stop_tokens.end(), t) != stop_tokens.end()) break;
+    h = synthetic::extend_hash(h, t);
+  }
+  return out;
+}
+
+SimResult simulate(const SimConfig& cfg) {
+  Scheduler sched(cfg.sched, cfg.prompt);
+  std::priority_queue<Event, std::vector<Event>, std::greater<>> events;
+  uint64_t order = 0;
+  double now = 0;
+  auto at = [&](double t, std::function<void()> f) { events.push({t, order++, std::move(f)}); };
+  SimResult res;
+
+  // Drafter: one draft per forward; a new chain supersedes the forward in progress.
+  uint64_t d_chain = 0, d_gen = 0;
+  std::vector<Token> d_seq;
+  int d_window = -1, d_stop = 0;
+  const double d_cost = cfg.drafter.forward_ms + cfg.drafter.per_token_ms;
+
+  // Targets: the sequence each one's KV cache holds, and its running task.
+  const int n_targets = cfg.sched.n_targets;
+  std::vector<std::vector<Token>> t_cache(n_targets, cfg.prompt);
+  std::vector<uint64_t> t_task(n_targets, 0);
+  std::vector<double> t_start(n_targets, 0);
+  std::map<uint64_t, int> task_target;
+
+  std::function<void(const std::vector<Action>&)> run_actions;
+  std::function<void(uint64_t)> draft_step = [&](uint64_t gen) {
+    if (gen != d_gen) return;
+    if (d_window == 0 || static_cast<int>(d_seq.size()) >= d_stop) return;
+    at(now + d_cost, [&, gen] {
+      if (gen != d_gen) return;
+      const Token tok = synthetic::drafter_next(cfg.drafter.seed,
+                                                hash_of(cfg.drafter.seed, d_seq, d_seq.size()),
+                                                cfg.drafter.vocab, cfg.drafter.acceptance);
+      const int pos = static_cast<int>(d_seq.size());
+      d_seq.push_back(tok);
+      if (d_window > 0) --d_window;
+      run_actions(sched.on_draft(d_chain, pos, tok));
+      draft_step(gen);
+    });
+  };
+
+  run_actions = [&](const std::vector<Action>& acts) {
+    for (const Action& a : acts) {
+      if (a.kind == Action::kStartChain) {
+        d_chain = a.id;
+        ++d_gen;
+        d_seq = a.seq;
+        d_window = a.window;
+        d_stop = a.stop_len;
+        draft_step(d_gen);
+      } else if (a.kind == Action::kVerify) {
+        const int tg = a.target;
+        auto& cache = t_cache[tg];
+        const size_t keep = std::min(common_prefix(cache, a.seq), a.seq.size() - a.n_logits);
+        const int n = static_cast<int>(a.seq.size() - keep);
+        cache.assign(a.seq.begin(), a.seq.begin() + keep);
+        t_task[tg] = a.id;
+        t_start[tg] = now;
+        task_target[a.id] = tg;
+        const double cost = cfg.target.forward_ms + n * cfg.target.per_token_ms;
+        at(now + cost, [&, tg, id = a.id, seq = a.seq, m = a.n_logits] {
+          if (t_task[tg] != id) return;  // cancelled meanwhile
+          t_task[tg] = 0;
+          res.target_busy_ms += now - t_start[tg];
+          t_cache[tg] = seq;
+          std::vector<Token> y;
+          const size_t first = seq.size() - m + 1;
+          for (size_t p = first; p <= seq.size(); ++p) {
+            y.push_back(synthetic::target_next(cfg.target.seed, hash_of(cfg.target.seed, seq, p),
+                                               cfg.target.vocab));
+          }
+          run_actions(sched.on_result(id, y));
+        });
+      } else if (a.kind == Action::kCancel) {
+        const int tg = a.target;
+        if (t_task[tg] != a.id) continue;
+        t_task[tg] = 0;
+        res.target_busy_ms += now - t_start[tg];
+        res.wasted_ms += now - t_start[tg];
+        at(now, [&, id = a.id] { run_actions(sched.on_cancelled(id)); });
+      }
+    }
+  };
+
+  run_actions(sched.start());
+  double last_commit = 0;
+  size_t committed = sched.committed().size();
+  while (!events.empty() && !sched.done()) {
+    Event e = events.top();
+    events.pop();
+    now = e.time;
+    e.fire();
+    if (sched.committed().size() != committed) {
+      committed = sched.committed().size();
+      last_commit = now;
+    }
+  }
+  if (!sched.done()) throw std::logic_error("simulation ran out of events before finishing");
+  res.tokens.assign(sched.committed().begin() + sched.prompt_len(), sched.committed().end());
+  res.total_ms = last_commit;
+  res.latency_per_token_ms = res.tokens.empty() ? 0 : last_commit / res.tokens.size();
+  res.stats = sched.stats();
+  return res;
+}
+
+}  // namespace dsi

@@ -1,0 +1,41 @@
+// Event-driven simulation of the scheduler in virtual time with zero orchestration overhead:
+// the same Scheduler the coordinator runs, driven by simulated drafter and target servers
+// whose tokens come from the synthetic model. It gives the ideal latency of a run (the bench
+// divides it by the measured one) and tests the scheduler's losslessness without threads.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "runtime/scheduler.h"
+#include "workers/synthetic_engine.h"
+
+namespace dsi {
+
+struct SimConfig {
+  SchedulerOptions sched;
+  SyntheticParams target;   // latency: forward_ms + per_token_ms * tokens (ttft unused)
+  SyntheticParams drafter;  // same, per draft forward; acceptance a
+  std::vector<Token> prompt;
+};
+
+struct SimResult {
+  std::vector<Token> tokens;   // generated tokens (committed minus prompt)
+  double total_ms = 0;         // from the first scheduler action to the last commit
+  double latency_per_token_ms = 0;
+  SchedulerStats stats;
+  double target_busy_ms = 0;   // summed over targets
+  double wasted_ms = 0;        // target time spent on tasks that were then cancelled
+};
+
+SimResult simulate(const SimConfig& cfg);
+
+// Target-only greedy decoding of the synthetic model: the reference every mode must match.
+std::vector<Token> synthetic_reference(const SyntheticParams& target,
+                                       const std::vector<Token>& prompt, int max_new_tokens,
+                                       const std::vector<Token>& stop_tokens = {});
+
+// Deterministic synthetic prompt of n tokens for a seed.
+std::vector<Token> synthetic_prompt(uint64_t seed, int n, int vocab);
+
+}  // namespace dsi
