@@ -1,0 +1,59 @@
+// The run configuration: a YAML file plus command-line overrides, validated strictly. Every
+// problem (unknown key, wrong type, impossible value, a world size that does not fit the
+// roles) is a ConfigError whose message names the key or the rank count.
+#pragma once
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "runtime/scheduler.h"
+
+namespace dsi {
+
+struct ConfigError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+struct RunConfig {
+  Mode mode = Mode::kDsi;
+  int drafters = 1;
+  int targets = -1;  // -1: every rank left after the coordinator and the drafter
+  // generation
+  int max_new_tokens = 64;
+  uint64_t seed = 1;
+  int prompt_tokens = 16;  // synthetic prompt length
+  // dsi
+  int lookahead = 5;
+  QueuePolicy queue = QueuePolicy::kNewest;
+  // engine
+  std::string engine = "synthetic";
+  // synthetic engine (DSI paper notation: t, c as a fraction of t, a)
+  double t_ms = 20;
+  double c = 0.1;
+  double a = 0.9;
+  double ttft_ms = -1;  // -1: same as t_ms (drafter: c * this)
+  double per_token_ms = 0;
+  int vocab = 64;
+  // runtime
+  double peer_timeout_s = 5;
+  int heartbeat_ms = 200;
+  int poll_max_us = 200;
+
+  // Ranks used by this config in a world of `world` ranks (coordinator + drafters +
+  // targets); throws ConfigError naming the counts when it does not fit.
+  int n_targets(int world) const;
+  int n_drafters() const { return mode == Mode::kNonSi ? 0 : drafters; }
+};
+
+// Parses YAML text (`origin` names it in messages) with overrides "dotted.key=value" applied
+// on top. Throws ConfigError.
+RunConfig parse_config(const std::string& yaml_text, const std::string& origin,
+                       const std::vector<std::string>& overrides = {});
+
+// A human description of the keys, for --help.
+std::string config_reference();
+
+}  // namespace dsi

@@ -1,0 +1,127 @@
+// The whole runtime (coordinator + worker loops with real threads and the wire format) in
+// one process over the loopback transport: lossless output, preemption, dead peers.
+#include <gtest/gtest.h>
+
+#include <thread>
+
+#include "runtime/coordinator.h"
+#include "runtime/simulator.h"
+#include "workers/worker.h"
+
+namespace dsi {
+namespace {
+
+struct World {
+  explicit World(int n, WorkerOptions wo = {}) : hub(n) {
+    for (int r = 1; r < n; ++r) {
+      threads.emplace_back([this, r, wo] {
+        auto ch = hub.channel(r);
+        try {
+          codes[r] = run_worker(*ch, wo);
+        } catch (const WorkerFatal&) {
+          codes[r] = -1;
+        }
+      });
+    }
+    coord_ch = hub.channel(0);
+  }
+  ~World() {
+    for (auto& t : threads) t.join();
+  }
+  LoopbackHub hub;
+  std::unique_ptr<ControlChannel> coord_ch;
+  std::vector<std::thread> threads;
+  std::map<int, int> codes;
+};
+
+RunConfig fast_config(Mode mode, double a, int k) {
+  RunConfig c;
+  c.mode = mode;
+  c.a = a;
+  c.lookahead = k;
+  c.t_ms = 3;
+  c.ttft_ms = 3;
+  c.c = 0.1;
+  c.max_new_tokens = 40;
+  c.seed = 5;
+  return c;
+}
+
+TEST(RuntimeLoopback, EveryModeIsLosslessAndReportsPerRank) {
+  World w(6);
+  Coordinator coord(*w.coord_ch, 50, 5);
+  for (Mode mode : {Mode::kNonSi, Mode::kSi, Mode::kDsi}) {
+    for (double a : {0.0, 0.6, 1.0}) {
+      RunConfig cfg = fast_config(mode, a, 3);
+      const int sp = mode == Mode::kDsi ? 4 : 1;
+      std::vector<Token> streamed;
+      RunReport r = coord.run(cfg, sp, [&](std::span<const Token> t) {
+        streamed.insert(streamed.end(), t.begin(), t.end());
+      });
+      SyntheticParams target{.seed = cfg.seed, .vocab = cfg.vocab};
+      EXPECT_EQ(r.tokens, synthetic_reference(target, r.prompt, cfg.max_new_tokens))
+          << mode_name(mode) << " a=" << a;
+      EXPECT_EQ(streamed, r.tokens);
+      EXPECT_EQ(static_cast<int>(r.ranks.size()), cfg.n_drafters() + sp);
+      for (const auto& rk : r.ranks) EXPECT_GT(rk.busy_s, 0) << rk.role;
+    }
+  }
+  coord.exit_all(0);
+}
+
+TEST(RuntimeLoopback, RejectionsPreemptRunningVerifications) {
+  World w(7);
+  Coordinator coord(*w.coord_ch, 50, 5);
+  RunConfig cfg = fast_config(Mode::kDsi, 0.5, 1);
+  cfg.t_ms = cfg.ttft_ms = 20;
+  cfg.c = 0.05;
+  cfg.max_new_tokens = 30;
+  RunReport r = coord.run(cfg, 5);
+  EXPECT_GT(r.stats.tasks_preempted, 0);
+  EXPECT_GT(r.wasted_target_s(), 0);
+  int cut = 0;
+  for (const auto& rk : r.ranks) {
+    for (const auto& s : rk.spans) {
+      // A preempted span is cut well short of the 20 ms forward.
+      if (s.contains("args") && s["args"].value("cancelled", false) && s["dur"].get<double>() < 15e3) ++cut;
+    }
+  }
+  EXPECT_GT(cut, 0);
+  coord.exit_all(0);
+}
+
+TEST(RuntimeLoopback, DeadTargetIsNamedWithinTheTimeout) {
+  World w(4, WorkerOptions{.heartbeat_ms = 20, .peer_timeout_s = 0.5});
+  Coordinator coord(*w.coord_ch, 20, 0.5);
+  RunConfig cfg = fast_config(Mode::kDsi, 0.9, 2);
+  cfg.max_new_tokens = 100000;
+  cfg.t_ms = 5;
+  std::thread killer([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    w.hub.kill(3);
+  });
+  const auto t0 = Clock::now();
+  try {
+    coord.run(cfg, 2);
+    FAIL() << "run finished although rank 3 died";
+  } catch (const PeerError& e) {
+    EXPECT_EQ(e.rank, 3);
+    EXPECT_NE(std::string(e.what()).find("rank 3 (target 1)"), std::string::npos) << e.what();
+  }
+  EXPECT_LT(Clock::now() - t0, std::chrono::seconds(3));
+  killer.join();
+  coord.exit_all(1);
+  // The dead rank never hears Exit: its worker gives up on the silent coordinator.
+}
+
+TEST(RuntimeLoopback, WorkerReportsEngineErrors) {
+  World w(3);
+  Coordinator coord(*w.coord_ch, 50, 5);
+  RunConfig cfg = fast_config(Mode::kDsi, 0.9, 2);
+  cfg.vocab = 1;  // the synthetic engine refuses it
+  EXPECT_THROW(coord.run(cfg, 1), PeerError);
+  coord.exit_all(1);
+}
+
+}  // namespace
+}  // namespace dsi

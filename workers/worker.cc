@@ -1,0 +1,359 @@
+#include "workers/worker.h"
+
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <csignal>
+#include <deque>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "kernels/argmax.h"
+#include "workers/engine_factory.h"
+
+namespace dsi {
+namespace {
+
+using json = nlohmann::json;
+
+double now_s() { return std::chrono::duration<double>(Clock::now().time_since_epoch()).count(); }
+
+size_t common_prefix(const std::vector<Token>& a, std::span<const Token> b) {
+  size_t i = 0;
+  while (i < a.size() && i < b.size() && a[i] == b[i]) ++i;
+  return i;
+}
+
+std::vector<Token> argmax_rows(const Logits& l) {
+  std::vector<Token> out(l.n);
+  if (l.n > 0) kernels::argmax_cpu(out.data(), l.data.data(), l.n, l.vocab);
+  return out;
+}
+
+class Worker {
+ public:
+  Worker(ControlChannel& ch, const WorkerOptions& opts) : ch_(ch), opts_(opts) {}
+
+  int serve();
+
+ private:
+  void compute_loop();
+  void handle(Message m);
+  void route(Message m);  // communication thread
+  void configure(const Message& m);
+  void prefill(const Message& m);
+  void verify(const Message& m);
+  void start_chain(const Message& m);
+  void draft_step();
+  void stop(const Message& m);
+  // Truncates the engine to the longest cached prefix of `seq`, keeping at least `recompute`
+  // tokens to run again (their logits are wanted). Returns how many tokens are kept.
+  size_t reuse_prefix(std::span<const Token> seq, size_t recompute);
+  void span(const char* name, double t0, double t1, json args);
+  void reply(Message m) {
+    m.run = run_;
+    ch_.send(0, m);
+  }
+
+  ControlChannel& ch_;
+  WorkerOptions opts_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Message> inbox_;
+  CancelFlag cancel_;
+  uint64_t current_task_ = 0;  // Verify being computed, guarded by mu_
+  bool drafting_ = false;      // a draft forward is running, guarded by mu_
+  std::atomic<uint32_t> run_{0};
+  std::atomic<bool> exited_{false};
+  int exit_code_ = 0;
+
+  std::unique_ptr<Engine> engine_;
+  json spec_;
+  std::string role_;
+  std::vector<Token> cached_;  // the tokens whose KV the engine holds
+  double origin_s_ = 0;
+  json spans_ = json::array();
+  double busy_s_ = 0, wasted_s_ = 0, last_end_s_ = 0;
+
+  // Drafter chain, guarded by mu_ for the wait predicate.
+  bool chain_active_ = false;
+  uint64_t chain_ = 0;
+  std::vector<Token> seq_;  // committed sequence + drafts of this chain
+  int window_ = -1;
+  int stop_len_ = 0;
+};
+
+void Worker::span(const char* name, double t0, double t1, json args) {
+  if (t0 - last_end_s_ > 1e-3 && last_end_s_ > 0) {
+    spans_.push_back({{"name", "idle"}, {"ts", (last_end_s_ - origin_s_) * 1e6},
+                      {"dur", (t0 - last_end_s_) * 1e6}});
+  }
+  spans_.push_back({{"name", name}, {"ts", (t0 - origin_s_) * 1e6}, {"dur", (t1 - t0) * 1e6},
+                    {"args", std::move(args)}});
+  last_end_s_ = t1;
+}
+
+size_t Worker::reuse_prefix(std::span<const Token> seq, size_t recompute) {
+  const size_t keep = std::min(common_prefix(cached_, seq), seq.size() - recompute);
+  engine_->truncate(static_cast<int>(keep));
+  cached_.resize(keep);
+  return keep;
+}
+
+void Worker::configure(const Message& m) {
+  origin_s_ = m.x;
+  spans_ = json::array();
+  busy_s_ = wasted_s_ = 0;
+  last_end_s_ = 0;
+  {
+    std::lock_guard lk(mu_);
+    chain_active_ = false;
+  }
+  try {
+    json spec = json::parse(m.text);
+    if (!engine_ || spec != spec_) {
+      engine_.reset();
+      engine_ = make_engine(spec);
+      spec_ = spec;
+      cached_.clear();
+    }
+    role_ = spec.at("role").get<std::string>();
+    reply(Message{.type = MsgType::kReady, .a = engine_->vocab_size()});
+  } catch (const std::exception& e) {
+    reply(Message{.type = MsgType::kError, .text = fmt::format("building the engine: {}", e.what())});
+  }
+}
+
+void Worker::prefill(const Message& m) {
+  const double t0 = now_s();
+  const size_t keep = reuse_prefix(m.tokens, 0);
+  CancelFlag never;
+  if (keep < m.tokens.size()) {
+    engine_->forward(std::span(m.tokens).subspan(keep), 0, never);
+  }
+  cached_ = m.tokens;
+  const double t1 = now_s();
+  busy_s_ += t1 - t0;
+  span("prefill", t0, t1, {{"tokens", m.tokens.size() - keep}});
+  reply(Message{.type = MsgType::kPrefillDone, .a = engine_->kv_len()});
+}
+
+void Worker::verify(const Message& m) {
+  const double t0 = now_s();
+  const size_t n_logits = static_cast<size_t>(m.a);
+  const size_t keep = reuse_prefix(m.tokens, n_logits);
+  const auto todo = std::span(m.tokens).subspan(keep);
+  try {
+    Logits l = engine_->forward(todo, static_cast<int>(n_logits), cancel_);
+    cached_ = m.tokens;
+    const double t1 = now_s();
+    busy_s_ += t1 - t0;
+    span("verify", t0, t1, {{"task", m.id}, {"drafts", n_logits - 1}, {"tokens", todo.size()}});
+    reply(Message{.type = MsgType::kResult, .id = m.id, .a = static_cast<int32_t>(todo.size()),
+                  .x = t1 - t0, .tokens = argmax_rows(l)});
+  } catch (const Cancelled&) {
+    const double t1 = now_s();
+    busy_s_ += t1 - t0;
+    wasted_s_ += t1 - t0;
+    span("verify (preempted)", t0, t1, {{"task", m.id}, {"drafts", n_logits - 1}, {"cancelled", true}});
+    reply(Message{.type = MsgType::kCancelled, .id = m.id, .x = t1 - t0});
+  }
+}
+
+void Worker::start_chain(const Message& m) {
+  std::lock_guard lk(mu_);
+  chain_ = m.id;
+  seq_ = m.tokens;
+  window_ = m.a;
+  stop_len_ = m.b;
+  chain_active_ = true;
+}
+
+void Worker::draft_step() {
+  // Runs with drafting_ set; the communication thread cancels it when a new chain starts.
+  uint64_t chain;
+  std::vector<Token> seq;
+  {
+    std::lock_guard lk(mu_);
+    chain = chain_;
+    seq = seq_;
+  }
+  const double t0 = now_s();
+  const size_t keep = reuse_prefix(seq, 1);
+  try {
+    Logits l = engine_->forward(std::span(seq).subspan(keep), 1, cancel_);
+    cached_ = seq;
+    const Token tok = argmax_rows(l)[0];
+    const double t1 = now_s();
+    busy_s_ += t1 - t0;
+    span("draft", t0, t1, {{"chain", chain}, {"pos", seq.size()}});
+    std::lock_guard lk(mu_);
+    drafting_ = false;
+    if (chain == chain_ && chain_active_) {
+      seq_.push_back(tok);
+      if (window_ > 0) --window_;
+      reply(Message{.type = MsgType::kDraft, .id = chain, .a = static_cast<int32_t>(seq.size()),
+                    .b = tok});
+    }
+  } catch (const Cancelled&) {
+    const double t1 = now_s();
+    busy_s_ += t1 - t0;
+    span("draft (preempted)", t0, t1, {{"chain", chain}, {"cancelled", true}});
+    std::lock_guard lk(mu_);
+    drafting_ = false;
+  }
+}
+
+void Worker::stop(const Message&) {
+  {
+    std::lock_guard lk(mu_);
+    chain_active_ = false;
+  }
+  json report = {{"busy_s", busy_s_}, {"wasted_s", wasted_s_}, {"role", role_},
+                 {"spans", std::move(spans_)}};
+  spans_ = json::array();
+  reply(Message{.type = MsgType::kStopped, .text = report.dump()});
+}
+
+void Worker::handle(Message m) {
+  if (m.type == MsgType::kConfigure) run_ = m.run;
+  if (m.run != run_ && m.type != MsgType::kExit) return;  // left over from an earlier run
+  try {
+    switch (m.type) {
+      case MsgType::kConfigure: configure(m); break;
+      case MsgType::kPrefill: prefill(m); break;
+      case MsgType::kVerify: verify(m); break;
+      case MsgType::kStartChain: start_chain(m); break;
+      case MsgType::kStop: stop(m); break;
+      default: break;
+    }
+  } catch (const std::exception& e) {
+    reply(Message{.type = MsgType::kError,
+                  .text = fmt::format("{} failed: {}", msg_type_name(m.type), e.what())});
+  }
+  std::lock_guard lk(mu_);
+  current_task_ = 0;
+}
+
+void Worker::compute_loop() {
+  for (;;) {
+    Message m;
+    {
+      std::unique_lock lk(mu_);
+      auto can_draft = [&] {
+        return chain_active_ && window_ != 0 && static_cast<int>(seq_.size()) < stop_len_;
+      };
+      cv_.wait(lk, [&] { return !inbox_.empty() || can_draft(); });
+      if (inbox_.empty()) {
+        drafting_ = true;
+        cancel_.reset();
+        lk.unlock();
+        draft_step();
+        continue;
+      }
+      m = std::move(inbox_.front());
+      inbox_.pop_front();
+      if (m.type == MsgType::kVerify) {
+        current_task_ = m.id;
+        cancel_.reset();
+      }
+    }
+    if (m.type == MsgType::kExit) {
+      exit_code_ = m.a;
+      exited_ = true;
+      return;
+    }
+    handle(std::move(m));
+  }
+}
+
+void Worker::route(Message m) {
+  if (m.type == MsgType::kHeartbeat) return;
+  std::lock_guard lk(mu_);
+  if (m.type == MsgType::kCancel) {
+    if (m.run != run_) return;
+    if (current_task_ == m.id) {
+      cancel_.cancel();
+      return;
+    }
+    for (auto it = inbox_.begin(); it != inbox_.end(); ++it) {
+      if (it->type == MsgType::kVerify && it->id == m.id) {
+        inbox_.erase(it);
+        ch_.send(0, Message{.type = MsgType::kCancelled, .run = run_, .id = m.id});
+        return;
+      }
+    }
+    return;  // already finished: its Result is on its way
+  }
+  // A new chain, the end of the run or of the process supersedes the forward in progress.
+  if (m.type == MsgType::kStartChain || m.type == MsgType::kStop || m.type == MsgType::kExit) {
+    if (drafting_ || current_task_ != 0) cancel_.cancel();
+  }
+  inbox_.push_back(std::move(m));
+  cv_.notify_one();
+}
+
+int Worker::serve() {
+  std::thread compute([this] { compute_loop(); });
+  const auto hb = std::chrono::milliseconds(opts_.heartbeat_ms);
+  const auto timeout = std::chrono::duration<double>(opts_.peer_timeout_s);
+  const auto start = Clock::now();
+  const auto fault_at = start + std::chrono::duration_cast<Clock::duration>(
+                                    std::chrono::duration<double, std::milli>(opts_.fault_after_ms));
+  auto last_heard = start;
+  auto next_hb = start;
+  auto shutdown_compute = [&] {
+    {
+      std::lock_guard lk(mu_);
+      cancel_.cancel();
+      inbox_.push_front(Message{.type = MsgType::kExit, .a = 1});
+    }
+    cv_.notify_one();
+    compute.join();
+  };
+  while (!exited_) {
+    auto now = Clock::now();
+    if (!opts_.fault.empty() && now >= fault_at) {
+      if (opts_.fault == "exit") _exit(3);
+      if (opts_.fault == "hang") raise(SIGSTOP);
+    }
+    if (now >= next_hb) {
+      ch_.send(0, Message{.type = MsgType::kHeartbeat, .run = run_});
+      next_hb = now + hb;
+    }
+    auto deadline = next_hb;
+    if (!opts_.fault.empty()) deadline = std::min(deadline, fault_at);
+    std::optional<Envelope> env;
+    try {
+      env = ch_.recv(deadline);
+    } catch (const ProtocolError& e) {
+      shutdown_compute();
+      throw WorkerFatal(fmt::format("rank {}: bad control message: {}", ch_.rank(), e.what()));
+    }
+    now = Clock::now();
+    if (!env) {
+      if (now - last_heard > timeout) {
+        shutdown_compute();
+        throw WorkerFatal(fmt::format(
+            "rank {}: the coordinator (rank 0) has not been heard from for {:.1f} s",
+            ch_.rank(), std::chrono::duration<double>(now - last_heard).count()));
+      }
+      continue;
+    }
+    last_heard = now;
+    const bool exit_msg = env->msg.type == MsgType::kExit;
+    route(std::move(env->msg));
+    if (exit_msg) break;
+  }
+  compute.join();
+  return exit_code_;
+}
+
+}  // namespace
+
+int run_worker(ControlChannel& ch, const WorkerOptions& opts) {
+  Worker w(ch, opts);
+  return w.serve();
+}
+
+}  // namespace dsi
