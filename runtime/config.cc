@@ -108,8 +108,12 @@ const std::vector<Key>& keys() {
        [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.peer_timeout_s = number(n, key, 0.1, 3600); }},
       {"runtime.heartbeat_ms", "liveness message period (ms)",
        [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.heartbeat_ms = integer(n, key, 1, 60000); }},
-      {"runtime.poll_max_us", "longest back-off sleep of a waiting rank (us)",
-       [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.poll_max_us = integer(n, key, 1, 100000); }},
+      {"runtime.poll_min_us", "probe period of a rank that heard or sent within poll_hot_ms (us)",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.poll_min_us = integer(n, key, 1, 100000); }},
+      {"runtime.poll_max_us", "longest back-off sleep of an idle rank (us)",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.poll_max_us = integer(n, key, 1, 1000000); }},
+      {"runtime.poll_hot_ms", "how long after a message a rank keeps probing every poll_min_us",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.poll_hot_ms = integer(n, key, 0, 100000); }},
   };
   return k;
 }
@@ -188,6 +192,10 @@ RunConfig parse_config(const std::string& yaml_text, const std::string& origin,
       if (it != values.end()) k.set(cfg, it->second, k.path);
     }
     if (cfg.ttft_ms < 0) cfg.ttft_ms = cfg.t_ms;
+    if (cfg.poll_min_us > cfg.poll_max_us) {
+      throw ConfigError(fmt::format("runtime.poll_min_us ({}) must not exceed runtime.poll_max_us ({})",
+                                    cfg.poll_min_us, cfg.poll_max_us));
+    }
     if (cfg.heartbeat_ms * 1e-3 * 2 > cfg.peer_timeout_s) {
       throw ConfigError(fmt::format(
           "runtime.peer_timeout_s ({}) must be at least twice runtime.heartbeat_ms ({} ms)",

@@ -40,7 +40,9 @@ struct RunConfig {
   // runtime
   double peer_timeout_s = 5;
   int heartbeat_ms = 200;
+  int poll_min_us = 20;
   int poll_max_us = 200;
+  int poll_hot_ms = 25;
 
   // Ranks used by this config in a world of `world` ranks (coordinator + drafters +
   // targets); throws ConfigError naming the counts when it does not fit.

@@ -47,14 +47,14 @@ std::optional<Envelope> Coordinator::next(Clock::time_point deadline) {
     for (int r = 1; r < ch_.size(); ++r) {
       if (now - last_heard_[r] > timeout_) {
         throw PeerError(r, fmt::format("{} has not been heard from for {:.1f} s (it died or hangs)",
-                                       name(r), seconds(now - last_heard_[r])));
+                                       name(r), seconds(now - last_heard_[r])), true);
       }
     }
     std::optional<Envelope> env;
     try {
       env = ch_.recv(std::min(deadline, next_hb_));
     } catch (const ProtocolError& e) {
-      throw PeerError(-1, fmt::format("bad control message: {}", e.what()));
+      throw PeerError(-1, fmt::format("bad control message: {}", e.what()), false);
     }
     if (!env) {
       if (Clock::now() >= deadline) return std::nullopt;
@@ -63,7 +63,7 @@ std::optional<Envelope> Coordinator::next(Clock::time_point deadline) {
     last_heard_[env->src] = Clock::now();
     if (env->msg.type == MsgType::kHeartbeat) continue;
     if (env->msg.type == MsgType::kError) {
-      throw PeerError(env->src, fmt::format("{}: {}", name(env->src), env->msg.text));
+      throw PeerError(env->src, fmt::format("{}: {}", name(env->src), env->msg.text), false);
     }
     if (env->msg.run != run_) continue;  // a straggler from an earlier run
     return env;

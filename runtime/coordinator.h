@@ -16,8 +16,10 @@ namespace dsi {
 
 // A worker failed (Error message) or fell silent; `rank` names it.
 struct PeerError : std::runtime_error {
-  PeerError(int r, const std::string& what) : std::runtime_error(what), rank(r) {}
+  PeerError(int r, const std::string& what, bool is_dead)
+      : std::runtime_error(what), rank(r), dead(is_dead) {}
   int rank;
+  bool dead;  // silent (dead or wedged) rather than reporting an error
 };
 
 struct RankReport {

@@ -1,5 +1,7 @@
 #include "runtime/mpi_channel.h"
 
+#include <sys/prctl.h>
+
 #include <algorithm>
 #include <thread>
 
@@ -8,7 +10,13 @@ namespace {
 constexpr int kControlTag = 17;
 }
 
-MpiChannel::MpiChannel(MPI_Comm comm, int poll_max_us) : poll_max_us_(std::max(1, poll_max_us)) {
+namespace {
+int64_t now_ns() { return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count(); }
+}  // namespace
+
+MpiChannel::MpiChannel(MPI_Comm comm, Polling polling) : poll_(polling) {
+  poll_.min_us = std::max(1, poll_.min_us);
+  poll_.max_us = std::max(poll_.min_us, poll_.max_us);
   MPI_Comm_dup(comm, &comm_);
   MPI_Comm_rank(comm_, &rank_);
   MPI_Comm_size(comm_, &size_);
@@ -36,6 +44,7 @@ void MpiChannel::reap_locked() {
 void MpiChannel::send(int dst, const Message& m) {
   std::lock_guard lk(send_mu_);
   reap_locked();
+  last_activity_ns_ = now_ns();
   auto& [req, buf] = pending_.emplace_back(MPI_REQUEST_NULL, encode(m));
   MPI_Isend(buf.data(), static_cast<int>(buf.size()), MPI_BYTE, dst, kControlTag, comm_, &req);
 }
@@ -54,7 +63,9 @@ bool MpiChannel::flush(Clock::time_point deadline) {
 
 std::optional<Envelope> MpiChannel::recv(Clock::time_point deadline) {
   std::lock_guard lk(recv_mu_);
-  int sleep_us = 1;
+  // The timer slack is per thread; back-off sleeps this short need it small.
+  prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);
+  int sleep_us = poll_.min_us;
   for (;;) {
     int flag = 0;
     MPI_Status st;
@@ -64,6 +75,7 @@ std::optional<Envelope> MpiChannel::recv(Clock::time_point deadline) {
       MPI_Get_count(&st, MPI_BYTE, &count);
       std::vector<uint8_t> buf(count);
       MPI_Recv(buf.data(), count, MPI_BYTE, st.MPI_SOURCE, kControlTag, comm_, MPI_STATUS_IGNORE);
+      last_activity_ns_ = now_ns();
       return Envelope{st.MPI_SOURCE, decode(buf)};
     }
     {
@@ -73,9 +85,10 @@ std::optional<Envelope> MpiChannel::recv(Clock::time_point deadline) {
     }
     const auto now = Clock::now();
     if (now >= deadline) return std::nullopt;
-    const auto nap = std::min<Clock::duration>(std::chrono::microseconds(sleep_us), deadline - now);
-    std::this_thread::sleep_for(nap);
-    sleep_us = std::min(sleep_us * 2, poll_max_us_);
+    const bool hot = now_ns() - last_activity_ns_ < int64_t{poll_.hot_ms} * 1000000;
+    const int us = hot ? poll_.min_us : sleep_us;
+    std::this_thread::sleep_for(std::min<Clock::duration>(std::chrono::microseconds(us), deadline - now));
+    if (!hot) sleep_us = std::min(sleep_us * 2, poll_.max_us);
   }
 }
 

@@ -1,12 +1,14 @@
 // ControlChannel over MPI point-to-point on a duplicated communicator. Sends are
-// non-blocking (MPI_Isend of an owned buffer, completed lazily); receives poll MPI_Iprobe with
-// an exponential back-off sleep so that a waiting rank does not spin a core (tests run 8+
-// ranks on 2 cores). Requires MPI_THREAD_MULTIPLE: a worker's communication and compute
-// threads both send.
+// non-blocking (MPI_Isend of an owned buffer, completed lazily). Receives poll MPI_Iprobe and
+// sleep between probes so that a waiting rank does not spin a core (tests run 8+ ranks on 2
+// cores): every poll_min_us while the channel is "hot" (a message went either way in the last
+// hot_ms, so another is likely soon), then backing off exponentially to poll_max_us. Requires
+// MPI_THREAD_MULTIPLE: a worker's communication and compute threads both send.
 #pragma once
 
 #include <mpi.h>
 
+#include <atomic>
 #include <list>
 #include <mutex>
 
@@ -16,8 +18,12 @@ namespace dsi {
 
 class MpiChannel final : public ControlChannel {
  public:
-  // poll_max_us: longest back-off sleep between probes (bounds the added latency per hop).
-  MpiChannel(MPI_Comm comm, int poll_max_us);
+  struct Polling {
+    int min_us = 20;   // sleep between probes while hot
+    int max_us = 200;  // longest back-off sleep when idle (bounds the added latency per hop)
+    int hot_ms = 25;
+  };
+  MpiChannel(MPI_Comm comm, Polling polling);
   ~MpiChannel() override;
   int rank() const override { return rank_; }
   int size() const override { return size_; }
@@ -31,7 +37,8 @@ class MpiChannel final : public ControlChannel {
   MPI_Comm comm_;
   int rank_ = 0;
   int size_ = 0;
-  int poll_max_us_;
+  Polling poll_;
+  std::atomic<int64_t> last_activity_ns_{0};
   std::mutex send_mu_;
   std::list<std::pair<MPI_Request, std::vector<uint8_t>>> pending_;
   std::mutex recv_mu_;

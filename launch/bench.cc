@@ -1,0 +1,153 @@
+// `dsi bench`: non-SI, SI and DSI over a grid of (c, a, k, SP) with the synthetic engine in
+// one launch. For every row: measured latency per token, the closed-form ideal of DESIGN.md,
+// the zero-overhead ideal of the same schedule (simulator), efficiency, speedups, and
+// whether the tokens equal non-SI's. docs/benchmarks.md defines the columns.
+#include <fmt/format.h>
+
+#include <cmath>
+#include <fstream>
+#include <sstream>
+
+#include "launch/commands.h"
+#include "runtime/mpi_session.h"
+#include "runtime/simulator.h"
+
+namespace dsi::cli {
+namespace {
+
+struct Point {
+  double c, a;
+  int k;
+};
+
+std::vector<Point> parse_grid(const std::string& s) {
+  std::vector<Point> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    Point p{};
+    char x, y;
+    std::stringstream is(item);
+    if (!(is >> p.c >> x >> p.a >> y >> p.k) || x != ':' || y != ':' || p.k < 1 || p.a < 0 ||
+        p.a > 1 || p.c < 0) {
+      throw ConfigError(fmt::format("--grid item '{}' must read c:a:k (c >= 0, 0 <= a <= 1, k >= 1)", item));
+    }
+    out.push_back(p);
+  }
+  if (out.empty()) throw ConfigError("--grid is empty");
+  return out;
+}
+
+double ideal(Mode m, double t, double c, double a, int k) {
+  switch (m) {
+    case Mode::kNonSi: return t;
+    case Mode::kSi: return a >= 1 ? (k * c + t) / (k + 1) : (k * c + t) * (1 - a) / (1 - std::pow(a, k + 1));
+    case Mode::kDsi: return a >= 1 ? k * c / k : (1 - a) * (t + k * c * a / (1 - std::pow(a, k)));
+  }
+  return 0;
+}
+
+double simulated(const RunConfig& cfg, int sp) {
+  SimConfig sc;
+  sc.sched = {.mode = cfg.mode, .lookahead = cfg.lookahead, .n_targets = sp,
+              .max_new_tokens = cfg.max_new_tokens, .queue = cfg.queue};
+  sc.target = {.seed = cfg.seed, .vocab = cfg.vocab, .forward_ms = cfg.t_ms,
+               .per_token_ms = cfg.per_token_ms};
+  sc.drafter = {.seed = cfg.seed, .vocab = cfg.vocab, .acceptance = cfg.a,
+                .forward_ms = cfg.c * cfg.t_ms, .drafter = true};
+  sc.prompt = synthetic_prompt(cfg.seed, cfg.prompt_tokens, cfg.vocab);
+  return simulate(sc).latency_per_token_ms;
+}
+
+}  // namespace
+
+int cmd_bench(const CommonOptions& common, const BenchOptions& opts) {
+  std::vector<Point> grid;
+  std::vector<int> sps;
+  return with_session(
+      common,
+      [&](Session& s) {
+        grid = parse_grid(opts.grid);
+        for (int sp : opts.sp) {
+          if (sp < 1) throw ConfigError("--sp values must be at least 1");
+          if (2 + sp > s.world) {
+            throw ConfigError(fmt::format("--sp {} needs {} ranks (coordinator + drafter + {} targets), the world has {} (mpirun -np {})",
+                                          sp, 2 + sp, sp, s.world, 2 + sp));
+          }
+          sps.push_back(sp);
+        }
+        if (opts.tokens < 1) throw ConfigError("--tokens must be at least 1");
+      },
+      [&](Session& s, Coordinator& coord) {
+        nlohmann::json rows = nlohmann::json::array();
+        fmt::print("dsi bench: synthetic engine, t = {} ms, {} tokens per run, {} ranks\n", opts.t_ms,
+                   opts.tokens, s.world);
+        const std::string head = fmt::format(
+            "{:>5} {:>4} {:>2} {:>6} {:>3} {:>10} {:>10} {:>10} {:>6} {:>6} {:>8} {:>8} {:>6} {:>7} {:>8}",
+            "c", "a", "k", "mode", "SP", "meas_ms", "ideal_ms", "sched_ms", "eff", "eff_f",
+            "vs_SI", "vs_nonSI", "acc", "preempt", "lossless");
+        fmt::print("{}\n{}\n", head, std::string(head.size(), '-'));
+        bool all_lossless = true;
+        for (const Point& p : grid) {
+          RunConfig base = s.cfg;
+          base.t_ms = opts.t_ms;
+          base.ttft_ms = opts.t_ms;
+          base.c = p.c;
+          base.a = p.a;
+          base.lookahead = p.k;
+          base.max_new_tokens = opts.tokens;
+          double lat_non = 0, lat_si = 0;
+          std::vector<Token> ref;
+          auto one = [&](Mode m, int sp) {
+            RunConfig cfg = base;
+            cfg.mode = m;
+            RunReport r = coord.run(cfg, sp);
+            if (m == Mode::kNonSi) {
+              ref = r.tokens;
+              lat_non = r.latency_per_token_ms;
+            }
+            if (m == Mode::kSi) lat_si = r.latency_per_token_ms;
+            const double id = ideal(m, opts.t_ms, p.c * opts.t_ms, p.a, p.k);
+            const double sim = simulated(cfg, sp);
+            const bool lossless = r.tokens == ref;
+            all_lossless &= lossless;
+            const double eff = sim / r.latency_per_token_ms, eff_f = id / r.latency_per_token_ms;
+            fmt::print("{:5.2f} {:4.2f} {:2} {:>6} {:3} {:10.3f} {:10.3f} {:10.3f} {:6.3f} {:6.3f} {:8.2f} {:8.2f} {:6.3f} {:7} {:>8}\n",
+                       p.c, p.a, p.k, mode_name(m), sp, r.latency_per_token_ms, id, sim, eff, eff_f,
+                       m == Mode::kNonSi ? 0.0 : lat_si / r.latency_per_token_ms,
+                       lat_non / r.latency_per_token_ms, r.acceptance_rate(),
+                       r.stats.tasks_preempted, lossless ? "yes" : "NO");
+            std::fflush(stdout);
+            rows.push_back({{"c", p.c}, {"a", p.a}, {"k", p.k}, {"mode", mode_name(m)}, {"sp", sp},
+                            {"t_ms", opts.t_ms}, {"tokens", r.tokens.size()},
+                            {"latency_ms", r.latency_per_token_ms}, {"ideal_formula_ms", id},
+                            {"ideal_schedule_ms", sim}, {"efficiency", eff},
+                            {"efficiency_formula", eff_f},
+                            {"speedup_vs_si", m == Mode::kNonSi ? 0.0 : lat_si / r.latency_per_token_ms},
+                            {"speedup_vs_nonsi", lat_non / r.latency_per_token_ms},
+                            {"acceptance_rate", r.acceptance_rate()},
+                            {"tasks_preempted", r.stats.tasks_preempted},
+                            {"tasks_cancelled_queued", r.stats.tasks_cancelled_queued},
+                            {"wasted_target_s", r.wasted_target_s()}, {"lossless", lossless}});
+          };
+          one(Mode::kNonSi, 1);
+          one(Mode::kSi, 1);
+          for (int sp : sps) one(Mode::kDsi, sp);
+        }
+        nlohmann::json out = {{"t_ms", opts.t_ms}, {"tokens", opts.tokens}, {"world", s.world}, {"rows", rows}};
+        if (!opts.json_path.empty()) {
+          std::ofstream f(opts.json_path);
+          f << out.dump(1) << "\n";
+          fmt::print("JSON written to {}\n", opts.json_path);
+        } else {
+          fmt::print("{}\n", out.dump());
+        }
+        if (!all_lossless) {
+          fmt::print(stderr, "dsi bench: some runs were NOT lossless\n");
+          return 1;
+        }
+        return 0;
+      });
+}
+
+}  // namespace dsi::cli

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# One `dsi` command-line case under mpirun: cli_test.sh CASE DSI_BINARY SOURCE_DIR.
+# Each case checks the exit code, the message and (where it matters) how long it took.
+set -u
+case_name=$1 dsi=$2 src=$3
+mpirun=${MPIRUN:-mpirun}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+mpi() { timeout 45 "$mpirun" --oversubscribe --mca btl self,vader \
+          --mca btl_vader_single_copy_mechanism none "$@"; }
+
+fail() { echo "FAILED: $*"; echo "--- output:"; cat "$tmp/out"; exit 1; }
+# expect_error NP PATTERN ARGS...: non-zero exit, PATTERN in the output, under 20 s.
+expect_error() {
+  local np=$1 pattern=$2; shift 2
+  local t0=$SECONDS
+  local pre=()
+  while [ "${1:-}" = "--mca" ]; do pre+=("$1" "$2" "$3"); shift 3; done
+  mpi "${pre[@]}" -np "$np" "$dsi" "$@" >"$tmp/out" 2>&1
+  local rc=$?
+  local took=$((SECONDS - t0))
+  [ $rc -ne 0 ] || fail "exit code 0, expected an error"
+  [ $rc -ne 124 ] || fail "timed out (hang)"
+  grep -qE "$pattern" "$tmp/out" || fail "output lacks /$pattern/"
+  [ $took -le 20 ] || fail "took ${took}s"
+  echo "ok: exit $rc in ${took}s, message matched /$pattern/"
+}
+
+cfg="$src/configs/synthetic.yaml"
+fast=(--set synthetic.t_ms=2 --set generation.max_new_tokens=20)
+case $case_name in
+  bad_yaml)
+    printf 'mode: dsi\nsynthetic: [1, 2\n' >"$tmp/bad.yaml"
+    expect_error 3 "bad.yaml: malformed YAML at line" run --config "$tmp/bad.yaml" ;;
+  unknown_key)
+    printf 'mode: dsi\nsynthetic:\n  t_ms: 5\n  acceptance: 0.5\n' >"$tmp/k.yaml"
+    expect_error 3 "unknown key 'synthetic.acceptance'" run --config "$tmp/k.yaml" ;;
+  bad_value)
+    expect_error 3 "key 'synthetic.a' is 1.5, it must lie in \[0, 1\]" run --config "$cfg" --set synthetic.a=1.5 ;;
+  world_too_small)
+    expect_error 2 "mode dsi needs at least 3 ranks .* the world has 2" run --config "$cfg" ;;
+  world_mismatch)
+    expect_error 4 "roles.targets = 4 with mode dsi needs exactly 6 ranks .* the world has 4" \
+      run --config "$cfg" --set roles.targets=4 ;;
+  missing_file)
+    expect_error 1 "does not exist|cannot read" run --config "$tmp/nope.yaml" ;;
+  rank_exits)
+    # Rank 3 dies abruptly mid-run. Plain mpirun tears the job down itself and names the
+    # process as [[job,1],3]; every rank must be gone within seconds.
+    expect_error 5 "\\[\\[[0-9]+,1\\],3\\]|rank 3" run --config "$cfg" --set generation.max_new_tokens=100000 \
+      --fault-rank 3 --fault exit --fault-after-ms 500 ;;
+  rank_exits_no_abort)
+    # Same death where the launcher does not abort the job (as some srun setups): the
+    # coordinator's heartbeat timeout names the rank and ends every rank.
+    expect_error 5 "rank 3 \(target 1\) has not been heard from" --mca orte_abort_on_non_zero_status 0 \
+      run --config "$cfg" --set generation.max_new_tokens=100000 --set runtime.peer_timeout_s=2 \
+      --fault-rank 3 --fault exit --fault-after-ms 500 ;;
+  rank_hangs)
+    # Rank 3 is stopped (a wedged node); the coordinator's heartbeat timeout names it.
+    expect_error 5 "rank 3 \(target 1\) has not been heard from" run --config "$cfg" \
+      --set generation.max_new_tokens=100000 --set runtime.peer_timeout_s=2 \
+      --fault-rank 3 --fault hang --fault-after-ms 500 ;;
+  trace_preemption)
+    mpi -np 6 "$dsi" run --config "$cfg" --set synthetic.a=0.5 --set dsi.lookahead=1 \
+      --set generation.max_new_tokens=60 --trace "$tmp/trace.json" --json >"$tmp/out" 2>&1 \
+      || fail "run failed"
+    python3 - "$tmp/trace.json" "$tmp/out" <<'PY' || fail "trace check"
+import json, sys
+ev = json.load(open(sys.argv[1]))["traceEvents"]
+summary = json.loads(open(sys.argv[2]).read().strip().splitlines()[-1])
+cut = [e for e in ev if e.get("name") == "verify (preempted)" and e["dur"] < 0.9 * 20000]
+cancels = [e for e in ev if e.get("name") == "cancel"]
+names = {e.get("name") for e in ev}
+assert {"draft", "verify", "idle"} <= names, names
+assert len(cut) > 0, "no verify span was cut short"
+assert summary["tasks"]["preempted"] > 0 and summary["wasted_target_s"] > 0, summary
+assert len(cancels) == summary["tasks"]["preempted"], (len(cancels), summary["tasks"])
+print(f"ok: {len(cut)} verify spans cut short, {len(cancels)} cancel messages, "
+      f"{summary['tasks']['preempted']} preempted in the summary")
+PY
+    ;;
+  json_summary)
+    for mode in nonsi si dsi; do
+      mpi -np 4 "$dsi" run --config "$cfg" "${fast[@]}" --mode $mode --json >"$tmp/$mode.json" 2>"$tmp/out" \
+        || fail "$mode run failed"
+    done
+    python3 - "$tmp" <<'PY' || fail "summary check"
+import json, sys
+r = {m: json.loads(open(f"{sys.argv[1]}/{m}.json").read().strip().splitlines()[-1]) for m in ("nonsi", "si", "dsi")}
+for m, s in r.items():
+    for key in ("tokens", "latency_per_token_ms", "acceptance_rate", "tasks", "ranks", "wasted_target_s",
+                "prompt_ids", "generated_ids"):
+        assert key in s, (m, key)
+    assert s["tokens"] == 20 and len(s["generated_ids"]) == 20, s
+assert r["si"]["generated_ids"] == r["nonsi"]["generated_ids"] == r["dsi"]["generated_ids"]
+print("ok: summaries complete, tokens identical across modes")
+PY
+    ;;
+  *) echo "unknown case $case_name"; exit 2 ;;
+esac

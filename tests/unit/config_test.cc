@@ -1,0 +1,63 @@
+#include "runtime/config.h"
+
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <sstream>
+
+namespace dsi {
+namespace {
+
+std::string error_of(const std::string& yaml, std::vector<std::string> overrides = {}) {
+  try {
+    parse_config(yaml, "test.yaml", overrides);
+  } catch (const ConfigError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(Config, ShippedSyntheticConfigParses) {
+  std::ifstream in(std::string(DSI_SOURCE_DIR) + "/configs/synthetic.yaml");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  RunConfig c = parse_config(ss.str(), "synthetic.yaml");
+  EXPECT_EQ(c.mode, Mode::kDsi);
+  EXPECT_EQ(c.lookahead, 5);
+  EXPECT_DOUBLE_EQ(c.ttft_ms, c.t_ms);
+  EXPECT_EQ(c.n_targets(6), 4);
+}
+
+TEST(Config, ErrorsNameTheKey) {
+  EXPECT_NE(error_of("synthetic: {tt_ms: 3}").find("unknown key 'synthetic.tt_ms'"), std::string::npos);
+  EXPECT_NE(error_of("mode: fast").find("key 'mode' must be dsi, si or nonsi, got 'fast'"), std::string::npos);
+  EXPECT_NE(error_of("synthetic: {a: high}").find("key 'synthetic.a' must be a number, got 'high'"), std::string::npos);
+  EXPECT_NE(error_of("dsi: {lookahead: 0}").find("key 'dsi.lookahead' is 0"), std::string::npos);
+  EXPECT_NE(error_of("synthetic: 3").find("key 'synthetic' must be a mapping"), std::string::npos);
+  EXPECT_NE(error_of("mode: [dsi").find("test.yaml: malformed YAML at line"), std::string::npos);
+  EXPECT_NE(error_of("", {"synthetic.x=1"}).find("unknown key 'synthetic.x'"), std::string::npos);
+  EXPECT_NE(error_of("", {"nokey"}).find("override 'nokey' must read key=value"), std::string::npos);
+  EXPECT_EQ(error_of("", {"synthetic.a=0.25"}), "");
+  EXPECT_DOUBLE_EQ(parse_config("", "x", {"synthetic.a=0.25"}).a, 0.25);
+}
+
+TEST(Config, WorldSizeMustFitTheRoles) {
+  RunConfig c;
+  EXPECT_THROW(c.n_targets(2), ConfigError);
+  EXPECT_EQ(c.n_targets(3), 1);
+  c.targets = 2;
+  EXPECT_THROW(c.n_targets(5), ConfigError);
+  EXPECT_EQ(c.n_targets(4), 2);
+  c.mode = Mode::kNonSi;
+  c.targets = -1;
+  EXPECT_EQ(c.n_targets(2), 1);
+  try {
+    RunConfig d;
+    d.n_targets(2);
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("the world has 2"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace dsi
