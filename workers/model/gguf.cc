@@ -331,6 +331,8 @@ void GgufFile::parse_all() {
   // may end right after its tensor infos.
   const size_t info_end = c.pos();
   const size_t data_start = (info_end + alignment_ - 1) / alignment_ * alignment_;
+  header_size_ = info_end;
+  data_offset_ = data_start;
   if (tensors_.empty()) return;
   if (data_start > size_) {
     throw ModelError(fmt::format("{}: data section starts at {}, past end of file ({})", path_,
