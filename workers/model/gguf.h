@@ -16,6 +16,8 @@
 
 namespace dsi {
 
+class MappedFile;
+
 struct GgufTensor {
   std::string name;
   GgmlType type;            // may be an unsupported id; then data is nullptr and nbytes 0
@@ -98,7 +100,7 @@ class GgufFile {
   std::string path_;
   const uint8_t* base_ = nullptr;
   size_t size_ = 0;
-  bool mapped_ = false;
+  std::unique_ptr<MappedFile> map_;  // null for parse()
   uint32_t version_ = 0;
   size_t alignment_ = 32;
   size_t header_size_ = 0;
