@@ -313,6 +313,8 @@ TEST(Tokenizer, BadVocabularies) {
   } catch (const ModelError& e) {
     EXPECT_NE(std::string(e.what()).find("falcon-9000"), std::string::npos);
   }
+  v.pre = "default";  // llama.cpp's own default list, not implemented: refused by name
+  EXPECT_THROW(Tokenizer::from_vocab(v), ModelError);
   v.pre = "gpt-2";
   v.eos = 5;
   EXPECT_THROW(Tokenizer::from_vocab(v), ModelError);
