@@ -3,6 +3,7 @@
 // file whose tensors lie inside the buffer; a crash or a std::bad_alloc fails the test.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <iterator>
@@ -213,6 +214,38 @@ size_t required_size(const std::vector<uint8_t>& b) {
     end = std::max(end, static_cast<size_t>(t.data - b.data()) + t.nbytes);
   }
   return end;
+}
+
+TEST(GgufRobust, RealFileWithUnsupportedTensorType) {
+  auto b = read_all(kDir + "/tiny-llama-spm-q8_0.gguf");
+  // The tensor info is: name, u32 n_dims, u64 ne[n_dims], u32 type, u64 offset.
+  const std::string name = "blk.2.attn_q.weight";
+  auto it = std::search(b.begin(), b.end(), name.begin(), name.end());
+  ASSERT_NE(it, b.end());
+  const size_t at = static_cast<size_t>(it - b.begin()) + name.size();
+  uint32_t n_dims;
+  std::memcpy(&n_dims, &b[at], 4);
+  ASSERT_EQ(n_dims, 2u);
+  const size_t type_at = at + 4 + 8 * n_dims;
+  uint32_t type;
+  std::memcpy(&type, &b[type_at], 4);
+  ASSERT_EQ(type, 8u);  // q8_0
+  const uint32_t q4_k = 12;
+  std::memcpy(&b[type_at], &q4_k, 4);
+  auto f = GgufFile::parse(b.data(), b.size(), "flipped.gguf");  // still opens
+  EXPECT_NO_THROW(f->tensor("blk.1.attn_q.weight"));
+  try {
+    f->tensor(name);
+    FAIL();
+  } catch (const ModelError& e) {
+    EXPECT_NE(std::string(e.what()).find("'blk.2.attn_q.weight' has unsupported type id 12"),
+              std::string::npos)
+        << e.what();
+  }
+  // An impossible type id in the same place is treated alike.
+  const uint32_t junk = 0xdeadbeef;
+  std::memcpy(&b[type_at], &junk, 4);
+  EXPECT_THROW(GgufFile::parse(b.data(), b.size(), "f")->tensor(name), ModelError);
 }
 
 class RealFiles : public ::testing::TestWithParam<const char*> {};
