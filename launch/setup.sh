@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(g++ cmake ninja-build pkg-config python3 openmpi-bin libopenmpi-dev libyaml-cpp-dev
-          libopenblas-dev libcli11-dev nlohmann-json3-dev libfmt-dev libgtest-dev googletest)
+          libopenblas-dev libcli11-dev nlohmann-json3-dev libfmt-dev libgtest-dev googletest
+          clang libclang-rt-14-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
