@@ -14,8 +14,8 @@ namespace dsi::kernels {
 // 0 .. q_pos0 + i (causal; q_pos0 + n_q <= n_kv). With a mask (n_q, n_kv), query i sees key j
 // iff mask[i*n_kv + j] != 0 and q_pos0 is unused; every query must see at least one key.
 // Only heads [head_begin, head_end) are computed, so callers can split heads over threads.
-void attention_cpu(float* out, const float* q, const float* k, const float* v,
-                   const uint8_t* mask, int n_q, int n_kv, int q_pos0, int n_heads,
-                   int n_kv_heads, int head_dim, int kv_stride, int head_begin, int head_end);
+void attention_cpu(float* out, const float* q, const float* k, const float* v, const uint8_t* mask,
+                   int n_q, int n_kv, int q_pos0, int n_heads, int n_kv_heads, int head_dim,
+                   int kv_stride, int head_begin, int head_end);
 
 }  // namespace dsi::kernels

@@ -8,9 +8,9 @@
 
 namespace dsi::kernels {
 
-void attention_cpu(float* out, const float* q, const float* k, const float* v,
-                   const uint8_t* mask, int n_q, int n_kv, int q_pos0, int n_heads,
-                   int n_kv_heads, int head_dim, int kv_stride, int head_begin, int head_end) {
+void attention_cpu(float* out, const float* q, const float* k, const float* v, const uint8_t* mask,
+                   int n_q, int n_kv, int q_pos0, int n_heads, int n_kv_heads, int head_dim,
+                   int kv_stride, int head_begin, int head_end) {
   thread_local std::vector<float> scores;
   scores.resize(n_kv);
   const int group = n_heads / n_kv_heads;
@@ -26,7 +26,8 @@ void attention_cpu(float* out, const float* q, const float* k, const float* v,
       float mx = -INFINITY;
       for (int j = 0; j <= last; ++j) {
         if (mrow && !mrow[j]) continue;
-        const float* kj = k + static_cast<size_t>(j) * kv_stride + static_cast<size_t>(g) * head_dim;
+        const float* kj =
+            k + static_cast<size_t>(j) * kv_stride + static_cast<size_t>(g) * head_dim;
         float s = 0;
         for (int d = 0; d < head_dim; ++d) s += qi[d] * kj[d];
         s *= scale;
@@ -44,7 +45,8 @@ void attention_cpu(float* out, const float* q, const float* k, const float* v,
       for (int j = 0; j <= last; ++j) {
         if (mrow && !mrow[j]) continue;
         const float p = scores[j] * inv;
-        const float* vj = v + static_cast<size_t>(j) * kv_stride + static_cast<size_t>(g) * head_dim;
+        const float* vj =
+            v + static_cast<size_t>(j) * kv_stride + static_cast<size_t>(g) * head_dim;
         for (int d = 0; d < head_dim; ++d) oi[d] += p * vj[d];
       }
     }

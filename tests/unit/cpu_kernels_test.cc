@@ -56,10 +56,10 @@ std::vector<double> rope_naive(const std::vector<float>& x, const std::vector<in
     for (int h = 0; h < n_heads; ++h)
       for (int i = 0; i < rot_dim / 2; ++i) {
         const size_t o = (r * n_heads + h) * head_dim;
-        const size_t a = o + (adjacent ? 2 * i : i), b = o + (adjacent ? 2 * i + 1 : i + rot_dim / 2);
+        const size_t a = o + (adjacent ? 2 * i : i),
+                     b = o + (adjacent ? 2 * i + 1 : i + rot_dim / 2);
         const double theta = pos[r] * std::pow(base, -2.0 * i / rot_dim);
-        const std::complex<double> z =
-            std::complex<double>(x[a], x[b]) * std::polar(1.0, theta);
+        const std::complex<double> z = std::complex<double>(x[a], x[b]) * std::polar(1.0, theta);
         y[a] = z.real();
         y[b] = z.imag();
       }
@@ -156,18 +156,18 @@ TEST(CpuKernels, AttentionExplicitTreeMask) {
   auto q = randn(c.n_q * c.n_heads * c.head_dim, 8);
   auto k = randn(c.n_kv * kv_dim, 9), v = randn(c.n_kv * kv_dim, 10);
   std::vector<float> out(q.size());
-  attention_cpu(out.data(), q.data(), k.data(), v.data(), mask.data(), c.n_q, c.n_kv, 0,
-                c.n_heads, c.n_kv_heads, c.head_dim, kv_dim, 0, c.n_heads);
+  attention_cpu(out.data(), q.data(), k.data(), v.data(), mask.data(), c.n_q, c.n_kv, 0, c.n_heads,
+                c.n_kv_heads, c.head_dim, kv_dim, 0, c.n_heads);
   EXPECT_LT(max_abs_diff(out, attention_naive(q, k, v, c, &mask)), 1e-5);
   // A lower-triangular mask gives exactly the causal result.
   std::vector<uint8_t> causal(c.n_q * c.n_kv);
   for (int i = 0; i < c.n_q; ++i)
     for (int j = 0; j < c.n_kv; ++j) causal[i * c.n_kv + j] = j <= c.q_pos0 + i;
   std::vector<float> a(q.size()), b(q.size());
-  attention_cpu(a.data(), q.data(), k.data(), v.data(), causal.data(), c.n_q, c.n_kv, 0,
-                c.n_heads, c.n_kv_heads, c.head_dim, kv_dim, 0, c.n_heads);
-  attention_cpu(b.data(), q.data(), k.data(), v.data(), nullptr, c.n_q, c.n_kv, c.q_pos0,
-                c.n_heads, c.n_kv_heads, c.head_dim, kv_dim, 0, c.n_heads);
+  attention_cpu(a.data(), q.data(), k.data(), v.data(), causal.data(), c.n_q, c.n_kv, 0, c.n_heads,
+                c.n_kv_heads, c.head_dim, kv_dim, 0, c.n_heads);
+  attention_cpu(b.data(), q.data(), k.data(), v.data(), nullptr, c.n_q, c.n_kv, c.q_pos0, c.n_heads,
+                c.n_kv_heads, c.head_dim, kv_dim, 0, c.n_heads);
   EXPECT_EQ(a, b);
 }
 
