@@ -13,6 +13,7 @@
 #include "kernels/rmsnorm.h"
 #include "kernels/rope.h"
 #include "kernels/swiglu.h"
+#include "workers/llama/llama_loader.h"
 
 namespace dsi {
 namespace {
@@ -47,6 +48,11 @@ const float* or_null(const std::vector<float>& v) {
 }
 
 }  // namespace
+
+std::unique_ptr<Engine> make_llama_engine(const LlamaEngineOptions& options) {
+  return std::make_unique<LlamaEngine>(load_llama_gguf(options.model_path, options.layers),
+                                       options);
+}
 
 size_t LlamaWeights::bytes() const {
   size_t n = token_embd.size() + output_norm.size() + output.size();
