@@ -170,20 +170,28 @@ int main(int argc, char** argv) {
   std::vector<dsi::Token> target_next(seq.begin() + prompt_len, seq.end());
   std::vector<std::vector<int>> skips;
   if (skip_spec.empty()) {
-    std::vector<int> even, first_half, drop_middle;
+    // Every other layer (plus the last), the first half, and the model without its middle
+    // quarter / middle half (Draft & Verify keeps the first and last layers).
+    auto without_middle = [&](int n_drop) {
+      std::vector<int> v;
+      const int from = (c.n_layers - n_drop) / 2;
+      for (int l = 0; l < c.n_layers; ++l) {
+        if (l < from || l >= from + n_drop) v.push_back(l);
+      }
+      return v;
+    };
+    std::vector<int> even, first_half;
     for (int l = 0; l < c.n_layers; ++l) {
       if (l % 2 == 0 || l == c.n_layers - 1) even.push_back(l);
       if (l < (c.n_layers + 1) / 2) first_half.push_back(l);
-      if (l < c.n_layers / 4 + 1 || l >= c.n_layers - c.n_layers / 4 - 1 || l % 2 == 0) {
-        drop_middle.push_back(l);
-      }
     }
-    skips = {even, first_half, drop_middle};
+    skips = {even, first_half, without_middle(std::max(1, c.n_layers / 4)),
+             without_middle(std::max(1, c.n_layers / 2))};
   } else {
     for (const auto& s : split(skip_spec, ';')) skips.push_back(parse_list(s));
   }
-  std::printf("\n%-28s %7s %14s %12s %12s\n", "drafter layers", "kept", "decode tok/s", "accept",
-              "(threads 1)");
+  std::printf("\n%-40s %5s %14s %8s   (threads 1, %d positions)\n", "drafter layers", "kept",
+              "decode tok/s", "accept", gen);
   for (const auto& layers : skips) {
     dsi::LlamaEngineOptions o;
     o.threads = 1;
@@ -198,7 +206,7 @@ int main(int argc, char** argv) {
       agree += argmax(l, 0) == target_next[i + 1];
     }
     const double decode_s = secs(td);
-    std::printf("%-28s %7zu %14.1f %11.1f%%\n", describe(layers).c_str(), layers.size(),
+    std::printf("%-40s %5zu %14.1f %7.1f%%\n", describe(layers).c_str(), layers.size(),
                 (gen - 1) / decode_s, 100.0 * agree / gen);
   }
   return 0;
