@@ -4,6 +4,8 @@
 //
 // usage: llama_bench MODEL.gguf [--prompt N] [--gen N] [--threads 1,2] [--tokens a,b,c]
 //                               [--skip "0,2,4;0-14"] (layer lists; a-b is a range)
+//                               [--text "prompt"] (encoded with the GGUF's own tokenizer; special
+//                               token texts such as <|im_start|> are recognised)
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -13,17 +15,25 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "kernels/argmax.h"
 #include "workers/llama/llama_engine.h"
 #include "workers/llama/llama_loader.h"
+#include "workers/tokenizer/tokenizer.h"
 
 namespace {
 
 using Clock = std::chrono::steady_clock;
 double secs(Clock::time_point a) {
   return std::chrono::duration<double>(Clock::now() - a).count();
+}
+
+double cpu_secs() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return u.ru_utime.tv_sec + u.ru_stime.tv_sec + 1e-6 * (u.ru_utime.tv_usec + u.ru_stime.tv_usec);
 }
 
 long rss_kib() {
@@ -89,7 +99,7 @@ int main(int argc, char** argv) {
   if (argc < 2) {
     std::fprintf(stderr,
                  "usage: %s MODEL.gguf [--prompt N] [--gen N] [--threads 1,2] [--tokens ids]"
-                 " [--skip \"l,l,...;a-b;...\"]\n",
+                 " [--skip \"l,l,...;a-b;...\"] [--text prompt]\n",
                  argv[0]);
     return 2;
   }
@@ -97,20 +107,22 @@ int main(int argc, char** argv) {
   int prompt_len = 64, gen = 32;
   std::vector<int> threads = {1, 2};
   std::vector<dsi::Token> prompt;
-  std::string skip_spec;
+  std::string skip_spec, text;
   for (int i = 2; i + 1 < argc; i += 2) {
     const std::string a = argv[i], v = argv[i + 1];
-    if (a == "--prompt")
+    if (a == "--prompt") {
       prompt_len = std::stoi(v);
-    else if (a == "--gen")
+    } else if (a == "--gen") {
       gen = std::stoi(v);
-    else if (a == "--threads")
+    } else if (a == "--threads") {
       threads = parse_list(v);
-    else if (a == "--tokens")
+    } else if (a == "--tokens") {
       prompt = parse_list(v);
-    else if (a == "--skip")
+    } else if (a == "--skip") {
       skip_spec = v;
-    else {
+    } else if (a == "--text") {
+      text = v;
+    } else {
       std::fprintf(stderr, "unknown option %s\n", a.c_str());
       return 2;
     }
@@ -127,6 +139,11 @@ int main(int argc, char** argv) {
   std::printf("  load (parse + dequantize to f32) %.3f s, f32 weights %.1f MiB, RSS +%.1f MiB\n",
               load_s, model->weights.bytes() / 1048576.0, (rss_kib() - rss0) / 1024.0);
 
+  std::unique_ptr<dsi::Tokenizer> tok;
+  if (!text.empty()) {
+    tok = dsi::Tokenizer::from_gguf(*dsi::GgufFile::open(path));
+    prompt = tok->encode(text, /*add_special=*/true, /*parse_special=*/true);
+  }
   if (prompt.empty()) {
     uint32_t s = 12345;  // fixed pseudo-random ids, away from the special tokens at the start
     for (int i = 0; i < prompt_len; ++i) {
@@ -139,8 +156,8 @@ int main(int argc, char** argv) {
 
   // Greedy target continuation, and speed at each thread count.
   std::vector<dsi::Token> seq = prompt;
-  std::printf("\n%-8s %8s %14s %14s %12s\n", "threads", "prompt", "prefill tok/s", "decode tok/s",
-              "decode ms");
+  std::printf("\n%-8s %8s %14s %14s %12s %14s\n", "threads", "prompt", "prefill tok/s",
+              "decode tok/s", "decode ms", "idle CPU %");
   for (int th : threads) {
     dsi::LlamaEngineOptions o;
     o.threads = th;
@@ -158,13 +175,23 @@ int main(int argc, char** argv) {
       next = argmax(l, 0);
     }
     const double decode_s = secs(td);
-    std::printf("%-8d %8d %14.1f %14.1f %12.2f\n", th, prompt_len, prompt_len / prefill_s,
-                gen / decode_s, 1e3 * decode_s / gen);
+    // CPU the process burns while the engine sits idle for 0.5 s after a forward (OpenBLAS
+    // worker threads spin for a while before they sleep).
+    const double c0 = cpu_secs();
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    const double idle_cpu = (cpu_secs() - c0) / 0.5;
+    std::printf("%-8d %8d %14.1f %14.1f %12.2f %14.0f\n", th, prompt_len, prompt_len / prefill_s,
+                gen / decode_s, 1e3 * decode_s / gen, 100 * idle_cpu);
     if (seq.size() == prompt.size()) seq.insert(seq.end(), cont.begin(), cont.end());
   }
   std::printf("greedy continuation:");
   for (size_t i = prompt.size(); i < seq.size(); ++i) std::printf(" %d", seq[i]);
   std::printf("\n");
+  if (tok) {
+    std::printf("prompt tokens:");
+    for (dsi::Token t : prompt) std::printf(" %d", t);
+    std::printf("\ntext: %s\n", tok->decode(std::span(seq).subspan(prompt.size())).c_str());
+  }
 
   // Target argmax at every position of the continuation, for the acceptance figures.
   std::vector<dsi::Token> target_next(seq.begin() + prompt_len, seq.end());

@@ -198,8 +198,12 @@ class GgufBuilder {
       off += (n * 4 + 31) / 32 * 32;
     }
     b.resize((b.size() + 31) / 32 * 32);
+    uint64_t seed = 7;  // weights uniform in [-0.5, 0.5)
     for (uint64_t sz : sizes) {
-      for (uint64_t i = 0; i < sz / 4; ++i) pod(b, 0.01f * static_cast<float>(i % 7));
+      for (uint64_t i = 0; i < sz / 4; ++i) {
+        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+        pod(b, static_cast<float>(seed >> 40) / static_cast<float>(1 << 24) - 0.5f);
+      }
       b.resize((b.size() + 31) / 32 * 32);
     }
     return b;
@@ -222,25 +226,30 @@ class GgufBuilder {
 };
 
 // A 1-layer llama (dim 8, 2 heads, 1 KV head, ffn 16, vocab 10); `skip` names a tensor to
-// leave out, `bad` one to give shape [3, 3].
-std::vector<uint8_t> tiny_gguf(const std::string& skip = "", const std::string& bad = "") {
+// leave out, `bad` one to give shape [3, 3]. With arch "qwen2" it has q/k/v biases.
+std::vector<uint8_t> tiny_gguf(const std::string& skip = "", const std::string& bad = "",
+                               const std::string& arch = "llama") {
   GgufBuilder g;
-  g.str("general.architecture", "llama");
-  g.u32("llama.embedding_length", 8);
-  g.u32("llama.block_count", 1);
-  g.u32("llama.attention.head_count", 2);
-  g.u32("llama.attention.head_count_kv", 1);
-  g.u32("llama.feed_forward_length", 16);
-  g.u32("llama.context_length", 32);
-  g.f32("llama.attention.layer_norm_rms_epsilon", 1e-5f);
-  g.f32("llama.rope.freq_base", 10000.0f);
-  const std::vector<std::pair<std::string, std::vector<int64_t>>> ts = {
+  g.str("general.architecture", arch);
+  g.u32(arch + ".embedding_length", 8);
+  g.u32(arch + ".block_count", 1);
+  g.u32(arch + ".attention.head_count", 2);
+  g.u32(arch + ".attention.head_count_kv", 1);
+  g.u32(arch + ".feed_forward_length", 16);
+  g.u32(arch + ".context_length", 32);
+  g.f32(arch + ".attention.layer_norm_rms_epsilon", 1e-5f);
+  g.f32(arch + ".rope.freq_base", 10000.0f);
+  std::vector<std::pair<std::string, std::vector<int64_t>>> ts = {
       {"token_embd.weight", {8, 10}},       {"output_norm.weight", {8}},
       {"blk.0.attn_norm.weight", {8}},      {"blk.0.attn_q.weight", {8, 8}},
       {"blk.0.attn_k.weight", {8, 4}},      {"blk.0.attn_v.weight", {8, 4}},
       {"blk.0.attn_output.weight", {8, 8}}, {"blk.0.ffn_norm.weight", {8}},
       {"blk.0.ffn_gate.weight", {8, 16}},   {"blk.0.ffn_up.weight", {8, 16}},
       {"blk.0.ffn_down.weight", {16, 8}}};
+  if (arch == "qwen2") {
+    ts.insert(ts.end(),
+              {{"blk.0.attn_q.bias", {8}}, {"blk.0.attn_k.bias", {4}}, {"blk.0.attn_v.bias", {4}}});
+  }
   for (const auto& [name, ne] : ts) {
     if (name == skip) continue;
     g.tensor(name, name == bad ? std::vector<int64_t>{3, 3} : ne);
@@ -266,6 +275,43 @@ TEST(LlamaLoader, TinyInMemoryModelLoadsAndRuns) {
   LlamaEngine e(m, {});
   CancelFlag never;
   EXPECT_EQ(e.forward(std::vector<Token>{1, 2}, 1, never).data.size(), 10u);
+}
+
+TEST(LlamaLoader, Qwen2HasBiasesAndHalfSplitRope) {
+  const auto bytes = tiny_gguf("", "", "qwen2");
+  auto m = load_llama_gguf(*GgufFile::parse(bytes.data(), bytes.size(), "tiny.gguf"));
+  EXPECT_TRUE(m->config.qkv_bias);
+  EXPECT_EQ(m->config.rope_layout, kernels::RopeLayout::kHalfSplit);
+  EXPECT_EQ(m->weights.layers[0].bk.size(), 4u);
+  LlamaEngine e(m, {});
+  CancelFlag never;
+  EXPECT_EQ(e.forward(std::vector<Token>{1, 2}, 2, never).data.size(), 20u);
+  std::string msg = load_error(tiny_gguf("blk.0.attn_v.bias", "", "qwen2"));
+  EXPECT_NE(msg.find("'blk.0.attn_v.bias' is missing"), std::string::npos) << msg;
+  msg = load_error(tiny_gguf("", "", "gpt2"));
+  EXPECT_NE(msg.find("architecture 'gpt2' is not supported"), std::string::npos) << msg;
+}
+
+TEST(LlamaVsReference, TinyLlamaAndQwen2FromInMemoryGguf) {
+  // Covers what the test models do not: qwen2's q/k/v biases and half-split RoPE.
+  if (!have_numpy()) GTEST_SKIP() << "numpy is not installed for /usr/bin/python3";
+  for (const std::string arch : {"llama", "qwen2"}) {
+    const auto bytes = tiny_gguf("", "", arch);
+    const auto file = std::filesystem::temp_directory_path() /
+                      ("dsi_tiny_" + arch + std::to_string(::getpid()) + ".gguf");
+    std::ofstream(file, std::ios::binary)
+        .write(reinterpret_cast<const char*>(bytes.data()),
+               static_cast<std::streamsize>(bytes.size()));
+    auto m = load_llama_gguf(file.string());
+    LlamaEngine e(m, {});
+    const std::vector<Token> seq = {1, 7, 3, 9, 0, 2};
+    CancelFlag never;
+    Logits l = e.forward(seq, 6, never);
+    const auto ref = reference_logits(file.string(), seq, 10);
+    std::filesystem::remove(file);
+    std::printf("  in-memory tiny %s\n", arch.c_str());
+    expect_close(compare(l, ref, 0), "prefill, 6 positions");
+  }
 }
 
 TEST(LlamaLoader, MissingOrMisshapenTensorNamesItAndTheShapes) {
