@@ -138,6 +138,16 @@ int main(int argc, char** argv) {
               c.ffn_dim, c.max_context);
   std::printf("  load (parse + dequantize to f32) %.3f s, f32 weights %.1f MiB, RSS +%.1f MiB\n",
               load_s, model->weights.bytes() / 1048576.0, (rss_kib() - rss0) / 1024.0);
+  {
+    // The KV cache is reserved for the whole context but its pages are committed as it fills.
+    const long rss1 = rss_kib();
+    dsi::LlamaEngine e(model, {});
+    std::printf(
+        "  KV cache %.1f KiB/token, %.1f MiB reserved for ctx %d, RSS +%.1f MiB when empty\n",
+        e.kv_bytes_per_token() / 1024.0,
+        e.kv_bytes_per_token() * double(e.max_context()) / 1048576.0, e.max_context(),
+        (rss_kib() - rss1) / 1024.0);
+  }
 
   std::unique_ptr<dsi::Tokenizer> tok;
   if (!text.empty()) {

@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <random>
 
 namespace dsi {
@@ -147,11 +148,27 @@ TEST(LlamaEngine, ThreadsGiveTheSameLogits) {
   auto model = random_model(false, kernels::RopeLayout::kAdjacentPairs, true);
   CancelFlag never;
   LlamaEngine one(model, opts({}, 1)), two(model, opts({}, 2));
-  Logits a = one.forward(kSeq, 3, never), b = two.forward(kSeq, 3, never);
+  // 60 tokens: enough attention work for the engine to use its thread pool.
+  std::vector<Token> seq;
+  for (int i = 0; i < 60; ++i) seq.push_back((i * 37 + 11) % 97);
+  Logits a = one.forward(seq, 3, never), b = two.forward(seq, 3, never);
   EXPECT_LT(max_diff(a.data, b.data), kTol);
   a = one.forward(std::vector<Token>{7}, 1, never);
   b = two.forward(std::vector<Token>{7}, 1, never);
   EXPECT_LT(max_diff(a.data, b.data), kTol);
+}
+
+TEST(ThreadPool, RunsEveryIndexOnceJobAfterJob) {
+  for (int threads : {1, 2, 4}) {
+    ThreadPool pool(threads);
+    EXPECT_EQ(pool.size(), threads);
+    for (int job = 0; job < 300; ++job) {
+      const int n = job % 13;
+      std::vector<std::atomic<int>> hits(n);
+      pool.parallel_for(n, [&](int i) { hits[i].fetch_add(1); });
+      for (int i = 0; i < n; ++i) ASSERT_EQ(hits[i].load(), 1) << threads << " " << job;
+    }
+  }
 }
 
 TEST(LlamaEngine, LayerSkipDrafter) {

@@ -18,6 +18,9 @@
 namespace dsi {
 namespace {
 
+// Multiply-adds (queries x keys x q_dim) below which attention runs on the calling thread.
+constexpr int64_t kParallelAttentionWork = int64_t{1} << 17;
+
 std::vector<int> kept_layers(const LlamaModel& m, const std::vector<int>& requested) {
   std::vector<int> layers = requested;
   if (layers.empty()) {
@@ -143,10 +146,16 @@ Logits LlamaEngine::forward(std::span<const Token> tokens, int n_logits, const C
                       c.rope_layout);
     const float* k0 = k_cache(static_cast<int>(slot), 0);
     const float* v0 = v_cache(static_cast<int>(slot), 0);
-    pool_.parallel_for(c.n_heads, [&](int h) {
+    auto heads = [&](int h) {
       kernels::attention_cpu(att_.data(), q_.data(), k0, v0, nullptr, n, start + n, start,
                              c.n_heads, c.n_kv_heads, c.head_dim, c.kv_dim(), h, h + 1);
-    });
+    };
+    // Waking the pool costs ~10 us: not worth it for a decode step over a short context.
+    if (static_cast<int64_t>(n) * (start + n) * c.q_dim() < kParallelAttentionWork) {
+      for (int h = 0; h < c.n_heads; ++h) heads(h);
+    } else {
+      pool_.parallel_for(c.n_heads, heads);
+    }
     kernels::matmul_cpu(xb_.data(), att_.data(), L.wo.data(), nullptr, n, c.q_dim(), c.dim);
     add_inplace(x_.data(), xb_.data(), nd);
 
