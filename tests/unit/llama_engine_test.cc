@@ -7,7 +7,9 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
 #include <random>
+#include <thread>
 
 namespace dsi {
 namespace {
@@ -124,6 +126,39 @@ TEST(LlamaEngine, CancelLeavesCacheAtOldLength) {
   LlamaEngine ref(model, {});
   Logits straight = ref.forward(std::span(kSeq).first(7), 3, never);
   EXPECT_LT(max_diff(after.data, straight.data), kTol);
+}
+
+TEST(LlamaEngine, CancelFromAnotherThreadDuringForward) {
+  // Whether the flag lands before the last layer depends on timing; either outcome must leave
+  // a consistent cache.
+  auto model = random_model(false, kernels::RopeLayout::kAdjacentPairs, true);
+  std::vector<Token> seq;
+  for (int i = 0; i < 60; ++i) seq.push_back((i * 31 + 5) % 97);
+  CancelFlag never;
+  LlamaEngine ref(model, {});
+  Logits straight = ref.forward(seq, 1, never);
+  LlamaEngine e(model, opts({}, 2));
+  int cancelled = 0;
+  for (int delay_us : {0, 50, 200, 1000, 5000}) {
+    e.truncate(0);
+    e.forward(std::span(seq).first(10), 0, never);
+    CancelFlag flag;
+    std::thread t([&] {
+      std::this_thread::sleep_for(std::chrono::microseconds(delay_us));
+      flag.cancel();
+    });
+    try {
+      e.forward(std::span(seq).subspan(10), 1, flag);
+      EXPECT_EQ(e.kv_len(), 60);
+    } catch (const Cancelled&) {
+      ++cancelled;
+      EXPECT_EQ(e.kv_len(), 10);
+      Logits l = e.forward(std::span(seq).subspan(10), 1, never);
+      EXPECT_LT(max_diff(l.data, straight.data), kTol);
+    }
+    t.join();
+  }
+  std::printf("    cancelled %d of 5 forwards\n", cancelled);
 }
 
 TEST(LlamaEngine, ExportImportKvContinuesTheSequence) {
