@@ -226,17 +226,21 @@ class GgufBuilder {
 };
 
 // A 1-layer llama (dim 8, 2 heads, 1 KV head, ffn 16, vocab 10); `skip` names a tensor to
-// leave out, `bad` one to give shape [3, 3]. With arch "qwen2" it has q/k/v biases.
+// leave out (or an integer key), `bad` one to give shape [3, 3]. With arch "qwen2" it has q/k/v
+// biases.
 std::vector<uint8_t> tiny_gguf(const std::string& skip = "", const std::string& bad = "",
                                const std::string& arch = "llama") {
   GgufBuilder g;
   g.str("general.architecture", arch);
-  g.u32(arch + ".embedding_length", 8);
-  g.u32(arch + ".block_count", 1);
-  g.u32(arch + ".attention.head_count", 2);
-  g.u32(arch + ".attention.head_count_kv", 1);
-  g.u32(arch + ".feed_forward_length", 16);
-  g.u32(arch + ".context_length", 32);
+  auto u32 = [&](const std::string& k, uint32_t v) {
+    if (k != skip) g.u32(k, v);
+  };
+  u32(arch + ".embedding_length", 8);
+  u32(arch + ".block_count", 1);
+  u32(arch + ".attention.head_count", 2);
+  u32(arch + ".attention.head_count_kv", 1);
+  u32(arch + ".feed_forward_length", 16);
+  u32(arch + ".context_length", 32);
   g.f32(arch + ".attention.layer_norm_rms_epsilon", 1e-5f);
   g.f32(arch + ".rope.freq_base", 10000.0f);
   std::vector<std::pair<std::string, std::vector<int64_t>>> ts = {
@@ -323,6 +327,8 @@ TEST(LlamaLoader, MissingOrMisshapenTensorNamesItAndTheShapes) {
       << msg;
   msg = load_error(tiny_gguf("output_norm.weight"));
   EXPECT_NE(msg.find("output_norm.weight"), std::string::npos) << msg;
+  msg = load_error(tiny_gguf("llama.feed_forward_length"));
+  EXPECT_NE(msg.find("llama.feed_forward_length"), std::string::npos) << msg;
 }
 
 TEST(LlamaVsReference, SmolLM2IfPresent) {
