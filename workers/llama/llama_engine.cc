@@ -6,6 +6,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 #include "kernels/attention.h"
 #include "kernels/embedding.h"
@@ -55,17 +56,6 @@ const float* or_null(const std::vector<float>& v) {
 std::unique_ptr<Engine> make_llama_engine(const LlamaEngineOptions& options) {
   return std::make_unique<LlamaEngine>(load_llama_gguf(options.model_path, options.layers),
                                        options);
-}
-
-size_t LlamaWeights::bytes() const {
-  size_t n = token_embd.size() + output_norm.size() + output.size();
-  for (const auto& l : layers) {
-    for (const auto* v : {&l.attn_norm, &l.wq, &l.wk, &l.wv, &l.bq, &l.bk, &l.bv, &l.wo,
-                          &l.ffn_norm, &l.w_gate, &l.w_up, &l.w_down}) {
-      n += v->size();
-    }
-  }
-  return n * sizeof(float);
 }
 
 LlamaEngine::LlamaEngine(std::shared_ptr<const LlamaModel> model, const LlamaEngineOptions& o)
