@@ -243,6 +243,12 @@ int main(int argc, char** argv) {
   } else {
     for (const auto& s : split(skip_spec, ';')) skips.push_back(parse_list(s));
   }
+  // Small models make some of the default sets coincide.
+  for (size_t i = 0; i < skips.size(); ++i) {
+    if (std::find(skips.begin(), skips.begin() + i, skips[i]) != skips.begin() + i) {
+      skips.erase(skips.begin() + i--);
+    }
+  }
   std::printf("\n%-40s %5s %14s %8s   (threads 1, %d positions)\n", "drafter layers", "kept",
               "decode tok/s", "accept", gen);
   for (const auto& layers : skips) {
