@@ -171,13 +171,18 @@ TEST(LlamaVsReference, LayerSkipDrafterMatchesReferenceWithThoseLayers) {
   EXPECT_EQ(l.data, d.data);
 }
 
-// A minimal GGUF v3 writer (F32 tensors only) for malformed-model tests.
+// A minimal GGUF v3 writer for malformed-model tests and for weight types the test models do
+// not have. Tensor data is pseudo-random: F32/BF16 values uniform in [-0.5, 0.5); Q4_0 blocks
+// with scales in [2^-7, 2^-6) and random nibbles.
 class GgufBuilder {
  public:
   void u32(const std::string& k, uint32_t v) { key(k, 4), pod(kv_, v), ++n_kv_; }
   void f32(const std::string& k, float v) { key(k, 6), pod(kv_, v), ++n_kv_; }
   void str(const std::string& k, const std::string& v) { key(k, 8), s(kv_, v), ++n_kv_; }
-  void tensor(const std::string& name, std::vector<int64_t> ne) { tensors_.push_back({name, ne}); }
+  // type: 0 F32, 2 Q4_0 (ne[0] a multiple of 32), 30 BF16.
+  void tensor(const std::string& name, std::vector<int64_t> ne, uint32_t type = 0) {
+    tensors_.push_back({name, ne, type});
+  }
   std::vector<uint8_t> build() const {
     std::vector<uint8_t> b;
     b.insert(b.end(), {'G', 'G', 'U', 'F'});
@@ -186,23 +191,38 @@ class GgufBuilder {
     pod(b, n_kv_);
     b.insert(b.end(), kv_.begin(), kv_.end());
     uint64_t off = 0;
-    std::vector<uint64_t> sizes;
-    for (const auto& [name, ne] : tensors_) {
-      s(b, name);
-      pod(b, static_cast<uint32_t>(ne.size()));
+    std::vector<uint64_t> counts;
+    for (const auto& t : tensors_) {
+      s(b, t.name);
+      pod(b, static_cast<uint32_t>(t.ne.size()));
       uint64_t n = 1;
-      for (int64_t d : ne) pod(b, static_cast<uint64_t>(d)), n *= d;
-      pod(b, uint32_t{0});
+      for (int64_t d : t.ne) pod(b, static_cast<uint64_t>(d)), n *= d;
+      pod(b, t.type);
       pod(b, off);
-      sizes.push_back(n * 4);
-      off += (n * 4 + 31) / 32 * 32;
+      counts.push_back(n);
+      off += (bytes(t.type, n) + 31) / 32 * 32;
     }
     b.resize((b.size() + 31) / 32 * 32);
-    uint64_t seed = 7;  // weights uniform in [-0.5, 0.5)
-    for (uint64_t sz : sizes) {
-      for (uint64_t i = 0; i < sz / 4; ++i) {
-        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
-        pod(b, static_cast<float>(seed >> 40) / static_cast<float>(1 << 24) - 0.5f);
+    uint64_t seed = 7;
+    auto next = [&] {
+      seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+      return seed >> 40;  // 24 random bits
+    };
+    auto uniform = [&] { return static_cast<float>(next()) / static_cast<float>(1 << 24) - 0.5f; };
+    for (size_t i = 0; i < tensors_.size(); ++i) {
+      const uint32_t type = tensors_[i].type;
+      for (uint64_t j = 0; j < (type == 2 ? counts[i] / 32 : counts[i]); ++j) {
+        if (type == 0) {
+          pod(b, uniform());
+        } else if (type == 30) {
+          const float f = uniform();
+          uint32_t u;
+          std::memcpy(&u, &f, 4);
+          pod(b, static_cast<uint16_t>(u >> 16));
+        } else {
+          pod(b, static_cast<uint16_t>(0x2000 + next() % 0x400));  // half in [2^-7, 2^-6)
+          for (int k = 0; k < 16; ++k) pod(b, static_cast<uint8_t>(next()));
+        }
       }
       b.resize((b.size() + 31) / 32 * 32);
     }
@@ -222,7 +242,15 @@ class GgufBuilder {
   void key(const std::string& k, uint32_t type) { s(kv_, k), pod(kv_, type); }
   std::vector<uint8_t> kv_;
   uint64_t n_kv_ = 0;
-  std::vector<std::pair<std::string, std::vector<int64_t>>> tensors_;
+  static uint64_t bytes(uint32_t type, uint64_t n) {
+    return type == 0 ? 4 * n : type == 30 ? 2 * n : n / 32 * 18;
+  }
+  struct Tensor {
+    std::string name;
+    std::vector<int64_t> ne;
+    uint32_t type;
+  };
+  std::vector<Tensor> tensors_;
 };
 
 // A 1-layer llama (dim 8, 2 heads, 1 KV head, ffn 16, vocab 10); `skip` names a tensor to
@@ -258,6 +286,33 @@ std::vector<uint8_t> tiny_gguf(const std::string& skip = "", const std::string& 
     if (name == skip) continue;
     g.tensor(name, name == bad ? std::vector<int64_t>{3, 3} : ne);
   }
+  return g.build();
+}
+
+// A 1-layer llama of width 32 (2 heads of 16, 1 KV head, ffn 64, vocab 10) whose matrices are
+// all of `type`; the norms stay F32.
+std::vector<uint8_t> tiny_typed_gguf(uint32_t type) {
+  GgufBuilder g;
+  g.str("general.architecture", "llama");
+  g.u32("llama.embedding_length", 32);
+  g.u32("llama.block_count", 1);
+  g.u32("llama.attention.head_count", 2);
+  g.u32("llama.attention.head_count_kv", 1);
+  g.u32("llama.feed_forward_length", 64);
+  g.u32("llama.context_length", 32);
+  g.f32("llama.attention.layer_norm_rms_epsilon", 1e-5f);
+  g.tensor("token_embd.weight", {32, 10}, type);
+  g.tensor("output_norm.weight", {32});
+  g.tensor("output.weight", {32, 10}, type);
+  g.tensor("blk.0.attn_norm.weight", {32});
+  g.tensor("blk.0.attn_q.weight", {32, 32}, type);
+  g.tensor("blk.0.attn_k.weight", {32, 16}, type);
+  g.tensor("blk.0.attn_v.weight", {32, 16}, type);
+  g.tensor("blk.0.attn_output.weight", {32, 32}, type);
+  g.tensor("blk.0.ffn_norm.weight", {32});
+  g.tensor("blk.0.ffn_gate.weight", {32, 64}, type);
+  g.tensor("blk.0.ffn_up.weight", {32, 64}, type);
+  g.tensor("blk.0.ffn_down.weight", {64, 32}, type);
   return g.build();
 }
 
@@ -314,6 +369,28 @@ TEST(LlamaVsReference, TinyLlamaAndQwen2FromInMemoryGguf) {
     const auto ref = reference_logits(file.string(), seq, 10);
     std::filesystem::remove(file);
     std::printf("  in-memory tiny %s\n", arch.c_str());
+    expect_close(compare(l, ref, 0), "prefill, 6 positions");
+  }
+}
+
+TEST(LlamaVsReference, Q4_0AndBf16WeightsFromInMemoryGguf) {
+  // The test models have no Q4_0 or BF16 tensors; these synthetic ones cover both dequantizers.
+  if (!have_numpy()) GTEST_SKIP() << "numpy is not installed for /usr/bin/python3";
+  for (uint32_t type : {2u, 30u}) {
+    const auto bytes = tiny_typed_gguf(type);
+    const auto file =
+        std::filesystem::temp_directory_path() /
+        ("dsi_tiny_t" + std::to_string(type) + "_" + std::to_string(::getpid()) + ".gguf");
+    std::ofstream(file, std::ios::binary)
+        .write(reinterpret_cast<const char*>(bytes.data()),
+               static_cast<std::streamsize>(bytes.size()));
+    LlamaEngine e(load_llama_gguf(file.string()), {});
+    const std::vector<Token> seq = {1, 7, 3, 9, 0, 2};
+    CancelFlag never;
+    Logits l = e.forward(seq, 6, never);
+    const auto ref = reference_logits(file.string(), seq, 10);
+    std::filesystem::remove(file);
+    std::printf("  in-memory tiny llama, %s matrices\n", type == 2 ? "Q4_0" : "BF16");
     expect_close(compare(l, ref, 0), "prefill, 6 positions");
   }
 }
