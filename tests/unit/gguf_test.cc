@@ -4,19 +4,10 @@
 
 #include <gtest/gtest.h>
 
-#include <fstream>
-#include <iterator>
-#include <random>
-
 namespace dsi {
 namespace {
 
 const std::string kDir = DSI_TESTDATA_DIR;
-
-std::vector<uint8_t> read_all(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
 
 TEST(Gguf, VocabFileKeys) {
   auto f = GgufFile::open(kDir + "/ggml-vocab-llama-spm.gguf");

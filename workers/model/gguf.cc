@@ -7,12 +7,6 @@
 // length can never make us read or allocate past the file.
 #include "workers/model/gguf.h"
 
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
-#include <cerrno>
 #include <cstring>
 #include <limits>
 #include <stdexcept>
@@ -20,6 +14,7 @@
 #include <fmt/format.h>
 
 #include "kernels/dequant.h"
+#include "workers/model/mapped_file.h"
 
 namespace dsi {
 
@@ -187,30 +182,12 @@ int64_t GgufTensor::n_elements() const {
 }
 
 std::unique_ptr<GgufFile> GgufFile::open(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw ModelError(fmt::format("{}: cannot open: {}", path, std::strerror(errno)));
-  struct stat st {};
-  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    ::close(fd);
-    throw ModelError(fmt::format("{}: not a regular file", path));
-  }
-  const size_t size = static_cast<size_t>(st.st_size);
-  if (size < 24) {
-    ::close(fd);
-    throw ModelError(
-        fmt::format("{}: file of {} bytes is too small for a GGUF header", path, size));
-  }
-  void* p = mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
-  const int err = errno;
-  ::close(fd);  // the mapping keeps the file alive
-  if (p == MAP_FAILED)
-    throw ModelError(fmt::format("{}: mmap failed: {}", path, std::strerror(err)));
   std::unique_ptr<GgufFile> f(new GgufFile());
+  f->map_ = MappedFile::open(path, 24);  // 24: magic, version and the two counts
   f->path_ = path;
-  f->base_ = static_cast<const uint8_t*>(p);
-  f->size_ = size;
-  f->mapped_ = true;
-  f->parse_all();  // on throw, ~GgufFile unmaps
+  f->base_ = f->map_->data();
+  f->size_ = f->map_->size();
+  f->parse_all();
   return f;
 }
 
@@ -223,9 +200,7 @@ std::unique_ptr<GgufFile> GgufFile::parse(const void* data, size_t size, std::st
   return f;
 }
 
-GgufFile::~GgufFile() {
-  if (mapped_) munmap(const_cast<uint8_t*>(base_), size_);
-}
+GgufFile::~GgufFile() = default;
 
 void GgufFile::parse_all() {
   Cursor c(path_, base_, size_);
@@ -331,6 +306,8 @@ void GgufFile::parse_all() {
   // may end right after its tensor infos.
   const size_t info_end = c.pos();
   const size_t data_start = (info_end + alignment_ - 1) / alignment_ * alignment_;
+  header_size_ = info_end;
+  data_offset_ = data_start;
   if (tensors_.empty()) return;
   if (data_start > size_) {
     throw ModelError(fmt::format("{}: data section starts at {}, past end of file ({})", path_,

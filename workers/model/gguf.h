@@ -16,6 +16,8 @@
 
 namespace dsi {
 
+class MappedFile;
+
 struct GgufTensor {
   std::string name;
   GgmlType type;            // may be an unsupported id; then data is nullptr and nbytes 0
@@ -41,6 +43,10 @@ class GgufFile {
   const std::string& path() const { return path_; }
   uint32_t version() const { return version_; }
   size_t alignment() const { return alignment_; }
+  // Bytes of header, key/values and tensor infos; the data section starts at the next
+  // multiple of alignment() (data_offset()).
+  size_t header_size() const { return header_size_; }
+  size_t data_offset() const { return data_offset_; }
 
   bool has(std::string_view key) const;
   std::vector<std::string> keys() const;
@@ -94,9 +100,11 @@ class GgufFile {
   std::string path_;
   const uint8_t* base_ = nullptr;
   size_t size_ = 0;
-  bool mapped_ = false;
+  std::unique_ptr<MappedFile> map_;  // null for parse()
   uint32_t version_ = 0;
   size_t alignment_ = 32;
+  size_t header_size_ = 0;
+  size_t data_offset_ = 0;
   std::map<std::string, Value, std::less<>> kv_;
   std::vector<GgufTensor> tensors_;
   std::map<std::string, size_t, std::less<>> tensor_index_;

@@ -141,7 +141,7 @@ void split(const std::vector<CodePoint>& cps, size_t begin, size_t end, std::str
 }  // namespace
 
 bool pre_type_from_name(std::string_view name, PreType* out) {
-  if (name == "gpt-2" || name == "gpt2" || name == "default") {
+  if (name == "gpt-2" || name == "gpt2") {
     *out = PreType::kGpt2;
   } else if (name == "starcoder" || name == "smollm" || name == "refact") {
     *out = PreType::kStarcoder;

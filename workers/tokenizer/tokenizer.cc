@@ -91,6 +91,8 @@ std::unique_ptr<Tokenizer> Tokenizer::from_gguf(const GgufFile& f) {
   v.source = f.path();
   v.model = f.get_string("tokenizer.ggml.model");
   const bool spm = v.model == "llama";
+  // llama.cpp's "default" BPE pre-tokenizer is a regex list of its own, not GPT-2's: a file
+  // without the key is refused by name rather than tokenized almost right.
   v.pre = f.has("tokenizer.ggml.pre") ? f.get_string("tokenizer.ggml.pre") : "default";
   v.tokens = f.get_strings("tokenizer.ggml.tokens");
   if (f.has("tokenizer.ggml.scores")) v.scores = f.get_floats("tokenizer.ggml.scores");
