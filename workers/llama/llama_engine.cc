@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <filesystem>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -14,6 +15,7 @@
 #include "kernels/rmsnorm.h"
 #include "kernels/rope.h"
 #include "kernels/swiglu.h"
+#include "workers/llama/llama_hf_loader.h"
 #include "workers/llama/llama_loader.h"
 
 namespace dsi {
@@ -54,8 +56,10 @@ const float* or_null(const std::vector<float>& v) {
 }  // namespace
 
 std::unique_ptr<Engine> make_llama_engine(const LlamaEngineOptions& options) {
-  return std::make_unique<LlamaEngine>(load_llama_gguf(options.model_path, options.layers),
-                                       options);
+  auto model = std::filesystem::is_directory(options.model_path)
+                   ? load_llama_safetensors(options.model_path, options.layers)
+                   : load_llama_gguf(options.model_path, options.layers);
+  return std::make_unique<LlamaEngine>(std::move(model), options);
 }
 
 LlamaEngine::LlamaEngine(std::shared_ptr<const LlamaModel> model, const LlamaEngineOptions& o)

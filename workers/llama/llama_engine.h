@@ -14,13 +14,14 @@
 namespace dsi {
 
 struct LlamaEngineOptions {
-  std::string model_path;  // GGUF file
+  std::string model_path;  // GGUF file, or a Hugging Face folder (config.json + safetensors)
   int threads = 1;         // OpenBLAS threads and the engine's own pool
   std::vector<int> layers; /* kept layers for the layer-skip drafter; empty = all */
   int max_context = 0;     /* 0 = model's */
 };
 
-// Loads options.model_path (only the kept layers) and builds the engine. Throws ModelError for
+// Loads options.model_path (only the kept layers; a directory is read as a Hugging Face
+// folder, anything else as GGUF) and builds the engine. Throws ModelError for
 // a missing tensor or a shape mismatch, std::invalid_argument for bad options.
 std::unique_ptr<Engine> make_llama_engine(const LlamaEngineOptions& options);
 
