@@ -1,0 +1,272 @@
+// Benchmark of the CPU llama engine (not a test): load time and memory, prefill and decode
+// tokens/s per thread count, and for layer-skip drafters their decode speed and greedy
+// acceptance against the full model (teacher-forced along the target's greedy continuation).
+//
+// usage: llama_bench MODEL.gguf [--prompt N] [--gen N] [--threads 1,2] [--tokens a,b,c]
+//                               [--skip "0,2,4;0-14"] (layer lists; a-b is a range)
+//                               [--text "prompt"] (encoded with the GGUF's own tokenizer; special
+//                               token texts such as <|im_start|> are recognised)
+//                               [--reps N] (speeds are the best of N runs)
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "kernels/argmax.h"
+#include "workers/llama/llama_engine.h"
+#include "workers/llama/llama_loader.h"
+#include "workers/tokenizer/tokenizer.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double secs(Clock::time_point a) {
+  return std::chrono::duration<double>(Clock::now() - a).count();
+}
+
+double cpu_secs() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return u.ru_utime.tv_sec + u.ru_stime.tv_sec + 1e-6 * (u.ru_utime.tv_usec + u.ru_stime.tv_usec);
+}
+
+long rss_kib() {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::atol(line.c_str() + 6);
+  }
+  return -1;
+}
+
+std::vector<int> parse_list(const std::string& s) {
+  std::vector<int> v;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    if (item.empty()) continue;
+    const size_t dash = item.find('-');
+    if (dash != std::string::npos && dash > 0) {
+      for (int i = std::stoi(item.substr(0, dash)); i <= std::stoi(item.substr(dash + 1)); ++i) {
+        v.push_back(i);
+      }
+    } else {
+      v.push_back(std::stoi(item));
+    }
+  }
+  return v;
+}
+
+std::vector<std::string> split(const std::string& s, char sep) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, sep)) out.push_back(item);
+  return out;
+}
+
+dsi::Token argmax(const dsi::Logits& l, int row) {
+  int32_t t = 0;
+  dsi::kernels::argmax_cpu(&t, l.row(row).data(), 1, l.vocab);
+  return t;
+}
+
+std::string describe(const std::vector<int>& layers) {
+  std::string s;
+  for (size_t i = 0; i < layers.size(); ++i) {
+    size_t j = i;
+    while (j + 1 < layers.size() && layers[j + 1] == layers[j] + 1) ++j;
+    if (!s.empty()) s += ",";
+    s += std::to_string(layers[i]);
+    if (j > i + 1) {
+      s += '-';
+      s += std::to_string(layers[j]);
+      i = j;
+    }
+  }
+  return s;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    std::fprintf(stderr,
+                 "usage: %s MODEL.gguf [--prompt N] [--gen N] [--threads 1,2] [--tokens ids]"
+                 " [--skip \"l,l,...;a-b;...\"] [--text prompt] [--reps N]\n",
+                 argv[0]);
+    return 2;
+  }
+  const std::string path = argv[1];
+  int prompt_len = 64, gen = 32, reps = 1;
+  std::vector<int> threads = {1, 2};
+  std::vector<dsi::Token> prompt;
+  std::string skip_spec, text;
+  for (int i = 2; i + 1 < argc; i += 2) {
+    const std::string a = argv[i], v = argv[i + 1];
+    if (a == "--prompt") {
+      prompt_len = std::stoi(v);
+    } else if (a == "--gen") {
+      gen = std::stoi(v);
+    } else if (a == "--threads") {
+      threads = parse_list(v);
+    } else if (a == "--tokens") {
+      prompt = parse_list(v);
+    } else if (a == "--skip") {
+      skip_spec = v;
+    } else if (a == "--reps") {
+      reps = std::max(1, std::stoi(v));
+    } else if (a == "--text") {
+      text = v;
+    } else {
+      std::fprintf(stderr, "unknown option %s\n", a.c_str());
+      return 2;
+    }
+  }
+
+  const long rss0 = rss_kib();
+  auto t0 = Clock::now();
+  auto model = dsi::load_llama_gguf(path);
+  const double load_s = secs(t0);
+  const dsi::LlamaConfig& c = model->config;
+  std::printf("model %s\n  arch %s, vocab %d, dim %d, layers %d, heads %d/%d, ffn %d, ctx %d\n",
+              path.c_str(), c.arch.c_str(), c.n_vocab, c.dim, c.n_layers, c.n_heads, c.n_kv_heads,
+              c.ffn_dim, c.max_context);
+  std::printf("  load (parse + dequantize to f32) %.3f s, f32 weights %.1f MiB, RSS +%.1f MiB\n",
+              load_s, model->weights.bytes() / 1048576.0, (rss_kib() - rss0) / 1024.0);
+  {
+    // The KV cache is reserved for the whole context but its pages are committed as it fills.
+    const long rss1 = rss_kib();
+    dsi::LlamaEngine e(model, {});
+    std::printf(
+        "  KV cache %.1f KiB/token, %.1f MiB reserved for ctx %d, RSS +%.1f MiB when empty\n",
+        e.kv_bytes_per_token() / 1024.0,
+        e.kv_bytes_per_token() * double(e.max_context()) / 1048576.0, e.max_context(),
+        (rss_kib() - rss1) / 1024.0);
+  }
+
+  std::unique_ptr<dsi::Tokenizer> tok;
+  if (!text.empty()) {
+    tok = dsi::Tokenizer::from_gguf(*dsi::GgufFile::open(path));
+    prompt = tok->encode(text, /*add_special=*/true, /*parse_special=*/true);
+  }
+  if (prompt.empty()) {
+    uint32_t s = 12345;  // fixed pseudo-random ids, away from the special tokens at the start
+    for (int i = 0; i < prompt_len; ++i) {
+      s = s * 1664525u + 1013904223u;
+      prompt.push_back(static_cast<dsi::Token>(100 + (s >> 8) % (c.n_vocab - 100)));
+    }
+  }
+  prompt_len = static_cast<int>(prompt.size());
+  dsi::CancelFlag never;
+
+  // Greedy target continuation, and speed at each thread count.
+  std::vector<dsi::Token> seq = prompt;
+  // Weight bytes streamed per decode step: every matrix once (an untied embedding table is
+  // only gathered from, a tied one is read whole as the LM head).
+  const double step_bytes = model->weights.bytes() -
+                            (c.tied_head ? 0.0 : model->weights.token_embd.size() * sizeof(float));
+  std::printf("\n%-8s %8s %14s %14s %12s %12s %12s %11s\n", "threads", "prompt", "prefill tok/s",
+              "decode tok/s", "decode ms", "CPU ms/tok", "weight GB/s", "idle CPU %");
+  for (int th : threads) {
+    dsi::LlamaEngineOptions o;
+    o.threads = th;
+    o.max_context = prompt_len + gen + 1;
+    dsi::LlamaEngine e(model, o);
+    double prefill_s = 1e30, decode_s = 1e30;  // best of `reps` runs: the machine is shared
+    double decode_cpu_s = 1e30;                // process CPU time of the decode steps
+    std::vector<dsi::Token> cont;
+    for (int rep = 0; rep < reps; ++rep) {
+      e.truncate(0);
+      cont.clear();
+      auto tp = Clock::now();
+      dsi::Logits l = e.forward(prompt, 1, never);
+      prefill_s = std::min(prefill_s, secs(tp));
+      dsi::Token next = argmax(l, 0);
+      auto td = Clock::now();
+      const double cpu0 = cpu_secs();
+      for (int i = 0; i < gen; ++i) {
+        cont.push_back(next);
+        l = e.forward(std::vector<dsi::Token>{next}, 1, never);
+        next = argmax(l, 0);
+      }
+      decode_s = std::min(decode_s, secs(td));
+      decode_cpu_s = std::min(decode_cpu_s, cpu_secs() - cpu0);
+    }
+    // CPU the process burns while the engine sits idle for 0.5 s after a forward (OpenBLAS
+    // worker threads spin for a while before they sleep).
+    const double c0 = cpu_secs();
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    const double idle_cpu = (cpu_secs() - c0) / 0.5;
+    std::printf("%-8d %8d %14.1f %14.1f %12.2f %12.2f %12.1f %11.0f\n", th, prompt_len,
+                prompt_len / prefill_s, gen / decode_s, 1e3 * decode_s / gen,
+                1e3 * decode_cpu_s / gen, step_bytes * gen / decode_s / 1e9, 100 * idle_cpu);
+    if (seq.size() == prompt.size()) seq.insert(seq.end(), cont.begin(), cont.end());
+  }
+  std::printf("greedy continuation:");
+  for (size_t i = prompt.size(); i < seq.size(); ++i) std::printf(" %d", seq[i]);
+  std::printf("\n");
+  if (tok) {
+    std::printf("prompt tokens:");
+    for (dsi::Token t : prompt) std::printf(" %d", t);
+    std::printf("\ntext: %s\n", tok->decode(std::span(seq).subspan(prompt.size())).c_str());
+  }
+
+  // Target argmax at every position of the continuation, for the acceptance figures.
+  std::vector<dsi::Token> target_next(seq.begin() + prompt_len, seq.end());
+  std::vector<std::vector<int>> skips;
+  if (skip_spec.empty()) {
+    // Every other layer (plus the last), the first half, and the model without its middle
+    // quarter / middle half (Draft & Verify keeps the first and last layers).
+    auto without_middle = [&](int n_drop) {
+      std::vector<int> v;
+      const int from = (c.n_layers - n_drop) / 2;
+      for (int l = 0; l < c.n_layers; ++l) {
+        if (l < from || l >= from + n_drop) v.push_back(l);
+      }
+      return v;
+    };
+    std::vector<int> even, first_half;
+    for (int l = 0; l < c.n_layers; ++l) {
+      if (l % 2 == 0 || l == c.n_layers - 1) even.push_back(l);
+      if (l < (c.n_layers + 1) / 2) first_half.push_back(l);
+    }
+    skips = {even, first_half, without_middle(std::max(1, c.n_layers / 4)),
+             without_middle(std::max(1, c.n_layers / 2))};
+  } else {
+    for (const auto& s : split(skip_spec, ';')) skips.push_back(parse_list(s));
+  }
+  // Small models make some of the default sets coincide.
+  for (size_t i = 0; i < skips.size(); ++i) {
+    if (std::find(skips.begin(), skips.begin() + i, skips[i]) != skips.begin() + i) {
+      skips.erase(skips.begin() + i--);
+    }
+  }
+  std::printf("\n%-40s %5s %14s %8s   (threads 1, %d positions)\n", "drafter layers", "kept",
+              "decode tok/s", "accept", gen);
+  for (const auto& layers : skips) {
+    dsi::LlamaEngineOptions o;
+    o.threads = 1;
+    o.layers = layers;
+    o.max_context = prompt_len + gen + 1;
+    dsi::LlamaEngine d(model, o);
+    dsi::Logits l = d.forward(prompt, 1, never);
+    int agree = argmax(l, 0) == target_next[0];
+    auto td = Clock::now();
+    for (int i = 0; i + 1 < gen; ++i) {
+      l = d.forward(std::vector<dsi::Token>{target_next[i]}, 1, never);
+      agree += argmax(l, 0) == target_next[i + 1];
+    }
+    const double decode_s = secs(td);
+    std::printf("%-40s %5zu %14.1f %7.1f%%\n", describe(layers).c_str(), layers.size(),
+                (gen - 1) / decode_s, 100.0 * agree / gen);
+  }
+  return 0;
+}

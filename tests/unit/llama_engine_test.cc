@@ -1,0 +1,238 @@
+// The llama engine's own contract on a small random in-memory model: prefill equals
+// token-by-token decoding, rollback and re-verification, cancellation, KV export/import,
+// threads and layer skipping. Agreement with the numpy reference on GGUF files is in
+// llama_reference_test.cc.
+#include "workers/llama/llama_engine.h"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <random>
+#include <thread>
+
+namespace dsi {
+namespace {
+
+std::shared_ptr<LlamaModel> random_model(bool qkv_bias, kernels::RopeLayout layout, bool tied) {
+  auto m = std::make_shared<LlamaModel>();
+  LlamaConfig& c = m->config;
+  c.n_vocab = 97;
+  c.dim = 48;
+  c.n_layers = 3;
+  c.n_heads = 6;
+  c.n_kv_heads = 2;
+  c.head_dim = 8;
+  c.rope_dim = 8;
+  c.ffn_dim = 64;
+  c.rope_base = 10000.0f;
+  c.rope_layout = layout;
+  c.tied_head = tied;
+  c.qkv_bias = qkv_bias;
+  c.max_context = 64;
+  std::mt19937 rng(42);
+  auto fill = [&](size_t n, float mean, float sd) {
+    std::normal_distribution<float> d(mean, sd);
+    std::vector<float> v(n);
+    for (auto& x : v) x = d(rng);
+    return v;
+  };
+  const float s = 1.0f / std::sqrt(static_cast<float>(c.dim));
+  LlamaWeights& w = m->weights;
+  w.token_embd = fill(static_cast<size_t>(c.n_vocab) * c.dim, 0, 0.5f);
+  for (int l = 0; l < c.n_layers; ++l) {
+    LlamaLayerWeights L;
+    L.attn_norm = fill(c.dim, 1, 0.1f);
+    L.wq = fill(static_cast<size_t>(c.q_dim()) * c.dim, 0, s);
+    L.wk = fill(static_cast<size_t>(c.kv_dim()) * c.dim, 0, s);
+    L.wv = fill(static_cast<size_t>(c.kv_dim()) * c.dim, 0, s);
+    if (qkv_bias) {
+      L.bq = fill(c.q_dim(), 0, 0.1f);
+      L.bk = fill(c.kv_dim(), 0, 0.1f);
+      L.bv = fill(c.kv_dim(), 0, 0.1f);
+    }
+    L.wo = fill(static_cast<size_t>(c.dim) * c.q_dim(), 0, s);
+    L.ffn_norm = fill(c.dim, 1, 0.1f);
+    L.w_gate = fill(static_cast<size_t>(c.ffn_dim) * c.dim, 0, s);
+    L.w_up = fill(static_cast<size_t>(c.ffn_dim) * c.dim, 0, s);
+    L.w_down = fill(static_cast<size_t>(c.dim) * c.ffn_dim, 0, 1.0f / std::sqrt(64.0f));
+    w.layers.push_back(std::move(L));
+  }
+  w.output_norm = fill(c.dim, 1, 0.1f);
+  if (!tied) w.output = fill(static_cast<size_t>(c.n_vocab) * c.dim, 0, 0.3f);
+  return m;
+}
+
+float max_diff(std::span<const float> a, std::span<const float> b) {
+  EXPECT_EQ(a.size(), b.size());
+  float m = 0;
+  for (size_t i = 0; i < a.size(); ++i) m = std::max(m, std::abs(a[i] - b[i]));
+  return m;
+}
+
+LlamaEngineOptions opts(std::vector<int> layers, int threads = 1, int max_context = 0) {
+  LlamaEngineOptions o;
+  o.layers = std::move(layers);
+  o.threads = threads;
+  o.max_context = max_context;
+  return o;
+}
+
+const std::vector<Token> kSeq = {3, 14, 15, 92, 65, 35, 89, 79, 32, 38};
+constexpr float kTol = 2e-5f;  // float32 sums in a different order (gemm vs gemv)
+
+class LlamaEngineTest : public ::testing::TestWithParam<int> {};
+
+TEST_P(LlamaEngineTest, PrefillEqualsDecodeAndRollbackReverify) {
+  const int variant = GetParam();
+  auto model = random_model(
+      variant & 1,
+      (variant & 2) ? kernels::RopeLayout::kHalfSplit : kernels::RopeLayout::kAdjacentPairs,
+      variant & 4);
+  CancelFlag never;
+  LlamaEngine full(model, {});
+  Logits all = full.forward(kSeq, static_cast<int>(kSeq.size()), never);
+  ASSERT_EQ(all.n, static_cast<int>(kSeq.size()));
+  ASSERT_EQ(full.kv_len(), static_cast<int>(kSeq.size()));
+
+  LlamaEngine step(model, {});
+  for (size_t i = 0; i < kSeq.size(); ++i) {
+    Logits one = step.forward(std::span(kSeq).subspan(i, 1), 1, never);
+    EXPECT_LT(max_diff(one.row(0), all.row(static_cast<int>(i))), kTol) << "position " << i;
+  }
+  // Roll back to 4 and verify the remaining 6 tokens in one forward.
+  step.truncate(4);
+  Logits verify = step.forward(std::span(kSeq).subspan(4), 6, never);
+  for (int i = 0; i < 6; ++i) EXPECT_LT(max_diff(verify.row(i), all.row(4 + i)), kTol);
+  // A wrong draft then a rollback leaves no trace.
+  step.truncate(5);
+  step.forward(std::vector<Token>{1, 2, 3}, 0, never);
+  step.truncate(5);
+  Logits again = step.forward(std::span(kSeq).subspan(5, 2), 2, never);
+  EXPECT_LT(max_diff(again.row(1), all.row(6)), kTol);
+}
+
+INSTANTIATE_TEST_SUITE_P(BiasRopeTied, LlamaEngineTest, ::testing::Range(0, 8));
+
+TEST(LlamaEngine, CancelLeavesCacheAtOldLength) {
+  auto model = random_model(false, kernels::RopeLayout::kAdjacentPairs, true);
+  LlamaEngine e(model, {});
+  CancelFlag never, raised;
+  raised.cancel();
+  e.forward(std::span(kSeq).first(4), 0, never);
+  EXPECT_THROW(e.forward(std::span(kSeq).subspan(4, 3), 3, raised), Cancelled);
+  EXPECT_EQ(e.kv_len(), 4);
+  Logits after = e.forward(std::span(kSeq).subspan(4, 3), 3, never);
+  LlamaEngine ref(model, {});
+  Logits straight = ref.forward(std::span(kSeq).first(7), 3, never);
+  EXPECT_LT(max_diff(after.data, straight.data), kTol);
+}
+
+TEST(LlamaEngine, CancelFromAnotherThreadDuringForward) {
+  // Whether the flag lands before the last layer depends on timing; either outcome must leave
+  // a consistent cache.
+  auto model = random_model(false, kernels::RopeLayout::kAdjacentPairs, true);
+  std::vector<Token> seq;
+  for (int i = 0; i < 60; ++i) seq.push_back((i * 31 + 5) % 97);
+  CancelFlag never;
+  LlamaEngine ref(model, {});
+  Logits straight = ref.forward(seq, 1, never);
+  LlamaEngine e(model, opts({}, 2));
+  int cancelled = 0;
+  for (int delay_us : {0, 50, 200, 1000, 5000}) {
+    e.truncate(0);
+    e.forward(std::span(seq).first(10), 0, never);
+    CancelFlag flag;
+    std::thread t([&] {
+      std::this_thread::sleep_for(std::chrono::microseconds(delay_us));
+      flag.cancel();
+    });
+    try {
+      e.forward(std::span(seq).subspan(10), 1, flag);
+      EXPECT_EQ(e.kv_len(), 60);
+    } catch (const Cancelled&) {
+      ++cancelled;
+      EXPECT_EQ(e.kv_len(), 10);
+      Logits l = e.forward(std::span(seq).subspan(10), 1, never);
+      EXPECT_LT(max_diff(l.data, straight.data), kTol);
+    }
+    t.join();
+  }
+  std::printf("    cancelled %d of 5 forwards\n", cancelled);
+}
+
+TEST(LlamaEngine, ExportImportKvContinuesTheSequence) {
+  auto model = random_model(true, kernels::RopeLayout::kAdjacentPairs, false);
+  CancelFlag never;
+  LlamaEngine a(model, {}), b(model, {});
+  a.forward(std::span(kSeq).first(6), 0, never);
+  KvBlob head = a.export_kv(0, 4), tail = a.export_kv(4, 6);
+  EXPECT_EQ(head.bytes.size(), 4 * a.kv_bytes_per_token());
+  EXPECT_THROW(b.import_kv(tail), std::invalid_argument);  // must start at kv_len()
+  b.import_kv(head);
+  b.import_kv(tail);
+  EXPECT_EQ(b.kv_len(), 6);
+  Logits la = a.forward(std::span(kSeq).subspan(6, 2), 2, never);
+  Logits lb = b.forward(std::span(kSeq).subspan(6, 2), 2, never);
+  EXPECT_EQ(la.data, lb.data);
+  LlamaEngine skip(model, opts({0, 2}));
+  EXPECT_THROW(skip.import_kv(head), std::invalid_argument);  // other layer set: other size
+}
+
+TEST(LlamaEngine, ThreadsGiveTheSameLogits) {
+  auto model = random_model(false, kernels::RopeLayout::kAdjacentPairs, true);
+  CancelFlag never;
+  LlamaEngine one(model, opts({}, 1)), two(model, opts({}, 2));
+  // 60 tokens: enough attention work for the engine to use its thread pool.
+  std::vector<Token> seq;
+  for (int i = 0; i < 60; ++i) seq.push_back((i * 37 + 11) % 97);
+  Logits a = one.forward(seq, 3, never), b = two.forward(seq, 3, never);
+  EXPECT_LT(max_diff(a.data, b.data), kTol);
+  a = one.forward(std::vector<Token>{7}, 1, never);
+  b = two.forward(std::vector<Token>{7}, 1, never);
+  EXPECT_LT(max_diff(a.data, b.data), kTol);
+}
+
+TEST(ThreadPool, RunsEveryIndexOnceJobAfterJob) {
+  for (int threads : {1, 2, 4}) {
+    ThreadPool pool(threads);
+    EXPECT_EQ(pool.size(), threads);
+    for (int job = 0; job < 300; ++job) {
+      const int n = job % 13;
+      std::vector<std::atomic<int>> hits(n);
+      pool.parallel_for(n, [&](int i) { hits[i].fetch_add(1); });
+      for (int i = 0; i < n; ++i) ASSERT_EQ(hits[i].load(), 1) << threads << " " << job;
+    }
+  }
+}
+
+TEST(LlamaEngine, LayerSkipDrafter) {
+  auto model = random_model(false, kernels::RopeLayout::kAdjacentPairs, true);
+  CancelFlag never;
+  LlamaEngine def(model, {}), all(model, opts({0, 1, 2})), skip(model, opts({0, 2}));
+  Logits a = def.forward(kSeq, 2, never), b = all.forward(kSeq, 2, never);
+  EXPECT_EQ(a.data, b.data);
+  Logits s = skip.forward(kSeq, 2, never);
+  EXPECT_GT(max_diff(a.data, s.data), 1e-2f);
+  EXPECT_EQ(skip.kv_bytes_per_token() * 3, def.kv_bytes_per_token() * 2);
+  EXPECT_THROW(LlamaEngine(model, opts({2, 1})), std::invalid_argument);
+  EXPECT_THROW(LlamaEngine(model, opts({3})), std::invalid_argument);
+}
+
+TEST(LlamaEngine, ContextAndArgumentChecks) {
+  auto model = random_model(false, kernels::RopeLayout::kAdjacentPairs, true);
+  CancelFlag never;
+  LlamaEngine e(model, opts({}, 1, 8));
+  EXPECT_THROW(e.forward(kSeq, 1, never), std::length_error);
+  EXPECT_EQ(e.kv_len(), 0);
+  EXPECT_THROW(e.forward(std::vector<Token>{97}, 1, never), std::out_of_range);
+  EXPECT_THROW(e.forward(std::vector<Token>{1}, 2, never), std::invalid_argument);
+  EXPECT_THROW(e.truncate(1), std::out_of_range);
+  Logits none = e.forward(std::span(kSeq).first(8), 0, never);
+  EXPECT_EQ(none.n, 0);
+  EXPECT_TRUE(none.data.empty());
+  EXPECT_EQ(e.kv_len(), 8);
+}
+
+}  // namespace
+}  // namespace dsi
