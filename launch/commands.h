@@ -15,6 +15,7 @@ struct RunOptions {
   bool json = false;
   std::string trace_path;
   std::string json_path;
+  double temperature = -1;  // < 0: as configured
 };
 
 struct BenchOptions {
@@ -26,6 +27,8 @@ struct BenchOptions {
 };
 
 int cmd_run(const CommonOptions& common, const RunOptions& opts);
+// ConfigError when a model file the config names is missing (checked on every rank).
+void check_model_paths(const RunConfig& cfg);
 int cmd_bench(const CommonOptions& common, const BenchOptions& opts);
 
 }  // namespace dsi::cli

@@ -3,6 +3,10 @@
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
+#include <fstream>
+#include <iterator>
+#include <nlohmann/json.hpp>
+
 #include "launch/commands.h"
 #include "runtime/config.h"
 #include "runtime/version.h"
@@ -43,12 +47,16 @@ int main(int argc, char** argv) {
   std::string mode;
   int max_new = -1, k = -1;
   long long seed = -1;
+  std::string prompt, prompt_file;
   auto* run = app.add_subcommand("run", "generate once with the configured mode, print a summary");
   add_common(run);
   run->add_option("--mode", mode, "dsi | si | nonsi")->check(CLI::IsMember({"dsi", "si", "nonsi"}));
   run->add_option("--max-new-tokens", max_new, "tokens to generate");
   run->add_option("-k,--lookahead", k, "drafts per verification task");
   run->add_option("--seed", seed, "seed");
+  run->add_option("--prompt", prompt, "prompt text (llama engine)");
+  run->add_option("--prompt-file", prompt_file, "read the prompt from a file")->check(CLI::ExistingFile);
+  run->add_option("--temperature", run_opts.temperature, "sampling temperature (0 = greedy)");
   run->add_flag("--json", run_opts.json, "print the summary as one JSON object");
   run->add_option("--json-file", run_opts.json_path, "also write the JSON summary to a file");
   run->add_option("--trace", run_opts.trace_path,
@@ -73,6 +81,18 @@ int main(int argc, char** argv) {
     if (max_new >= 0) common.overrides.push_back(fmt::format("generation.max_new_tokens={}", max_new));
     if (k >= 0) common.overrides.push_back(fmt::format("dsi.lookahead={}", k));
     if (seed >= 0) common.overrides.push_back(fmt::format("generation.seed={}", seed));
+    if (run_opts.temperature >= 0) {
+      common.overrides.push_back(fmt::format("sampling.temperature={}", run_opts.temperature));
+    }
+    if (!prompt_file.empty()) {
+      std::ifstream in(prompt_file);
+      prompt.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    }
+    if (!prompt.empty()) {
+      // A YAML double-quoted scalar carries any text.
+      nlohmann::json quoted = prompt;
+      common.overrides.push_back("generation.prompt=" + quoted.dump(-1, ' ', false));
+    }
     return dsi::cli::cmd_run(common, run_opts);
   }
   return dsi::cli::cmd_bench(common, bench_opts);

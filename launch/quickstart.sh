@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Sets up, builds and runs the main job on the default config: DSI with 1 coordinator,
-# 1 drafter and 4 targets (6 MPI ranks).
+# Sets up, builds, fetches the default model (SmolLM2-135M-Instruct) and runs the main job:
+# DSI with 1 coordinator, 1 layer-skip drafter and 2 targets (4 MPI ranks).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 launch/setup.sh
-exec launch/mpirun.sh -np 6 build/dsi run --config configs/default.yaml "$@"
+launch/fetch_model.sh >/dev/null
+exec launch/mpirun.sh -np 4 build/dsi run --config configs/default.yaml "$@"

@@ -3,6 +3,8 @@
 #include <fmt/format.h>
 #include <yaml-cpp/yaml.h>
 
+#include <cctype>
+#include <cstdlib>
 #include <functional>
 #include <map>
 #include <set>
@@ -85,12 +87,41 @@ const std::vector<Key>& keys() {
          if (!q) throw ConfigError(fmt::format("key '{}' must be newest or fifo, got '{}'", key, n.Scalar()));
          c.queue = *q;
        }},
-      {"engine", "synthetic",
+      {"engine", "synthetic | llama",
        [](RunConfig& c, const YAML::Node& n, const std::string& key) {
          c.engine = scalar<std::string>(n, key, "a string");
-         if (c.engine != "synthetic") {
-           throw ConfigError(fmt::format("key '{}': unknown engine '{}' (known: synthetic)", key, c.engine));
+         if (c.engine != "synthetic" && c.engine != "llama") {
+           throw ConfigError(fmt::format("key '{}': unknown engine '{}' (known: synthetic, llama)", key, c.engine));
          }
+       }},
+      {"model.path", "llama: GGUF file or Hugging Face folder of the target",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) {
+         c.model_path = expand_path(scalar<std::string>(n, key, "a path"));
+       }},
+      {"model.drafter_path", "llama: the drafter's model (default: the target's, layer-skip)",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) {
+         c.drafter_model_path = expand_path(scalar<std::string>(n, key, "a path"));
+       }},
+      {"model.drafter_layers", "llama: layers the drafter keeps, e.g. \"0-11,19-29\" (default all)",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) {
+         if (n.IsSequence()) {
+           c.drafter_layers.clear();
+           for (const auto& v : n) c.drafter_layers.push_back(integer(v, key, 0, 100000));
+         } else {
+           c.drafter_layers = parse_layer_list(scalar<std::string>(n, key, "a layer list"), key);
+         }
+       }},
+      {"model.threads", "llama: compute threads per worker rank",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.threads = integer(n, key, 1, 1024); }},
+      {"model.max_context", "llama: KV cache length (0 = the model's)",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.max_context = integer(n, key, 0, 1 << 24); }},
+      {"generation.prompt", "llama: the prompt text",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) {
+         c.prompt = scalar<std::string>(n, key, "a string");
+       }},
+      {"generation.chat", "llama: wrap the prompt in the model's chat template",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) {
+         c.chat = scalar<bool>(n, key, "true or false");
        }},
       {"synthetic.t_ms", "t: target forward latency (ms)",
        [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.t_ms = number(n, key, 0, 1e6); }},
@@ -153,6 +184,61 @@ void walk(const YAML::Node& node, const std::string& prefix,
 
 }  // namespace
 
+std::vector<int> parse_layer_list(const std::string& text, const std::string& key) {
+  std::vector<int> out;
+  size_t i = 0;
+  auto bad = [&] {
+    return ConfigError(fmt::format("key '{}' must list layers like \"0-11,19-29\", got '{}'", key, text));
+  };
+  while (i < text.size()) {
+    size_t used = 0;
+    int a, b;
+    try {
+      a = std::stoi(text.substr(i), &used);
+    } catch (const std::exception&) {
+      throw bad();
+    }
+    i += used;
+    b = a;
+    if (i < text.size() && text[i] == '-') {
+      ++i;
+      try {
+        b = std::stoi(text.substr(i), &used);
+      } catch (const std::exception&) {
+        throw bad();
+      }
+      i += used;
+    }
+    if (a < 0 || b < a) throw bad();
+    for (int l = a; l <= b; ++l) out.push_back(l);
+    while (i < text.size() && (text[i] == ',' || text[i] == ' ')) ++i;
+  }
+  if (out.empty()) throw bad();
+  return out;
+}
+
+std::string expand_path(const std::string& path) {
+  std::string out;
+  for (size_t i = 0; i < path.size(); ++i) {
+    if (i == 0 && path[0] == '~' && (path.size() == 1 || path[1] == '/')) {
+      const char* home = std::getenv("HOME");
+      out += home ? home : "~";
+    } else if (path[i] == '$') {
+      size_t j = i + 1;
+      const bool braced = j < path.size() && path[j] == '{';
+      if (braced) ++j;
+      size_t k = j;
+      while (k < path.size() && (std::isalnum(static_cast<unsigned char>(path[k])) || path[k] == '_')) ++k;
+      const char* v = std::getenv(path.substr(j, k - j).c_str());
+      out += v ? v : "";
+      i = braced && k < path.size() && path[k] == '}' ? k : k - 1;
+    } else {
+      out += path[i];
+    }
+  }
+  return out;
+}
+
 int RunConfig::n_targets(int world) const {
   const int fixed = 1 + n_drafters();
   const std::string roles =
@@ -204,6 +290,9 @@ RunConfig parse_config(const std::string& yaml_text, const std::string& origin,
       if (it != values.end()) k.set(cfg, it->second, k.path);
     }
     if (cfg.ttft_ms < 0) cfg.ttft_ms = cfg.t_ms;
+    if (cfg.engine == "llama" && cfg.model_path.empty()) {
+      throw ConfigError("engine llama needs key 'model.path' (a GGUF file or a Hugging Face folder)");
+    }
     if (cfg.poll_min_us > cfg.poll_max_us) {
       throw ConfigError(fmt::format("runtime.poll_min_us ({}) must not exceed runtime.poll_max_us ({})",
                                     cfg.poll_min_us, cfg.poll_max_us));

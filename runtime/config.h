@@ -29,7 +29,15 @@ struct RunConfig {
   int lookahead = 5;
   QueuePolicy queue = QueuePolicy::kNewest;
   // engine
-  std::string engine = "synthetic";
+  std::string engine = "synthetic";  // synthetic | llama
+  // llama engine
+  std::string model_path;          // GGUF file or Hugging Face folder (~ and $VARS expanded)
+  std::string drafter_model_path;  // empty: the target's file (layer-skip self-drafting)
+  std::vector<int> drafter_layers;  // kept layers of the drafter; empty: all
+  int threads = 1;                 // per worker rank
+  int max_context = 0;             // 0: the model's
+  std::string prompt = "Tell me a short story about a robot who learns to paint.";
+  bool chat = true;                // wrap the prompt in the model's chat template if it has one
   // synthetic engine (DSI paper notation: t, c as a fraction of t, a)
   double t_ms = 20;
   double c = 0.1;
@@ -60,6 +68,12 @@ struct RunConfig {
 // on top. Throws ConfigError.
 RunConfig parse_config(const std::string& yaml_text, const std::string& origin,
                        const std::vector<std::string>& overrides = {});
+
+// Parses a layer list such as "0-11,19-29" or "0,2,4"; throws ConfigError naming `key`.
+std::vector<int> parse_layer_list(const std::string& text, const std::string& key);
+
+// Expands a leading ~ and $VAR / ${VAR} in a path.
+std::string expand_path(const std::string& path);
 
 // A human description of the keys, for --help.
 std::string config_reference();

@@ -86,7 +86,16 @@ RunReport Coordinator::run(const RunConfig& cfg, int n_targets,
   RunReport rep;
   rep.cfg = cfg;
   rep.n_targets = n_targets;
-  rep.prompt = synthetic_prompt(cfg.seed, cfg.prompt_tokens, cfg.vocab);
+  std::shared_ptr<const TextModel> text;
+  std::vector<Token> stop_tokens;
+  if (cfg.engine == "llama") {
+    text = text_model(cfg.model_path);
+    rep.prompt = text->prompt_tokens(cfg.prompt, cfg.chat);
+    stop_tokens = text->stop_tokens();
+    if (rep.prompt.empty()) throw ConfigError("the prompt encodes to no tokens");
+  } else {
+    rep.prompt = synthetic_prompt(cfg.seed, cfg.prompt_tokens, cfg.vocab);
+  }
   const auto origin = Clock::now();
   const double origin_s = std::chrono::duration<double>(origin.time_since_epoch()).count();
   auto stamp = [&] { return seconds(Clock::now() - origin) * 1e6; };
@@ -101,6 +110,11 @@ RunReport Coordinator::run(const RunConfig& cfg, int n_targets,
                           {"top_p", cfg.top_p},
                           {"seed", cfg.sampling_seed >= 0 ? static_cast<uint64_t>(cfg.sampling_seed) : cfg.seed}};
     }
+    if (cfg.engine == "llama") {
+      spec.update({{"model", drafter && !cfg.drafter_model_path.empty() ? cfg.drafter_model_path : cfg.model_path},
+                   {"threads", cfg.threads}, {"max_context", cfg.max_context}});
+      if (drafter) spec["layers"] = cfg.drafter_layers;
+    }
     if (drafter) {
       std::vector<int> targets;
       for (int t = 0; t < n_targets; ++t) targets.push_back(first_target + t);
@@ -112,14 +126,30 @@ RunReport Coordinator::run(const RunConfig& cfg, int n_targets,
     }
     ch_.send(r, Message{.type = MsgType::kConfigure, .run = run_, .x = origin_s, .text = spec.dump()});
   }
-  wait_all(workers, MsgType::kReady);
+  // Every rank must share one vocabulary: a draft is a token id.
+  int vocab_rank = -1, vocab = -1;
+  for (const auto& [r, m] : wait_all(workers, MsgType::kReady)) {
+    if (vocab_rank < 0) {
+      vocab_rank = r;
+      vocab = m.a;
+    } else if (m.a != vocab) {
+      throw ConfigError(fmt::format("the vocabulary of {} ({} tokens) differs from that of {} ({} tokens): "
+                                    "drafter and target must share one tokenizer",
+                                    name(r), m.a, name(vocab_rank), vocab));
+    }
+  }
+  if (text && text->tokenizer().vocab_size() > vocab) {
+    throw ConfigError(fmt::format("the tokenizer has {} tokens but the model's output has {}",
+                                  text->tokenizer().vocab_size(), vocab));
+  }
   std::vector<Token> prefix(rep.prompt.begin(), rep.prompt.end() - 1);
   for (int r : workers) ch_.send(r, Message{.type = MsgType::kPrefill, .run = run_, .tokens = prefix});
   wait_all(workers, MsgType::kPrefillDone);
   rep.setup_s = seconds(Clock::now() - origin);
 
   SchedulerOptions so{.mode = cfg.mode, .lookahead = cfg.lookahead, .n_targets = n_targets,
-                      .max_new_tokens = cfg.max_new_tokens, .queue = cfg.queue};
+                      .max_new_tokens = cfg.max_new_tokens, .queue = cfg.queue,
+                      .stop_tokens = stop_tokens};
   Scheduler sched(so, rep.prompt);
   const auto t_start = Clock::now();
   auto last_commit = t_start;
@@ -175,6 +205,7 @@ RunReport Coordinator::run(const RunConfig& cfg, int n_targets,
   rep.elapsed_s = seconds(last_commit - t_start);
   rep.tokens.assign(sched.committed().begin() + sched.prompt_len(), sched.committed().end());
   rep.latency_per_token_ms = rep.tokens.empty() ? 0 : rep.elapsed_s * 1e3 / rep.tokens.size();
+  if (text) rep.text = text->tokenizer().decode(rep.tokens);
   rep.stats = sched.stats();
 
   for (int r : workers) ch_.send(r, Message{.type = MsgType::kStop, .run = run_});
@@ -194,6 +225,12 @@ std::map<int, Message> Coordinator::wait_all(const std::vector<int>& ranks, MsgT
     if (env && env->msg.type == type) got.emplace(env->src, std::move(env->msg));
   }
   return got;
+}
+
+std::shared_ptr<const TextModel> Coordinator::text_model(const std::string& path) {
+  auto& m = text_models_[path];
+  if (!m) m = TextModel::load(path);
+  return m;
 }
 
 void Coordinator::exit_all(int code) {
@@ -238,6 +275,7 @@ json summary_json(const RunReport& r) {
       {"temperature", r.cfg.temperature},
       {"prompt_ids", r.prompt},
       {"generated_ids", r.tokens},
+      {"text", r.text},
       {"tokens", r.tokens.size()},
       {"setup_s", r.setup_s},
       {"elapsed_s", r.elapsed_s},

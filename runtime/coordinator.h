@@ -11,6 +11,7 @@
 #include "runtime/channel.h"
 #include "runtime/config.h"
 #include "runtime/scheduler.h"
+#include "runtime/text_model.h"
 
 namespace dsi {
 
@@ -35,6 +36,7 @@ struct RunReport {
   int n_targets = 0;
   std::vector<Token> prompt;
   std::vector<Token> tokens;  // generated
+  std::string text;           // generated text (real models)
   double setup_s = 0;         // configure + prefill
   double elapsed_s = 0;       // first scheduler action to last commit
   double latency_per_token_ms = 0;
@@ -57,6 +59,8 @@ class Coordinator {
   // Runs one generation with n_targets target ranks. on_commit sees tokens as they commit.
   RunReport run(const RunConfig& cfg, int n_targets,
                 const std::function<void(std::span<const Token>)>& on_commit = {});
+  // The tokenizer side of a model (cached by path).
+  std::shared_ptr<const TextModel> text_model(const std::string& path);
   // Tells every worker to leave its loop with `code`.
   void exit_all(int code);
 
@@ -71,6 +75,7 @@ class Coordinator {
   Clock::time_point next_hb_;
   uint32_t run_ = 0;
   std::vector<std::string> roles_;  // role of each rank in the current run, for messages
+  std::map<std::string, std::shared_ptr<const TextModel>> text_models_;  // by path
   std::string name(int rank) const;
 };
 

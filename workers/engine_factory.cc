@@ -4,6 +4,7 @@
 
 #include <stdexcept>
 
+#include "workers/llama/llama_engine.h"
 #include "workers/synthetic_engine.h"
 
 namespace dsi {
@@ -21,6 +22,14 @@ std::unique_ptr<Engine> make_engine(const nlohmann::json& spec) {
     p.drafter = spec.at("role").get<std::string>() == "drafter";
     p.overlap = spec.value("overlap", 0.5);
     return std::make_unique<SyntheticEngine>(p);
+  }
+  if (kind == "llama") {
+    LlamaEngineOptions o;
+    o.model_path = spec.at("model").get<std::string>();
+    o.threads = spec.value("threads", 1);
+    o.layers = spec.value("layers", std::vector<int>{});
+    o.max_context = spec.value("max_context", 0);
+    return make_llama_engine(o);
   }
   throw std::runtime_error(fmt::format("unknown engine '{}'", kind));
 }
