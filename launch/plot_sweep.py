@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 
 
 def main(src, dst):
@@ -52,8 +53,10 @@ def main(src, dst):
         ax.set_xticks(all_ranks)
         ax.set_xlim(lo, hi)
         ax.grid(alpha=0.3)
-    ax_l.set_ylabel("latency per token (ms)")
-    ax_l.set_ylim(bottom=0)
+    ax_l.set_ylabel("latency per token (ms, log scale)")
+    ax_l.set_yscale("log")
+    ax_l.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax_l.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     ax_s.set_ylabel("speedup vs non-SI (each against its own non-SI)")
     ax_s.set_ylim(bottom=0)
     ax_l.set_title("latency per token")

@@ -200,6 +200,18 @@ int cmd_sweep(const CommonOptions& common, const SweepOptions& opts) {
           for (int sp : sps) one(Mode::kDsi, k, sp, lat_si);
         }
 
+        // Queueing: each DSI row against the DSI row of the same k at the largest SP swept,
+        // measured and simulated (same tokens), so a short SP's slowdown can be compared with
+        // its prediction.
+        for (auto& r : rows) {
+          if (r["mode"] != "dsi") continue;
+          for (const auto& top : rows) {
+            if (top["mode"] == "dsi" && top["k"] == r["k"] && top["sp"] == sps.back()) {
+              r["slowdown_measured"] = r["latency_ms"].get<double>() / top["latency_ms"].get<double>();
+              r["slowdown_sim"] = r["sim_same_tokens_ms"].get<double>() / top["sim_same_tokens_ms"].get<double>();
+            }
+          }
+        }
         json out = {{"format", "dsi-sweep"}, {"version", 1},
                     {"config", {{"path", common.config_path.empty() ? "defaults" : common.config_path},
                                 {"overrides", common.overrides}, {"engine", base.engine},
@@ -216,13 +228,14 @@ int cmd_sweep(const CommonOptions& common, const SweepOptions& opts) {
             "mode", "k", "sp", "ranks", "gpus", "tokens", "latency_ms", "formula_ms",
             "sim_same_tokens_ms", "sim_iid_ms", "efficiency", "efficiency_formula",
             "speedup_vs_nonsi", "speedup_vs_si", "sp_needed", "acceptance_rate", "tasks_launched",
-            "tasks_preempted", "tasks_cancelled_queued", "wasted_target_s", "lossless"};
+            "tasks_preempted", "tasks_cancelled_queued", "wasted_target_s", "slowdown_measured",
+            "slowdown_sim", "lossless"};
         cf << fmt::format("{}\n", fmt::join(cols, ","));
         for (const auto& r : rows) {
           std::vector<std::string> v;
           for (const auto& c : cols) {
-            const json& x = r[c];
-            v.push_back(x.is_string() ? x.get<std::string>() : x.dump());
+            const json x = r.value(c, json());
+            v.push_back(x.is_string() ? x.get<std::string>() : x.is_null() ? "" : x.dump());
           }
           cf << fmt::format("{}\n", fmt::join(v, ","));
         }
