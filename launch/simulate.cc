@@ -142,12 +142,26 @@ int cmd_simulate(const SimulateOptions& o) {
                  r.recommended.sp + 2, rec_ms, r.best.k, r.best.sp, best_ms, r.si_k, si_best,
                  non_s, si_best / rec_ms, non_s / rec_ms);
     }
+    // The frontier: the best k at every SP scanned, to trade ranks for latency.
+    json frontier = json::array();
+    std::string frontier_text;
+    for (int sp = 1; sp <= o.max_sp; ++sp) {
+      const PlanPoint* b = nullptr;
+      for (const PlanPoint& p : r.grid) {
+        if (p.sp == sp && (!b || p.dsi_ms < b->dsi_ms)) b = &p;
+      }
+      if (!b) continue;
+      frontier.push_back({{"sp", sp}, {"k", b->k}, {"dsi_sim_ms", b->dsi_ms},
+                          {"vs_best", b->dsi_ms / r.best.dsi_ms}});
+      frontier_text += fmt::format("{}SP {}: k {} {:.3f}", sp == 1 ? "" : ", ", sp, b->k, b->dsi_ms);
+    }
+    if (!o.json) fmt::print("  best k per SP (ms/token, {} runs): {}\n", scan.runs, frontier_text);
     json grid = json::array();
     for (const PlanPoint& p : r.grid) grid.push_back({{"k", p.k}, {"sp", p.sp}, {"dsi_sim_ms", p.dsi_ms}});
     json out = {{"inputs", {{"t_ms", in.t_ms}, {"c_ms", in.c_ms}, {"a", in.a},
                             {"per_token_ms", in.per_token_ms}, {"source", source}}},
                 {"tokens", o.tokens}, {"runs", o.runs}, {"seed", o.seed}, {"queue", o.queue},
-                {"model", "iid"}, {"rows", rows}, {"recommendation", rec}, {"scan", grid}};
+                {"model", "iid"}, {"rows", rows}, {"recommendation", rec}, {"frontier", frontier}, {"scan", grid}};
     if (o.json) fmt::print("{}\n", out.dump());
     if (!o.json_path.empty()) {
       std::ofstream f(o.json_path);
