@@ -141,6 +141,10 @@ int cmd_simulate(const SimulateOptions& o) {
                  o.max_k, o.max_sp, 100 * o.tolerance, r.recommended.k, r.recommended.sp,
                  r.recommended.sp + 2, rec_ms, r.best.k, r.best.sp, best_ms, r.si_k, si_best,
                  non_s, si_best / rec_ms, non_s / rec_ms);
+      if (rec_ms > 0.99 * std::min(non_s, si_best)) {
+        fmt::print("  note: DSI gains less than 1% here over {}; the extra ranks buy nothing\n",
+                   non_s <= si_best ? "non-SI" : "SI");
+      }
     }
     // The frontier: the best k at every SP scanned, to trade ranks for latency.
     json frontier = json::array();

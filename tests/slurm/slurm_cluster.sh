@@ -46,12 +46,16 @@ JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
 MailProg=/bin/true
+FirstJobId=$((1000 + RANDOM % 50000 * 10))
 InactiveLimit=0
 KillWait=5
 MinJobAge=600
 NodeName=$SC_HOST NodeAddr=127.0.0.1 CPUs=16 RealMemory=2000 State=UNKNOWN
 PartitionName=debug Nodes=$SC_HOST Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 CONF
+  # PMIx's per-step folders go here too, so that two clusters on one machine cannot collide.
+  mkdir -p "$dir/pmix"
+  echo "PMIxCliTmpDirBase=$dir/pmix" >"$dir/etc/mpi.conf"
   export SLURM_CONF=$dir/etc/slurm.conf
   # setpriv execs munged in place, so $! is munged itself.
   setpriv --reuid=munge --regid=munge --init-groups /usr/sbin/munged -F --socket="$dir/munge/munge.socket" \
