@@ -1,7 +1,9 @@
 # A throw-away one-node Slurm cluster in a temp folder (sourced by slurm_test.sh): munged as
 # user munge with Debian's key, slurmctld -D and slurmd -D in the background, every path and
 # port private to this run, SLURM_CONF exported. slurm_cluster_stop cancels the jobs and
-# stops the three daemons by their PIDs. Needs root (slurmd launches jobs) and the packages
+# stops the three daemons by their PIDs. Each daemon runs under `timeout` (its PID is the one
+# kept; timeout passes TERM on), so even a test killed with SIGKILL leaves no daemon behind
+# for longer than SC_LIFETIME_S (default 540 s, under the ctest TIMEOUT). Needs root (slurmd launches jobs) and the packages
 # slurmctld slurmd slurm-client munge (launch/setup.sh installs them).
 
 slurm_cluster_start() {  # DIR
@@ -57,8 +59,9 @@ CONF
   mkdir -p "$dir/pmix"
   echo "PMIxCliTmpDirBase=$dir/pmix" >"$dir/etc/mpi.conf"
   export SLURM_CONF=$dir/etc/slurm.conf
-  # setpriv execs munged in place, so $! is munged itself.
-  setpriv --reuid=munge --regid=munge --init-groups /usr/sbin/munged -F --socket="$dir/munge/munge.socket" \
+  local life=(timeout --kill-after=5 "${SC_LIFETIME_S:-540}")
+  # setpriv execs munged in place (as user munge).
+  "${life[@]}" setpriv --reuid=munge --regid=munge --init-groups /usr/sbin/munged -F --socket="$dir/munge/munge.socket" \
     --key-file=/etc/munge/munge.key --pid-file="$dir/munge/munged.pid" \
     --log-file="$dir/munge/munged.log" --seed-file="$dir/munge/munged.seed" \
     2>"$dir/log/munged.stderr" &
@@ -66,9 +69,9 @@ CONF
   local i
   for i in $(seq 50); do [ -S "$dir/munge/munge.socket" ] && break; sleep 0.1; done
   [ -S "$dir/munge/munge.socket" ] || { echo "munged did not start:"; cat "$dir/log/munged.stderr"; return 1; }
-  /usr/sbin/slurmctld -D -i -f "$SLURM_CONF" >"$dir/log/slurmctld.stdout" 2>&1 &
+  "${life[@]}" /usr/sbin/slurmctld -D -i -f "$SLURM_CONF" >"$dir/log/slurmctld.stdout" 2>&1 &
   SC_PIDS+=($!)
-  /usr/sbin/slurmd -D -f "$SLURM_CONF" -N "$SC_HOST" >"$dir/log/slurmd.stdout" 2>&1 &
+  "${life[@]}" /usr/sbin/slurmd -D -f "$SLURM_CONF" -N "$SC_HOST" >"$dir/log/slurmd.stdout" 2>&1 &
   SC_PIDS+=($!)
   echo "slurm: munged, slurmctld, slurmd started (PIDs ${SC_PIDS[*]}), ports ${ports[*]}, conf $SLURM_CONF"
   local state=""
