@@ -1,8 +1,9 @@
 // `dsi profile`: measures a model pair on this machine through the Engine interface alone, so
 // it profiles any engine make_engine builds: the target's TTFT (prefill), its decode latency,
 // its forward latency as a function of the tokens verified (draft length + 1), the drafter's
-// latency per token, and the greedy acceptance rate (the drafter's argmax equals the target's
-// on the target's own continuation) over a prompt set. Writes the JSON `dsi simulate` reads
+// latency per token, and the acceptance rate on the target's own continuation over a prompt
+// set: greedy (the drafter's argmax equals the target's), and with sampling (the spec has a
+// "sampling" block) the expected speculative-sampling acceptance sum_x min(p(x), q(x)). Writes the JSON `dsi simulate` reads
 // (format in docs/benchmarks.md). A plain process: no MPI.
 #include <fmt/format.h>
 
@@ -17,6 +18,7 @@
 #include "runtime/config.h"
 #include "runtime/simulator.h"
 #include "workers/engine_factory.h"
+#include "workers/verify.h"
 
 namespace dsi::cli {
 namespace {
@@ -35,24 +37,52 @@ double median(std::vector<double> v) {
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-// Times one forward; returns the greedy token of each returned logits row.
-std::vector<Token> timed_forward(Engine& e, std::span<const Token> tokens, int n_logits, double& ms) {
+// Times one forward; returns the greedy token of each returned logits row (and the logits).
+std::vector<Token> timed_forward(Engine& e, std::span<const Token> tokens, int n_logits, double& ms,
+                                 Logits* logits = nullptr) {
   static const CancelFlag never;
   const auto t0 = Clock::now();
-  const Logits l = e.forward(tokens, n_logits, never);
+  Logits l = e.forward(tokens, n_logits, never);
   ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
   std::vector<Token> out(l.n);
   if (l.n > 0) kernels::argmax_cpu(out.data(), l.data.data(), l.n, l.vocab);
+  if (logits) *logits = std::move(l);
   return out;
+}
+
+// Expected acceptance of speculative sampling at one position: sum_x min(p(x), q(x)).
+double sampled_acceptance(const Logits& target, const Logits& drafter, const SamplingParams& sp) {
+  const auto p = sampling_probs(target.row(target.n - 1), sp);
+  const auto q = sampling_probs(drafter.row(drafter.n - 1), sp);
+  double s = 0;
+  for (size_t i = 0; i < p.size() && i < q.size(); ++i) s += std::min(p[i], q[i]);
+  return s;
+}
+
+// The sampling parameters of an engine spec ("sampling" block); temperature 0 without one.
+SamplingParams spec_sampling(const json& spec) {
+  SamplingParams sp;
+  if (spec.contains("sampling")) {
+    const json& s = spec["sampling"];
+    sp.temperature = s.value("temperature", 0.0f);
+    sp.top_k = s.value("top_k", 0);
+    sp.top_p = s.value("top_p", 1.0f);
+    sp.seed = s.value("seed", uint64_t{1});
+  }
+  return sp;
 }
 
 // The worker specs a run config gives its drafter and targets (as the coordinator builds them).
 json spec_from_config(const RunConfig& cfg, bool drafter) {
   json spec = {{"engine", cfg.engine}, {"role", drafter ? "drafter" : "target"},
                {"seed", cfg.seed}, {"vocab", cfg.vocab}};
+  if (cfg.temperature > 0) {
+    spec["sampling"] = {{"temperature", cfg.temperature}, {"top_k", cfg.top_k}, {"top_p", cfg.top_p},
+                        {"seed", cfg.sampling_seed >= 0 ? static_cast<uint64_t>(cfg.sampling_seed) : cfg.seed}};
+  }
   if (drafter) {
     spec.update({{"ttft_ms", cfg.c * cfg.ttft_ms}, {"forward_ms", cfg.c * cfg.t_ms},
-                 {"acceptance", cfg.a}});
+                 {"acceptance", cfg.a}, {"overlap", cfg.overlap}});
   } else {
     spec.update({{"ttft_ms", cfg.ttft_ms}, {"forward_ms", cfg.t_ms},
                  {"per_token_ms", cfg.per_token_ms}});
@@ -150,6 +180,9 @@ int cmd_profile(const ProfileOptions& o) {
       for (int i = 0; i < o.prompts; ++i) prompts.push_back(synthetic_prompt(seed + i, prompt_tokens, vocab));
     }
 
+    const SamplingParams sp = spec_sampling(tspec);
+    const bool sampling = !sp.greedy();
+    double sampled_sum = 0;
     std::vector<double> ttft, decode, d_ttft, d_decode;
     json per_prompt = json::array();
     int64_t agree = 0, compared = 0;
@@ -162,25 +195,35 @@ int cmd_profile(const ProfileOptions& o) {
       drafter->truncate(0);
       // The target's greedy continuation g[0..n) and its timings.
       std::vector<Token> g;
-      g.push_back(timed_forward(*target, prompt, 1, ms)[0]);
+      std::vector<Logits> tl(sampling ? o.tokens : 1);  // the target's rows, kept for sampling
+      g.push_back(timed_forward(*target, prompt, 1, ms, &tl[0])[0]);
       ttft.push_back(ms);
       for (int i = 1; i < o.tokens; ++i) {
-        g.push_back(timed_forward(*target, std::span(&g[i - 1], 1), 1, ms)[0]);
+        g.push_back(timed_forward(*target, std::span(&g[i - 1], 1), 1, ms,
+                                  sampling ? &tl[i] : nullptr)[0]);
         decode.push_back(ms);
       }
-      // The drafter on the same context, fed the target's tokens (greedy acceptance).
+      // The drafter on the same context, fed the target's tokens (greedy acceptance; with
+      // sampling, the expected acceptance of each position from both distributions).
       int agree_p = 0;
-      Token d = timed_forward(*drafter, prompt, 1, ms)[0];
+      double sampled_p = 0;
+      Logits dl;
+      Token d = timed_forward(*drafter, prompt, 1, ms, &dl)[0];
       d_ttft.push_back(ms);
       agree_p += d == g[0];
+      if (sampling) sampled_p += sampled_acceptance(tl[0], dl, sp);
       for (int i = 1; i < o.tokens; ++i) {
-        d = timed_forward(*drafter, std::span(&g[i - 1], 1), 1, ms)[0];
+        d = timed_forward(*drafter, std::span(&g[i - 1], 1), 1, ms, &dl)[0];
         d_decode.push_back(ms);
         agree_p += d == g[i];
+        if (sampling) sampled_p += sampled_acceptance(tl[i], dl, sp);
       }
       agree += agree_p;
+      sampled_sum += sampled_p;
       compared += o.tokens;
-      per_prompt.push_back({{"prompt_tokens", prompt.size()}, {"acceptance_rate", double(agree_p) / o.tokens}});
+      per_prompt.push_back({{"prompt_tokens", prompt.size()},
+                            {"acceptance_rate_greedy", double(agree_p) / o.tokens}});
+      if (sampling) per_prompt.back()["acceptance_rate_sampled"] = sampled_p / o.tokens;
       if (pi == 0) {
         verify_ctx = g;
         verify_len = target->kv_len();
@@ -189,7 +232,7 @@ int cmd_profile(const ProfileOptions& o) {
         fmt::print("prompt {:3}: {:4} tokens, TTFT {:8.3f} ms, decode {:8.3f} ms/token, drafter "
                    "{:7.3f} ms/token, acceptance {:.3f}\n",
                    pi, prompt.size(), ttft.back(), median(decode), median(d_decode),
-                   double(agree_p) / o.tokens);
+                   sampling ? sampled_p / o.tokens : double(agree_p) / o.tokens);
         std::fflush(stdout);
       }
     }
@@ -228,7 +271,8 @@ int cmd_profile(const ProfileOptions& o) {
     double t0 = my - slope * mx;
     if (t0 < 0) t0 = 0;
 
-    const double a = compared ? double(agree) / compared : 0;
+    const double a_greedy = compared ? double(agree) / compared : 0;
+    const double a = sampling ? (compared ? sampled_sum / compared : 0) : a_greedy;
     const double c_ms = median(d_decode);
     json out = {
         {"format", "dsi-profile"}, {"version", 1},
@@ -239,6 +283,8 @@ int cmd_profile(const ProfileOptions& o) {
                     {"fit", {{"t0_ms", t0}, {"per_token_ms", slope}}}}},
         {"drafter", {{"ttft_ms", median(d_ttft)}, {"c_ms", c_ms}}},
         {"acceptance_rate", a},
+        {"acceptance_rate_greedy", a_greedy},
+        {"sampling", {{"temperature", sp.temperature}, {"top_k", sp.top_k}, {"top_p", sp.top_p}}},
         {"acceptance_by_prompt", per_prompt},
         {"simulate", {{"t_ms", t0}, {"per_token_ms", slope}, {"c_ms", c_ms}, {"a", a}}},
     };
@@ -250,8 +296,12 @@ int cmd_profile(const ProfileOptions& o) {
                  median(ttft), median(decode), t0, slope);
       for (const auto& b : by_tokens) fmt::print("  n = {:2}: {:8.3f} ms\n", b["tokens"].get<int>(), b["ms"].get<double>());
       fmt::print("drafter: TTFT {:.3f} ms, c = {:.3f} ms/token ({:.3f} t)\nacceptance rate a = "
-                 "{:.3f} over {} prompts x {} tokens\n",
-                 median(d_ttft), c_ms, t0 + slope > 0 ? c_ms / (t0 + slope) : 0, a, prompts.size(), o.tokens);
+                 "{:.3f} ({}) over {} prompts x {} tokens\n",
+                 median(d_ttft), c_ms, t0 + slope > 0 ? c_ms / (t0 + slope) : 0, a,
+                 sampling ? fmt::format("expected, sampling at temperature {}; greedy {:.3f}",
+                                        sp.temperature, a_greedy)
+                          : std::string("greedy"),
+                 prompts.size(), o.tokens);
     }
     if (!o.out_path.empty()) {
       std::ofstream f(o.out_path);

@@ -93,6 +93,12 @@ int cmd_sweep(const CommonOptions& common, const SweepOptions& opts) {
         if (s.cfg.engine != "synthetic") {
           throw ConfigError(fmt::format("dsi sweep drives the synthetic engine (engine: {})", s.cfg.engine));
         }
+        if (s.cfg.temperature > 0) {
+          throw ConfigError(fmt::format(
+              "sampling.temperature = {}: dsi sweep measures greedy decoding (its token-equality "
+              "check and its simulations are greedy); set sampling.temperature=0",
+              s.cfg.temperature));
+        }
         if (!opts.ranks.empty() && !opts.sp.empty()) throw ConfigError("give --ranks or --sp, not both");
         std::vector<int> ranks;
         if (!opts.sp.empty()) {

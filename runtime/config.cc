@@ -104,6 +104,18 @@ const std::vector<Key>& keys() {
        [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.per_token_ms = number(n, key, 0, 1e6); }},
       {"synthetic.vocab", "vocabulary size of the synthetic model",
        [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.vocab = integer(n, key, 2, 1 << 24); }},
+      {"synthetic.overlap", "how much of the target's logit noise the drafter shares (0..1)",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.overlap = number(n, key, 0, 1); }},
+      {"sampling.temperature", "0 = greedy; > 0 samples (speculative sampling, lossless)",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.temperature = number(n, key, 0, 100); }},
+      {"sampling.top_k", "keep the k most likely tokens (0 = all)",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.top_k = integer(n, key, 0, 1 << 24); }},
+      {"sampling.top_p", "keep the smallest set of tokens whose mass reaches p",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.top_p = number(n, key, 1e-6, 1); }},
+      {"sampling.seed", "seed of the sampling draws (default: generation.seed)",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) {
+         c.sampling_seed = static_cast<int64_t>(scalar<unsigned long long>(n, key, "a non-negative integer"));
+       }},
       {"runtime.peer_timeout_s", "a silent peer is declared dead after this (s)",
        [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.peer_timeout_s = number(n, key, 0.1, 3600); }},
       {"runtime.heartbeat_ms", "liveness message period (ms)",

@@ -37,6 +37,12 @@ struct RunConfig {
   double ttft_ms = -1;  // -1: same as t_ms (drafter: c * this)
   double per_token_ms = 0;
   int vocab = 64;
+  double overlap = 0.5;  // drafter's share of the target's logit noise (sampling)
+  // sampling (temperature 0: greedy)
+  double temperature = 0;
+  int top_k = 0;
+  double top_p = 1;
+  int64_t sampling_seed = -1;  // -1: generation.seed
   // runtime
   double peer_timeout_s = 5;
   int heartbeat_ms = 200;

@@ -96,9 +96,16 @@ RunReport Coordinator::run(const RunConfig& cfg, int n_targets,
     const bool drafter = r < first_target;
     json spec = {{"engine", cfg.engine}, {"role", drafter ? "drafter" : "target"},
                  {"seed", cfg.seed}, {"vocab", cfg.vocab}};
+    if (cfg.temperature > 0) {
+      spec["sampling"] = {{"temperature", cfg.temperature}, {"top_k", cfg.top_k},
+                          {"top_p", cfg.top_p},
+                          {"seed", cfg.sampling_seed >= 0 ? static_cast<uint64_t>(cfg.sampling_seed) : cfg.seed}};
+    }
     if (drafter) {
+      std::vector<int> targets;
+      for (int t = 0; t < n_targets; ++t) targets.push_back(first_target + t);
       spec.update({{"ttft_ms", cfg.c * cfg.ttft_ms}, {"forward_ms", cfg.c * cfg.t_ms},
-                   {"acceptance", cfg.a}});
+                   {"acceptance", cfg.a}, {"overlap", cfg.overlap}, {"targets", targets}});
     } else {
       spec.update({{"ttft_ms", cfg.ttft_ms}, {"forward_ms", cfg.t_ms},
                    {"per_token_ms", cfg.per_token_ms}});
@@ -127,8 +134,9 @@ RunReport Coordinator::run(const RunConfig& cfg, int n_targets,
                               .a = a.window, .b = a.stop_len, .tokens = a.seq});
           break;
         case Action::kVerify:
-          ch_.send(first_target + a.target, Message{.type = MsgType::kVerify, .run = run_, .id = a.id,
-                                                    .a = a.n_logits, .tokens = a.seq});
+          ch_.send(first_target + a.target,
+                   Message{.type = MsgType::kVerify, .run = run_, .id = a.id, .a = a.n_logits,
+                           .b = a.bonus_anchor, .c = a.bonus_period, .aux = a.chain, .tokens = a.seq});
           break;
         case Action::kCancel:
           ch_.send(first_target + a.target,
@@ -227,6 +235,7 @@ json summary_json(const RunReport& r) {
       {"sp", r.n_targets},
       {"lookahead", r.cfg.lookahead},
       {"engine", r.cfg.engine},
+      {"temperature", r.cfg.temperature},
       {"prompt_ids", r.prompt},
       {"generated_ids", r.tokens},
       {"tokens", r.tokens.size()},
@@ -246,12 +255,12 @@ json summary_json(const RunReport& r) {
 std::string summary_text(const RunReport& r) {
   const auto& s = r.stats;
   std::string out = fmt::format(
-      "mode {}  SP {}  k {}  engine {}\n"
+      "mode {}  SP {}  k {}  engine {}  temperature {}\n"
       "tokens {}  latency/token {:.3f} ms  elapsed {:.3f} s  (setup {:.3f} s not counted)\n"
       "acceptance rate {:.3f}  ({} drafts accepted, {} rejected, {} chains)\n"
       "tasks: launched {}  completed {}  preempted {}  cancelled while queued {}\n"
       "wasted (preempted) target time {:.3f} s\n",
-      mode_name(r.cfg.mode), r.n_targets, r.cfg.lookahead, r.cfg.engine, r.tokens.size(),
+      mode_name(r.cfg.mode), r.n_targets, r.cfg.lookahead, r.cfg.engine, r.cfg.temperature, r.tokens.size(),
       r.latency_per_token_ms, r.elapsed_s, r.setup_s, r.acceptance_rate(), s.drafts_accepted,
       s.drafts_rejected, s.chains, s.tasks_launched, s.tasks_completed, s.tasks_preempted,
       s.tasks_cancelled_queued, r.wasted_target_s());

@@ -44,7 +44,8 @@ void MpiChannel::reap_locked() {
 void MpiChannel::send(int dst, const Message& m) {
   std::lock_guard lk(send_mu_);
   reap_locked();
-  last_activity_ns_ = now_ns();
+  // Heartbeats say nothing about what comes next: they do not make the channel hot.
+  if (m.type != MsgType::kHeartbeat) last_activity_ns_ = now_ns();
   auto& [req, buf] = pending_.emplace_back(MPI_REQUEST_NULL, encode(m));
   MPI_Isend(buf.data(), static_cast<int>(buf.size()), MPI_BYTE, dst, kControlTag, comm_, &req);
 }
@@ -75,8 +76,9 @@ std::optional<Envelope> MpiChannel::recv(Clock::time_point deadline) {
       MPI_Get_count(&st, MPI_BYTE, &count);
       std::vector<uint8_t> buf(count);
       MPI_Recv(buf.data(), count, MPI_BYTE, st.MPI_SOURCE, kControlTag, comm_, MPI_STATUS_IGNORE);
-      last_activity_ns_ = now_ns();
-      return Envelope{st.MPI_SOURCE, decode(buf)};
+      Envelope env{st.MPI_SOURCE, decode(buf)};
+      if (env.msg.type != MsgType::kHeartbeat) last_activity_ns_ = now_ns();
+      return env;
     }
     {
       // Completing sends here too keeps buffers from piling up on a rank that mostly listens.
@@ -85,10 +87,12 @@ std::optional<Envelope> MpiChannel::recv(Clock::time_point deadline) {
     }
     const auto now = Clock::now();
     if (now >= deadline) return std::nullopt;
-    const bool hot = now_ns() - last_activity_ns_ < int64_t{poll_.hot_ms} * 1000000;
+    const int64_t idle_ns = now_ns() - last_activity_ns_;
+    const bool hot = idle_ns < int64_t{poll_.hot_ms} * 1000000;
+    const bool cold = idle_ns > int64_t{poll_.cold_ms} * 1000000;
     const int us = hot ? poll_.min_us : sleep_us;
     std::this_thread::sleep_for(std::min<Clock::duration>(std::chrono::microseconds(us), deadline - now));
-    if (!hot) sleep_us = std::min(sleep_us * 2, poll_.max_us);
+    if (!hot) sleep_us = std::min(sleep_us * 2, cold ? 10 * poll_.max_us : poll_.max_us);
   }
 }
 

@@ -2,7 +2,8 @@
 // non-blocking (MPI_Isend of an owned buffer, completed lazily). Receives poll MPI_Iprobe and
 // sleep between probes so that a waiting rank does not spin a core (tests run 8+ ranks on 2
 // cores): every poll_min_us while the channel is "hot" (a message went either way in the last
-// hot_ms, so another is likely soon), then backing off exponentially to poll_max_us. Requires
+// hot_ms, so another is likely soon), then backing off exponentially to poll_max_us, and to
+// 10 * poll_max_us once idle for cold_ms (ranks a run does not use). Requires
 // MPI_THREAD_MULTIPLE: a worker's communication and compute threads both send.
 #pragma once
 
@@ -22,6 +23,7 @@ class MpiChannel final : public ControlChannel {
     int min_us = 20;   // sleep between probes while hot
     int max_us = 200;  // longest back-off sleep when idle (bounds the added latency per hop)
     int hot_ms = 25;
+    int cold_ms = 1000;  // idle this long: back off further, to 10 * max_us
   };
   MpiChannel(MPI_Comm comm, Polling polling);
   ~MpiChannel() override;

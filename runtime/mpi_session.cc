@@ -60,6 +60,7 @@ int with_session(const SessionOptions& common, const std::function<void(Session&
 
   s.channel = std::make_unique<MpiChannel>(
       MPI_COMM_WORLD, MpiChannel::Polling{s.cfg.poll_min_us, s.cfg.poll_max_us, s.cfg.poll_hot_ms});
+  s.data = make_mpi_data_channel(MPI_COMM_WORLD, s.cfg.poll_min_us);
   int rc = 0;
   if (s.rank == 0) {
     Coordinator coord(*s.channel, s.cfg.heartbeat_ms, s.cfg.peer_timeout_s);
@@ -87,13 +88,14 @@ int with_session(const SessionOptions& common, const std::function<void(Session&
       wo.fault_after_ms = common.fault_after_ms;
     }
     try {
-      rc = run_worker(*s.channel, wo);
+      rc = run_worker(*s.channel, wo, s.data.get());
     } catch (const WorkerFatal& e) {
       fmt::print(stderr, "dsi: error: {}\n", e.what());
       MPI_Abort(MPI_COMM_WORLD, 1);
     }
   }
   s.channel->flush(Clock::now() + std::chrono::seconds(2));
+  s.data.reset();
   s.channel.reset();
   MPI_Finalize();
   return rc;

@@ -10,6 +10,7 @@
 
 #include "runtime/config.h"
 #include "runtime/coordinator.h"
+#include "runtime/data_channel.h"
 #include "runtime/mpi_channel.h"
 #include "workers/worker.h"
 
@@ -29,6 +30,7 @@ struct Session {
   int world = 1;
   RunConfig cfg;
   std::unique_ptr<MpiChannel> channel;
+  std::unique_ptr<DataChannel> data;
 };
 
 // Runs `coordinate` on rank 0 and the worker loop elsewhere. `validate` may throw

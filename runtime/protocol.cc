@@ -7,7 +7,7 @@
 namespace dsi {
 namespace {
 
-// Header layout, 48 bytes, little-endian (x86-64 and aarch64 hosts are both little-endian;
+// Header layout, 56 bytes, little-endian (x86-64 and aarch64 hosts are both little-endian;
 // a big-endian host would need byte swaps here and nowhere else).
 struct Header {
   uint32_t magic;
@@ -17,12 +17,13 @@ struct Header {
   int32_t a;
   uint64_t id;
   int32_t b;
-  uint32_t n_tokens;
+  int32_t c;
+  uint64_t aux;
   double x;
+  uint32_t n_tokens;
   uint32_t n_text;
-  uint32_t reserved;
 };
-static_assert(sizeof(Header) == 48);
+static_assert(sizeof(Header) == 56);
 
 constexpr uint16_t kMaxType = static_cast<uint16_t>(MsgType::kError);
 
@@ -51,8 +52,8 @@ const char* msg_type_name(MsgType t) {
 
 std::vector<uint8_t> encode(const Message& m) {
   Header h{kProtocolMagic, kProtocolVersion, static_cast<uint16_t>(m.type), m.run, m.a, m.id,
-           m.b, static_cast<uint32_t>(m.tokens.size()), m.x,
-           static_cast<uint32_t>(m.text.size()), 0};
+           m.b, m.c, m.aux, m.x, static_cast<uint32_t>(m.tokens.size()),
+           static_cast<uint32_t>(m.text.size())};
   std::vector<uint8_t> out(sizeof(Header) + m.tokens.size() * sizeof(Token) + m.text.size());
   std::memcpy(out.data(), &h, sizeof h);
   std::memcpy(out.data() + sizeof h, m.tokens.data(), m.tokens.size() * sizeof(Token));
@@ -88,6 +89,8 @@ Message decode(std::span<const uint8_t> bytes) {
   m.id = h.id;
   m.a = h.a;
   m.b = h.b;
+  m.c = h.c;
+  m.aux = h.aux;
   m.x = h.x;
   m.tokens.resize(h.n_tokens);
   std::memcpy(m.tokens.data(), bytes.data() + sizeof h, h.n_tokens * sizeof(Token));

@@ -24,7 +24,8 @@ enum class MsgType : uint16_t {
   kStartChain = 5,  // C->D  id: chain; tokens: committed sequence; a: draft window (-1 = none);
                     //       b: stop length (draft no position >= b)
   kDraft = 6,       // D->C  id: chain; a: position; b: token
-  kVerify = 7,      // C->T  id: task; tokens: sequence S; a: n_logits m
+  kVerify = 7,      // C->T  id: task; tokens: sequence S; a: n_logits m; aux: chain;
+                    //       b, c: bonus anchor and period (sampling: positions sampled from p)
   kResult = 8,      // T->C  id: task; tokens: target's tokens at positions |S|-m+1 .. |S|;
                     //       x: busy seconds; a: tokens computed (forward length)
   kCancel = 9,      // C->T  id: task to preempt (running or queued)
@@ -44,6 +45,8 @@ struct Message {
   uint64_t id = 0;
   int32_t a = 0;
   int32_t b = 0;
+  int32_t c = 0;
+  uint64_t aux = 0;
   double x = 0;
   std::vector<Token> tokens;
   std::string text;

@@ -79,7 +79,7 @@ void Scheduler::new_chain(std::vector<Action>& out) {
 }
 
 void Scheduler::submit(std::vector<Token> seq, int n_logits, std::vector<Action>& out) {
-  Task t{next_task_++, std::move(seq), n_logits};
+  Task t{next_task_++, std::move(seq), n_logits, chain_, chain_base_};
   if (opts_.queue == QueuePolicy::kNewest) {
     // A queued task whose sequence is a prefix of the new one proves nothing the new one
     // does not; drop it.
@@ -116,7 +116,15 @@ void Scheduler::launch_queued(std::vector<Action>& out) {
     target_task_[best] = t.id;
     target_seq_[best] = t.seq;
     ++stats_.tasks_launched;
-    out.push_back(Action{Action::kVerify, best, t.id, t.seq, t.n_logits});
+    Action a{.kind = Action::kVerify, .target = best, .id = t.id, .seq = t.seq,
+             .n_logits = t.n_logits, .chain = t.chain};
+    if (opts_.mode == Mode::kDsi) {
+      // DSI tasks end on the grid chain start + i*k; the bonus rule keeps every position on
+      // it a target sample whichever task decides it (workers/verify.h).
+      a.bonus_anchor = t.anchor;
+      a.bonus_period = opts_.lookahead;
+    }
+    out.push_back(std::move(a));
     running_.emplace(t.id, std::move(t));
     if (opts_.queue == QueuePolicy::kNewest) {
       queue_.pop_back();

@@ -46,6 +46,9 @@ struct Action {
   int n_logits = 0;        // kVerify: positions to check (m = drafts + 1)
   int window = -1;         // kStartChain: drafts allowed in this chain (-1 = unlimited)
   int stop_len = 0;        // kStartChain: do not draft a position >= stop_len
+  uint64_t chain = 0;      // kVerify: the chain its drafts come from
+  int bonus_anchor = -1;   // kVerify: sampling decides anchor + i * period from p (BonusRule)
+  int bonus_period = 0;
 };
 
 struct SchedulerStats {
@@ -86,6 +89,8 @@ class Scheduler {
     uint64_t id;
     std::vector<Token> seq;
     int n_logits;
+    uint64_t chain = 0;
+    int anchor = 0;  // chain start when it was created
     int target = -1;
     bool cancelling = false;
   };

@@ -79,6 +79,28 @@ std::vector<Token> synthetic_reference(const SyntheticParams& target,
   return out;
 }
 
+std::vector<float> synthetic_probs(const SyntheticParams& model, const std::vector<Token>& context,
+                                   const SamplingParams& sp) {
+  std::vector<float> logits(model.vocab);
+  synthetic::logits(model, hash_of(model.seed, context, context.size()), logits.data());
+  return sampling_probs(logits, sp);
+}
+
+std::vector<Token> synthetic_sampled_reference(const SyntheticParams& target,
+                                               const std::vector<Token>& prompt,
+                                               int max_new_tokens, const SamplingParams& sp) {
+  std::vector<Token> ctx = prompt;
+  for (int i = 0; i < max_new_tokens; ++i) {
+    // Non-SI is verification with no drafts: every position is the target's own sample.
+    const auto p = synthetic_probs(target, ctx, sp);
+    const Token t = verify_sampled(ctx, static_cast<int>(ctx.size()),
+                                   [&](int) { return std::span<const float>(p); }, nullptr,
+                                   BonusRule{}, sp)[0];
+    ctx.push_back(t);
+  }
+  return std::vector<Token>(ctx.begin() + prompt.size(), ctx.end());
+}
+
 SimResult simulate(const SimConfig& cfg) {
   Scheduler sched(cfg.sched, cfg.prompt);
   std::priority_queue<Event, std::vector<Event>, std::greater<>> events;
@@ -89,6 +111,9 @@ SimResult simulate(const SimConfig& cfg) {
 
   // The token model: the target's token after seq[0..p), and the drafter's next draft.
   const bool iid = cfg.model == TokenModel::kIid;
+  if (iid && !cfg.sampling.greedy()) {
+    throw std::invalid_argument("the i.i.d. token model is greedy: sampling needs the synthetic model");
+  }
   std::mt19937_64 rng(cfg.iid_seed);
   std::uniform_real_distribution<double> uniform(0.0, 1.0);
   auto target_at = [&](const std::vector<Token>& seq, size_t p) {
@@ -111,6 +136,8 @@ SimResult simulate(const SimConfig& cfg) {
   uint64_t d_chain = 0, d_gen = 0;
   std::vector<Token> d_seq;
   int d_window = -1, d_stop = 0;
+  const bool sampling = !cfg.sampling.greedy();
+  std::map<std::pair<uint64_t, int>, std::vector<float>> q_store;  // (chain, pos) -> q
   const double d_cost = cfg.drafter.forward_ms + cfg.drafter.per_token_ms;
 
   // Targets: the sequence each one's KV cache holds, and its running task.
@@ -126,8 +153,15 @@ SimResult simulate(const SimConfig& cfg) {
     if (d_window == 0 || static_cast<int>(d_seq.size()) >= d_stop) return;
     at(now + d_cost, [&, gen] {
       if (gen != d_gen) return;
-      const Token tok = draft_after(d_seq);
       const int pos = static_cast<int>(d_seq.size());
+      Token tok;
+      if (sampling) {
+        auto q = synthetic_probs(cfg.drafter, d_seq, cfg.sampling);
+        tok = draft_sample(q, pos, cfg.sampling);
+        q_store[{d_chain, pos}] = std::move(q);
+      } else {
+        tok = draft_after(d_seq);
+      }
       d_seq.push_back(tok);
       if (d_window > 0) --d_window;
       run_actions(sched.on_draft(d_chain, pos, tok));
@@ -154,17 +188,29 @@ SimResult simulate(const SimConfig& cfg) {
         t_start[tg] = now;
         task_target[a.id] = tg;
         const double cost = cfg.target.forward_ms + n * cfg.target.per_token_ms;
-        at(now + cost, [&, tg, id = a.id, seq = a.seq, m = a.n_logits] {
-          if (t_task[tg] != id) return;  // cancelled meanwhile
+        at(now + cost, [&, tg, a] {
+          if (t_task[tg] != a.id) return;  // cancelled meanwhile
           t_task[tg] = 0;
           res.target_busy_ms += now - t_start[tg];
+          const auto& seq = a.seq;
           t_cache[tg] = seq;
           std::vector<Token> y;
-          const size_t first = seq.size() - m + 1;
-          for (size_t p = first; p <= seq.size(); ++p) {
-            y.push_back(target_at(seq, p));
+          const size_t first = seq.size() - a.n_logits + 1;
+          if (sampling) {
+            std::vector<float> p;
+            auto p_at = [&](int pos) {
+              p = synthetic_probs(cfg.target, std::vector<Token>(seq.begin(), seq.begin() + pos),
+                                  cfg.sampling);
+              return std::span<const float>(p);
+            };
+            auto q_at = [&](int pos) { return std::span<const float>(q_store.at({a.chain, pos})); };
+            y = verify_sampled(seq, static_cast<int>(first), p_at, q_at,
+                               BonusRule{a.bonus_anchor, a.bonus_period}, cfg.sampling,
+                               cfg.verifier);
+          } else {
+            for (size_t p = first; p <= seq.size(); ++p) y.push_back(target_at(seq, p));
           }
-          run_actions(sched.on_result(id, y));
+          run_actions(sched.on_result(a.id, y));
         });
       } else if (a.kind == Action::kCancel) {
         const int tg = a.target;

@@ -11,6 +11,7 @@
 
 #include "runtime/scheduler.h"
 #include "workers/synthetic_engine.h"
+#include "workers/verify.h"
 
 namespace dsi {
 
@@ -26,7 +27,9 @@ struct SimConfig {
   SyntheticParams target;   // latency: forward_ms + per_token_ms * tokens (ttft unused)
   SyntheticParams drafter;  // same, per draft forward; acceptance a
   std::vector<Token> prompt;
-  TokenModel model = TokenModel::kSynthetic;
+  SamplingParams sampling;  // temperature 0: greedy
+  VerifierVariant verifier = VerifierVariant::kCorrect;
+  TokenModel model = TokenModel::kSynthetic;  // kIid: greedy only
   uint64_t iid_seed = 1;
 };
 
@@ -48,6 +51,15 @@ std::vector<Token> synthetic_reference(const SyntheticParams& target,
 
 // The reference output of cfg's token model (target-only greedy decoding).
 std::vector<Token> simulated_reference(const SimConfig& cfg);
+
+// Target-only sampling of the synthetic model (non-SI with `sp`).
+std::vector<Token> synthetic_sampled_reference(const SyntheticParams& target,
+                                               const std::vector<Token>& prompt,
+                                               int max_new_tokens, const SamplingParams& sp);
+
+// Probabilities the synthetic model samples from after `context` (sampling params applied).
+std::vector<float> synthetic_probs(const SyntheticParams& model, const std::vector<Token>& context,
+                                   const SamplingParams& sp);
 
 // Deterministic synthetic prompt of n tokens for a seed.
 std::vector<Token> synthetic_prompt(uint64_t seed, int n, int vocab);

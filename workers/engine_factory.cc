@@ -19,6 +19,7 @@ std::unique_ptr<Engine> make_engine(const nlohmann::json& spec) {
     p.forward_ms = spec.at("forward_ms").get<double>();
     p.per_token_ms = spec.value("per_token_ms", 0.0);
     p.drafter = spec.at("role").get<std::string>() == "drafter";
+    p.overlap = spec.value("overlap", 0.5);
     return std::make_unique<SyntheticEngine>(p);
   }
   throw std::runtime_error(fmt::format("unknown engine '{}'", kind));

@@ -35,6 +35,20 @@ Token drafter_next(uint64_t seed, uint64_t h, int vocab, double acceptance) {
   const uint64_t off = 1 + mix(h ^ seed ^ kWrongSalt) % static_cast<uint64_t>(vocab - 1);
   return static_cast<Token>((static_cast<uint64_t>(right) + off) % static_cast<uint64_t>(vocab));
 }
+void logits(const SyntheticParams& p, uint64_t h, float* out) {
+  auto noise = [&](uint64_t salt, int i) {
+    return static_cast<float>(mix(h ^ p.seed ^ salt ^ mix(static_cast<uint64_t>(i))) >> 40) *
+           0x1.0p-24f * kSpread;
+  };
+  const float w = p.drafter ? static_cast<float>(p.overlap) : 1.0f;
+  for (int i = 0; i < p.vocab; ++i) {
+    out[i] = w * noise(kTargetSalt, i);
+    if (p.drafter) out[i] += (1 - w) * noise(kWrongSalt, i);
+  }
+  const Token peak = p.drafter ? drafter_next(p.seed, h, p.vocab, p.acceptance)
+                               : target_next(p.seed, h, p.vocab);
+  out[peak] += kPeak;
+}
 }  // namespace synthetic
 
 bool cancellable_sleep_ms(double ms, const CancelFlag& cancel) {
@@ -62,11 +76,6 @@ double SyntheticEngine::forward_cost_ms(int n_tokens) const {
   return (hashes_.empty() ? p_.ttft_ms : p_.forward_ms) + n_tokens * p_.per_token_ms;
 }
 
-Token SyntheticEngine::next_token(uint64_t h) const {
-  return p_.drafter ? synthetic::drafter_next(p_.seed, h, p_.vocab, p_.acceptance)
-                    : synthetic::target_next(p_.seed, h, p_.vocab);
-}
-
 Logits SyntheticEngine::forward(std::span<const Token> tokens, int n_logits,
                                 const CancelFlag& cancel) {
   const int n = static_cast<int>(tokens.size());
@@ -79,7 +88,7 @@ Logits SyntheticEngine::forward(std::span<const Token> tokens, int n_logits,
     h = synthetic::extend_hash(h, tokens[i]);
     hashes_.push_back(h);
     const int row = i - (n - n_logits);
-    if (row >= 0) out.data[static_cast<size_t>(row) * p_.vocab + next_token(h)] = 1.0f;
+    if (row >= 0) synthetic::logits(p_, h, out.data.data() + static_cast<size_t>(row) * p_.vocab);
   }
   return out;
 }

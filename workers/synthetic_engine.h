@@ -20,6 +20,7 @@ struct SyntheticParams {
   double forward_ms = 20;     // every later forward
   double per_token_ms = 0;    // plus this for each token in the forward
   bool drafter = false;
+  double overlap = 0.5;       // drafter only: how much of the target's logit noise it shares
 };
 
 // The synthetic model as pure functions of the context hash, so the coordinator and tests
@@ -29,6 +30,13 @@ uint64_t start_hash(uint64_t seed);
 uint64_t extend_hash(uint64_t h, Token t);
 Token target_next(uint64_t seed, uint64_t h, int vocab);
 Token drafter_next(uint64_t seed, uint64_t h, int vocab, double acceptance);
+// Logits after the context with hash h: noise in [0, kSpread) per token plus kPeak on the
+// model's greedy token (target_next / drafter_next), so argmax is exactly the greedy token
+// while sampling sees a full distribution. The drafter's noise is `overlap` times the
+// target's plus (1 - overlap) times its own.
+inline constexpr float kSpread = 3.0f;
+inline constexpr float kPeak = 3.5f;
+void logits(const SyntheticParams& p, uint64_t h, float* out);
 }  // namespace synthetic
 
 class SyntheticEngine final : public Engine {
@@ -46,7 +54,6 @@ class SyntheticEngine final : public Engine {
   double forward_cost_ms(int n_tokens) const;
 
  private:
-  Token next_token(uint64_t h) const;
   SyntheticParams p_;
   std::vector<uint64_t> hashes_;  // hashes_[i]: hash of the context through position i
 };

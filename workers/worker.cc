@@ -4,12 +4,14 @@
 #include <unistd.h>
 
 #include <csignal>
+#include <cstring>
 #include <deque>
 #include <nlohmann/json.hpp>
 #include <thread>
 
 #include "kernels/argmax.h"
 #include "workers/engine_factory.h"
+#include "workers/verify.h"
 
 namespace dsi {
 namespace {
@@ -32,7 +34,8 @@ std::vector<Token> argmax_rows(const Logits& l) {
 
 class Worker {
  public:
-  Worker(ControlChannel& ch, const WorkerOptions& opts) : ch_(ch), opts_(opts) {}
+  Worker(ControlChannel& ch, const WorkerOptions& opts, DataChannel* data)
+      : ch_(ch), opts_(opts), data_(data) {}
 
   int serve();
 
@@ -55,8 +58,14 @@ class Worker {
     ch_.send(0, m);
   }
 
+  // Target side of speculative sampling: the decided tokens of a verification.
+  std::vector<Token> verify_sampling(const Message& m, const Logits& l);
+
   ControlChannel& ch_;
   WorkerOptions opts_;
+  DataChannel* data_;
+  SamplingParams sampling_;
+  std::vector<int> targets_;  // drafter: where its probability vectors go
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<Message> inbox_;
@@ -118,6 +127,16 @@ void Worker::configure(const Message& m) {
       cached_.clear();
     }
     role_ = spec.at("role").get<std::string>();
+    sampling_ = SamplingParams{};
+    if (spec.contains("sampling")) {
+      const auto& j = spec["sampling"];
+      sampling_ = {j.at("temperature").get<float>(), j.at("top_k").get<int>(),
+                   j.at("top_p").get<float>(), j.at("seed").get<uint64_t>(),
+                   j.value("request", uint64_t{0})};
+    }
+    targets_ = spec.value("targets", std::vector<int>{});
+    if (!sampling_.greedy() && !data_) throw std::runtime_error("sampling needs a data channel");
+    if (data_) data_->discard([&](const DataKey& k) { return k.run != m.run; });
     reply(Message{.type = MsgType::kReady, .a = engine_->vocab_size()});
   } catch (const std::exception& e) {
     reply(Message{.type = MsgType::kError, .text = fmt::format("building the engine: {}", e.what())});
@@ -146,11 +165,12 @@ void Worker::verify(const Message& m) {
   try {
     Logits l = engine_->forward(todo, static_cast<int>(n_logits), cancel_);
     cached_ = m.tokens;
+    std::vector<Token> y = sampling_.greedy() ? argmax_rows(l) : verify_sampling(m, l);
     const double t1 = now_s();
     busy_s_ += t1 - t0;
     span("verify", t0, t1, {{"task", m.id}, {"drafts", n_logits - 1}, {"tokens", todo.size()}});
     reply(Message{.type = MsgType::kResult, .id = m.id, .a = static_cast<int32_t>(todo.size()),
-                  .x = t1 - t0, .tokens = argmax_rows(l)});
+                  .x = t1 - t0, .tokens = std::move(y)});
   } catch (const Cancelled&) {
     const double t1 = now_s();
     busy_s_ += t1 - t0;
@@ -158,6 +178,38 @@ void Worker::verify(const Message& m) {
     span("verify (preempted)", t0, t1, {{"task", m.id}, {"drafts", n_logits - 1}, {"cancelled", true}});
     reply(Message{.type = MsgType::kCancelled, .id = m.id, .x = t1 - t0});
   }
+}
+
+std::vector<Token> Worker::verify_sampling(const Message& m, const Logits& l) {
+  const int end = static_cast<int>(m.tokens.size());
+  const int first = end - l.n + 1;
+  // Probability vectors of older chains will never be asked for again.
+  data_->discard([&](const DataKey& k) { return k.run != m.run || k.stream < m.aux; });
+  std::vector<float> p, q;
+  auto p_at = [&](int pos) {
+    p = sampling_probs(l.row(pos - first), sampling_);
+    return std::span<const float>(p);
+  };
+  auto q_at = [&](int pos) {
+    std::vector<uint8_t> bytes;
+    const DataKey key{m.run, DataKind::kDraftProbs, m.aux, pos};
+    const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                             std::chrono::duration<double>(opts_.peer_timeout_s));
+    if (!data_->recv(key, bytes, deadline, &cancel_)) {
+      if (cancel_.cancelled()) throw Cancelled();
+      throw std::runtime_error(fmt::format(
+          "the drafter's probabilities for position {} (chain {}) did not arrive within {} s", pos,
+          m.aux, opts_.peer_timeout_s));
+    }
+    if (bytes.size() != l.row(0).size() * sizeof(float)) {
+      throw std::runtime_error(fmt::format("drafter probabilities of {} bytes for a vocabulary of {}",
+                                           bytes.size(), l.vocab));
+    }
+    q.resize(l.vocab);
+    std::memcpy(q.data(), bytes.data(), bytes.size());
+    return std::span<const float>(q);
+  };
+  return verify_sampled(m.tokens, first, p_at, q_at, BonusRule{m.b, m.c}, sampling_);
 }
 
 void Worker::start_chain(const Message& m) {
@@ -183,7 +235,18 @@ void Worker::draft_step() {
   try {
     Logits l = engine_->forward(std::span(seq).subspan(keep), 1, cancel_);
     cached_ = seq;
-    const Token tok = argmax_rows(l)[0];
+    const int pos = static_cast<int>(seq.size());
+    Token tok;
+    if (sampling_.greedy()) {
+      tok = argmax_rows(l)[0];
+    } else {
+      // Draw the draft from q and hand q to every target before announcing the draft.
+      const auto q = sampling_probs(l.row(0), sampling_);
+      tok = draft_sample(q, pos, sampling_);
+      std::vector<uint8_t> bytes(q.size() * sizeof(float));
+      std::memcpy(bytes.data(), q.data(), bytes.size());
+      for (int r : targets_) data_->send(r, DataKey{run_, DataKind::kDraftProbs, chain, pos}, bytes);
+    }
     const double t1 = now_s();
     busy_s_ += t1 - t0;
     span("draft", t0, t1, {{"chain", chain}, {"pos", seq.size()}});
@@ -351,8 +414,8 @@ int Worker::serve() {
 
 }  // namespace
 
-int run_worker(ControlChannel& ch, const WorkerOptions& opts) {
-  Worker w(ch, opts);
+int run_worker(ControlChannel& ch, const WorkerOptions& opts, DataChannel* data) {
+  Worker w(ch, opts, data);
   return w.serve();
 }
 

@@ -7,6 +7,7 @@
 #include <functional>
 
 #include "runtime/channel.h"
+#include "runtime/data_channel.h"
 
 namespace dsi {
 
@@ -25,6 +26,7 @@ struct WorkerFatal : std::runtime_error {
 
 // Serves runs until the coordinator sends Exit; returns the exit code it carries. Throws
 // WorkerFatal when the coordinator falls silent for longer than peer_timeout_s.
-int run_worker(ControlChannel& ch, const WorkerOptions& opts);
+// `data` carries the drafter's probability vectors in sampling mode (may be null otherwise).
+int run_worker(ControlChannel& ch, const WorkerOptions& opts, DataChannel* data = nullptr);
 
 }  // namespace dsi

@@ -96,5 +96,23 @@ assert r["si"]["generated_ids"] == r["nonsi"]["generated_ids"] == r["dsi"]["gene
 print("ok: summaries complete, tokens identical across modes")
 PY
     ;;
+  idle_no_spin)
+    # 8 ranks on this machine's cores, 6 of them idle for the whole run: the job must use
+    # far less CPU than ranks that spin (which would take every core for the whole run).
+    python3 - "$mpirun" "$dsi" "$cfg" <<'PY' >"$tmp/out" 2>&1 || fail "CPU check"
+import os, resource, subprocess, sys, time
+mpirun, dsi, cfg = sys.argv[1:4]
+t0 = time.monotonic()
+subprocess.run([mpirun, "--oversubscribe", "--mca", "btl", "self,vader", "-np", "8", dsi, "run",
+                "--config", cfg, "--mode", "nonsi", "--max-new-tokens", "150"],
+               check=True, stdout=subprocess.DEVNULL, timeout=40)
+wall = time.monotonic() - t0
+ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+cores = (ru.ru_utime + ru.ru_stime) / wall
+print(f"8 ranks: {wall:.2f} s wall, {ru.ru_utime + ru.ru_stime:.2f} s CPU = {cores:.2f} cores "
+      f"of {os.cpu_count()}")
+assert cores < 0.6 * os.cpu_count(), "ranks spin while waiting"
+PY
+    cat "$tmp/out" ;;
   *) echo "unknown case $case_name"; exit 2 ;;
 esac

@@ -60,6 +60,9 @@ PY
     expect_sweep_error 3 "--ranks range '5-3' is empty" --config "$cfg" --ranks 5-3 ;;
   sweep_bad_lookahead)
     expect_sweep_error 3 "-k 0: a lookahead must lie in" --config "$cfg" -k 0 ;;
+  sweep_sampling)
+    expect_sweep_error 3 "sampling.temperature = 0.8: dsi sweep measures greedy decoding" --config "$cfg" \
+      --set sampling.temperature=0.8 ;;
   sweep_missing_config)
     expect_sweep_error 3 "does not exist: .*nope.yaml" --config "$tmp/nope.yaml" ;;
   simulate)
@@ -106,6 +109,15 @@ PY
     timeout 120 "$dsi" simulate --profile "$tmp/prof.json" -k 3 --sp 2 --runs 5 --max-k 3 --max-sp 3 \
       >"$tmp/out" 2>&1 || fail "simulate --profile failed"
     cat "$tmp/out"
-    grep -q "from $tmp/prof.json" "$tmp/out" || fail "profile not used" ;;
+    grep -q "from $tmp/prof.json" "$tmp/out" || fail "profile not used"
+    # With sampling, a is the expected speculative-sampling acceptance, below the greedy rate.
+    timeout 120 "$dsi" profile --config "$cfg" --set synthetic.t_ms=2 --set sampling.temperature=1 \
+      --prompts 2 --tokens 30 --max-draft 2 --json >"$tmp/ps.json" 2>"$tmp/out" || fail "sampled profile failed"
+    python3 -c "
+import json, sys
+p = json.load(open('$tmp/ps.json'))
+assert p['sampling']['temperature'] == 1 and 0 < p['simulate']['a'] == p['acceptance_rate'] < p['acceptance_rate_greedy'], p
+print('ok: sampled acceptance', p['acceptance_rate'], 'greedy', p['acceptance_rate_greedy'])
+" || fail "sampled profile check" ;;
   *) echo "unknown case $case_name"; exit 2 ;;
 esac

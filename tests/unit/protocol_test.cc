@@ -6,7 +6,8 @@ namespace dsi {
 namespace {
 
 TEST(Protocol, RoundTripsEveryField) {
-  Message m{.type = MsgType::kVerify, .run = 7, .id = 1ULL << 40, .a = -3, .b = 9, .x = 0.25,
+  Message m{.type = MsgType::kVerify, .run = 7, .id = 1ULL << 40, .a = -3, .b = 9, .c = -11,
+            .aux = 1ULL << 50, .x = 0.25,
             .tokens = {1, 2, 3, 70000}, .text = "héllo"};
   Message r = decode(encode(m));
   EXPECT_EQ(r.type, m.type);
@@ -14,6 +15,8 @@ TEST(Protocol, RoundTripsEveryField) {
   EXPECT_EQ(r.id, m.id);
   EXPECT_EQ(r.a, m.a);
   EXPECT_EQ(r.b, m.b);
+  EXPECT_EQ(r.c, m.c);
+  EXPECT_EQ(r.aux, m.aux);
   EXPECT_EQ(r.x, m.x);
   EXPECT_EQ(r.tokens, m.tokens);
   EXPECT_EQ(r.text, m.text);

@@ -12,12 +12,13 @@ namespace dsi {
 namespace {
 
 struct World {
-  explicit World(int n, WorkerOptions wo = {}) : hub(n) {
+  explicit World(int n, WorkerOptions wo = {}) : hub(n), data_hub(n) {
     for (int r = 1; r < n; ++r) {
       threads.emplace_back([this, r, wo] {
         auto ch = hub.channel(r);
+        auto data = data_hub.channel(r);
         try {
-          codes[r] = run_worker(*ch, wo);
+          codes[r] = run_worker(*ch, wo, data.get());
         } catch (const WorkerFatal&) {
           codes[r] = -1;
         }
@@ -29,6 +30,7 @@ struct World {
     for (auto& t : threads) t.join();
   }
   LoopbackHub hub;
+  LoopbackDataHub data_hub;
   std::unique_ptr<ControlChannel> coord_ch;
   std::vector<std::thread> threads;
   std::map<int, int> codes;
@@ -64,6 +66,32 @@ TEST(RuntimeLoopback, EveryModeIsLosslessAndReportsPerRank) {
       EXPECT_EQ(streamed, r.tokens);
       EXPECT_EQ(static_cast<int>(r.ranks.size()), cfg.n_drafters() + sp);
       for (const auto& rk : r.ranks) EXPECT_GT(rk.busy_s, 0) << rk.role;
+    }
+  }
+  coord.exit_all(0);
+}
+
+TEST(RuntimeLoopback, SamplingOutputIsTheSimulatorsForEverySp) {
+  // Sampling decisions are pure functions of (seed, position, context): the threaded runtime
+  // must produce exactly what the virtual-time simulator produces, whatever the timing.
+  World w(6);
+  Coordinator coord(*w.coord_ch, 50, 5);
+  for (Mode mode : {Mode::kDsi, Mode::kSi}) {
+    for (int sp : {1, 2, 4}) {
+      if (mode == Mode::kSi && sp > 1) continue;
+      RunConfig cfg = fast_config(mode, 0.6, 3);
+      cfg.temperature = 0.9;
+      cfg.top_k = 20;
+      RunReport r = coord.run(cfg, sp);
+      SimConfig sc;
+      sc.sched = {.mode = mode, .lookahead = 3, .n_targets = sp, .max_new_tokens = cfg.max_new_tokens};
+      sc.target = {.seed = cfg.seed, .vocab = cfg.vocab, .forward_ms = 1};
+      sc.drafter = {.seed = cfg.seed, .vocab = cfg.vocab, .acceptance = cfg.a, .forward_ms = 0.1,
+                    .drafter = true, .overlap = cfg.overlap};
+      sc.prompt = r.prompt;
+      sc.sampling = {.temperature = 0.9f, .top_k = 20, .seed = cfg.seed};
+      EXPECT_EQ(r.tokens, simulate(sc).tokens) << mode_name(mode) << " sp=" << sp;
+      EXPECT_GT(r.stats.drafts_rejected, 0);
     }
   }
   coord.exit_all(0);

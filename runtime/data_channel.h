@@ -1,0 +1,69 @@
+// DataChannel: the data plane, for payloads that are too big or too frequent for the control
+// plane (the drafter's probability vectors for speculative sampling; KV slices later). Keyed
+// transfers: a receiver asks for a key and gets it whenever it arrived, in any order. Two
+// implementations here: MPI host buffers (its own communicator, non-blocking sends) and an
+// in-process loopback; NCCL between GPU ranks implements the same interface (issue 4).
+#pragma once
+
+#include <mpi.h>
+
+#include <compare>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "runtime/channel.h"
+#include "workers/engine.h"
+
+namespace dsi {
+
+enum class DataKind : uint32_t {
+  kDraftProbs = 1,  // the drafter's sampling probabilities q of one draft: float32[vocab]
+  kTest = 99,
+};
+
+struct DataKey {
+  uint32_t run = 0;
+  DataKind kind = DataKind::kTest;
+  uint64_t stream = 0;  // e.g. the chain
+  int64_t index = 0;    // e.g. the position
+  auto operator<=>(const DataKey&) const = default;
+};
+
+class DataChannel {
+ public:
+  virtual ~DataChannel() = default;
+  // Non-blocking: the bytes are owned by the channel until delivered.
+  virtual void send(int dst, const DataKey& key, std::vector<uint8_t> bytes) = 0;
+  // Waits for `key` (from any sender) and copies it out; it stays available (two
+  // verifications may need the same vector) until discarded. Returns false at `deadline`, or
+  // at once when `cancel` is raised.
+  virtual bool recv(const DataKey& key, std::vector<uint8_t>& out, Clock::time_point deadline,
+                    const CancelFlag* cancel = nullptr) = 0;
+  // Drops every received transfer for which `stale` holds (receivers call it as streams end).
+  virtual void discard(const std::function<bool(const DataKey&)>& stale) = 0;
+};
+
+// One queue per rank in one process, for tests.
+class LoopbackDataHub {
+ public:
+  explicit LoopbackDataHub(int size);
+  std::unique_ptr<DataChannel> channel(int rank);
+
+ private:
+  friend class LoopbackDataChannel;
+  struct Box {
+    std::mutex mu;
+    std::condition_variable cv;
+    std::map<DataKey, std::vector<uint8_t>> items;
+  };
+  std::vector<std::unique_ptr<Box>> boxes_;
+};
+
+// MPI host buffers on a duplicate of `comm`; probes sleep poll_us between tries.
+std::unique_ptr<DataChannel> make_mpi_data_channel(MPI_Comm comm, int poll_us);
+
+}  // namespace dsi

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Builds the fuzzers (clang + libFuzzer + ASan) in their own build folder and runs each for a
+# bounded time. Exits non-zero when a fuzzer finds a crash, a leak, an uncaught exception
+# other than ModelError, a timeout or an out-of-memory; the input is left in
+# $BUILD/fuzz-artifacts/.
+#
+#   tests/fuzz/run.sh [SECONDS=60] [TARGET...]     TARGET: gguf (default), tokenizer,
+#                                                  safetensors, or all
+#
+# Debian 12 packages, besides the project's usual build dependencies:
+#   apt-get install -y clang libclang-rt-14-dev python3
+# ("clang" brings clang-14; libclang-rt-14-dev holds libFuzzer and the ASan runtime.)
+# Override the compilers with CC/CXX, the build folder with DSI_FUZZ_BUILD_DIR and the test
+# data with DSI_TESTDATA_DIR.
+set -euo pipefail
+
+seconds=${1:-60}
+shift || true
+targets=("$@")
+[[ ${#targets[@]} -eq 0 ]] && targets=(gguf)
+[[ ${targets[0]} == all ]] && targets=(gguf tokenizer safetensors)
+
+root=$(cd "$(dirname "$0")/../.." && pwd)
+build=${DSI_FUZZ_BUILD_DIR:-$root/build-fuzz}
+cc=${CC:-$(command -v clang || command -v clang-14)}
+cxx=${CXX:-$(command -v clang++ || command -v clang++-14)}
+testdata=${DSI_TESTDATA_DIR:-$root/../shared/testdata}
+
+cmake -S "$root" -B "$build" -G Ninja \
+  -DCMAKE_C_COMPILER="$cc" -DCMAKE_CXX_COMPILER="$cxx" \
+  -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDSI_CUDA=OFF -DDSI_FUZZ=ON \
+  -DCMAKE_CXX_FLAGS="-fsanitize=address,fuzzer-no-link -fno-omit-frame-pointer" \
+  -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=address" >/dev/null
+cmake --build "$build" --target "${targets[@]/%/_fuzz}" -j2
+
+artifacts="$build/fuzz-artifacts"
+mkdir -p "$artifacts"
+for t in "${targets[@]}"; do
+  seeds="$build/fuzz-seeds-$t"
+  corpus="$build/fuzz-corpus-$t"
+  mkdir -p "$seeds" "$corpus"
+  case $t in
+    gguf) python3 "$root/tests/fuzz/make_seeds.py" "$testdata" "$seeds" ;;
+    tokenizer) cp "$testdata"/ggml-vocab-gpt-2.gguf.inp "$seeds/" ;;
+    safetensors) printf '\x40\x00\x00\x00\x00\x00\x00\x00{"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}          \x00\x00\x80\x3f\x00\x00\x00\x40' \
+                   > "$seeds/small.safetensors" ;;
+  esac
+  echo "== fuzzing $t for ${seconds}s"
+  # Inputs are capped at 64 KiB, one allocation at 256 MiB and the process at 2 GiB: the readers
+  # must reject absurd counts before allocating for them.
+  "$build/tests/fuzz/${t}_fuzz" -max_total_time="$seconds" -max_len=65536 -timeout=10 \
+    -rss_limit_mb=2048 -malloc_limit_mb=256 -print_final_stats=1 \
+    -artifact_prefix="$artifacts/$t-" "$corpus" "$seeds"
+done

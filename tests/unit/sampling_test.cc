@@ -1,0 +1,195 @@
+// Lossless speculative sampling: the empirical distribution of the first generated tokens
+// under DSI and SI matches target-only sampling (chi-square goodness of fit against the
+// exact target probabilities), deliberately broken verifiers fail the same test, and DSI's
+// output for a seed does not depend on SP or timing.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <map>
+
+#include "kernels/sampling.h"
+#include "runtime/simulator.h"
+#include "workers/rng.h"
+
+namespace dsi {
+namespace {
+
+// Regularised upper incomplete gamma Q(a, x): series below a + 1, Lentz continued fraction
+// above.
+double gamma_q(double a, double x) {
+  if (x <= 0) return 1;
+  const double lg = std::lgamma(a);
+  if (x < a + 1) {
+    double sum = 1 / a, term = sum;
+    for (int n = 1; n < 10000 && std::fabs(term) > 1e-15 * std::fabs(sum); ++n) {
+      term *= x / (a + n);
+      sum += term;
+    }
+    return 1 - sum * std::exp(-x + a * std::log(x) - lg);
+  }
+  double b = x + 1 - a, c = 1e300, d = 1 / b, h = d;
+  for (int i = 1; i < 10000; ++i) {
+    const double an = -i * (i - a);
+    b += 2;
+    d = an * d + b;
+    if (std::fabs(d) < 1e-300) d = 1e-300;
+    c = b + an / c;
+    if (std::fabs(c) < 1e-300) c = 1e-300;
+    d = 1 / d;
+    const double del = d * c;
+    h *= del;
+    if (std::fabs(del - 1) < 1e-15) break;
+  }
+  return std::exp(-x + a * std::log(x) - lg) * h;
+}
+
+TEST(Stats, ChiSquareTailMatchesKnownValues) {
+  // P(chi2_df > x) = Q(df/2, x/2): chi2_1 > 3.841 is 0.05, chi2_10 > 18.307 is 0.05.
+  EXPECT_NEAR(gamma_q(0.5, 3.841 / 2), 0.05, 1e-3);
+  EXPECT_NEAR(gamma_q(5, 18.307 / 2), 0.05, 1e-3);
+  EXPECT_NEAR(gamma_q(20, 10), 0.995, 2e-3);
+}
+
+struct Case {
+  Mode mode;
+  int k;
+  int sp;
+  SamplingParams sampling;
+  VerifierVariant verifier = VerifierVariant::kCorrect;
+};
+
+constexpr int kVocab = 6;
+
+SimConfig config_for(const Case& s, uint64_t sample_seed) {
+  SimConfig cfg;
+  cfg.sched = {.mode = s.mode, .lookahead = s.k, .n_targets = s.sp, .max_new_tokens = 2};
+  cfg.target = {.seed = 42, .vocab = kVocab, .forward_ms = 10};
+  cfg.drafter = {.seed = 42, .vocab = kVocab, .acceptance = 0.3, .forward_ms = 1,
+                 .drafter = true, .overlap = 0.1};
+  cfg.prompt = {1, 2, 3};
+  cfg.sampling = s.sampling;
+  cfg.sampling.seed = sample_seed;
+  cfg.verifier = s.verifier;
+  return cfg;
+}
+
+// p-value of the joint distribution of the first two tokens over n generations.
+double first_tokens_p_value(const Case& s, int n) {
+  const SimConfig base = config_for(s, 0);
+  std::map<std::pair<int, int>, int> counts;
+  for (int i = 0; i < n; ++i) {
+    const auto toks = simulate(config_for(s, 1000 + i)).tokens;
+    ++counts[{toks[0], toks[1]}];
+  }
+  const auto p1 = synthetic_probs(base.target, base.prompt, base.sampling);
+  double chi2 = 0;
+  int cells = 0;
+  for (int a = 0; a < kVocab; ++a) {
+    if (p1[a] <= 0) continue;
+    auto ctx = base.prompt;
+    ctx.push_back(a);
+    const auto p2 = synthetic_probs(base.target, ctx, base.sampling);
+    for (int b = 0; b < kVocab; ++b) {
+      const double expect = n * p1[a] * p2[b];
+      if (expect <= 0) {
+        EXPECT_EQ((counts[{a, b}]), 0) << "a token outside the target's support was generated";
+        continue;
+      }
+      const double d = counts[{a, b}] - expect;
+      chi2 += d * d / expect;
+      ++cells;
+    }
+  }
+  return gamma_q((cells - 1) / 2.0, chi2 / 2);
+}
+
+// A false failure has probability 1e-4 per case; the broken verifiers give p-values many
+// orders of magnitude below it.
+constexpr double kAlpha = 1e-4;
+constexpr int kRuns = 6000;
+
+TEST(Sampling, DsiAndSiMatchTargetDistribution) {
+  const SamplingParams t1{.temperature = 1.0f};
+  const SamplingParams t07{.temperature = 0.7f, .top_k = 4, .top_p = 0.9f};
+  for (const Case& s : {Case{Mode::kDsi, 3, 4, t1}, Case{Mode::kSi, 2, 1, t1},
+                         Case{Mode::kDsi, 2, 2, t07}, Case{Mode::kNonSi, 1, 1, t1}}) {
+    const double pv = first_tokens_p_value(s, kRuns);
+    std::printf("  %s k=%d T=%.1f: p-value %.4g\n", mode_name(s.mode), s.k, s.sampling.temperature, pv);
+    EXPECT_GT(pv, kAlpha) << mode_name(s.mode) << " k=" << s.k << " T=" << s.sampling.temperature;
+  }
+}
+
+TEST(Sampling, BrokenVerifiersFailTheDistributionTest) {
+  const SamplingParams t1{.temperature = 1.0f};
+  for (VerifierVariant v : {VerifierVariant::kAcceptInverted, VerifierVariant::kResidualFromP,
+                            VerifierVariant::kResidualNoClamp}) {
+    const double pv = first_tokens_p_value(Case{Mode::kSi, 2, 1, t1, v}, kRuns);
+    std::printf("  broken verifier %d: p-value %.4g\n", static_cast<int>(v), pv);
+    EXPECT_LT(pv, kAlpha) << "broken verifier " << static_cast<int>(v) << " went unnoticed";
+  }
+}
+
+TEST(Sampling, DsiOutputDependsOnlyOnSeedNotOnSpOrTiming) {
+  for (uint64_t seed : {1, 2, 3}) {
+    std::vector<Token> first;
+    for (int sp = 1; sp <= 6; ++sp) {
+      for (double c : {0.5, 3.0, 9.0}) {
+        SimConfig cfg;
+        cfg.sched = {.mode = Mode::kDsi, .lookahead = 3, .n_targets = sp, .max_new_tokens = 60};
+        cfg.target = {.seed = 8, .vocab = 32, .forward_ms = 10};
+        cfg.drafter = {.seed = 8, .vocab = 32, .acceptance = 0.7, .forward_ms = c, .drafter = true};
+        cfg.prompt = {5, 6};
+        cfg.sampling = {.temperature = 0.8f, .seed = seed};
+        const auto toks = simulate(cfg).tokens;
+        if (first.empty()) first = toks;
+        ASSERT_EQ(toks, first) << "seed " << seed << " sp " << sp << " c " << c;
+      }
+    }
+  }
+}
+
+TEST(Sampling, PerfectDrafterReproducesNonSiText) {
+  // q == p (a = 1, full overlap): every draft is the target's own sample, so DSI and SI
+  // produce exactly the non-SI text for the seed.
+  for (Mode mode : {Mode::kDsi, Mode::kSi}) {
+    SimConfig cfg;
+    cfg.sched = {.mode = mode, .lookahead = 4, .n_targets = 3, .max_new_tokens = 50};
+    cfg.target = {.seed = 3, .vocab = 32, .forward_ms = 10};
+    cfg.drafter = {.seed = 3, .vocab = 32, .acceptance = 1.0, .forward_ms = 1, .drafter = true,
+                   .overlap = 1.0};
+    cfg.prompt = {7};
+    cfg.sampling = {.temperature = 1.0f, .seed = 11};
+    EXPECT_EQ(simulate(cfg).tokens,
+              synthetic_sampled_reference(cfg.target, cfg.prompt, 50, cfg.sampling))
+        << mode_name(mode);
+  }
+}
+
+TEST(Sampling, ProbsFromLogitsAppliesTemperatureTopKTopP) {
+  const float logits[5] = {0, 1, 2, 3, 4};
+  float p[5];
+  kernels::probs_from_logits_cpu(p, logits, 5, 1.0f, 0, 1.0f);
+  double s = 0;
+  for (float v : p) s += v;
+  EXPECT_NEAR(s, 1, 1e-6);
+  EXPECT_NEAR(p[4] / p[3], std::exp(1.0), 1e-4);
+  kernels::probs_from_logits_cpu(p, logits, 5, 1.0f, 2, 1.0f);
+  EXPECT_EQ(p[0] + p[1] + p[2], 0);
+  EXPECT_NEAR(p[3] + p[4], 1, 1e-6);
+  kernels::probs_from_logits_cpu(p, logits, 5, 1.0f, 0, 0.5f);  // p[4] alone is 0.64
+  EXPECT_NEAR(p[4], 1, 1e-6);
+  EXPECT_EQ(kernels::sample_cdf_cpu(p, 5, 0.999), 4);
+}
+
+TEST(Sampling, CounterRngIsAPureFunctionOfItsKey) {
+  EXPECT_EQ(rng_uniform(1, 2, 3, RngPurpose::kAccept), rng_uniform(1, 2, 3, RngPurpose::kAccept));
+  EXPECT_NE(rng_uniform(1, 2, 3, RngPurpose::kAccept), rng_uniform(1, 2, 3, RngPurpose::kSample));
+  EXPECT_NE(rng_uniform(1, 2, 3, RngPurpose::kAccept), rng_uniform(1, 2, 4, RngPurpose::kAccept));
+  double mean = 0;
+  for (int i = 0; i < 100000; ++i) mean += rng_uniform(9, 0, i, RngPurpose::kSample);
+  EXPECT_NEAR(mean / 100000, 0.5, 0.005);
+}
+
+}  // namespace
+}  // namespace dsi
