@@ -1,5 +1,6 @@
-// The `dsi` subcommands. Each runs on every MPI rank: rank 0 coordinates, the others serve
-// as workers. They return the process exit code.
+// The `dsi` subcommands. run, bench and sweep run on every MPI rank: rank 0 coordinates, the
+// others serve as workers. simulate and profile are plain processes (no MPI_Init). They
+// return the process exit code.
 #pragma once
 
 #include <string>
@@ -26,6 +27,57 @@ struct BenchOptions {
   std::string json_path;
 };
 
+struct SimulateOptions {
+  std::string profile_path;  // dsi profile JSON: t, c, a, per-token cost
+  double t_ms = 20;
+  double c = 0.1;      // drafter latency as a fraction of t
+  double c_ms = -1;    // or in ms (wins over c)
+  double a = 0.9;
+  double per_token_ms = 0;
+  std::vector<int> k = {5};
+  std::vector<int> sp = {1, 2, 4, 8};
+  int tokens = 1000;
+  int runs = 40;
+  long long seed = 1;
+  std::string queue = "newest";
+  int max_k = 10;
+  int max_sp = 16;
+  double tolerance = 0.01;
+  bool json = false;
+  std::string json_path;
+  // Which of t/c/a/per-token were given on the command line (they win over a profile).
+  bool t_set = false, c_set = false, a_set = false, pt_set = false;
+};
+
+struct ProfileOptions {
+  std::string config_path;             // engine specs built from a run config
+  std::vector<std::string> overrides;  // dotted.key=value
+  std::string target_spec;             // or raw JSON engine specs (make_engine)
+  std::string drafter_spec;
+  std::string prompts_path;  // one prompt per line: token ids; default: synthetic prompts
+  int prompts = 4;
+  int tokens = 32;     // greedy target tokens per prompt (acceptance, decode latency)
+  int max_draft = 8;   // verification forwards of 1 .. max_draft + 1 tokens
+  int repeats = 3;     // each verification size measured this many times (median)
+  std::string out_path;
+  bool json = false;
+};
+
+struct SweepOptions {
+  std::vector<std::string> ranks;  // rank counts: "2-10" or single numbers
+  std::vector<int> sp;             // or SP degrees directly (ranks = SP + 2)
+  std::vector<int> k;              // lookaheads (default: the config's)
+  int tokens = -1;                 // default: the config's generation.max_new_tokens
+  std::string out_prefix = "sweep";
+  std::string plot_script;  // default: the installed/source launch/plot_sweep.py
+  std::string python = "/usr/bin/python3";
+  bool no_plot = false;
+  int sim_runs = 20;
+};
+
+int cmd_simulate(const SimulateOptions& opts);
+int cmd_profile(const ProfileOptions& opts);
+int cmd_sweep(const CommonOptions& common, const SweepOptions& opts);
 int cmd_run(const CommonOptions& common, const RunOptions& opts);
 // ConfigError when a model file the config names is missing (checked on every rank).
 void check_model_paths(const RunConfig& cfg);

@@ -1,5 +1,6 @@
 // The `dsi` command line: parses arguments (before MPI starts, so --help needs no mpirun)
-// and hands over to a subcommand.
+// and hands over to a subcommand. simulate and profile never start MPI: they run as plain
+// processes.
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
@@ -21,7 +22,10 @@ const char* kRoles = R"(Roles by rank (launch with mpirun -np N, or srun):
 Examples:
   mpirun -np 6 dsi run --config configs/synthetic.yaml          # DSI with SP = 4
   mpirun -np 6 dsi run --config configs/synthetic.yaml --mode si --json
-  mpirun -np 10 --oversubscribe dsi bench --sp 1,2,4,8)";
+  mpirun -np 10 --oversubscribe dsi bench --sp 1,2,4,8
+  mpirun -np 10 --oversubscribe dsi sweep --config configs/synthetic.yaml --ranks 2-10
+  dsi profile --config configs/synthetic.yaml --out profile.json    # no mpirun
+  dsi simulate --profile profile.json -k 3,5 --sp 1,2,4,8             # no mpirun)";
 
 }  // namespace
 
@@ -74,7 +78,86 @@ int main(int argc, char** argv) {
   bench->add_option("--tokens", bench_opts.tokens, "tokens per run")->capture_default_str();
   bench->add_option("--json-file", bench_opts.json_path, "write the JSON results here");
 
+  dsi::cli::SimulateOptions sim;
+  auto* simulate = app.add_subcommand(
+      "simulate", "predict non-SI/SI/DSI latency (closed forms + simulated scheduler), "
+                  "recommend k and SP; no MPI");
+  simulate->add_option("--profile", sim.profile_path, "dsi profile JSON giving t, c, a")
+      ->check(CLI::ExistingFile);
+  auto* o_t = simulate->add_option("--t-ms,-t", sim.t_ms, "target forward latency t (ms)")
+      ->capture_default_str();
+  auto* o_c = simulate->add_option("--c", sim.c, "drafter latency per token, fraction of t")
+      ->capture_default_str();
+  auto* o_cms = simulate->add_option("--c-ms", sim.c_ms, "drafter latency per token (ms)");
+  auto* o_a = simulate->add_option("--a,-a", sim.a, "acceptance rate")->capture_default_str();
+  auto* o_pt = simulate->add_option("--per-token-ms", sim.per_token_ms,
+                                    "target cost per token in a forward (ms)")->capture_default_str();
+  simulate->add_option("-k,--lookahead", sim.k, "lookaheads for the table")->delimiter(',')
+      ->capture_default_str();
+  simulate->add_option("--sp", sim.sp, "SP degrees for the table")->delimiter(',')
+      ->capture_default_str();
+  simulate->add_option("--tokens", sim.tokens, "tokens per simulated run")->capture_default_str();
+  simulate->add_option("--runs", sim.runs, "simulated runs (seeds) averaged")->capture_default_str();
+  simulate->add_option("--seed", sim.seed, "seed of the acceptance draws")->capture_default_str();
+  simulate->add_option("--queue", sim.queue, "newest | fifo")->capture_default_str();
+  simulate->add_option("--max-k", sim.max_k, "recommendation: scan k = 1..max")->capture_default_str();
+  simulate->add_option("--max-sp", sim.max_sp, "recommendation: scan SP = 1..max")->capture_default_str();
+  simulate->add_option("--tolerance", sim.tolerance,
+                       "recommend the smallest SP within this fraction of the best")
+      ->capture_default_str();
+  simulate->add_flag("--json", sim.json, "print one JSON object instead of the table");
+  simulate->add_option("--json-file", sim.json_path, "also write the JSON here");
+
+  dsi::cli::ProfileOptions prof;
+  auto* profile = app.add_subcommand(
+      "profile", "measure a model pair on this machine (target TTFT and forward latency vs "
+                 "draft length, drafter latency, acceptance rate) and write JSON for simulate; "
+                 "no MPI");
+  profile->add_option("--config", prof.config_path, "run config whose engines to profile")
+      ->check(CLI::ExistingFile);
+  profile->add_option("--set", prof.overrides, "override a config key: --set synthetic.a=0.5");
+  profile->add_option("--target-spec", prof.target_spec, "target engine spec (JSON), instead of a config");
+  profile->add_option("--drafter-spec", prof.drafter_spec, "drafter engine spec (JSON)");
+  profile->add_option("--prompts-file", prof.prompts_path,
+                      "prompts, one a line as token ids (default: synthetic prompts)")
+      ->check(CLI::ExistingFile);
+  profile->add_option("--prompts", prof.prompts, "number of synthetic prompts")->capture_default_str();
+  profile->add_option("--tokens", prof.tokens, "greedy tokens per prompt")->capture_default_str();
+  profile->add_option("--max-draft", prof.max_draft, "verify forwards of 1..max+1 tokens")
+      ->capture_default_str();
+  profile->add_option("--repeats", prof.repeats, "timings per verify size (median)")->capture_default_str();
+  profile->add_option("--out,-o", prof.out_path, "write the profile JSON here");
+  profile->add_flag("--json", prof.json, "print the profile JSON instead of the summary");
+
+  dsi::cli::SweepOptions sw;
+  auto* sweep = app.add_subcommand(
+      "sweep", "non-SI, SI and DSI over rank counts (SP) and lookaheads in one launch: CSV, "
+               "JSON and a PNG plot against the closed forms and the simulator");
+  add_common(sweep);
+  sweep->add_option("--ranks", sw.ranks, "rank counts, e.g. 2-10 or 3,4,6 (SP = ranks - 2)")
+      ->delimiter(',');
+  sweep->add_option("--sp", sw.sp, "SP degrees instead of rank counts")->delimiter(',');
+  sweep->add_option("-k,--lookahead", sw.k, "lookaheads (default: the config's)")->delimiter(',');
+  sweep->add_option("--tokens", sw.tokens, "tokens per run (default: the config's)");
+  sweep->add_option("--out", sw.out_prefix, "output prefix: PREFIX.csv, .json, .png")
+      ->capture_default_str();
+  sweep->add_option("--sim-runs", sw.sim_runs, "i.i.d. simulations averaged per point")
+      ->capture_default_str();
+  sweep->add_option("--plot-script", sw.plot_script, "plotting script (default: launch/plot_sweep.py)");
+  sweep->add_option("--python", sw.python, "Python with matplotlib")->capture_default_str();
+  sweep->add_flag("--no-plot", sw.no_plot, "write CSV and JSON only");
+
   CLI11_PARSE(app, argc, argv);
+
+  if (simulate->parsed()) {
+    sim.t_set = o_t->count() > 0;
+    sim.c_set = o_c->count() > 0 || o_cms->count() > 0;
+    sim.a_set = o_a->count() > 0;
+    sim.pt_set = o_pt->count() > 0;
+    return dsi::cli::cmd_simulate(sim);
+  }
+  if (profile->parsed()) return dsi::cli::cmd_profile(prof);
+  if (sweep->parsed()) return dsi::cli::cmd_sweep(common, sw);
 
   if (run->parsed()) {
     if (!mode.empty()) common.overrides.push_back("mode=" + mode);

@@ -4,6 +4,7 @@
 #include <functional>
 #include <map>
 #include <queue>
+#include <random>
 #include <stdexcept>
 
 namespace dsi {
@@ -30,7 +31,29 @@ struct Event {
   }
 };
 
+// The i.i.d. model's target token at position p: independent of the context, so a task's
+// predictions after a wrong draft are still well defined (and ignored by the scheduler).
+Token iid_target(uint64_t seed, size_t p, int vocab) {
+  return synthetic::target_next(seed, synthetic::extend_hash(synthetic::start_hash(seed),
+                                                             static_cast<Token>(p)), vocab);
+}
+
 }  // namespace
+
+std::vector<Token> simulated_reference(const SimConfig& cfg) {
+  if (cfg.model == TokenModel::kSynthetic) {
+    return synthetic_reference(cfg.target, cfg.prompt, cfg.sched.max_new_tokens,
+                               cfg.sched.stop_tokens);
+  }
+  std::vector<Token> out;
+  for (int i = 0; i < cfg.sched.max_new_tokens; ++i) {
+    const Token t = iid_target(cfg.target.seed, cfg.prompt.size() + i, cfg.target.vocab);
+    out.push_back(t);
+    const auto& stop = cfg.sched.stop_tokens;
+    if (std::find(stop.begin(), stop.end(), t) != stop.end()) break;
+  }
+  return out;
+}
 
 std::vector<Token> synthetic_prompt(uint64_t seed, int n, int vocab) {
   std::vector<Token> p;
@@ -86,6 +109,29 @@ SimResult simulate(const SimConfig& cfg) {
   auto at = [&](double t, std::function<void()> f) { events.push({t, order++, std::move(f)}); };
   SimResult res;
 
+  // The token model: the target's token after seq[0..p), and the drafter's next draft.
+  const bool iid = cfg.model == TokenModel::kIid;
+  if (iid && !cfg.sampling.greedy()) {
+    throw std::invalid_argument("the i.i.d. token model is greedy: sampling needs the synthetic model");
+  }
+  std::mt19937_64 rng(cfg.iid_seed);
+  std::uniform_real_distribution<double> uniform(0.0, 1.0);
+  auto target_at = [&](const std::vector<Token>& seq, size_t p) {
+    if (iid) return iid_target(cfg.target.seed, p, cfg.target.vocab);
+    return synthetic::target_next(cfg.target.seed, hash_of(cfg.target.seed, seq, p),
+                                  cfg.target.vocab);
+  };
+  auto draft_after = [&](const std::vector<Token>& seq) {
+    if (iid) {
+      const Token right = iid_target(cfg.target.seed, seq.size(), cfg.target.vocab);
+      if (uniform(rng) < cfg.drafter.acceptance || cfg.target.vocab < 2) return right;
+      return static_cast<Token>((right + 1) % cfg.target.vocab);
+    }
+    return synthetic::drafter_next(cfg.drafter.seed,
+                                   hash_of(cfg.drafter.seed, seq, seq.size()),
+                                   cfg.drafter.vocab, cfg.drafter.acceptance);
+  };
+
   // Drafter: one draft per forward; a new chain supersedes the forward in progress.
   uint64_t d_chain = 0, d_gen = 0;
   std::vector<Token> d_seq;
@@ -114,9 +160,7 @@ SimResult simulate(const SimConfig& cfg) {
         tok = draft_sample(q, pos, cfg.sampling);
         q_store[{d_chain, pos}] = std::move(q);
       } else {
-        tok = synthetic::drafter_next(cfg.drafter.seed,
-                                      hash_of(cfg.drafter.seed, d_seq, d_seq.size()),
-                                      cfg.drafter.vocab, cfg.drafter.acceptance);
+        tok = draft_after(d_seq);
       }
       d_seq.push_back(tok);
       if (d_window > 0) --d_window;
@@ -164,11 +208,7 @@ SimResult simulate(const SimConfig& cfg) {
                                BonusRule{a.bonus_anchor, a.bonus_period}, cfg.sampling,
                                cfg.verifier);
           } else {
-            for (size_t p = first; p <= seq.size(); ++p) {
-              y.push_back(synthetic::target_next(cfg.target.seed,
-                                                 hash_of(cfg.target.seed, seq, p),
-                                                 cfg.target.vocab));
-            }
+            for (size_t p = first; p <= seq.size(); ++p) y.push_back(target_at(seq, p));
           }
           run_actions(sched.on_result(a.id, y));
         });

@@ -1,7 +1,9 @@
 // Event-driven simulation of the scheduler in virtual time with zero orchestration overhead:
 // the same Scheduler the coordinator runs, driven by simulated drafter and target servers
-// whose tokens come from the synthetic model. It gives the ideal latency of a run (the bench
-// divides it by the measured one) and tests the scheduler's losslessness without threads.
+// whose tokens come from the synthetic model (the bench divides its latency by the measured
+// one) or from an i.i.d. acceptance model (each draft right with probability a, independent
+// of everything else: the assumption of the closed forms, used by `dsi simulate`). It also
+// tests the scheduler's losslessness without threads.
 #pragma once
 
 #include <cstdint>
@@ -13,6 +15,13 @@
 
 namespace dsi {
 
+// Where the simulated tokens come from.
+enum class TokenModel {
+  kSynthetic,  // the synthetic engine's hashes: the same tokens a real synthetic run makes
+  kIid,        // target token at position p: a hash of (seed, p); every draft is right with
+               // probability a, drawn from a PRNG seeded with iid_seed (one draw per draft)
+};
+
 struct SimConfig {
   SchedulerOptions sched;
   SyntheticParams target;   // latency: forward_ms + per_token_ms * tokens (ttft unused)
@@ -20,6 +29,8 @@ struct SimConfig {
   std::vector<Token> prompt;
   SamplingParams sampling;  // temperature 0: greedy
   VerifierVariant verifier = VerifierVariant::kCorrect;
+  TokenModel model = TokenModel::kSynthetic;  // kIid: greedy only
+  uint64_t iid_seed = 1;
 };
 
 struct SimResult {
@@ -37,6 +48,9 @@ SimResult simulate(const SimConfig& cfg);
 std::vector<Token> synthetic_reference(const SyntheticParams& target,
                                        const std::vector<Token>& prompt, int max_new_tokens,
                                        const std::vector<Token>& stop_tokens = {});
+
+// The reference output of cfg's token model (target-only greedy decoding).
+std::vector<Token> simulated_reference(const SimConfig& cfg);
 
 // Target-only sampling of the synthetic model (non-SI with `sp`).
 std::vector<Token> synthetic_sampled_reference(const SyntheticParams& target,

@@ -1,0 +1,111 @@
+// The i.i.d. acceptance model of the simulator and the planner built on it: lossless, equal
+// to DESIGN.md's closed forms when SP is ample, slower when SP is short, and a sensible
+// recommendation.
+#include <gtest/gtest.h>
+
+#include <chrono>
+
+#include "runtime/planner.h"
+#include "runtime/simulator.h"
+
+namespace dsi {
+namespace {
+
+TEST(IidSimulator, LosslessAndSeeded) {
+  for (Mode mode : {Mode::kNonSi, Mode::kSi, Mode::kDsi}) {
+    for (int sp : {1, 3}) {
+      for (double a : {0.0, 0.6, 1.0}) {
+        SimConfig sc;
+        sc.sched = {.mode = mode, .lookahead = 3, .n_targets = sp, .max_new_tokens = 80};
+        sc.target = {.seed = 4, .vocab = 50, .forward_ms = 10};
+        sc.drafter = {.seed = 4, .vocab = 50, .acceptance = a, .forward_ms = 1, .drafter = true};
+        sc.prompt = synthetic_prompt(4, 6, 50);
+        sc.model = TokenModel::kIid;
+        sc.iid_seed = 7;
+        const SimResult r = simulate(sc);
+        ASSERT_EQ(r.tokens, simulated_reference(sc)) << mode_name(mode) << " sp=" << sp << " a=" << a;
+        EXPECT_EQ(simulate(sc).total_ms, r.total_ms);  // same seed, same run
+        if (mode != Mode::kNonSi && a > 0 && a < 1) {
+          const double acc = static_cast<double>(r.stats.drafts_accepted) /
+                             (r.stats.drafts_accepted + r.stats.drafts_rejected);
+          EXPECT_NEAR(acc, a, 0.2);
+        }
+      }
+    }
+  }
+}
+
+// Over 40 x 1000 tokens the simulated latency agrees with the closed forms within 2%.
+TEST(IidSimulator, AgreesWithClosedFormsWhenSpIsAmple) {
+  struct Case { double c, a; int k; };
+  const PlanOptions opts{.tokens = 1000, .runs = 40, .seed = 3};
+  for (Case cs : {Case{0.1, 0.9, 5}, Case{0.05, 0.8, 5}, Case{0.2, 0.5, 2}, Case{0.3, 0.3, 3},
+                  Case{0.1, 0.7, 1}}) {
+    const LatencyInputs in{.t_ms = 20, .c_ms = cs.c * 20, .a = cs.a};
+    const int sp = dsi_sp_needed(in, cs.k) + 1;
+    for (Mode m : {Mode::kNonSi, Mode::kSi, Mode::kDsi}) {
+      const double sim = simulate_iid(m, in, cs.k, sp, opts).latency_ms;
+      const double ideal = ideal_latency_ms(m, in, cs.k);
+      EXPECT_NEAR(sim / ideal, 1.0, 0.02) << mode_name(m) << " c=" << cs.c << " a=" << cs.a
+                                          << " k=" << cs.k << " sim " << sim << " ideal " << ideal;
+    }
+  }
+}
+
+// A forward's cost grows with its tokens. SI verifies k + 1 tokens, as the closed form
+// assumes; a DSI task verifies every pending draft (often more than k), so its closed form
+// with t(k + 1) is only a lower bound.
+TEST(IidSimulator, PerTokenCostGrowsTheTargetForward) {
+  const LatencyInputs in{.t_ms = 10, .c_ms = 1, .a = 0.8, .per_token_ms = 1};
+  const PlanOptions opts{.tokens = 1000, .runs = 30, .seed = 5};
+  const double si = simulate_iid(Mode::kSi, in, 4, 1, opts).latency_ms;
+  EXPECT_NEAR(si / ideal_latency_ms(Mode::kSi, in, 4), 1.0, 0.02);
+  const double dsi = simulate_iid(Mode::kDsi, in, 4, 16, opts).latency_ms;
+  EXPECT_GT(dsi, ideal_latency_ms(Mode::kDsi, in, 4));
+  EXPECT_LT(dsi, ideal_latency_ms(Mode::kNonSi, in, 4));
+}
+
+TEST(IidSimulator, ShortSpIsSlowerAndQueues) {
+  const LatencyInputs in{.t_ms = 20, .c_ms = 1, .a = 0.9};
+  const PlanOptions opts{.tokens = 500, .runs = 10, .seed = 2};
+  ASSERT_EQ(dsi_sp_needed(in, 2), 10);
+  const SimEstimate ample = simulate_iid(Mode::kDsi, in, 2, 12, opts);
+  const SimEstimate one = simulate_iid(Mode::kDsi, in, 2, 1, opts);
+  const SimEstimate three = simulate_iid(Mode::kDsi, in, 2, 3, opts);
+  EXPECT_GT(three.latency_ms, ample.latency_ms * 1.05);
+  EXPECT_GT(one.latency_ms, three.latency_ms);
+  EXPECT_GT(one.cancelled_queued_per_token, 0);
+  // Never slower than non-SI, whatever SP (a chain-start task goes first).
+  EXPECT_LE(one.latency_ms, in.t_ms * 1.001);
+}
+
+TEST(Planner, RecommendsSmallestSpNearTheBest) {
+  const LatencyInputs in{.t_ms = 20, .c_ms = 2, .a = 0.8};
+  const PlanOptions opts{.tokens = 400, .runs = 4, .seed = 1};
+  const auto t0 = std::chrono::steady_clock::now();
+  const Recommendation r = recommend(in, 6, 8, 0.01, opts);
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_EQ(r.grid.size(), 48u);
+  EXPECT_LE(r.recommended.sp, r.best.sp);
+  EXPECT_LE(r.recommended.dsi_ms, r.best.dsi_ms * 1.01);
+  EXPECT_LT(r.best.dsi_ms, r.si_ms);
+  EXPECT_LT(r.si_ms, r.nonsi_ms);
+  EXPECT_GE(r.recommended.sp, 2);
+  EXPECT_LT(took, 30.0);
+}
+
+TEST(LatencyModel, ClosedFormsAtTheEdges) {
+  const LatencyInputs in{.t_ms = 20, .c_ms = 2, .a = 1.0};
+  EXPECT_DOUBLE_EQ(ideal_latency_ms(Mode::kDsi, in, 5), 2);
+  EXPECT_DOUBLE_EQ(ideal_latency_ms(Mode::kSi, in, 4), (8 + 20) / 5.0);
+  EXPECT_DOUBLE_EQ(ideal_latency_ms(Mode::kNonSi, in, 4), 20);
+  LatencyInputs zero = in;
+  zero.a = 0;
+  EXPECT_DOUBLE_EQ(ideal_latency_ms(Mode::kDsi, zero, 5), 20);
+  EXPECT_DOUBLE_EQ(ideal_latency_ms(Mode::kSi, zero, 5), 30);
+  EXPECT_EQ(dsi_sp_needed(in, 5), 2);
+  EXPECT_EQ(dsi_sp_needed(in, 1), 10);
+}
+
+}  // namespace
+}  // namespace dsi
