@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 # one-node Slurm cluster of tests/slurm (the daemons are started by the test, never by setup).
 packages=(g++ cmake ninja-build pkg-config python3 openmpi-bin libopenmpi-dev libyaml-cpp-dev
           libopenblas-dev libcli11-dev nlohmann-json3-dev libfmt-dev libgtest-dev googletest
-          clang libclang-rt-14-dev python3-matplotlib slurmctld slurmd slurm-client munge)
+          python3-numpy clang libclang-rt-14-dev python3-matplotlib slurmctld slurmd slurm-client munge)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
