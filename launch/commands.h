@@ -24,6 +24,7 @@ struct BenchOptions {
   std::string grid = "0.1:0.9:5,0.05:0.8:5,0.2:0.5:2,0.3:0.3:3";  // c:a:k,...
   std::vector<int> sp = {1, 2, 4, 8};
   int tokens = 200;
+  std::vector<double> temperatures = {0};
   std::string json_path;
 };
 

@@ -69,13 +69,17 @@ int main(int argc, char** argv) {
 
   dsi::cli::BenchOptions bench_opts;
   auto* bench = app.add_subcommand(
-      "bench", "non-SI, SI and DSI over a (c, a, k, SP) grid with the synthetic engine");
+      "bench", "non-SI, SI and DSI over a (c, a, k, SP) grid with the synthetic engine, or over "
+               "SP and temperatures for the model of --config");
   add_common(bench);
   bench->add_option("--t-ms", bench_opts.t_ms, "target forward latency t (ms)")->capture_default_str();
   bench->add_option("--grid", bench_opts.grid, "c:a:k points, comma separated")->capture_default_str();
   bench->add_option("--sp", bench_opts.sp, "SP degrees for DSI (needs SP+2 ranks)")
       ->delimiter(',')->capture_default_str();
   bench->add_option("--tokens", bench_opts.tokens, "tokens per run")->capture_default_str();
+  bench->add_option("--temperatures", bench_opts.temperatures,
+                    "sampling temperatures to run every point at (0 = greedy)")
+      ->delimiter(',')->capture_default_str();
   bench->add_option("--json-file", bench_opts.json_path, "write the JSON results here");
 
   dsi::cli::SimulateOptions sim;
