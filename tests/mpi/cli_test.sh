@@ -114,5 +114,35 @@ print(f"8 ranks: {wall:.2f} s wall, {ru.ru_utime + ru.ru_stime:.2f} s CPU = {cor
 assert cores < 0.6 * os.cpu_count(), "ranks spin while waiting"
 PY
     cat "$tmp/out" ;;
+  missing_model)
+    expect_error 3 "model.path '/nonexistent/m.gguf' does not exist" run --config "$cfg" \
+      --set engine=llama --set model.path=/nonexistent/m.gguf ;;
+  truncated_model)
+    head -c 3000000 "$src/../shared/testdata/tiny-llama-spm-q8_0.gguf" >"$tmp/cut.gguf"
+    expect_error 3 "cut.gguf: tensor .* cannot fit in the file" run --config "$cfg" --set engine=llama \
+      --set model.path="$tmp/cut.gguf" --set generation.chat=false ;;
+  corrupt_model)
+    cp "$src/../shared/testdata/tiny-llama-spm-q8_0.gguf" "$tmp/bad.gguf"
+    printf 'GGUX' | dd of="$tmp/bad.gguf" conv=notrunc status=none
+    expect_error 3 "bad.gguf.*magic" run --config "$cfg" --set engine=llama \
+      --set model.path="$tmp/bad.gguf" --set generation.chat=false ;;
+  vocab_mismatch)
+    expect_error 3 "vocabulary of rank .* differs" run --config "$cfg" --set engine=llama \
+      --set model.path="$src/../shared/testdata/tiny-llama-spm-q8_0.gguf" \
+      --set model.drafter_path="$src/../shared/testdata/tiny-bpe-untied-f16-q4emb.gguf" \
+      --set generation.chat=false ;;
+  text_json)
+    # Real text in, ids out: the nonsi JSON carries the prompt's ids and the generated ids.
+    mpi -np 2 "$dsi" run --config "$cfg" --mode nonsi --set engine=llama \
+      --set model.path="$src/../shared/testdata/tiny-llama-spm-q8_0.gguf" --set generation.chat=false \
+      --prompt "Hello world" --max-new-tokens 8 --json >"$tmp/out" 2>&1 || fail "run failed"
+    python3 - "$tmp/out" <<'PY' || fail "json check"
+import json, sys
+s = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
+assert s["prompt_ids"] == [1, 15043, 3186], s["prompt_ids"]   # <s> "▁Hello" "▁world" (Llama 2 SPM)
+assert len(s["generated_ids"]) == 8 and isinstance(s["text"], str), s
+print("ok: prompt ids", s["prompt_ids"], "generated", s["generated_ids"])
+PY
+    ;;
   *) echo "unknown case $case_name"; exit 2 ;;
 esac
