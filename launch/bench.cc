@@ -39,22 +39,6 @@ std::vector<Point> parse_grid(const std::string& s) {
   return out;
 }
 
-SimResult simulated(const RunConfig& cfg, int sp) {
-  SimConfig sc;
-  sc.sched = {.mode = cfg.mode, .lookahead = cfg.lookahead, .n_targets = sp,
-              .max_new_tokens = cfg.max_new_tokens, .queue = cfg.queue};
-  sc.target = {.seed = cfg.seed, .vocab = cfg.vocab, .forward_ms = cfg.t_ms,
-               .per_token_ms = cfg.per_token_ms};
-  sc.drafter = {.seed = cfg.seed, .vocab = cfg.vocab, .acceptance = cfg.a,
-                .forward_ms = cfg.c * cfg.t_ms, .drafter = true};
-  sc.drafter.overlap = cfg.overlap;
-  sc.prompt = synthetic_prompt(cfg.seed, cfg.prompt_tokens, cfg.vocab);
-  sc.sampling = {.temperature = static_cast<float>(cfg.temperature), .top_k = cfg.top_k,
-                 .top_p = static_cast<float>(cfg.top_p),
-                 .seed = cfg.sampling_seed >= 0 ? static_cast<uint64_t>(cfg.sampling_seed) : cfg.seed};
-  return simulate(sc);
-}
-
 }  // namespace
 
 int cmd_bench(const CommonOptions& common, const BenchOptions& opts) {
@@ -127,7 +111,7 @@ int cmd_bench(const CommonOptions& common, const BenchOptions& opts) {
               bool ok = true;
               if (synthetic) {
                 id = ideal_latency_ms(m, {.t_ms = opts.t_ms, .c_ms = p.c * opts.t_ms, .a = p.a}, p.k);
-                const SimResult sr = simulated(cfg, sp);
+                const SimResult sr = simulate(sim_config(cfg, sp));
                 sim = sr.latency_per_token_ms;
                 ok = temp > 0 ? r.tokens == sr.tokens : r.tokens == ref;
                 check = ok ? "yes" : "NO";

@@ -15,6 +15,7 @@
 
 #include "kernels/argmax.h"
 #include "launch/commands.h"
+#include "runtime/coordinator.h"
 #include "runtime/config.h"
 #include "runtime/simulator.h"
 #include "workers/engine_factory.h"
@@ -73,23 +74,6 @@ SamplingParams spec_sampling(const json& spec) {
 }
 
 // The worker specs a run config gives its drafter and targets (as the coordinator builds them).
-json spec_from_config(const RunConfig& cfg, bool drafter) {
-  json spec = {{"engine", cfg.engine}, {"role", drafter ? "drafter" : "target"},
-               {"seed", cfg.seed}, {"vocab", cfg.vocab}};
-  if (cfg.temperature > 0) {
-    spec["sampling"] = {{"temperature", cfg.temperature}, {"top_k", cfg.top_k}, {"top_p", cfg.top_p},
-                        {"seed", cfg.sampling_seed >= 0 ? static_cast<uint64_t>(cfg.sampling_seed) : cfg.seed}};
-  }
-  if (drafter) {
-    spec.update({{"ttft_ms", cfg.c * cfg.ttft_ms}, {"forward_ms", cfg.c * cfg.t_ms},
-                 {"acceptance", cfg.a}, {"overlap", cfg.overlap}});
-  } else {
-    spec.update({{"ttft_ms", cfg.ttft_ms}, {"forward_ms", cfg.t_ms},
-                 {"per_token_ms", cfg.per_token_ms}});
-  }
-  return spec;
-}
-
 json parse_spec(const std::string& text, const char* what) {
   try {
     json j = json::parse(text);
@@ -155,8 +139,8 @@ int cmd_profile(const ProfileOptions& o) {
       } catch (const ConfigError& e) {
         throw UsageError(e.what());
       }
-      tspec = spec_from_config(cfg, false);
-      dspec = spec_from_config(cfg, true);
+      tspec = worker_spec(cfg, false);
+      dspec = worker_spec(cfg, true);
       seed = cfg.seed;
       prompt_tokens = cfg.prompt_tokens;
     }

@@ -49,15 +49,7 @@ std::vector<int> parse_ranks(const std::vector<std::string>& items) {
 }
 
 double simulated_same_tokens(const RunConfig& cfg, int sp) {
-  SimConfig sc;
-  sc.sched = {.mode = cfg.mode, .lookahead = cfg.lookahead, .n_targets = sp,
-              .max_new_tokens = cfg.max_new_tokens, .queue = cfg.queue};
-  sc.target = {.seed = cfg.seed, .vocab = cfg.vocab, .forward_ms = cfg.t_ms,
-               .per_token_ms = cfg.per_token_ms};
-  sc.drafter = {.seed = cfg.seed, .vocab = cfg.vocab, .acceptance = cfg.a,
-                .forward_ms = cfg.c * cfg.t_ms, .drafter = true};
-  sc.prompt = synthetic_prompt(cfg.seed, cfg.prompt_tokens, cfg.vocab);
-  return simulate(sc).latency_per_token_ms;
+  return simulate(sim_config(cfg, sp)).latency_per_token_ms;
 }
 
 std::string find_plot_script(const std::string& given) {

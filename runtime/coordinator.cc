@@ -12,6 +12,28 @@ namespace {
 double seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 }  // namespace
 
+json worker_spec(const RunConfig& cfg, bool drafter) {
+  json spec = {{"engine", cfg.engine}, {"role", drafter ? "drafter" : "target"},
+               {"seed", cfg.seed}, {"vocab", cfg.vocab}};
+  if (cfg.temperature > 0) {
+    spec["sampling"] = {{"temperature", cfg.temperature}, {"top_k", cfg.top_k},
+                        {"top_p", cfg.top_p},
+                        {"seed", cfg.sampling_seed >= 0 ? static_cast<uint64_t>(cfg.sampling_seed) : cfg.seed}};
+  }
+  if (cfg.engine == "llama") {
+    spec.update({{"model", drafter && !cfg.drafter_model_path.empty() ? cfg.drafter_model_path : cfg.model_path},
+                 {"threads", cfg.threads}, {"max_context", cfg.max_context}});
+    if (drafter) spec["layers"] = cfg.drafter_layers;
+  } else if (drafter) {
+    spec.update({{"ttft_ms", cfg.c * cfg.ttft_ms}, {"forward_ms", cfg.c * cfg.t_ms},
+                 {"acceptance", cfg.a}, {"overlap", cfg.overlap}});
+  } else {
+    spec.update({{"ttft_ms", cfg.ttft_ms}, {"forward_ms", cfg.t_ms},
+                 {"per_token_ms", cfg.per_token_ms}});
+  }
+  return spec;
+}
+
 std::string role_of_rank(int rank, int n_drafters, int n_targets) {
   if (rank == 0) return "coordinator";
   if (rank <= n_drafters) return n_drafters == 1 ? "drafter" : fmt::format("drafter {}", rank - 1);
@@ -103,26 +125,11 @@ RunReport Coordinator::run(const RunConfig& cfg, int n_targets,
   // Configure every worker, then prefill the prompt (all but its last token) everywhere.
   for (int r : workers) {
     const bool drafter = r < first_target;
-    json spec = {{"engine", cfg.engine}, {"role", drafter ? "drafter" : "target"},
-                 {"seed", cfg.seed}, {"vocab", cfg.vocab}};
-    if (cfg.temperature > 0) {
-      spec["sampling"] = {{"temperature", cfg.temperature}, {"top_k", cfg.top_k},
-                          {"top_p", cfg.top_p},
-                          {"seed", cfg.sampling_seed >= 0 ? static_cast<uint64_t>(cfg.sampling_seed) : cfg.seed}};
-    }
-    if (cfg.engine == "llama") {
-      spec.update({{"model", drafter && !cfg.drafter_model_path.empty() ? cfg.drafter_model_path : cfg.model_path},
-                   {"threads", cfg.threads}, {"max_context", cfg.max_context}});
-      if (drafter) spec["layers"] = cfg.drafter_layers;
-    }
+    json spec = worker_spec(cfg, drafter);
     if (drafter) {
-      std::vector<int> targets;
+      std::vector<int> targets;  // where the drafter's probability vectors go
       for (int t = 0; t < n_targets; ++t) targets.push_back(first_target + t);
-      spec.update({{"ttft_ms", cfg.c * cfg.ttft_ms}, {"forward_ms", cfg.c * cfg.t_ms},
-                   {"acceptance", cfg.a}, {"overlap", cfg.overlap}, {"targets", targets}});
-    } else {
-      spec.update({{"ttft_ms", cfg.ttft_ms}, {"forward_ms", cfg.t_ms},
-                   {"per_token_ms", cfg.per_token_ms}});
+      spec["targets"] = targets;
     }
     ch_.send(r, Message{.type = MsgType::kConfigure, .run = run_, .x = origin_s, .text = spec.dump()});
   }

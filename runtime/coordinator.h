@@ -50,6 +50,9 @@ struct RunReport {
   double wasted_target_s() const;
 };
 
+// The JSON spec a worker builds its engine and sampler from (docs/protocol.md, Configure).
+nlohmann::json worker_spec(const RunConfig& cfg, bool drafter);
+
 // Rank layout: 0 coordinator, 1..D drafters, then the targets.
 std::string role_of_rank(int rank, int n_drafters, int n_targets);
 

@@ -101,6 +101,21 @@ std::vector<Token> synthetic_sampled_reference(const SyntheticParams& target,
   return std::vector<Token>(ctx.begin() + prompt.size(), ctx.end());
 }
 
+SimConfig sim_config(const RunConfig& cfg, int sp) {
+  SimConfig sc;
+  sc.sched = {.mode = cfg.mode, .lookahead = cfg.lookahead, .n_targets = sp,
+              .max_new_tokens = cfg.max_new_tokens, .queue = cfg.queue};
+  sc.target = {.seed = cfg.seed, .vocab = cfg.vocab, .forward_ms = cfg.t_ms,
+               .per_token_ms = cfg.per_token_ms};
+  sc.drafter = {.seed = cfg.seed, .vocab = cfg.vocab, .acceptance = cfg.a,
+                .forward_ms = cfg.c * cfg.t_ms, .drafter = true, .overlap = cfg.overlap};
+  sc.prompt = synthetic_prompt(cfg.seed, cfg.prompt_tokens, cfg.vocab);
+  sc.sampling = {.temperature = static_cast<float>(cfg.temperature), .top_k = cfg.top_k,
+                 .top_p = static_cast<float>(cfg.top_p),
+                 .seed = cfg.sampling_seed >= 0 ? static_cast<uint64_t>(cfg.sampling_seed) : cfg.seed};
+  return sc;
+}
+
 SimResult simulate(const SimConfig& cfg) {
   Scheduler sched(cfg.sched, cfg.prompt);
   std::priority_queue<Event, std::vector<Event>, std::greater<>> events;

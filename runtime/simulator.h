@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "runtime/config.h"
 #include "runtime/scheduler.h"
 #include "workers/synthetic_engine.h"
 #include "workers/verify.h"
@@ -43,6 +44,10 @@ struct SimResult {
 };
 
 SimResult simulate(const SimConfig& cfg);
+
+// The simulation of a synthetic-engine run of `cfg` with sp targets: same model, prompt,
+// latencies and sampling as the runtime would use.
+SimConfig sim_config(const RunConfig& cfg, int sp);
 
 // Target-only greedy decoding of the synthetic model: the reference every mode must match.
 std::vector<Token> synthetic_reference(const SyntheticParams& target,

@@ -1,5 +1,5 @@
 // MPI test: greedy DSI and SI on a real model generate exactly non-SI's tokens, for several
-// prompts, SP 1 .. max_sp and k in {1, 4, 8}.
+// prompts (in the model's chat template when it has one), SP 1 .. max_sp and k in {1, 4, 8}.
 //   llama_lossless MODEL DRAFTER_LAYERS N_PROMPTS MAX_NEW_TOKENS MAX_SP
 // Prints "N passed, M failed"; exits 77 (skipped) when MODEL is empty or missing.
 #include <fmt/format.h>
@@ -41,7 +41,7 @@ int main(int argc, char** argv) {
   dsi::SessionOptions opts;
   opts.overrides = {"engine=llama", "model.path=" + model,
                     fmt::format("model.drafter_layers=\"{}\"", argv[2]),
-                    fmt::format("generation.max_new_tokens={}", argv[4]), "generation.chat=false",
+                    fmt::format("generation.max_new_tokens={}", argv[4]),
                     "model.max_context=512", "runtime.peer_timeout_s=60"};
   return dsi::with_session(
       opts, [](dsi::Session& s) { (void)s.cfg.n_targets(s.world); },

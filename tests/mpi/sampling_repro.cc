@@ -8,17 +8,8 @@
 
 namespace {
 
-std::vector<dsi::Token> predicted(const dsi::RunConfig& cfg, int sp, const std::vector<dsi::Token>& prompt) {
-  dsi::SimConfig sc;
-  sc.sched = {.mode = cfg.mode, .lookahead = cfg.lookahead, .n_targets = sp,
-              .max_new_tokens = cfg.max_new_tokens};
-  sc.target = {.seed = cfg.seed, .vocab = cfg.vocab, .forward_ms = cfg.t_ms};
-  sc.drafter = {.seed = cfg.seed, .vocab = cfg.vocab, .acceptance = cfg.a,
-                .forward_ms = cfg.c * cfg.t_ms, .drafter = true, .overlap = cfg.overlap};
-  sc.prompt = prompt;
-  sc.sampling = {.temperature = static_cast<float>(cfg.temperature), .top_k = cfg.top_k,
-                 .top_p = static_cast<float>(cfg.top_p), .seed = cfg.seed};
-  return dsi::simulate(sc).tokens;
+std::vector<dsi::Token> predicted(const dsi::RunConfig& cfg, int sp) {
+  return dsi::simulate(dsi::sim_config(cfg, sp)).tokens;
 }
 
 }  // namespace
@@ -48,7 +39,7 @@ int main() {
                 auto r = coord.run(cfg, sp);
                 if (first.empty()) {
                   first = r.tokens;
-                  check(r.tokens == predicted(cfg, sp, r.prompt),
+                  check(r.tokens == predicted(cfg, sp),
                         fmt::format("{} T={} differs from the simulator", dsi::mode_name(mode), temp));
                 }
                 check(r.tokens == first, fmt::format("{} T={} sp={} run {} differs from the first run",
