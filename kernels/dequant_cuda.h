@@ -1,0 +1,19 @@
+// CUDA twin of dequantize_row (kernels/dequant.h): converts n elements of a GGUF tensor
+// (F32, F16, BF16, Q8_0, Q4_0, Q4_1) already on the device to float32 or to IEEE half
+// (the input of the FP16 GEMM). src needs only 2-byte alignment (GGUF blocks are 18/20/34
+// bytes long). Throws std::invalid_argument for an unsupported type or n not a multiple of
+// the block.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kernels/ggml_type.h"
+
+namespace dsi::kernels {
+void dequantize_cuda(GgmlType type, const void* src, float* dst, int64_t n, cudaStream_t stream);
+// dst: n IEEE half values (uint16_t bits), rounded to nearest even.
+void dequantize_f16_cuda(GgmlType type, const void* src, uint16_t* dst, int64_t n,
+                         cudaStream_t stream);
+}  // namespace dsi::kernels
