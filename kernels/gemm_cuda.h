@@ -6,6 +6,8 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
+#include <cstdint>
+
 namespace dsi::kernels {
 
 enum class GemmType : int { kF32 = 0, kF16 = 1, kBF16 = 2 };
@@ -24,6 +26,10 @@ class CublasHandle {
  private:
   cublasHandle_t h_ = nullptr;
 };
+
+// Rounds n FP32 activations to the GEMM input type (nearest even; kF32 copies), so that an
+// FP16/BF16 weight can be multiplied by FP32 activations. dst holds n elements of `type`.
+void convert_f32_cuda(void* dst, GemmType type, const float* src, int64_t n, cudaStream_t stream);
 
 // bias: FP32 (out) or nullptr. Enqueued on `stream` (the handle is rebound to it).
 void gemm_cuda(const CublasHandle& handle, float* y, const void* x, const void* w,

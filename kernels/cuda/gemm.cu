@@ -1,7 +1,11 @@
 // cuBLAS GEMM behind kernels/gemm_cuda.h. Row-major y (n, out) = x (n, in) W^T is, in
 // cuBLAS's column-major terms, Y^T (out, n) = op_T(W as (in, out)) * X^T (in, n): no copies.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "kernels/cuda_check.h"
 #include "kernels/gemm_cuda.h"
@@ -14,6 +18,20 @@ __global__ void add_bias_kernel(float* y, const float* bias, int n, int out) {
   for (long i = static_cast<long>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
        i += static_cast<long>(gridDim.x) * blockDim.x) {
     y[i] += bias[i % out];
+  }
+}
+
+template <typename Out>
+__global__ void convert_kernel(Out* dst, const float* src, int64_t n) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    if constexpr (std::is_same_v<Out, __half>) {
+      dst[i] = __float2half_rn(src[i]);
+    } else if constexpr (std::is_same_v<Out, __nv_bfloat16>) {
+      dst[i] = __float2bfloat16_rn(src[i]);
+    } else {
+      dst[i] = src[i];
+    }
   }
 }
 
@@ -45,6 +63,25 @@ CublasHandle::CublasHandle(bool allow_tf32) {
 
 CublasHandle::~CublasHandle() {
   if (h_ != nullptr) cublasDestroy(h_);
+}
+
+void convert_f32_cuda(void* dst, GemmType type, const float* src, int64_t n,
+                      cudaStream_t stream) {
+  if (n <= 0) return;
+  constexpr int kThreads = 256;
+  const int64_t want = (n + kThreads - 1) / kThreads;
+  const unsigned blocks = static_cast<unsigned>(want < 65536 ? want : 65536);
+  switch (type) {
+    case GemmType::kF32:
+      convert_kernel<<<blocks, kThreads, 0, stream>>>(static_cast<float*>(dst), src, n);
+      break;
+    case GemmType::kF16:
+      convert_kernel<<<blocks, kThreads, 0, stream>>>(static_cast<__half*>(dst), src, n);
+      break;
+    case GemmType::kBF16:
+      convert_kernel<<<blocks, kThreads, 0, stream>>>(static_cast<__nv_bfloat16*>(dst), src, n);
+      break;
+  }
 }
 
 void gemm_cuda(const CublasHandle& handle, float* y, const void* x, const void* w,

@@ -43,13 +43,16 @@ int g_iters = 50;
 
 // Thresholds on nmse. FP32 kernels differ from the CPU only in summation order and in float
 // vs double accumulators: relative error ~1e-6 per element, nmse ~1e-12; 1e-9 leaves room for
-// long rows. Dequantisation to float is exact (same formulas, exactly representable), so 0;
-// to half it adds one rounding (2^-11 relative, nmse ~1e-7). FP16/BF16 GEMMs are compared with
-// the CPU GEMM on the same rounded inputs, so only the order of FP32 sums differs.
+// long rows. Dequantisation to float uses the same formulas; only nvcc's FMA contraction of
+// Q4_1's q*d + m can move the last bit (nmse ~1e-15), hence 1e-12. To half it adds one
+// rounding (2^-11 relative, nmse ~1e-7). GEMMs are compared with the CPU GEMM on the same
+// (rounded) inputs: FP32 differs only in summation order; FP16/BF16 products are exact in
+// FP32 but tensor-core accumulation may truncate (up to ~K * 2^-23 relative in the worst case).
 constexpr double kFp32Tol = 1e-9;
-constexpr double kExactTol = 0.0;
+constexpr double kExactTol = 1e-12;
 constexpr double kHalfOutTol = 1e-6;
-constexpr double kGemmTol = 1e-8;
+constexpr double kGemmF32Tol = 1e-8;
+constexpr double kGemmHalfTol = 1e-6;
 
 double nmse(const std::vector<float>& gpu, const std::vector<float>& cpu) {
   EXPECT_EQ(gpu.size(), cpu.size());
@@ -264,11 +267,13 @@ Case dequant_case(GgmlType type, int64_t n, bool to_half) {
             const auto src = random_tensor(type, n, rng);
             std::vector<float> ref(n);
             dequantize_row(type, src.data(), ref.data(), n);
-            // An odd offset of 2 bytes, as a tensor inside a GGUF block stream may have.
-            std::vector<uint8_t> padded(src.size() + 2);
-            std::memcpy(padded.data() + 2, src.data(), src.size());
+            // Only the element's alignment (2 bytes for blocks and halves, 4 for F32), as a
+            // row inside a tensor may have.
+            const size_t off = type == GgmlType::F32 ? 4 : 2;
+            std::vector<uint8_t> padded(src.size() + off);
+            std::memcpy(padded.data() + off, src.data(), src.size());
             DevBuf<uint8_t> dsrc(padded);
-            const void* p = dsrc.get() + 2;
+            const void* p = dsrc.get() + off;
             std::vector<float> got(n);
             Launch l;
             l.bytes = src.size() + n * (to_half ? 2.0 : 4.0);
@@ -337,7 +342,8 @@ Case gemm_case(GemmType type, int n, int in, int out, bool bias) {
   static const char* kNames[] = {"f32", "f16", "bf16"};
   return {std::string("gemm_") + kNames[int(type)] + "_n" + std::to_string(n) + "_in" +
               std::to_string(in) + "_out" + std::to_string(out) + (bias ? "_bias" : ""),
-          kGemmTol, [=](std::mt19937& rng, Harness& h, const std::string& name) {
+          type == GemmType::kF32 ? kGemmF32Tol : kGemmHalfTol,
+          [=](std::mt19937& rng, Harness& h, const std::string& name) {
             auto x = randn(size_t(n) * in, rng), w = randn(size_t(out) * in, rng, 0.05f);
             auto b = randn(bias ? out : 0, rng);
             // Round the inputs to the GPU's element type; the CPU sees the rounded values.
@@ -377,6 +383,33 @@ Case gemm_case(GemmType type, int n, int in, int out, bool bias) {
           }};
 }
 
+// FP32 -> FP16/BF16 activations for the GEMM: both sides round to nearest even, so the bits
+// must agree exactly (compared as floats; kExactTol).
+Case convert_case(GemmType type, int64_t n) {
+  return {std::string("convert_f32_to_") + (type == GemmType::kF16 ? "f16" : "bf16") + "_n" +
+              std::to_string(n),
+          kExactTol, [=](std::mt19937& rng, Harness& h, const std::string& name) {
+            auto x = randn(n, rng, 3.0f);
+            std::vector<float> ref(n);
+            for (int64_t i = 0; i < n; ++i) {
+              ref[i] = type == GemmType::kF16 ? fp16_to_fp32(fp32_to_fp16(x[i]))
+                                              : bf16_to_fp32(fp32_to_bf16(x[i]));
+            }
+            DevBuf<float> dx(x);
+            DevBuf<uint16_t> dy(n);
+            Launch l{[&](cudaStream_t s) { convert_f32_cuda(dy.get(), type, dx.get(), n, s); },
+                     6.0 * n, 0};
+            h.once(l);
+            const auto bits = dy.host();
+            std::vector<float> got(n);
+            for (int64_t i = 0; i < n; ++i) {
+              got[i] = type == GemmType::kF16 ? fp16_to_fp32(bits[i]) : bf16_to_fp32(bits[i]);
+            }
+            h.time(name, l);
+            return nmse(got, ref);
+          }};
+}
+
 std::vector<Case> all_cases() {
   std::vector<Case> c;
   for (auto [n, d] : {std::pair{1, 64}, {3, 2048}, {17, 4096}, {2, 5000}}) c.push_back(rmsnorm_case(n, d));
@@ -402,6 +435,8 @@ std::vector<Case> all_cases() {
   c.push_back(attention_case(6, 517, 32, 8, 128, true));   // tree mask
   c.push_back(attention_case(16, 4096, 8, 8, 64, false));
   c.push_back(attention_case(2, 20000, 4, 1, 64, false));  // needs > 48 KiB shared memory
+  c.push_back(convert_case(GemmType::kF16, 2048 * 7));
+  c.push_back(convert_case(GemmType::kBF16, 2048 * 7));
   for (auto t : {GemmType::kF32, GemmType::kF16, GemmType::kBF16}) {
     c.push_back(gemm_case(t, 1, 256, 96, false));
     c.push_back(gemm_case(t, 7, 2048, 5632, true));
