@@ -16,4 +16,11 @@ void dequantize_cuda(GgmlType type, const void* src, float* dst, int64_t n, cuda
 // dst: n IEEE half values (uint16_t bits), rounded to nearest even.
 void dequantize_f16_cuda(GgmlType type, const void* src, uint16_t* dst, int64_t n,
                          cudaStream_t stream);
+
+// Embedding lookup from a (vocab, dim) table stored as any of the types above (GPU twin of
+// embedding_cpu, kernels/embedding.h, which takes a float table): out (n, dim) float, row r
+// is table row tokens[r] dequantized. tokens is a device array, each id in [0, vocab) (the
+// caller checks); dim must be a multiple of the type's block.
+void embedding_cuda(float* out, GgmlType type, const void* table, const int32_t* tokens, int n,
+                    int dim, cudaStream_t stream);
 }  // namespace dsi::kernels

@@ -1,4 +1,5 @@
-// CUDA twin of kernels/cpu/dequant.cc: one thread per output element. Blocks are read through
+// CUDA twin of kernels/cpu/dequant.cc (whole tensors, and rows gathered by token id for the
+// embedding lookup): one thread per output element. Blocks are read through
 // their 2-byte-aligned structs (kernels/ggml_type.h), so any GGUF tensor offset works.
 #include <cuda_fp16.h>
 
@@ -59,6 +60,16 @@ __global__ void dequant_kernel(const void* src, Out* dst, int64_t n) {
   }
 }
 
+// One block per token; the row starts at a multiple of the row size, so element indices
+// within the row address its blocks as in a whole tensor.
+template <GgmlType kType>
+__global__ void embedding_kernel(float* out, const uint8_t* table, const int32_t* tokens,
+                                 int dim, size_t row_bytes) {
+  const uint8_t* row = table + static_cast<size_t>(tokens[blockIdx.x]) * row_bytes;
+  float* o = out + static_cast<size_t>(blockIdx.x) * dim;
+  for (int i = threadIdx.x; i < dim; i += blockDim.x) o[i] = load<kType>(row, i);
+}
+
 template <typename Out>
 void launch(GgmlType type, const void* src, Out* dst, int64_t n, cudaStream_t stream) {
   const int64_t block = ggml_block_size(type);
@@ -93,6 +104,34 @@ void launch(GgmlType type, const void* src, Out* dst, int64_t n, cudaStream_t st
 }
 
 }  // namespace
+
+void embedding_cuda(float* out, GgmlType type, const void* table, const int32_t* tokens, int n,
+                    int dim, cudaStream_t stream) {
+  const size_t row_bytes = ggml_row_size(type, dim);  // validates type and dim
+  if (n <= 0) return;
+  const auto* t = static_cast<const uint8_t*>(table);
+  constexpr int kThreads = 256;
+  switch (type) {
+    case GgmlType::F32:
+      embedding_kernel<GgmlType::F32><<<n, kThreads, 0, stream>>>(out, t, tokens, dim, row_bytes);
+      break;
+    case GgmlType::F16:
+      embedding_kernel<GgmlType::F16><<<n, kThreads, 0, stream>>>(out, t, tokens, dim, row_bytes);
+      break;
+    case GgmlType::BF16:
+      embedding_kernel<GgmlType::BF16><<<n, kThreads, 0, stream>>>(out, t, tokens, dim, row_bytes);
+      break;
+    case GgmlType::Q8_0:
+      embedding_kernel<GgmlType::Q8_0><<<n, kThreads, 0, stream>>>(out, t, tokens, dim, row_bytes);
+      break;
+    case GgmlType::Q4_0:
+      embedding_kernel<GgmlType::Q4_0><<<n, kThreads, 0, stream>>>(out, t, tokens, dim, row_bytes);
+      break;
+    case GgmlType::Q4_1:
+      embedding_kernel<GgmlType::Q4_1><<<n, kThreads, 0, stream>>>(out, t, tokens, dim, row_bytes);
+      break;
+  }
+}
 
 void dequantize_cuda(GgmlType type, const void* src, float* dst, int64_t n, cudaStream_t stream) {
   launch<float>(type, src, dst, n, stream);

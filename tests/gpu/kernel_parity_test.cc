@@ -23,6 +23,7 @@
 #include "kernels/cuda_check.h"
 #include "kernels/dequant.h"
 #include "kernels/dequant_cuda.h"
+#include "kernels/embedding.h"
 #include "kernels/gemm_cuda.h"
 #include "kernels/half.h"
 #include "kernels/matmul.h"
@@ -295,6 +296,34 @@ Case dequant_case(GgmlType type, int64_t n, bool to_half) {
           }};
 }
 
+// The CPU side dequantizes the table and runs embedding_cpu, so this checks the gather.
+Case embedding_case(GgmlType type, int vocab, int dim, int n) {
+  return {std::string("embedding_") + ggml_type_name(type) + "_v" + std::to_string(vocab) +
+              "_d" + std::to_string(dim) + "_n" + std::to_string(n),
+          kExactTol, [=](std::mt19937& rng, Harness& h, const std::string& name) {
+            const auto table = random_tensor(type, int64_t{vocab} * dim, rng);
+            std::vector<float> table_f(size_t(vocab) * dim);
+            dequantize_row(type, table.data(), table_f.data(), int64_t{vocab} * dim);
+            std::vector<int32_t> tokens(n);
+            std::uniform_int_distribution<int32_t> id(0, vocab - 1);
+            for (auto& t : tokens) t = id(rng);
+            tokens[0] = vocab - 1;
+            std::vector<float> ref(size_t(n) * dim);
+            embedding_cpu(ref.data(), table_f.data(), tokens.data(), n, dim);
+            DevBuf<uint8_t> dt(table);
+            DevBuf<int32_t> dtok(tokens);
+            DevBuf<float> dy(ref.size());
+            Launch l{[&](cudaStream_t s) {
+                       embedding_cuda(dy.get(), type, dt.get(), dtok.get(), n, dim, s);
+                     },
+                     double(n) * (ggml_row_size(type, dim) + 4.0 * dim), 0};
+            h.once(l);
+            const double e = nmse(dy.host(), ref);
+            h.time(name, l);
+            return e;
+          }};
+}
+
 // mask: 0 causal; 1 a random tree-like mask (each query sees the prefix and a random subset
 // of the block, always itself).
 Case attention_case(int n_q, int n_kv, int heads, int kv_heads, int head_dim, bool masked) {
@@ -429,6 +458,10 @@ std::vector<Case> all_cases() {
     c.push_back(dequant_case(t, 2048 * 512, false));
     c.push_back(dequant_case(t, 2048 * 64, true));
   }
+  for (auto t : {GgmlType::F32, GgmlType::F16, GgmlType::Q8_0, GgmlType::Q4_1}) {
+    c.push_back(embedding_case(t, 1000, 256, 9));
+  }
+  c.push_back(embedding_case(GgmlType::Q4_0, 32000, 4096, 64));
   c.push_back(attention_case(1, 1, 4, 4, 64, false));
   c.push_back(attention_case(1, 300, 32, 4, 64, false));   // decode, GQA 8:1
   c.push_back(attention_case(6, 517, 32, 8, 128, false));  // verify of 6 tokens
