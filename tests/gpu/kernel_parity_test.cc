@@ -475,6 +475,15 @@ std::vector<Case> all_cases() {
     c.push_back(gemm_case(t, 7, 2048, 5632, true));
     c.push_back(gemm_case(t, 64, 1024, 1000, false));
   }
+  // Decode and verify shapes of a 7B model, for the --perf table (checked all the same).
+  c.push_back(rmsnorm_case(1, 4096));
+  c.push_back(dequant_case(GgmlType::Q4_0, int64_t{4096} * 11008, false));
+  c.push_back(dequant_case(GgmlType::Q8_0, int64_t{4096} * 11008, true));
+  c.push_back(attention_case(1, 4096, 32, 8, 128, false));
+  c.push_back(attention_case(8, 4096, 32, 8, 128, true));
+  c.push_back(gemm_case(GemmType::kF16, 1, 4096, 11008, false));
+  c.push_back(gemm_case(GemmType::kBF16, 8, 4096, 4096, false));
+  c.push_back(gemm_case(GemmType::kF16, 512, 4096, 4096, false));
   return c;
 }
 
