@@ -10,8 +10,7 @@
 #include <cstdint>
 
 namespace dsi::kernels {
-void attention_cuda(float* out, const float* q, const float* k, const float* v,
-                    const uint8_t* mask, int n_q, int n_kv, int q_pos0, int n_heads,
-                    int n_kv_heads, int head_dim, int kv_stride, int head_begin, int head_end,
-                    cudaStream_t stream);
+void attention_cuda(float* out, const float* q, const float* k, const float* v, const uint8_t* mask,
+                    int n_q, int n_kv, int q_pos0, int n_heads, int n_kv_heads, int head_dim,
+                    int kv_stride, int head_begin, int head_end, cudaStream_t stream);
 }  // namespace dsi::kernels

@@ -39,8 +39,8 @@ class NcclError : public GpuError {
 namespace detail {
 inline std::string gpu_where(const char* lib, const char* file, int line, const char* expr,
                              const char* msg) {
-  return std::string(lib) + " error at " + file + ":" + std::to_string(line) + ": " + expr +
-         ": " + msg;
+  return std::string(lib) + " error at " + file + ":" + std::to_string(line) + ": " + expr + ": " +
+         msg;
 }
 inline void cuda_check(cudaError_t e, const char* expr, const char* file, int line) {
   if (e != cudaSuccess) {

@@ -14,9 +14,8 @@ constexpr int kThreads = 128;
 constexpr int kMaxHeadDim = 256;
 
 __global__ void attention_kernel(float* out, const float* q, const float* k, const float* v,
-                                 const uint8_t* mask, int n_kv, int q_pos0, int n_heads,
-                                 int group, int head_dim, int kv_stride, int head_begin,
-                                 float scale) {
+                                 const uint8_t* mask, int n_kv, int q_pos0, int n_heads, int group,
+                                 int head_dim, int kv_stride, int head_begin, float scale) {
   extern __shared__ float scores[];  // (n_kv)
   __shared__ float qs[kMaxHeadDim];
   __shared__ float scratch[32];
@@ -67,17 +66,26 @@ __global__ void attention_kernel(float* out, const float* q, const float* k, con
 
 }  // namespace
 
-void attention_cuda(float* out, const float* q, const float* k, const float* v,
-                    const uint8_t* mask, int n_q, int n_kv, int q_pos0, int n_heads,
-                    int n_kv_heads, int head_dim, int kv_stride, int head_begin, int head_end,
-                    cudaStream_t stream) {
+void attention_cuda(float* out, const float* q, const float* k, const float* v, const uint8_t* mask,
+                    int n_q, int n_kv, int q_pos0, int n_heads, int n_kv_heads, int head_dim,
+                    int kv_stride, int head_begin, int head_end, cudaStream_t stream) {
   if (n_q <= 0 || head_end <= head_begin) return;
   if (head_dim > kMaxHeadDim) {
-    throw std::invalid_argument("attention_cuda: head_dim " + std::to_string(head_dim) +
-                                " > " + std::to_string(kMaxHeadDim));
+    throw std::invalid_argument("attention_cuda: head_dim " + std::to_string(head_dim) + " > " +
+                                std::to_string(kMaxHeadDim));
   }
   const size_t smem = static_cast<size_t>(n_kv) * sizeof(float);
   if (smem > 48 * 1024) {
+    // Host-side queries only (no synchronisation): refuse a context the scores row cannot hold.
+    int dev = 0, optin = 0;
+    CUDA_CHECK(cudaGetDevice(&dev));
+    CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    const size_t static_smem = (kMaxHeadDim + 32) * sizeof(float);
+    if (smem + static_smem > static_cast<size_t>(optin)) {
+      throw std::invalid_argument("attention_cuda: n_kv " + std::to_string(n_kv) +
+                                  " needs more shared memory than the device has per block (" +
+                                  std::to_string(optin) + " bytes)");
+    }
     // Above the default limit the kernel must opt in; this is a host-side attribute, no sync.
     CUDA_CHECK(cudaFuncSetAttribute(attention_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     static_cast<int>(smem)));

@@ -63,8 +63,8 @@ __global__ void dequant_kernel(const void* src, Out* dst, int64_t n) {
 // One block per token; the row starts at a multiple of the row size, so element indices
 // within the row address its blocks as in a whole tensor.
 template <GgmlType kType>
-__global__ void embedding_kernel(float* out, const uint8_t* table, const int32_t* tokens,
-                                 int dim, size_t row_bytes) {
+__global__ void embedding_kernel(float* out, const uint8_t* table, const int32_t* tokens, int dim,
+                                 size_t row_bytes) {
   const uint8_t* row = table + static_cast<size_t>(tokens[blockIdx.x]) * row_bytes;
   float* o = out + static_cast<size_t>(blockIdx.x) * dim;
   for (int i = threadIdx.x; i < dim; i += blockDim.x) o[i] = load<kType>(row, i);

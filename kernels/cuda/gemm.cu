@@ -44,8 +44,7 @@ cudaDataType_t data_type(GemmType t) {
     case GemmType::kBF16:
       return CUDA_R_16BF;
   }
-  throw std::invalid_argument("gemm_cuda: unknown GemmType " +
-                              std::to_string(static_cast<int>(t)));
+  throw std::invalid_argument("gemm_cuda: unknown GemmType " + std::to_string(static_cast<int>(t)));
 }
 
 }  // namespace
@@ -53,8 +52,8 @@ cudaDataType_t data_type(GemmType t) {
 CublasHandle::CublasHandle(bool allow_tf32) {
   CUBLAS_CHECK(cublasCreate(&h_));
   try {
-    CUBLAS_CHECK(cublasSetMathMode(h_, allow_tf32 ? CUBLAS_TF32_TENSOR_OP_MATH
-                                                  : CUBLAS_DEFAULT_MATH));
+    CUBLAS_CHECK(
+        cublasSetMathMode(h_, allow_tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
   } catch (...) {
     cublasDestroy(h_);
     throw;
@@ -65,8 +64,7 @@ CublasHandle::~CublasHandle() {
   if (h_ != nullptr) cublasDestroy(h_);
 }
 
-void convert_f32_cuda(void* dst, GemmType type, const float* src, int64_t n,
-                      cudaStream_t stream) {
+void convert_f32_cuda(void* dst, GemmType type, const float* src, int64_t n, cudaStream_t stream) {
   if (n <= 0) return;
   constexpr int kThreads = 256;
   const int64_t want = (n + kThreads - 1) / kThreads;
@@ -91,8 +89,8 @@ void gemm_cuda(const CublasHandle& handle, float* y, const void* x, const void* 
   const float alpha = 1.0f, beta = 0.0f;
   const cudaDataType_t t = data_type(type);
   // FP32 inputs: plain FP32 compute unless the handle allows TF32 (its math mode decides).
-  CUBLAS_CHECK(cublasGemmEx(handle.get(), CUBLAS_OP_T, CUBLAS_OP_N, out, n, in, &alpha, w, t, in,
-                            x, t, in, &beta, y, CUDA_R_32F, out, CUBLAS_COMPUTE_32F,
+  CUBLAS_CHECK(cublasGemmEx(handle.get(), CUBLAS_OP_T, CUBLAS_OP_N, out, n, in, &alpha, w, t, in, x,
+                            t, in, &beta, y, CUDA_R_32F, out, CUBLAS_COMPUTE_32F,
                             CUBLAS_GEMM_DEFAULT));
   if (bias != nullptr) {
     constexpr int kThreads = 256;

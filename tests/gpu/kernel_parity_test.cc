@@ -171,10 +171,9 @@ Case rmsnorm_case(int n, int dim) {
 }
 
 Case rope_case(int n, int heads, int head_dim, int rot_dim, RopeLayout layout, int pos0) {
-  return {std::string("rope_") + (layout == RopeLayout::kAdjacentPairs ? "adj" : "half") +
-              "_n" + std::to_string(n) + "_h" + std::to_string(heads) + "_hd" +
-              std::to_string(head_dim) + "_rot" + std::to_string(rot_dim) + "_p" +
-              std::to_string(pos0),
+  return {std::string("rope_") + (layout == RopeLayout::kAdjacentPairs ? "adj" : "half") + "_n" +
+              std::to_string(n) + "_h" + std::to_string(heads) + "_hd" + std::to_string(head_dim) +
+              "_rot" + std::to_string(rot_dim) + "_p" + std::to_string(pos0),
           kFp32Tol, [=](std::mt19937& rng, Harness& h, const std::string& name) {
             auto x = randn(size_t(n) * heads * head_dim, rng);
             std::vector<int32_t> pos(n);
@@ -298,8 +297,8 @@ Case dequant_case(GgmlType type, int64_t n, bool to_half) {
 
 // The CPU side dequantizes the table and runs embedding_cpu, so this checks the gather.
 Case embedding_case(GgmlType type, int vocab, int dim, int n) {
-  return {std::string("embedding_") + ggml_type_name(type) + "_v" + std::to_string(vocab) +
-              "_d" + std::to_string(dim) + "_n" + std::to_string(n),
+  return {std::string("embedding_") + ggml_type_name(type) + "_v" + std::to_string(vocab) + "_d" +
+              std::to_string(dim) + "_n" + std::to_string(n),
           kExactTol, [=](std::mt19937& rng, Harness& h, const std::string& name) {
             const auto table = random_tensor(type, int64_t{vocab} * dim, rng);
             std::vector<float> table_f(size_t(vocab) * dim);
@@ -342,21 +341,20 @@ Case attention_case(int n_q, int n_kv, int heads, int kv_heads, int head_dim, bo
               std::bernoulli_distribution coin(0.5);
               for (int i = 0; i < n_q; ++i) {
                 for (int j = 0; j < n_kv; ++j) {
-                  mask[size_t(i) * n_kv + j] = j < q_pos0 || j == q_pos0 + i ||
-                                               (j < q_pos0 + i && coin(rng));
+                  mask[size_t(i) * n_kv + j] =
+                      j < q_pos0 || j == q_pos0 + i || (j < q_pos0 + i && coin(rng));
                 }
               }
             }
             std::vector<float> ref(q.size());
-            attention_cpu(ref.data(), q.data(), k.data(), v.data(),
-                          masked ? mask.data() : nullptr, n_q, n_kv, q_pos0, heads, kv_heads,
-                          head_dim, kv_stride, 0, heads);
+            attention_cpu(ref.data(), q.data(), k.data(), v.data(), masked ? mask.data() : nullptr,
+                          n_q, n_kv, q_pos0, heads, kv_heads, head_dim, kv_stride, 0, heads);
             DevBuf<float> dq(q), dk(k), dv(v), dy(q.size());
             DevBuf<uint8_t> dm(mask);
             const uint8_t* mp = masked ? dm.get() : nullptr;
             Launch l{[&](cudaStream_t s) {
-                       attention_cuda(dy.get(), dq.get(), dk.get(), dv.get(), mp, n_q, n_kv,
-                                      q_pos0, heads, kv_heads, head_dim, kv_stride, 0, heads, s);
+                       attention_cuda(dy.get(), dq.get(), dk.get(), dv.get(), mp, n_q, n_kv, q_pos0,
+                                      heads, kv_heads, head_dim, kv_stride, 0, heads, s);
                      },
                      4.0 * (2.0 * k.size() + 2.0 * q.size()),
                      4.0 * n_q * double(n_kv) * heads * head_dim};
@@ -369,47 +367,47 @@ Case attention_case(int n_q, int n_kv, int heads, int kv_heads, int head_dim, bo
 
 Case gemm_case(GemmType type, int n, int in, int out, bool bias) {
   static const char* kNames[] = {"f32", "f16", "bf16"};
-  return {std::string("gemm_") + kNames[int(type)] + "_n" + std::to_string(n) + "_in" +
-              std::to_string(in) + "_out" + std::to_string(out) + (bias ? "_bias" : ""),
-          type == GemmType::kF32 ? kGemmF32Tol : kGemmHalfTol,
-          [=](std::mt19937& rng, Harness& h, const std::string& name) {
-            auto x = randn(size_t(n) * in, rng), w = randn(size_t(out) * in, rng, 0.05f);
-            auto b = randn(bias ? out : 0, rng);
-            // Round the inputs to the GPU's element type; the CPU sees the rounded values.
-            auto to_bits = [&](std::vector<float>& f) {
-              std::vector<uint16_t> bits(f.size());
-              for (size_t i = 0; i < f.size(); ++i) {
-                bits[i] = type == GemmType::kF16 ? fp32_to_fp16(f[i]) : fp32_to_bf16(f[i]);
-                f[i] = type == GemmType::kF16 ? fp16_to_fp32(bits[i]) : bf16_to_fp32(bits[i]);
-              }
-              return bits;
-            };
-            std::vector<uint16_t> xb, wb;
-            if (type != GemmType::kF32) {
-              xb = to_bits(x);
-              wb = to_bits(w);
-            }
-            std::vector<float> ref(size_t(n) * out);
-            matmul_cpu(ref.data(), x.data(), w.data(), bias ? b.data() : nullptr, n, in, out);
-            DevBuf<float> dxf(type == GemmType::kF32 ? x : std::vector<float>());
-            DevBuf<float> dwf(type == GemmType::kF32 ? w : std::vector<float>());
-            DevBuf<uint16_t> dxh(xb), dwh(wb);
-            DevBuf<float> db(b), dy(ref.size());
-            const void* px = type == GemmType::kF32 ? static_cast<const void*>(dxf.get()) : dxh.get();
-            const void* pw = type == GemmType::kF32 ? static_cast<const void*>(dwf.get()) : dwh.get();
-            CublasHandle handle;
-            const double elt = type == GemmType::kF32 ? 4 : 2;
-            Launch l{[&](cudaStream_t s) {
-                       gemm_cuda(handle, dy.get(), px, pw, bias ? db.get() : nullptr, type, n, in,
-                                 out, s);
-                     },
-                     elt * (double(out) * in + double(n) * in) + 4.0 * n * out,
-                     2.0 * n * double(in) * out};
-            h.once(l);
-            const double e = nmse(dy.host(), ref);
-            h.time(name, l);
-            return e;
-          }};
+  return {
+      std::string("gemm_") + kNames[int(type)] + "_n" + std::to_string(n) + "_in" +
+          std::to_string(in) + "_out" + std::to_string(out) + (bias ? "_bias" : ""),
+      type == GemmType::kF32 ? kGemmF32Tol : kGemmHalfTol,
+      [=](std::mt19937& rng, Harness& h, const std::string& name) {
+        auto x = randn(size_t(n) * in, rng), w = randn(size_t(out) * in, rng, 0.05f);
+        auto b = randn(bias ? out : 0, rng);
+        // Round the inputs to the GPU's element type; the CPU sees the rounded values.
+        auto to_bits = [&](std::vector<float>& f) {
+          std::vector<uint16_t> bits(f.size());
+          for (size_t i = 0; i < f.size(); ++i) {
+            bits[i] = type == GemmType::kF16 ? fp32_to_fp16(f[i]) : fp32_to_bf16(f[i]);
+            f[i] = type == GemmType::kF16 ? fp16_to_fp32(bits[i]) : bf16_to_fp32(bits[i]);
+          }
+          return bits;
+        };
+        std::vector<uint16_t> xb, wb;
+        if (type != GemmType::kF32) {
+          xb = to_bits(x);
+          wb = to_bits(w);
+        }
+        std::vector<float> ref(size_t(n) * out);
+        matmul_cpu(ref.data(), x.data(), w.data(), bias ? b.data() : nullptr, n, in, out);
+        DevBuf<float> dxf(type == GemmType::kF32 ? x : std::vector<float>());
+        DevBuf<float> dwf(type == GemmType::kF32 ? w : std::vector<float>());
+        DevBuf<uint16_t> dxh(xb), dwh(wb);
+        DevBuf<float> db(b), dy(ref.size());
+        const void* px = type == GemmType::kF32 ? static_cast<const void*>(dxf.get()) : dxh.get();
+        const void* pw = type == GemmType::kF32 ? static_cast<const void*>(dwf.get()) : dwh.get();
+        CublasHandle handle;
+        const double elt = type == GemmType::kF32 ? 4 : 2;
+        Launch l{
+            [&](cudaStream_t s) {
+              gemm_cuda(handle, dy.get(), px, pw, bias ? db.get() : nullptr, type, n, in, out, s);
+            },
+            elt * (double(out) * in + double(n) * in) + 4.0 * n * out, 2.0 * n * double(in) * out};
+        h.once(l);
+        const double e = nmse(dy.host(), ref);
+        h.time(name, l);
+        return e;
+      }};
 }
 
 // FP32 -> FP16/BF16 activations for the GEMM: both sides round to nearest even, so the bits
@@ -441,7 +439,8 @@ Case convert_case(GemmType type, int64_t n) {
 
 std::vector<Case> all_cases() {
   std::vector<Case> c;
-  for (auto [n, d] : {std::pair{1, 64}, {3, 2048}, {17, 4096}, {2, 5000}}) c.push_back(rmsnorm_case(n, d));
+  for (auto [n, d] : {std::pair{1, 64}, {3, 2048}, {17, 4096}, {2, 5000}})
+    c.push_back(rmsnorm_case(n, d));
   for (auto layout : {RopeLayout::kAdjacentPairs, RopeLayout::kHalfSplit}) {
     c.push_back(rope_case(1, 8, 64, 64, layout, 0));
     c.push_back(rope_case(7, 32, 128, 128, layout, 8000));

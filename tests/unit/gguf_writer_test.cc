@@ -134,8 +134,7 @@ TEST(RandomModel, LoadsTokenizesAndRunsAForward) {
   for (GgmlType type : {GgmlType::F16, GgmlType::Q8_0, GgmlType::Q4_1}) {
     SCOPED_TRACE(ggml_type_name(type));
     const RandomModelSpec s = small_spec(type);
-    const std::string path =
-        ::testing::TempDir() + "dsi_random_" + ggml_type_name(type) + ".gguf";
+    const std::string path = ::testing::TempDir() + "dsi_random_" + ggml_type_name(type) + ".gguf";
     random_model_writer(s).write(path);
 
     const auto file = GgufFile::open(path);

@@ -133,11 +133,11 @@ void GgufWriter::add_kv(const std::string& key, uint32_t type, const std::vector
   ++n_kv_;
 }
 
-#define DSI_SCALAR(fn, T, code)                  \
+#define DSI_SCALAR(fn, T, code)                      \
   void GgufWriter::fn(const std::string& key, T v) { \
-    std::vector<uint8_t> p;                      \
-    put<T>(p, v);                                \
-    add_kv(key, GgufFile::code, p);              \
+    std::vector<uint8_t> p;                          \
+    put<T>(p, v);                                    \
+    add_kv(key, GgufFile::code, p);                  \
   }
 DSI_SCALAR(set_u32, uint32_t, kU32)
 DSI_SCALAR(set_i32, int32_t, kI32)
@@ -191,8 +191,8 @@ void GgufWriter::add_tensor(const std::string& name, GgmlType type, std::vector<
   tensors_.push_back(std::move(t));
 }
 
-void GgufWriter::add_tensor_bytes(const std::string& name, GgmlType type,
-                                  std::vector<int64_t> ne, std::vector<uint8_t> bytes) {
+void GgufWriter::add_tensor_bytes(const std::string& name, GgmlType type, std::vector<int64_t> ne,
+                                  std::vector<uint8_t> bytes) {
   add_tensor(name, type, std::move(ne), nullptr);
   if (bytes.size() != tensors_.back().nbytes) {
     const auto want = tensors_.back().nbytes;

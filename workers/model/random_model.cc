@@ -102,7 +102,8 @@ RandomModelSpec random_model_shape(const std::string& name) {
     s.dim = 4096, s.n_layers = 32, s.n_heads = 32, s.n_kv_heads = 32, s.ffn_dim = 11008;
     s.tied_head = false;
   } else {
-    throw std::invalid_argument("unknown model shape '" + name + "' (tiny, llama-1b, llama-3b, "
+    throw std::invalid_argument("unknown model shape '" + name +
+                                "' (tiny, llama-1b, llama-3b, "
                                 "llama-7b)");
   }
   s.context = 4096;

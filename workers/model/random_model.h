@@ -37,9 +37,9 @@ struct RandomModelSpec {
 };
 
 // Named shapes: "tiny" (the testdata stand-in's shape, vocab 1024), "llama-1b" (TinyLlama
-// 1.1B: dim 2048, 22 layers, 32/4 heads, ffn 5632, vocab 32000, untied), "llama-7b" (Llama 2 7B: 4096,
-// 32 layers, 32/32 heads, ffn 11008, vocab 32000, untied), "llama-3b" (Open LLaMA 3B shape: 3200, 26,
-// 32/32, 8640, 32000). Throws std::invalid_argument for another name.
+// 1.1B: dim 2048, 22 layers, 32/4 heads, ffn 5632, vocab 32000, untied), "llama-7b" (Llama 2 7B:
+// 4096, 32 layers, 32/32 heads, ffn 11008, vocab 32000, untied), "llama-3b" (Open LLaMA 3B shape:
+// 3200, 26, 32/32, 8640, 32000). Throws std::invalid_argument for another name.
 RandomModelSpec random_model_shape(const std::string& name);
 std::vector<std::string> random_model_shape_names();
 
