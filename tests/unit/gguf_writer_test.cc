@@ -92,9 +92,8 @@ TEST(GgufWriter, QuantizedTensorsWithinBound) {
                             GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1};
   for (GgmlType t : types) {
     w.add_tensor(std::string("w.") + ggml_type_name(t), t, {cols, rows},
-                 [&x, pos = int64_t{0}](float* out, int64_t n) mutable {
-                   std::copy(x.begin() + pos, x.begin() + pos + n, out);
-                   pos += n;
+                 [&x](float* out, int64_t first, int64_t n) {
+                   std::copy(x.begin() + first, x.begin() + first + n, out);
                  });
   }
   const auto bytes = w.to_bytes();
@@ -197,6 +196,14 @@ TEST(RandomModel, SameSeedSameWeightsAcrossTypes) {
   // The scale of the recipe: attn_q ~ N(0, 1/dim).
   for (float v : wa) mean2 += v * v;
   EXPECT_NEAR(mean2 / wa.size(), 1.0 / 64, 0.2 / 64);
+}
+
+TEST(RandomModel, WritingTwiceGivesTheSameFile) {
+  const GgufWriter w = random_model_writer(small_spec(GgmlType::Q4_1));
+  EXPECT_EQ(w.to_bytes(), w.to_bytes());
+  RandomModelSpec other = small_spec(GgmlType::Q4_1);
+  other.seed = 4;
+  EXPECT_NE(w.to_bytes(), random_model_writer(other).to_bytes());
 }
 
 TEST(RandomModel, ShapesAndChecks) {

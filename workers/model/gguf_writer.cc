@@ -238,7 +238,7 @@ void GgufWriter::emit(Sink& sink) const {
       for (int64_t r = 0; r < rows; r += chunk_rows) {
         const int64_t n = std::min(chunk_rows, rows - r) * row;
         buf.resize(n);
-        t.fill(buf.data(), n);
+        t.fill(buf.data(), r * row, n);
         const auto q = quantize_row(t.type, buf.data(), n);
         sink(q.data(), q.size());
       }

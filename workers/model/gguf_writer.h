@@ -29,8 +29,10 @@ std::vector<uint8_t> quantize_row(GgmlType type, const float* x, int64_t n);
 
 class GgufWriter {
  public:
-  // Produces the next n floats of the tensor (called in order, n a multiple of ne[0]).
-  using Fill = std::function<void(float* out, int64_t n)>;
+  // Produces elements [first, first + n) of the tensor (flat index; n a multiple of ne[0]).
+  // Called in increasing order during each write, and again by a later write, so it must be
+  // a function of the index range (the random models are: counter-based generator).
+  using Fill = std::function<void(float* out, int64_t first, int64_t n)>;
 
   explicit GgufWriter(uint32_t alignment = 32);
 
@@ -51,7 +53,7 @@ class GgufWriter {
                         std::vector<uint8_t> bytes);
 
   // Writes the file (throws std::runtime_error naming the path on an I/O error; a partial
-  // file is removed). Fill callbacks run here, once each, in the order tensors were added.
+  // file is removed). Fill callbacks run here, in the order tensors were added.
   void write(const std::string& path) const;
   // The whole file image in memory (for tests).
   std::vector<uint8_t> to_bytes() const;

@@ -2,52 +2,50 @@
 #include "workers/model/random_model.h"
 
 #include <cmath>
-#include <memory>
 #include <stdexcept>
 
 namespace dsi {
 namespace {
 
-// splitmix64 stream with Box-Muller normals: fast enough for 7B parameters, and a pure
-// function of (seed, stream) so tensors do not depend on one another.
+// Counter-based normals: element e of a tensor is a pure function of (seed, tensor name, e):
+// pair e/2 hashes two counters with splitmix64 and turns them into two normals by Box-Muller
+// (cos for even e, sin for odd). Fast enough for 7B parameters, independent of chunking, and
+// tensors do not depend on one another.
 class Normal {
  public:
-  Normal(uint64_t seed, const std::string& stream) : s_(seed * 0x9e3779b97f4a7c15ull) {
-    for (char c : stream) s_ = (s_ ^ static_cast<uint8_t>(c)) * 0x100000001b3ull;  // FNV-1a
-    next();
+  Normal(uint64_t seed, const std::string& stream) : key_(seed * 0x9e3779b97f4a7c15ull) {
+    for (char c : stream) key_ = (key_ ^ static_cast<uint8_t>(c)) * 0x100000001b3ull;  // FNV-1a
   }
-  float operator()() {
-    if (have_) {
-      have_ = false;
-      return spare_;
+  // Writes elements [first, first + n).
+  void fill(float* out, int64_t first, int64_t n, float mean, float std) const {
+    for (int64_t e = first; e < first + n;) {
+      const uint64_t pair = static_cast<uint64_t>(e) / 2;
+      // u1 in (0, 1], u2 in [0, 1)
+      const double u1 = ((mix(2 * pair) >> 11) + 1) * (1.0 / 9007199254740992.0);
+      const double u2 = (mix(2 * pair + 1) >> 11) * (1.0 / 9007199254740992.0);
+      const double r = std::sqrt(-2.0 * std::log(u1));
+      if (e % 2 == 0)
+        out[e++ - first] = mean + std * static_cast<float>(r * std::cos(2 * M_PI * u2));
+      if (e < first + n) {
+        out[e++ - first] = mean + std * static_cast<float>(r * std::sin(2 * M_PI * u2));
+      }
     }
-    // u1 in (0, 1], u2 in [0, 1)
-    const double u1 = ((next() >> 11) + 1) * (1.0 / 9007199254740992.0);
-    const double u2 = (next() >> 11) * (1.0 / 9007199254740992.0);
-    const double r = std::sqrt(-2.0 * std::log(u1));
-    spare_ = static_cast<float>(r * std::sin(2 * M_PI * u2));
-    have_ = true;
-    return static_cast<float>(r * std::cos(2 * M_PI * u2));
   }
 
  private:
-  uint64_t next() {
-    uint64_t z = (s_ += 0x9e3779b97f4a7c15ull);
+  uint64_t mix(uint64_t counter) const {
+    uint64_t z = key_ + (counter + 1) * 0x9e3779b97f4a7c15ull;
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
     return z ^ (z >> 31);
   }
-  uint64_t s_;
-  bool have_ = false;
-  float spare_ = 0;
+  uint64_t key_;
 };
 
-// out = mean + std * N(0, 1), drawn from the tensor's own stream.
+// out = mean + std * N(0, 1) for the tensor's elements [first, first + n).
 GgufWriter::Fill normal_fill(uint64_t seed, const std::string& name, float mean, float std) {
-  auto g = std::make_shared<Normal>(seed, name);
-  return [g, mean, std](float* out, int64_t n) {
-    for (int64_t i = 0; i < n; ++i) out[i] = mean + std * (*g)();
-  };
+  const Normal g(seed, name);
+  return [g, mean, std](float* out, int64_t first, int64_t n) { g.fill(out, first, n, mean, std); };
 }
 
 // A byte-fallback SPM vocabulary of exactly n tokens: <unk> <s> </s>, the 256 byte tokens,
