@@ -76,7 +76,18 @@ struct SweepOptions {
   int sim_runs = 20;
 };
 
+struct MakeModelOptions {
+  std::string shape;  // a named shape (random_model_shape); explicit sizes below override it
+  int dim = -1, layers = -1, heads = -1, kv_heads = -1, ffn = -1, vocab = -1, context = -1;
+  std::string type = "f16";  // f32 | f16 | bf16 | q8_0 | q4_0 | q4_1
+  long long seed = 1;
+  bool untied = false;
+  std::string out_path;
+};
+
 int cmd_simulate(const SimulateOptions& opts);
+// Writes a random-weight llama GGUF (workers/model/random_model.h); no MPI.
+int cmd_make_model(const MakeModelOptions& opts);
 int cmd_profile(const ProfileOptions& opts);
 int cmd_sweep(const CommonOptions& common, const SweepOptions& opts);
 int cmd_run(const CommonOptions& common, const RunOptions& opts);

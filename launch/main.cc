@@ -1,5 +1,5 @@
 // The `dsi` command line: parses arguments (before MPI starts, so --help needs no mpirun)
-// and hands over to a subcommand. simulate and profile never start MPI: they run as plain
+// and hands over to a subcommand. simulate, profile and make-model never start MPI: they run as plain
 // processes.
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
@@ -112,6 +112,25 @@ int main(int argc, char** argv) {
   simulate->add_flag("--json", sim.json, "print one JSON object instead of the table");
   simulate->add_option("--json-file", sim.json_path, "also write the JSON here");
 
+  dsi::cli::MakeModelOptions mk;
+  auto* make_model = app.add_subcommand(
+      "make-model", "write a random-weight llama GGUF of any shape, with a byte-fallback SPM "
+                    "tokenizer, for benchmarks and tests; no MPI");
+  make_model->add_option("--shape", mk.shape, "tiny | llama-1b | llama-3b | llama-7b");
+  make_model->add_option("--dim", mk.dim, "model width");
+  make_model->add_option("--layers", mk.layers, "decoder blocks");
+  make_model->add_option("--heads", mk.heads, "attention heads");
+  make_model->add_option("--kv-heads", mk.kv_heads, "KV heads (GQA)");
+  make_model->add_option("--ffn", mk.ffn, "feed-forward width");
+  make_model->add_option("--vocab", mk.vocab, "vocabulary size (>= 259)");
+  make_model->add_option("--context", mk.context, "context length");
+  make_model->add_option("--type", mk.type, "2-D weight type")
+      ->check(CLI::IsMember({"f32", "f16", "bf16", "q8_0", "q4_0", "q4_1"}))
+      ->capture_default_str();
+  make_model->add_option("--seed", mk.seed, "weights seed")->capture_default_str();
+  make_model->add_flag("--untied", mk.untied, "separate output.weight instead of a tied head");
+  make_model->add_option("--out,-o", mk.out_path, "output .gguf file")->required();
+
   dsi::cli::ProfileOptions prof;
   auto* profile = app.add_subcommand(
       "profile", "measure a model pair on this machine (target TTFT and forward latency vs "
@@ -160,6 +179,7 @@ int main(int argc, char** argv) {
     sim.pt_set = o_pt->count() > 0;
     return dsi::cli::cmd_simulate(sim);
   }
+  if (make_model->parsed()) return dsi::cli::cmd_make_model(mk);
   if (profile->parsed()) return dsi::cli::cmd_profile(prof);
   if (sweep->parsed()) return dsi::cli::cmd_sweep(common, sw);
 

@@ -1,0 +1,534 @@
+// Every CUDA kernel against its CPU twin on random inputs, one parameterised test: each case
+// runs both, reports the normalised mean squared error
+//   nmse = sum (gpu - cpu)^2 / sum cpu^2
+// and fails above the kernel's threshold (kThresholds below says why each is what it is).
+// Without a CUDA device every case is skipped with a message. With --perf each case is also
+// timed with cudaEvents (median of --iters launches after a warm-up) and a table is printed:
+//   dsi_gpu_tests --perf [--iters 50] [--gtest_filter=...]
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <ostream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels/attention.h"
+#include "kernels/attention_cuda.h"
+#include "kernels/cuda_check.h"
+#include "kernels/dequant.h"
+#include "kernels/dequant_cuda.h"
+#include "kernels/embedding.h"
+#include "kernels/gemm_cuda.h"
+#include "kernels/half.h"
+#include "kernels/matmul.h"
+#include "kernels/rmsnorm.h"
+#include "kernels/rmsnorm_cuda.h"
+#include "kernels/rope.h"
+#include "kernels/rope_cuda.h"
+#include "kernels/softmax.h"
+#include "kernels/softmax_cuda.h"
+#include "kernels/swiglu.h"
+#include "kernels/swiglu_cuda.h"
+
+namespace dsi::kernels {
+namespace {
+
+bool g_perf = false;
+int g_iters = 50;
+
+// Thresholds on nmse. FP32 kernels differ from the CPU only in summation order and in float
+// vs double accumulators: relative error ~1e-6 per element, nmse ~1e-12; 1e-9 leaves room for
+// long rows. Dequantisation to float uses the same formulas; only nvcc's FMA contraction of
+// Q4_1's q*d + m can move the last bit (nmse ~1e-15), hence 1e-12. To half it adds one
+// rounding (2^-11 relative, nmse ~1e-7). GEMMs are compared with the CPU GEMM on the same
+// (rounded) inputs: FP32 differs only in summation order; FP16/BF16 products are exact in
+// FP32 but tensor-core accumulation may truncate (up to ~K * 2^-23 relative in the worst case).
+constexpr double kFp32Tol = 1e-9;
+constexpr double kExactTol = 1e-12;
+constexpr double kHalfOutTol = 1e-6;
+constexpr double kGemmF32Tol = 1e-8;
+constexpr double kGemmHalfTol = 1e-6;
+
+double nmse(const std::vector<float>& gpu, const std::vector<float>& cpu) {
+  EXPECT_EQ(gpu.size(), cpu.size());
+  double num = 0, den = 0;
+  for (size_t i = 0; i < cpu.size(); ++i) {
+    const double d = static_cast<double>(gpu[i]) - cpu[i];
+    num += d * d;
+    den += static_cast<double>(cpu[i]) * cpu[i];
+  }
+  return den > 0 ? num / den : num;
+}
+
+std::vector<float> randn(size_t n, std::mt19937& rng, float scale = 1.0f) {
+  std::normal_distribution<float> d(0.0f, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+// Device copy of a host vector; freed on scope exit.
+template <typename T>
+class DevBuf {
+ public:
+  explicit DevBuf(const std::vector<T>& h) : n_(h.size()) {
+    CUDA_CHECK(cudaMalloc(&p_, std::max<size_t>(1, n_) * sizeof(T)));
+    if (n_ > 0) CUDA_CHECK(cudaMemcpy(p_, h.data(), n_ * sizeof(T), cudaMemcpyHostToDevice));
+  }
+  explicit DevBuf(size_t n) : DevBuf(std::vector<T>(n)) {}
+  ~DevBuf() { cudaFree(p_); }
+  DevBuf(const DevBuf&) = delete;
+  DevBuf& operator=(const DevBuf&) = delete;
+  T* get() const { return p_; }
+  std::vector<T> host() const {
+    std::vector<T> h(n_);
+    if (n_ > 0) CUDA_CHECK(cudaMemcpy(h.data(), p_, n_ * sizeof(T), cudaMemcpyDeviceToHost));
+    return h;
+  }
+
+ private:
+  T* p_ = nullptr;
+  size_t n_;
+};
+
+// What a case hands to the harness: its launch (enqueued on the stream) and, for the perf
+// table, the bytes it must move at least (for GB/s) and its flops.
+struct Launch {
+  std::function<void(cudaStream_t)> run;
+  double bytes = 0;
+  double flops = 0;
+};
+
+struct Harness {
+  cudaStream_t stream = nullptr;
+  // Runs the launch once and waits, checking for launch and execution errors.
+  void once(const Launch& l) {
+    l.run(stream);
+    CUDA_CHECK(cudaGetLastError());
+    CUDA_CHECK(cudaStreamSynchronize(stream));
+  }
+  // Median time of g_iters launches in ms (after the correctness run, so in-place kernels
+  // may scramble their buffers freely).
+  void time(const std::string& name, const Launch& l) {
+    if (!g_perf) return;
+    cudaEvent_t a, b;
+    CUDA_CHECK(cudaEventCreate(&a));
+    CUDA_CHECK(cudaEventCreate(&b));
+    for (int i = 0; i < 3; ++i) l.run(stream);
+    std::vector<float> ms;
+    for (int i = 0; i < g_iters; ++i) {
+      CUDA_CHECK(cudaEventRecord(a, stream));
+      l.run(stream);
+      CUDA_CHECK(cudaEventRecord(b, stream));
+      CUDA_CHECK(cudaEventSynchronize(b));
+      float t = 0;
+      CUDA_CHECK(cudaEventElapsedTime(&t, a, b));
+      ms.push_back(t);
+    }
+    CUDA_CHECK(cudaEventDestroy(a));
+    CUDA_CHECK(cudaEventDestroy(b));
+    std::sort(ms.begin(), ms.end());
+    const double med = ms[ms.size() / 2];
+    std::printf("[ PERF ] %-44s %9.4f ms %9.1f GB/s %9.1f GFLOP/s\n", name.c_str(), med,
+                l.bytes / (med * 1e6), l.flops / (med * 1e6));
+  }
+};
+
+struct Case {
+  std::string name;
+  double tol;
+  // Builds inputs from the rng, runs CPU and GPU (through the harness), returns the nmse.
+  std::function<double(std::mt19937&, Harness&, const std::string&)> run;
+};
+
+// Names the case in gtest's and ctest's listings instead of dumping its bytes.
+void PrintTo(const Case& c, std::ostream* os) {
+  *os << c.name;
+}
+
+Case rmsnorm_case(int n, int dim) {
+  return {"rmsnorm_n" + std::to_string(n) + "_d" + std::to_string(dim), kFp32Tol,
+          [=](std::mt19937& rng, Harness& h, const std::string& name) {
+            auto x = randn(size_t(n) * dim, rng, 3.0f), w = randn(dim, rng);
+            std::vector<float> ref(x.size());
+            rmsnorm_cpu(ref.data(), x.data(), w.data(), n, dim, 1e-5f);
+            DevBuf<float> dx(x), dw(w), dy(x.size());
+            Launch l{[&](cudaStream_t s) {
+                       rmsnorm_cuda(dy.get(), dx.get(), dw.get(), n, dim, 1e-5f, s);
+                     },
+                     8.0 * x.size(), 3.0 * x.size()};
+            h.once(l);
+            const double e = nmse(dy.host(), ref);
+            h.time(name, l);
+            return e;
+          }};
+}
+
+Case rope_case(int n, int heads, int head_dim, int rot_dim, RopeLayout layout, int pos0) {
+  return {std::string("rope_") + (layout == RopeLayout::kAdjacentPairs ? "adj" : "half") + "_n" +
+              std::to_string(n) + "_h" + std::to_string(heads) + "_hd" + std::to_string(head_dim) +
+              "_rot" + std::to_string(rot_dim) + "_p" + std::to_string(pos0),
+          kFp32Tol, [=](std::mt19937& rng, Harness& h, const std::string& name) {
+            auto x = randn(size_t(n) * heads * head_dim, rng);
+            std::vector<int32_t> pos(n);
+            for (int i = 0; i < n; ++i) pos[i] = pos0 + i;
+            DevBuf<float> dx(x);
+            DevBuf<int32_t> dpos(pos);
+            rope_cpu(x.data(), pos.data(), n, heads, head_dim, rot_dim, 10000.0f, layout);
+            Launch l{[&](cudaStream_t s) {
+                       rope_cuda(dx.get(), dpos.get(), n, heads, head_dim, rot_dim, 10000.0f,
+                                 layout, s);
+                     },
+                     8.0 * x.size(), 6.0 * x.size()};
+            h.once(l);
+            const double e = nmse(dx.host(), x);
+            h.time(name, l);
+            return e;
+          }};
+}
+
+Case swiglu_case(int64_t n) {
+  return {"swiglu_n" + std::to_string(n), kFp32Tol,
+          [=](std::mt19937& rng, Harness& h, const std::string& name) {
+            auto g = randn(n, rng, 2.0f), u = randn(n, rng);
+            std::vector<float> ref(n);
+            swiglu_cpu(ref.data(), g.data(), u.data(), n);
+            DevBuf<float> dg(g), du(u), dy(n);
+            Launch l{[&](cudaStream_t s) { swiglu_cuda(dy.get(), dg.get(), du.get(), n, s); },
+                     12.0 * n, 5.0 * n};
+            h.once(l);
+            const double e = nmse(dy.host(), ref);
+            h.time(name, l);
+            return e;
+          }};
+}
+
+Case softmax_case(int n, int dim, bool with_neg_inf) {
+  return {"softmax_n" + std::to_string(n) + "_d" + std::to_string(dim) +
+              (with_neg_inf ? "_neginf" : ""),
+          kFp32Tol, [=](std::mt19937& rng, Harness& h, const std::string& name) {
+            auto x = randn(size_t(n) * dim, rng, 4.0f);
+            if (with_neg_inf) {
+              for (size_t i = 0; i < x.size(); i += 3) x[i] = -INFINITY;
+            }
+            DevBuf<float> dx(x);
+            softmax_cpu(x.data(), n, dim);
+            Launch l{[&](cudaStream_t s) { softmax_cuda(dx.get(), n, dim, s); }, 8.0 * x.size(),
+                     4.0 * x.size()};
+            h.once(l);
+            const double e = nmse(dx.host(), x);
+            h.time(name, l);
+            return e;
+          }};
+}
+
+// Random GGUF bytes of `type` for n elements: random codes with sane half scales.
+std::vector<uint8_t> random_tensor(GgmlType type, int64_t n, std::mt19937& rng) {
+  std::vector<uint8_t> bytes(ggml_row_size(type, n));
+  std::uniform_int_distribution<int> byte(0, 255);
+  for (auto& b : bytes) b = static_cast<uint8_t>(byte(rng));
+  std::normal_distribution<float> d(0.0f, 0.05f);
+  auto put16 = [&](size_t off, uint16_t v) { std::memcpy(&bytes[off], &v, 2); };
+  switch (type) {
+    case GgmlType::F32:
+      for (int64_t i = 0; i < n; ++i) {
+        const float f = d(rng);
+        std::memcpy(&bytes[4 * i], &f, 4);
+      }
+      break;
+    case GgmlType::F16:
+      for (int64_t i = 0; i < n; ++i) put16(2 * i, fp32_to_fp16(d(rng)));
+      break;
+    case GgmlType::BF16:
+      for (int64_t i = 0; i < n; ++i) put16(2 * i, fp32_to_bf16(d(rng)));
+      break;
+    default: {
+      const size_t bs = ggml_type_size(type);
+      for (size_t off = 0; off < bytes.size(); off += bs) {
+        put16(off, fp32_to_fp16(std::abs(d(rng)) / 8));
+        if (type == GgmlType::Q4_1) put16(off + 2, fp32_to_fp16(d(rng)));
+      }
+    }
+  }
+  return bytes;
+}
+
+Case dequant_case(GgmlType type, int64_t n, bool to_half) {
+  return {std::string("dequant_") + ggml_type_name(type) + (to_half ? "_to_f16" : "_to_f32") +
+              "_n" + std::to_string(n),
+          to_half ? kHalfOutTol : kExactTol,
+          [=](std::mt19937& rng, Harness& h, const std::string& name) {
+            const auto src = random_tensor(type, n, rng);
+            std::vector<float> ref(n);
+            dequantize_row(type, src.data(), ref.data(), n);
+            // Only the element's alignment (2 bytes for blocks and halves, 4 for F32), as a
+            // row inside a tensor may have.
+            const size_t off = type == GgmlType::F32 ? 4 : 2;
+            std::vector<uint8_t> padded(src.size() + off);
+            std::memcpy(padded.data() + off, src.data(), src.size());
+            DevBuf<uint8_t> dsrc(padded);
+            const void* p = dsrc.get() + off;
+            std::vector<float> got(n);
+            Launch l;
+            l.bytes = src.size() + n * (to_half ? 2.0 : 4.0);
+            if (to_half) {
+              DevBuf<uint16_t> dy(n);
+              l.run = [&](cudaStream_t s) { dequantize_f16_cuda(type, p, dy.get(), n, s); };
+              h.once(l);
+              const auto bits = dy.host();
+              for (int64_t i = 0; i < n; ++i) got[i] = fp16_to_fp32(bits[i]);
+              h.time(name, l);
+            } else {
+              DevBuf<float> dy(n);
+              l.run = [&](cudaStream_t s) { dequantize_cuda(type, p, dy.get(), n, s); };
+              h.once(l);
+              got = dy.host();
+              h.time(name, l);
+            }
+            return nmse(got, ref);
+          }};
+}
+
+// The CPU side dequantizes the table and runs embedding_cpu, so this checks the gather.
+Case embedding_case(GgmlType type, int vocab, int dim, int n) {
+  return {std::string("embedding_") + ggml_type_name(type) + "_v" + std::to_string(vocab) + "_d" +
+              std::to_string(dim) + "_n" + std::to_string(n),
+          kExactTol, [=](std::mt19937& rng, Harness& h, const std::string& name) {
+            const auto table = random_tensor(type, int64_t{vocab} * dim, rng);
+            std::vector<float> table_f(size_t(vocab) * dim);
+            dequantize_row(type, table.data(), table_f.data(), int64_t{vocab} * dim);
+            std::vector<int32_t> tokens(n);
+            std::uniform_int_distribution<int32_t> id(0, vocab - 1);
+            for (auto& t : tokens) t = id(rng);
+            tokens[0] = vocab - 1;
+            std::vector<float> ref(size_t(n) * dim);
+            embedding_cpu(ref.data(), table_f.data(), tokens.data(), n, dim);
+            DevBuf<uint8_t> dt(table);
+            DevBuf<int32_t> dtok(tokens);
+            DevBuf<float> dy(ref.size());
+            Launch l{[&](cudaStream_t s) {
+                       embedding_cuda(dy.get(), type, dt.get(), dtok.get(), n, dim, s);
+                     },
+                     double(n) * (ggml_row_size(type, dim) + 4.0 * dim), 0};
+            h.once(l);
+            const double e = nmse(dy.host(), ref);
+            h.time(name, l);
+            return e;
+          }};
+}
+
+// mask: 0 causal; 1 a random tree-like mask (each query sees the prefix and a random subset
+// of the block, always itself).
+Case attention_case(int n_q, int n_kv, int heads, int kv_heads, int head_dim, bool masked) {
+  return {"attention_q" + std::to_string(n_q) + "_kv" + std::to_string(n_kv) + "_h" +
+              std::to_string(heads) + "_kvh" + std::to_string(kv_heads) + "_hd" +
+              std::to_string(head_dim) + (masked ? "_mask" : "_causal"),
+          kFp32Tol, [=](std::mt19937& rng, Harness& h, const std::string& name) {
+            const int kv_stride = kv_heads * head_dim;
+            auto q = randn(size_t(n_q) * heads * head_dim, rng);
+            auto k = randn(size_t(n_kv) * kv_stride, rng);
+            auto v = randn(size_t(n_kv) * kv_stride, rng);
+            const int q_pos0 = n_kv - n_q;
+            std::vector<uint8_t> mask;
+            if (masked) {
+              mask.assign(size_t(n_q) * n_kv, 0);
+              std::bernoulli_distribution coin(0.5);
+              for (int i = 0; i < n_q; ++i) {
+                for (int j = 0; j < n_kv; ++j) {
+                  mask[size_t(i) * n_kv + j] =
+                      j < q_pos0 || j == q_pos0 + i || (j < q_pos0 + i && coin(rng));
+                }
+              }
+            }
+            std::vector<float> ref(q.size());
+            attention_cpu(ref.data(), q.data(), k.data(), v.data(), masked ? mask.data() : nullptr,
+                          n_q, n_kv, q_pos0, heads, kv_heads, head_dim, kv_stride, 0, heads);
+            DevBuf<float> dq(q), dk(k), dv(v), dy(q.size());
+            DevBuf<uint8_t> dm(mask);
+            const uint8_t* mp = masked ? dm.get() : nullptr;
+            Launch l{[&](cudaStream_t s) {
+                       attention_cuda(dy.get(), dq.get(), dk.get(), dv.get(), mp, n_q, n_kv, q_pos0,
+                                      heads, kv_heads, head_dim, kv_stride, 0, heads, s);
+                     },
+                     4.0 * (2.0 * k.size() + 2.0 * q.size()),
+                     4.0 * n_q * double(n_kv) * heads * head_dim};
+            h.once(l);
+            const double e = nmse(dy.host(), ref);
+            h.time(name, l);
+            return e;
+          }};
+}
+
+Case gemm_case(GemmType type, int n, int in, int out, bool bias) {
+  static const char* kNames[] = {"f32", "f16", "bf16"};
+  return {
+      std::string("gemm_") + kNames[int(type)] + "_n" + std::to_string(n) + "_in" +
+          std::to_string(in) + "_out" + std::to_string(out) + (bias ? "_bias" : ""),
+      type == GemmType::kF32 ? kGemmF32Tol : kGemmHalfTol,
+      [=](std::mt19937& rng, Harness& h, const std::string& name) {
+        auto x = randn(size_t(n) * in, rng), w = randn(size_t(out) * in, rng, 0.05f);
+        auto b = randn(bias ? out : 0, rng);
+        // Round the inputs to the GPU's element type; the CPU sees the rounded values.
+        auto to_bits = [&](std::vector<float>& f) {
+          std::vector<uint16_t> bits(f.size());
+          for (size_t i = 0; i < f.size(); ++i) {
+            bits[i] = type == GemmType::kF16 ? fp32_to_fp16(f[i]) : fp32_to_bf16(f[i]);
+            f[i] = type == GemmType::kF16 ? fp16_to_fp32(bits[i]) : bf16_to_fp32(bits[i]);
+          }
+          return bits;
+        };
+        std::vector<uint16_t> xb, wb;
+        if (type != GemmType::kF32) {
+          xb = to_bits(x);
+          wb = to_bits(w);
+        }
+        std::vector<float> ref(size_t(n) * out);
+        matmul_cpu(ref.data(), x.data(), w.data(), bias ? b.data() : nullptr, n, in, out);
+        DevBuf<float> dxf(type == GemmType::kF32 ? x : std::vector<float>());
+        DevBuf<float> dwf(type == GemmType::kF32 ? w : std::vector<float>());
+        DevBuf<uint16_t> dxh(xb), dwh(wb);
+        DevBuf<float> db(b), dy(ref.size());
+        const void* px = type == GemmType::kF32 ? static_cast<const void*>(dxf.get()) : dxh.get();
+        const void* pw = type == GemmType::kF32 ? static_cast<const void*>(dwf.get()) : dwh.get();
+        CublasHandle handle;
+        const double elt = type == GemmType::kF32 ? 4 : 2;
+        Launch l{
+            [&](cudaStream_t s) {
+              gemm_cuda(handle, dy.get(), px, pw, bias ? db.get() : nullptr, type, n, in, out, s);
+            },
+            elt * (double(out) * in + double(n) * in) + 4.0 * n * out, 2.0 * n * double(in) * out};
+        h.once(l);
+        const double e = nmse(dy.host(), ref);
+        h.time(name, l);
+        return e;
+      }};
+}
+
+// FP32 -> FP16/BF16 activations for the GEMM: both sides round to nearest even, so the bits
+// must agree exactly (compared as floats; kExactTol).
+Case convert_case(GemmType type, int64_t n) {
+  return {std::string("convert_f32_to_") + (type == GemmType::kF16 ? "f16" : "bf16") + "_n" +
+              std::to_string(n),
+          kExactTol, [=](std::mt19937& rng, Harness& h, const std::string& name) {
+            auto x = randn(n, rng, 3.0f);
+            std::vector<float> ref(n);
+            for (int64_t i = 0; i < n; ++i) {
+              ref[i] = type == GemmType::kF16 ? fp16_to_fp32(fp32_to_fp16(x[i]))
+                                              : bf16_to_fp32(fp32_to_bf16(x[i]));
+            }
+            DevBuf<float> dx(x);
+            DevBuf<uint16_t> dy(n);
+            Launch l{[&](cudaStream_t s) { convert_f32_cuda(dy.get(), type, dx.get(), n, s); },
+                     6.0 * n, 0};
+            h.once(l);
+            const auto bits = dy.host();
+            std::vector<float> got(n);
+            for (int64_t i = 0; i < n; ++i) {
+              got[i] = type == GemmType::kF16 ? fp16_to_fp32(bits[i]) : bf16_to_fp32(bits[i]);
+            }
+            h.time(name, l);
+            return nmse(got, ref);
+          }};
+}
+
+std::vector<Case> all_cases() {
+  std::vector<Case> c;
+  for (auto [n, d] : {std::pair{1, 64}, {3, 2048}, {17, 4096}, {2, 5000}})
+    c.push_back(rmsnorm_case(n, d));
+  for (auto layout : {RopeLayout::kAdjacentPairs, RopeLayout::kHalfSplit}) {
+    c.push_back(rope_case(1, 8, 64, 64, layout, 0));
+    c.push_back(rope_case(7, 32, 128, 128, layout, 8000));
+    c.push_back(rope_case(5, 4, 64, 32, layout, 100));  // partial rotary
+  }
+  for (int64_t n : {int64_t{1}, int64_t{1000}, int64_t{5632} * 9}) c.push_back(swiglu_case(n));
+  for (auto [n, d] : {std::pair{1, 10}, {4, 32000}, {9, 1000}}) {
+    c.push_back(softmax_case(n, d, false));
+  }
+  c.push_back(softmax_case(3, 777, true));
+  for (auto t : {GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0, GgmlType::Q4_0,
+                 GgmlType::Q4_1}) {
+    c.push_back(dequant_case(t, 32 * 7, false));
+    c.push_back(dequant_case(t, 2048 * 512, false));
+    c.push_back(dequant_case(t, 2048 * 64, true));
+  }
+  for (auto t : {GgmlType::F32, GgmlType::F16, GgmlType::Q8_0, GgmlType::Q4_1}) {
+    c.push_back(embedding_case(t, 1000, 256, 9));
+  }
+  c.push_back(embedding_case(GgmlType::Q4_0, 32000, 4096, 64));
+  c.push_back(attention_case(1, 1, 4, 4, 64, false));
+  c.push_back(attention_case(1, 300, 32, 4, 64, false));   // decode, GQA 8:1
+  c.push_back(attention_case(6, 517, 32, 8, 128, false));  // verify of 6 tokens
+  c.push_back(attention_case(6, 517, 32, 8, 128, true));   // tree mask
+  c.push_back(attention_case(16, 4096, 8, 8, 64, false));
+  c.push_back(attention_case(2, 20000, 4, 1, 64, false));  // needs > 48 KiB shared memory
+  c.push_back(convert_case(GemmType::kF16, 2048 * 7));
+  c.push_back(convert_case(GemmType::kBF16, 2048 * 7));
+  for (auto t : {GemmType::kF32, GemmType::kF16, GemmType::kBF16}) {
+    c.push_back(gemm_case(t, 1, 256, 96, false));
+    c.push_back(gemm_case(t, 7, 2048, 5632, true));
+    c.push_back(gemm_case(t, 64, 1024, 1000, false));
+  }
+  // Decode and verify shapes of a 7B model, for the --perf table (checked all the same).
+  c.push_back(rmsnorm_case(1, 4096));
+  c.push_back(dequant_case(GgmlType::Q4_0, int64_t{4096} * 11008, false));
+  c.push_back(dequant_case(GgmlType::Q8_0, int64_t{4096} * 11008, true));
+  c.push_back(attention_case(1, 4096, 32, 8, 128, false));
+  c.push_back(attention_case(8, 4096, 32, 8, 128, true));
+  c.push_back(gemm_case(GemmType::kF16, 1, 4096, 11008, false));
+  c.push_back(gemm_case(GemmType::kBF16, 8, 4096, 4096, false));
+  c.push_back(gemm_case(GemmType::kF16, 512, 4096, 4096, false));
+  return c;
+}
+
+int device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 0;
+  }
+  return n;
+}
+
+class KernelParity : public ::testing::TestWithParam<Case> {};
+
+TEST_P(KernelParity, GpuMatchesCpu) {
+  if (device_count() == 0) GTEST_SKIP() << "no CUDA device (cudaGetDeviceCount): GPU test not run";
+  const Case& c = GetParam();
+  std::mt19937 rng(std::hash<std::string>{}(c.name) & 0xffffffffu);
+  Harness h;
+  CUDA_CHECK(cudaStreamCreate(&h.stream));
+  double e = 0;
+  try {
+    e = c.run(rng, h, c.name);
+  } catch (...) {
+    cudaStreamDestroy(h.stream);
+    throw;
+  }
+  CUDA_CHECK(cudaStreamDestroy(h.stream));
+  RecordProperty("nmse", std::to_string(e));
+  EXPECT_LE(e, c.tol) << c.name << ": nmse " << e << " above " << c.tol;
+  if (g_perf) std::printf("[ NMSE ] %-44s %.3g (tol %.1g)\n", c.name.c_str(), e, c.tol);
+}
+
+INSTANTIATE_TEST_SUITE_P(All, KernelParity, ::testing::ValuesIn(all_cases()),
+                         [](const ::testing::TestParamInfo<Case>& i) { return i.param.name; });
+
+}  // namespace
+}  // namespace dsi::kernels
+
+int main(int argc, char** argv) {
+  ::testing::InitGoogleTest(&argc, argv);
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--perf") == 0) dsi::kernels::g_perf = true;
+    if (std::strcmp(argv[i], "--iters") == 0 && i + 1 < argc) {
+      dsi::kernels::g_iters = std::max(1, std::atoi(argv[++i]));
+    }
+  }
+  return RUN_ALL_TESTS();
+}
