@@ -3,13 +3,7 @@
 # Each case checks the exit code, the message and (where it matters) how long it took.
 set -u
 case_name=$1 dsi=$2 src=$3
-mpirun=${MPIRUN:-mpirun}
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-mpi() { timeout 45 "$mpirun" --oversubscribe --mca btl self,vader \
-          --mca btl_vader_single_copy_mechanism none "$@"; }
-
-fail() { echo "FAILED: $*"; echo "--- output:"; cat "$tmp/out"; exit 1; }
+source "$(dirname "$0")/case_lib.sh"
 # expect_error NP PATTERN ARGS...: non-zero exit, PATTERN in the output, under 20 s.
 expect_error() {
   local np=$1 pattern=$2; shift 2

@@ -3,12 +3,8 @@
 # sweep_test.sh CASE DSI_BINARY SOURCE_DIR. Each case checks exit code, message and outputs.
 set -u
 case_name=$1 dsi=$2 src=$3
-mpirun=${MPIRUN:-mpirun}
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-mpi() { timeout 120 "$mpirun" --oversubscribe --mca btl self,vader \
-          --mca btl_vader_single_copy_mechanism none "$@"; }
-fail() { echo "FAILED: $*"; echo "--- output:"; cat "$tmp/out"; exit 1; }
+MPI_CASE_TIMEOUT=120
+source "$(dirname "$0")/case_lib.sh"
 
 # expect_error NP PATTERN ARGS...: a sweep that must fail before any run, naming the value.
 expect_sweep_error() {

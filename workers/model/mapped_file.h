@@ -1,5 +1,6 @@
-// A whole file mapped read-only into memory (mmap), unmapped on destruction. Shared by the
-// GGUF and safetensors readers; it does not interpret the bytes.
+// A whole file mapped read-only into memory (mmap), unmapped on destruction, and a plain
+// whole-file read for small text files (JSON). Shared by the model and tokenizer readers;
+// neither interprets the bytes.
 #pragma once
 
 #include <cstddef>
@@ -26,5 +27,8 @@ class MappedFile {
   const uint8_t* data_;
   size_t size_;
 };
+
+// The whole file as a string; throws ModelError naming the path when it cannot be read.
+std::string read_text_file(const std::string& path);
 
 }  // namespace dsi

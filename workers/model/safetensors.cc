@@ -43,14 +43,6 @@ GgmlType dtype_type(std::string_view d) {
   return static_cast<GgmlType>(0xffffffffu);  // never a ggml type: unsupported
 }
 
-std::string read_text(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw ModelError(fmt::format("{}: cannot open", path));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 }  // namespace
 
 int64_t SafetensorsTensor::n_elements() const {
@@ -189,7 +181,7 @@ std::unique_ptr<SafetensorsModel> SafetensorsModel::open_dir(const std::string& 
   if (fs::exists(index)) {
     json j;
     try {
-      j = json::parse(read_text(index.string()));
+      j = json::parse(read_text_file(index.string()));
     } catch (const json::exception& e) {
       throw ModelError(fmt::format("{}: not valid JSON: {}", index.string(), e.what()));
     }
@@ -243,7 +235,7 @@ std::vector<const SafetensorsTensor*> SafetensorsModel::tensors() const {
 }
 
 HfConfig HfConfig::load(const std::string& path) {
-  return parse(read_text(path), path);
+  return parse(read_text_file(path), path);
 }
 
 HfConfig HfConfig::parse(const std::string& text, const std::string& name) {

@@ -1,12 +1,11 @@
 // Tokenizer::from_hf_json: a Hugging Face tokenizer.json with a byte-level BPE model, mapped
 // onto the same VocabData as a GGUF vocabulary. The pre_tokenizer must be one of the layouts
 // that pretokenize.h implements; anything else is refused by name rather than approximated.
-#include <fstream>
-#include <sstream>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "workers/model/mapped_file.h"
 #include "workers/tokenizer/tokenizer.h"
 
 namespace dsi {
@@ -22,17 +21,9 @@ constexpr std::string_view kLlama3Regex =
 constexpr std::string_view kQwen2Regex =
     R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
 
-std::string read_text(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw ModelError(fmt::format("{}: cannot open", path));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 json parse_json(const std::string& path) {
   try {
-    return json::parse(read_text(path));
+    return json::parse(read_text_file(path));
   } catch (const json::exception& e) {
     throw ModelError(fmt::format("{}: not valid JSON: {}", path, e.what()));
   }
