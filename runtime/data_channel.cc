@@ -9,6 +9,15 @@
 
 namespace dsi {
 
+void DataChannel::send_device(int, const DataKey&, const void*, size_t, void*) {
+  throw std::logic_error("this data channel moves host memory only");
+}
+
+bool DataChannel::recv_device(const DataKey&, void*, size_t, void*, Clock::time_point,
+                              const CancelFlag*) {
+  throw std::logic_error("this data channel moves host memory only");
+}
+
 class LoopbackDataChannel final : public DataChannel {
  public:
   LoopbackDataChannel(LoopbackDataHub* hub, int rank) : hub_(hub), rank_(rank) {}

@@ -22,6 +22,8 @@ namespace dsi {
 
 enum class DataKind : uint32_t {
   kDraftProbs = 1,  // the drafter's sampling probabilities q of one draft: float32[vocab]
+  kKvHeader = 2,    // KV handoff: KvHeader (does the blob follow?), always host memory
+  kKvCache = 3,     // KV handoff: the engine's blob of a token range (host or device memory)
   kTest = 99,
 };
 
@@ -45,6 +47,21 @@ class DataChannel {
                     const CancelFlag* cancel = nullptr) = 0;
   // Drops every received transfer for which `stale` holds (receivers call it as streams end).
   virtual void discard(const std::function<bool(const DataKey&)>& stale) = 0;
+
+  // Device memory (GPU ranks; pointers on the calling thread's current CUDA device). Only a
+  // channel for which moves_device_memory() holds implements these; the others throw.
+  // `stream` is the caller's cudaStream_t (nullptr: the legacy default stream). The channel
+  // works on its own stream, ordered with the caller's by events, so neither call waits for
+  // the GPU:
+  //   send_device: sends the bytes at `src` as they are once the work queued on `stream` so
+  //     far has run; work queued on `stream` after the call may overwrite `src`.
+  //   recv_device: waits (host side, as recv) until `key` has arrived or is on its way, then
+  //     makes the bytes land in `dst` before any work queued on `stream` after the call.
+  //     `bytes` must equal the size sent.
+  virtual bool moves_device_memory() const { return false; }
+  virtual void send_device(int dst, const DataKey& key, const void* src, size_t bytes, void* stream);
+  virtual bool recv_device(const DataKey& key, void* dst, size_t bytes, void* stream,
+                           Clock::time_point deadline, const CancelFlag* cancel = nullptr);
 };
 
 // One queue per rank in one process, for tests.

@@ -3,8 +3,11 @@
 #include <fmt/format.h>
 #include <mpi.h>
 
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
+
+#include "runtime/gpu_binding.h"
 
 namespace dsi {
 namespace {
@@ -31,6 +34,18 @@ bool read_config(const std::string& path, int rank, std::string& text) {
   return ok == 1;
 }
 
+// The node-local rank, for GPU binding: the launcher's variable, else the rank among the
+// processes that share this node's memory (a collective: every rank calls it).
+int find_local_rank() {
+  int from_mpi = 0;
+  MPI_Comm node;
+  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
+  MPI_Comm_rank(node, &from_mpi);
+  MPI_Comm_free(&node);
+  const LocalRank env = local_rank_from_env([](const char* v) { return std::getenv(v); });
+  return env.rank >= 0 ? env.rank : from_mpi;
+}
+
 }  // namespace
 
 int with_session(const SessionOptions& common, const std::function<void(Session&)>& validate,
@@ -40,6 +55,7 @@ int with_session(const SessionOptions& common, const std::function<void(Session&
   Session s;
   MPI_Comm_rank(MPI_COMM_WORLD, &s.rank);
   MPI_Comm_size(MPI_COMM_WORLD, &s.world);
+  set_local_rank(find_local_rank());
   auto fail = [&](const std::string& msg, int code) {
     if (s.rank == 0) fmt::print(stderr, "dsi: error: {}\n", msg);
     MPI_Finalize();

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <span>
 #include <stdexcept>
@@ -13,6 +14,8 @@
 namespace dsi {
 
 using Token = int32_t;
+class DataChannel;
+struct DataKey;
 
 // Set by the worker's communication thread when the running task is preempted; engines
 // poll it between layers (CPU), between per-layer launches (GPU) or between sleep slices
@@ -74,6 +77,20 @@ class Engine {
     (void)kv;
     throw std::runtime_error("this engine cannot import a KV cache");
   }
+  // Bytes of an export_kv blob per token (0: the engine has no KV to hand off).
+  virtual size_t kv_bytes_per_token() const { return 0; }
+  // The hardware this engine computes on, "cpu@HOST" or "cuda:PCI_BUS_ID@HOST": engines with
+  // equal names share it (the coordinator then hands the prompt's KV over rather than have
+  // every target prefill it on the same device).
+  virtual std::string device_name() const;
+
+  // KV handoff over the data plane: send_kv sends the blob of [begin, end) to `dst` under
+  // `key`; recv_kv waits for it (false at the deadline or on cancel) and imports it at
+  // kv_len() == begin. These defaults stage through host memory (export_kv / import_kv); a GPU
+  // engine overrides them to move device memory when the channel can (NCCL).
+  virtual void send_kv(DataChannel& ch, int dst, const DataKey& key, int begin, int end) const;
+  virtual bool recv_kv(DataChannel& ch, const DataKey& key, int begin, int end,
+                       std::chrono::steady_clock::time_point deadline, const CancelFlag* cancel);
 };
 
 }  // namespace dsi

@@ -45,7 +45,7 @@ class LlamaEngine final : public Engine {
   const LlamaConfig& config() const { return model_->config; }
   const std::vector<int>& layers() const { return layers_; }
   int max_context() const { return max_ctx_; }
-  size_t kv_bytes_per_token() const;
+  size_t kv_bytes_per_token() const override;
 
  private:
   float* k_cache(int slot, int pos);
