@@ -42,8 +42,8 @@ int main(int argc, char** argv) {
         ->check(CLI::ExistingFile);
     sub->add_option("--set", common.overrides, "override a config key: --set synthetic.a=0.5");
     sub->add_option("--fault-rank", common.fault_rank, "testing: rank that fails")->group("Testing");
-    sub->add_option("--fault", common.fault, "testing: exit | hang")
-        ->check(CLI::IsMember({"exit", "hang"}))->group("Testing");
+    sub->add_option("--fault", common.fault, "testing: exit | hang | kv_corrupt")
+        ->check(CLI::IsMember({"exit", "hang", "kv_corrupt"}))->group("Testing");
     sub->add_option("--fault-after-ms", common.fault_after_ms, "testing: when it fails")->group("Testing");
   };
 

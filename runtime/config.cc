@@ -45,6 +45,16 @@ int integer(const YAML::Node& n, const std::string& key, long lo, long hi) {
   return static_cast<int>(v);
 }
 
+std::string one_of(const YAML::Node& n, const std::string& key, std::initializer_list<const char*> allowed) {
+  const std::string v = scalar<std::string>(n, key, "a string");
+  std::string list;
+  for (const char* a : allowed) {
+    if (v == a) return v;
+    list += list.empty() ? a : std::string(", ") + a;
+  }
+  throw ConfigError(fmt::format("key '{}' must be one of {}, got '{}'", key, list, v));
+}
+
 const std::vector<Key>& keys() {
   static const std::vector<Key> k = {
       {"mode", "dsi | si | nonsi",
@@ -115,6 +125,12 @@ const std::vector<Key>& keys() {
        [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.threads = integer(n, key, 1, 1024); }},
       {"model.max_context", "llama: KV cache length (0 = the model's)",
        [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.max_context = integer(n, key, 0, 1 << 24); }},
+      {"model.device", "llama: where the targets compute: cpu | cuda (GPU = node-local rank % GPUs)",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.device = one_of(n, key, {"cpu", "cuda"}); }},
+      {"model.drafter_device", "llama: where the drafter computes (default: model.device)",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.drafter_device = one_of(n, key, {"cpu", "cuda"}); }},
+      {"model.dtype", "llama on cuda: weight type f32 | f16 | bf16",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.dtype = one_of(n, key, {"f32", "f16", "bf16"}); }},
       {"generation.prompt", "llama: the prompt text",
        [](RunConfig& c, const YAML::Node& n, const std::string& key) {
          c.prompt = scalar<std::string>(n, key, "a string");
@@ -157,6 +173,12 @@ const std::vector<Key>& keys() {
        [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.poll_max_us = integer(n, key, 1, 1000000); }},
       {"runtime.poll_hot_ms", "how long after a message a rank keeps probing every poll_min_us",
        [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.poll_hot_ms = integer(n, key, 0, 100000); }},
+      {"runtime.kv_handoff", "auto | always | never: hand committed KV to targets that lack it",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.kv_handoff = one_of(n, key, {"auto", "always", "never"}); }},
+      {"runtime.kv_gbps", "data-plane bandwidth the KV cost model assumes (GB/s)",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.kv_gbps = number(n, key, 1e-3, 1e5); }},
+      {"runtime.data_plane", "auto | mpi | nccl: how KV and probabilities move between workers",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.data_plane = one_of(n, key, {"auto", "mpi", "nccl"}); }},
   };
   return k;
 }
@@ -290,6 +312,7 @@ RunConfig parse_config(const std::string& yaml_text, const std::string& origin,
       if (it != values.end()) k.set(cfg, it->second, k.path);
     }
     if (cfg.ttft_ms < 0) cfg.ttft_ms = cfg.t_ms;
+    if (cfg.drafter_device.empty()) cfg.drafter_device = cfg.device;
     if (cfg.engine == "llama" && cfg.model_path.empty()) {
       throw ConfigError("engine llama needs key 'model.path' (a GGUF file or a Hugging Face folder)");
     }

@@ -2,6 +2,9 @@
 
 #include <fmt/format.h>
 
+#include <set>
+
+#include "runtime/kv_handoff.h"
 #include "runtime/simulator.h"
 
 namespace dsi {
@@ -10,6 +13,31 @@ using json = nlohmann::json;
 
 namespace {
 double seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+size_t common_prefix(std::span<const Token> a, std::span<const Token> b) {
+  size_t i = 0;
+  while (i < a.size() && i < b.size() && a[i] == b[i]) ++i;
+  return i;
+}
+
+// What the coordinator knows of the target ranks for KV handoff (from their Ready messages).
+struct TargetKv {
+  bool can = false;          // every target has a data channel and the same KV layout size
+  bool shared_device = false;  // two targets compute on the same device
+  double bytes_per_token = 0;
+};
+
+TargetKv target_kv(const std::map<int, Message>& ready, int first_target) {
+  TargetKv t{true, false, -1};
+  std::set<std::string> devices;
+  for (const auto& [r, m] : ready) {
+    if (r < first_target) continue;
+    if (t.bytes_per_token < 0) t.bytes_per_token = m.x;
+    t.can = t.can && m.b == 1 && m.x > 0 && m.x == t.bytes_per_token;
+    if (!devices.insert(m.text).second) t.shared_device = true;
+  }
+  return t;
+}
 }  // namespace
 
 json worker_spec(const RunConfig& cfg, bool drafter) {
@@ -22,8 +50,10 @@ json worker_spec(const RunConfig& cfg, bool drafter) {
   }
   if (cfg.engine == "llama") {
     spec.update({{"model", drafter && !cfg.drafter_model_path.empty() ? cfg.drafter_model_path : cfg.model_path},
-                 {"threads", cfg.threads}, {"max_context", cfg.max_context}});
+                 {"threads", cfg.threads}, {"max_context", cfg.max_context},
+                 {"device", drafter ? cfg.drafter_device : cfg.device}});
     if (drafter) spec["layers"] = cfg.drafter_layers;
+    if (spec["device"] == "cuda") spec["dtype"] = cfg.dtype;
   } else if (drafter) {
     spec.update({{"ttft_ms", cfg.c * cfg.ttft_ms}, {"forward_ms", cfg.c * cfg.t_ms},
                  {"acceptance", cfg.a}, {"overlap", cfg.overlap}});
@@ -122,7 +152,7 @@ RunReport Coordinator::run(const RunConfig& cfg, int n_targets,
   const double origin_s = std::chrono::duration<double>(origin.time_since_epoch()).count();
   auto stamp = [&] { return seconds(Clock::now() - origin) * 1e6; };
 
-  // Configure every worker, then prefill the prompt (all but its last token) everywhere.
+  // Configure every worker.
   for (int r : workers) {
     const bool drafter = r < first_target;
     json spec = worker_spec(cfg, drafter);
@@ -135,7 +165,8 @@ RunReport Coordinator::run(const RunConfig& cfg, int n_targets,
   }
   // Every rank must share one vocabulary: a draft is a token id.
   int vocab_rank = -1, vocab = -1;
-  for (const auto& [r, m] : wait_all(workers, MsgType::kReady)) {
+  const auto ready = wait_all(workers, MsgType::kReady);
+  for (const auto& [r, m] : ready) {
     if (vocab_rank < 0) {
       vocab_rank = r;
       vocab = m.a;
@@ -149,15 +180,69 @@ RunReport Coordinator::run(const RunConfig& cfg, int n_targets,
     throw ConfigError(fmt::format("the tokenizer has {} tokens but the model's output has {}",
                                   text->tokenizer().vocab_size(), vocab));
   }
+  // KV handoff between targets: the coordinator keeps, per target, the sequence whose KV it
+  // believes the target holds. Workers check every handoff against their own cache, so a
+  // wrong belief costs a recomputation, never a wrong token.
+  const TargetKv tkv = target_kv(ready, first_target);
+  const bool handoff = cfg.kv_handoff != "never" && n_targets >= 2 && tkv.can;
+  KvCostModel cost(tkv.bytes_per_token, cfg.kv_gbps);
+  std::vector<std::vector<Token>> kv_seq(n_targets);
+  uint64_t n_handoffs = 0;
+  auto send_handoff = [&](int src, int dst, size_t begin, size_t end, std::span<const Token> seq) {
+    const uint64_t h = ++n_handoffs;
+    std::vector<Token> head(seq.begin(), seq.begin() + end);
+    const int a = static_cast<int32_t>(begin), b = static_cast<int32_t>(end);
+    ch_.send(first_target + src, Message{.type = MsgType::kKvSend, .run = run_, .id = h, .a = a,
+                                         .b = b, .c = first_target + dst, .tokens = head});
+    ch_.send(first_target + dst, Message{.type = MsgType::kKvExpect, .run = run_, .id = h, .a = a,
+                                         .b = b, .c = first_target + src, .tokens = head});
+    kv_seq[dst] = std::move(head);
+    ++rep.kv.planned;
+  };
+
+  // Prefill the prompt (all but its last token). Targets sharing a device (or every target
+  // with kv_handoff: always) take the first target's KV instead of computing it again.
   std::vector<Token> prefix(rep.prompt.begin(), rep.prompt.end() - 1);
-  for (int r : workers) ch_.send(r, Message{.type = MsgType::kPrefill, .run = run_, .tokens = prefix});
-  wait_all(workers, MsgType::kPrefillDone);
+  rep.kv.prompt = handoff && !prefix.empty() && (cfg.kv_handoff == "always" || tkv.shared_device);
+  std::vector<int> first_wave = workers, second_wave;
+  if (rep.kv.prompt) {
+    first_wave.assign(workers.begin(), workers.begin() + n_drafters + 1);
+    second_wave.assign(workers.begin() + n_drafters + 1, workers.end());
+  }
+  for (int r : first_wave) ch_.send(r, Message{.type = MsgType::kPrefill, .run = run_, .tokens = prefix});
+  wait_all(first_wave, MsgType::kPrefillDone);
+  // A Prefill after the import finds the prefix cached and only computes what is missing.
+  for (int r : second_wave) {
+    send_handoff(0, r - first_target, 0, prefix.size(), prefix);
+    ch_.send(r, Message{.type = MsgType::kPrefill, .run = run_, .tokens = prefix});
+  }
+  wait_all(second_wave, MsgType::kPrefillDone);
+  for (auto& s : kv_seq) s = prefix;
   rep.setup_s = seconds(Clock::now() - origin);
 
   SchedulerOptions so{.mode = cfg.mode, .lookahead = cfg.lookahead, .n_targets = n_targets,
                       .max_new_tokens = cfg.max_new_tokens, .queue = cfg.queue,
                       .stop_tokens = stop_tokens};
   Scheduler sched(so, rep.prompt);
+  struct Task {
+    int target;
+    std::vector<Token> seq;
+    int n_logits;
+  };
+  std::map<uint64_t, Task> tasks;  // verifications sent and not yet answered
+  // After target `src` finished a task: hand the committed KV it holds to the targets that
+  // lack it, when the cost model (or `always`) says so.
+  auto hand_off_committed = [&](int src) {
+    const auto& c = sched.committed();
+    const size_t end = common_prefix(kv_seq[src], c);
+    for (int t = 0; t < n_targets; ++t) {
+      const size_t have = common_prefix(kv_seq[t], c);
+      if (t == src || end <= have) continue;
+      const int gap = static_cast<int>(end - have);
+      if (cfg.kv_handoff == "auto" && !cost.prefer_transfer(gap)) continue;
+      send_handoff(src, t, have, end, c);
+    }
+  };
   const auto t_start = Clock::now();
   auto last_commit = t_start;
   size_t committed = sched.committed().size();
@@ -171,6 +256,7 @@ RunReport Coordinator::run(const RunConfig& cfg, int n_targets,
                               .a = a.window, .b = a.stop_len, .tokens = a.seq});
           break;
         case Action::kVerify:
+          tasks[a.id] = Task{a.target, a.seq, a.n_logits};
           ch_.send(first_target + a.target,
                    Message{.type = MsgType::kVerify, .run = run_, .id = a.id, .a = a.n_logits,
                            .b = a.bonus_anchor, .c = a.bonus_period, .aux = a.chain, .tokens = a.seq});
@@ -204,8 +290,27 @@ RunReport Coordinator::run(const RunConfig& cfg, int n_targets,
     const Message& m = env->msg;
     switch (m.type) {
       case MsgType::kDraft: execute(sched.on_draft(m.id, m.a, m.b)); break;
-      case MsgType::kResult: execute(sched.on_result(m.id, m.tokens)); break;
-      case MsgType::kCancelled: execute(sched.on_cancelled(m.id)); break;
+      case MsgType::kResult: {
+        auto it = tasks.find(m.id);
+        if (it == tasks.end()) break;
+        const int src = it->second.target;
+        kv_seq[src] = std::move(it->second.seq);  // the worker caches the whole sequence
+        tasks.erase(it);
+        cost.observe(m.a, m.x);
+        execute(sched.on_result(m.id, m.tokens));
+        if (handoff && !sched.done()) hand_off_committed(src);
+        break;
+      }
+      case MsgType::kCancelled: {
+        auto it = tasks.find(m.id);
+        if (it == tasks.end()) break;
+        // If it had started, the worker rolled back to what it kept of the task's sequence.
+        auto& kv = kv_seq[it->second.target];
+        kv.resize(std::min(common_prefix(kv, it->second.seq), it->second.seq.size() - it->second.n_logits));
+        tasks.erase(it);
+        execute(sched.on_cancelled(m.id));
+        break;
+      }
       default: break;
     }
   }
@@ -220,6 +325,12 @@ RunReport Coordinator::run(const RunConfig& cfg, int n_targets,
     json j = json::parse(m.text);
     rep.ranks.push_back(RankReport{r, roles_[r], j.at("busy_s").get<double>(),
                                    j.at("wasted_s").get<double>(), j.at("spans")});
+    const json& kv = j.at("kv");
+    rep.kv.imported += kv.at("imported").get<int64_t>();
+    rep.kv.imported_tokens += kv.at("imported_tokens").get<int64_t>();
+    rep.kv.sent_bytes += kv.at("sent_bytes").get<int64_t>();
+    rep.kv.fallbacks += kv.at("fallbacks").get<int64_t>();
+    rep.kv.not_needed += kv.at("not_needed").get<int64_t>();
   }
   return rep;
 }
@@ -293,6 +404,10 @@ json summary_json(const RunReport& r) {
       {"tasks", {{"launched", s.tasks_launched}, {"completed", s.tasks_completed},
                  {"preempted", s.tasks_preempted}, {"cancelled_queued", s.tasks_cancelled_queued}}},
       {"wasted_target_s", r.wasted_target_s()},
+      {"kv_handoff", {{"mode", r.cfg.kv_handoff}, {"prompt", r.kv.prompt}, {"planned", r.kv.planned},
+                      {"imported", r.kv.imported}, {"imported_tokens", r.kv.imported_tokens},
+                      {"sent_bytes", r.kv.sent_bytes}, {"fallbacks", r.kv.fallbacks},
+                      {"not_needed", r.kv.not_needed}}},
       {"ranks", ranks},
   };
 }
@@ -309,6 +424,13 @@ std::string summary_text(const RunReport& r) {
       r.latency_per_token_ms, r.elapsed_s, r.setup_s, r.acceptance_rate(), s.drafts_accepted,
       s.drafts_rejected, s.chains, s.tasks_launched, s.tasks_completed, s.tasks_preempted,
       s.tasks_cancelled_queued, r.wasted_target_s());
+  if (r.kv.planned > 0) {
+    out += fmt::format(
+        "kv handoff: {} planned{}, {} imported ({} tokens, {:.2f} MB), {} fell back to "
+        "recomputing, {} not needed\n",
+        r.kv.planned, r.kv.prompt ? " (prompt included)" : "", r.kv.imported, r.kv.imported_tokens,
+        r.kv.sent_bytes / 1e6, r.kv.fallbacks, r.kv.not_needed);
+  }
   for (const auto& rk : r.ranks) {
     out += fmt::format("  rank {:3} {:12} busy {:8.3f} s ({:5.1f}%)  wasted {:.3f} s\n", rk.rank,
                        rk.role, rk.busy_s, r.elapsed_s > 0 ? 100 * rk.busy_s / (r.elapsed_s + r.setup_s) : 0,

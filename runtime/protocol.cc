@@ -25,7 +25,7 @@ struct Header {
 };
 static_assert(sizeof(Header) == 56);
 
-constexpr uint16_t kMaxType = static_cast<uint16_t>(MsgType::kError);
+constexpr uint16_t kMaxType = static_cast<uint16_t>(MsgType::kKvExpect);
 
 }  // namespace
 
@@ -46,6 +46,8 @@ const char* msg_type_name(MsgType t) {
     case MsgType::kStopped: return "Stopped";
     case MsgType::kExit: return "Exit";
     case MsgType::kError: return "Error";
+    case MsgType::kKvSend: return "KvSend";
+    case MsgType::kKvExpect: return "KvExpect";
   }
   return "?";
 }

@@ -14,11 +14,12 @@
 namespace dsi {
 
 inline constexpr uint32_t kProtocolMagic = 0x31495344;  // "DSI1" read little-endian
-inline constexpr uint16_t kProtocolVersion = 1;
+inline constexpr uint16_t kProtocolVersion = 2;
 
 enum class MsgType : uint16_t {
   kConfigure = 1,   // C->W  text: JSON worker spec (role, engine); x: clock origin (s)
-  kReady = 2,       // W->C  engine built; a: vocab size
+  kReady = 2,       // W->C  engine built; a: vocab size; b: 1 if it has a data channel;
+                    //       x: KV bytes per token (0: no handoff); text: device name
   kPrefill = 3,     // C->W  tokens: prompt prefix to cache
   kPrefillDone = 4, // W->C  a: kv length
   kStartChain = 5,  // C->D  id: chain; tokens: committed sequence; a: draft window (-1 = none);
@@ -35,6 +36,9 @@ enum class MsgType : uint16_t {
   kStopped = 13,    // W->C  text: JSON {busy_s, spans: [...]} for the summary and the trace
   kExit = 14,       // C->W  leave the worker loop; a: exit code
   kError = 15,      // W->C  text: what failed
+  kKvSend = 16,     // C->T  KV handoff source: id: handoff; a, b: token range [begin, end);
+                    //       c: destination rank; tokens: the committed sequence up to end
+  kKvExpect = 17,   // C->T  KV handoff destination: id, a, b, tokens as KvSend; c: source rank
 };
 
 const char* msg_type_name(MsgType t);

@@ -24,6 +24,10 @@ std::unique_ptr<Engine> make_engine(const nlohmann::json& spec) {
     return std::make_unique<SyntheticEngine>(p);
   }
   if (kind == "llama") {
+    if (spec.value("device", "cpu") != "cpu") {
+      throw std::runtime_error(fmt::format("device '{}' is not supported by this build",
+                                           spec.value("device", "cpu")));
+    }
     LlamaEngineOptions o;
     o.model_path = spec.at("model").get<std::string>();
     o.threads = spec.value("threads", 1);

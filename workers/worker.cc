@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <csignal>
 #include <cstring>
 #include <deque>
@@ -25,6 +26,15 @@ size_t common_prefix(const std::vector<Token>& a, std::span<const Token> b) {
   while (i < a.size() && i < b.size() && a[i] == b[i]) ++i;
   return i;
 }
+
+// The first transfer of a KV handoff, always in host memory: whether the blob follows.
+struct KvHeader {
+  uint32_t ok;  // 0: the source no longer holds the range; recompute
+  uint32_t reserved;
+  uint64_t bytes;
+};
+
+bool is_kv(const DataKey& k) { return k.kind == DataKind::kKvHeader || k.kind == DataKind::kKvCache; }
 
 std::vector<Token> argmax_rows(const Logits& l) {
   std::vector<Token> out(l.n);
@@ -49,6 +59,15 @@ class Worker {
   void start_chain(const Message& m);
   void draft_step();
   void stop(const Message& m);
+  void kv_send(const Message& m);    // KvSend: this target holds the range
+  void kv_expect(const Message& m);  // KvExpect: this target lacks it
+  // Fault injection (tests): imports junk in place of the blob, to show that the lossless
+  // checks notice a wrong handoff.
+  bool import_corrupted(const DataKey& key, int begin, int end);
+  Clock::time_point peer_deadline() const {
+    return Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                              std::chrono::duration<double>(opts_.peer_timeout_s));
+  }
   // Truncates the engine to the longest cached prefix of `seq`, keeping at least `recompute`
   // tokens to run again (their logits are wanted). Returns how many tokens are kept.
   size_t reuse_prefix(std::span<const Token> seq, size_t recompute);
@@ -83,6 +102,7 @@ class Worker {
   double origin_s_ = 0;
   json spans_ = json::array();
   double busy_s_ = 0, wasted_s_ = 0, last_end_s_ = 0;
+  json kv_stats_;  // KV handoff counters of this run
 
   // Drafter chain, guarded by mu_ for the wait predicate.
   bool chain_active_ = false;
@@ -114,6 +134,8 @@ void Worker::configure(const Message& m) {
   spans_ = json::array();
   busy_s_ = wasted_s_ = 0;
   last_end_s_ = 0;
+  kv_stats_ = {{"sent", 0}, {"sent_bytes", 0}, {"imported", 0}, {"imported_tokens", 0},
+               {"fallbacks", 0}, {"not_needed", 0}};
   {
     std::lock_guard lk(mu_);
     chain_active_ = false;
@@ -137,7 +159,9 @@ void Worker::configure(const Message& m) {
     targets_ = spec.value("targets", std::vector<int>{});
     if (!sampling_.greedy() && !data_) throw std::runtime_error("sampling needs a data channel");
     if (data_) data_->discard([&](const DataKey& k) { return k.run != m.run; });
-    reply(Message{.type = MsgType::kReady, .a = engine_->vocab_size()});
+    reply(Message{.type = MsgType::kReady, .a = engine_->vocab_size(), .b = data_ ? 1 : 0,
+                  .x = static_cast<double>(engine_->kv_bytes_per_token()),
+                  .text = engine_->device_name()});
   } catch (const std::exception& e) {
     reply(Message{.type = MsgType::kError, .text = fmt::format("building the engine: {}", e.what())});
   }
@@ -267,13 +291,102 @@ void Worker::draft_step() {
   }
 }
 
+void Worker::kv_send(const Message& m) {
+  if (!data_) throw std::runtime_error("a KV handoff needs a data channel");
+  const double t0 = now_s();
+  const int begin = m.a, end = m.b;
+  // The range must still be in the cache, computed for the very tokens the coordinator
+  // committed (a stale task since may have rolled it back).
+  const bool ok = begin >= 0 && begin < end && static_cast<int>(m.tokens.size()) >= end &&
+                  engine_->kv_len() >= end &&
+                  common_prefix(cached_, m.tokens) >= static_cast<size_t>(end);
+  const KvHeader h{ok ? 1u : 0u, 0, ok ? (end - begin) * engine_->kv_bytes_per_token() : 0};
+  std::vector<uint8_t> hb(sizeof h);
+  std::memcpy(hb.data(), &h, sizeof h);
+  data_->send(m.c, DataKey{run_, DataKind::kKvHeader, m.id, 0}, std::move(hb));
+  if (ok) {
+    engine_->send_kv(*data_, m.c, DataKey{run_, DataKind::kKvCache, m.id, 0}, begin, end);
+    kv_stats_["sent"] = kv_stats_["sent"].get<int64_t>() + 1;
+    kv_stats_["sent_bytes"] = kv_stats_["sent_bytes"].get<int64_t>() + static_cast<int64_t>(h.bytes);
+  }
+  const double t1 = now_s();
+  busy_s_ += t1 - t0;
+  span("kv send", t0, t1, {{"handoff", m.id}, {"to", m.c}, {"tokens", end - begin}, {"ok", ok}});
+}
+
+bool Worker::import_corrupted(const DataKey& key, int begin, int end) {
+  KvBlob kv{begin, end, {}};
+  if (!data_->recv(key, kv.bytes, peer_deadline())) return false;
+  // Host engines' blobs are float32: overwrite them with +-1000.
+  std::vector<float> junk(kv.bytes.size() / sizeof(float));
+  for (size_t i = 0; i < junk.size(); ++i) junk[i] = i % 2 ? 1000.f : -1000.f;
+  std::memcpy(kv.bytes.data(), junk.data(), junk.size() * sizeof(float));
+  engine_->import_kv(kv);
+  return true;
+}
+
+void Worker::kv_expect(const Message& m) {
+  if (!data_) throw std::runtime_error("a KV handoff needs a data channel");
+  const double t0 = now_s();
+  const int begin = m.a, end = m.b;
+  auto count = [&](const char* what, int64_t n = 1) {
+    kv_stats_[what] = kv_stats_[what].get<int64_t>() + n;
+  };
+  // Handoffs are numbered in the order the coordinator plans them: older ones that were not
+  // needed will not be asked for again.
+  data_->discard([&](const DataKey& k) { return is_kv(k) && k.stream < m.id; });
+  const size_t have = common_prefix(cached_, m.tokens);
+  std::string outcome = "imported";
+  if (have >= static_cast<size_t>(end)) {
+    outcome = "not needed";
+    count("not_needed");
+  } else if (have < static_cast<size_t>(begin) || static_cast<int>(m.tokens.size()) < end) {
+    outcome = "cache behind the range";  // the next forward recomputes
+    count("fallbacks");
+  } else {
+    std::vector<uint8_t> hb;
+    if (!data_->recv(DataKey{run_, DataKind::kKvHeader, m.id, 0}, hb, peer_deadline()) ||
+        hb.size() != sizeof(KvHeader)) {
+      throw std::runtime_error(fmt::format("KV handoff {} from rank {} did not arrive within {} s",
+                                           m.id, m.c, opts_.peer_timeout_s));
+    }
+    KvHeader h;
+    std::memcpy(&h, hb.data(), sizeof h);
+    const uint64_t want = (end - begin) * engine_->kv_bytes_per_token();
+    if (!h.ok) {
+      outcome = "source no longer held it";
+      count("fallbacks");
+    } else if (h.bytes != want) {
+      throw std::runtime_error(fmt::format(
+          "KV handoff {} from rank {} carries {} bytes for {} tokens, this engine expects {} "
+          "(different model or kept layers?)", m.id, m.c, h.bytes, end - begin, want));
+    } else {
+      engine_->truncate(begin);
+      cached_.resize(begin);
+      const DataKey key{run_, DataKind::kKvCache, m.id, 0};
+      if (!(opts_.fault == "kv_corrupt" ? import_corrupted(key, begin, end)
+                                        : engine_->recv_kv(*data_, key, begin, end, peer_deadline(), nullptr))) {
+        throw std::runtime_error(fmt::format("the KV of handoff {} from rank {} did not arrive within {} s",
+                                             m.id, m.c, opts_.peer_timeout_s));
+      }
+      cached_.assign(m.tokens.begin(), m.tokens.begin() + end);
+      count("imported");
+      count("imported_tokens", end - begin);
+    }
+    data_->discard([&](const DataKey& k) { return is_kv(k) && k.stream == m.id; });
+  }
+  const double t1 = now_s();
+  busy_s_ += t1 - t0;
+  span("kv import", t0, t1, {{"handoff", m.id}, {"from", m.c}, {"tokens", end - begin}, {"outcome", outcome}});
+}
+
 void Worker::stop(const Message&) {
   {
     std::lock_guard lk(mu_);
     chain_active_ = false;
   }
   json report = {{"busy_s", busy_s_}, {"wasted_s", wasted_s_}, {"role", role_},
-                 {"spans", std::move(spans_)}};
+                 {"kv", kv_stats_}, {"spans", std::move(spans_)}};
   spans_ = json::array();
   reply(Message{.type = MsgType::kStopped, .text = report.dump()});
 }
@@ -288,6 +401,8 @@ void Worker::handle(Message m) {
       case MsgType::kVerify: verify(m); break;
       case MsgType::kStartChain: start_chain(m); break;
       case MsgType::kStop: stop(m); break;
+      case MsgType::kKvSend: kv_send(m); break;
+      case MsgType::kKvExpect: kv_expect(m); break;
       default: break;
     }
   } catch (const std::exception& e) {
@@ -352,6 +467,15 @@ void Worker::route(Message m) {
   if (m.type == MsgType::kStartChain || m.type == MsgType::kStop || m.type == MsgType::kExit) {
     if (drafting_ || current_task_ != 0) cancel_.cancel();
   }
+  if (m.type == MsgType::kKvSend) {
+    // Serving a handoff takes a copy and another target may be waiting for it: it goes
+    // ahead of queued work (behind earlier handoffs, in order).
+    auto it = std::find_if(inbox_.begin(), inbox_.end(),
+                           [](const Message& q) { return q.type != MsgType::kKvSend; });
+    inbox_.insert(it, std::move(m));
+    cv_.notify_one();
+    return;
+  }
   inbox_.push_back(std::move(m));
   cv_.notify_one();
 }
@@ -374,9 +498,10 @@ int Worker::serve() {
     cv_.notify_one();
     compute.join();
   };
+  const bool timed_fault = opts_.fault == "exit" || opts_.fault == "hang";
   while (!exited_) {
     auto now = Clock::now();
-    if (!opts_.fault.empty() && now >= fault_at) {
+    if (timed_fault && now >= fault_at) {
       if (opts_.fault == "exit") _exit(3);
       if (opts_.fault == "hang") raise(SIGSTOP);
     }
@@ -385,7 +510,7 @@ int Worker::serve() {
       next_hb = now + hb;
     }
     auto deadline = next_hb;
-    if (!opts_.fault.empty()) deadline = std::min(deadline, fault_at);
+    if (timed_fault) deadline = std::min(deadline, fault_at);
     std::optional<Envelope> env;
     try {
       env = ch_.recv(deadline);

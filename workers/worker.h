@@ -15,7 +15,8 @@ struct WorkerOptions {
   int heartbeat_ms = 200;
   double peer_timeout_s = 5;
   // Fault injection for tests: after fault_after_ms, "exit" ends the process abruptly and
-  // "hang" stops it (SIGSTOP) as a wedged node would.
+  // "hang" stops it (SIGSTOP) as a wedged node would; "kv_corrupt" corrupts the KV this rank
+  // imports in handoffs (host engines).
   std::string fault;
   double fault_after_ms = 0;
 };

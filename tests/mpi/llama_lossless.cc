@@ -1,6 +1,10 @@
 // MPI test: greedy DSI and SI on a real model generate exactly non-SI's tokens, for several
 // prompts (in the model's chat template when it has one), SP 1 .. max_sp and k in {1, 4, 8}.
-//   llama_lossless MODEL DRAFTER_LAYERS N_PROMPTS MAX_NEW_TOKENS MAX_SP
+//   llama_lossless MODEL DRAFTER_LAYERS N_PROMPTS MAX_NEW_TOKENS MAX_SP [KV_HANDOFF]
+// KV_HANDOFF: auto (default) | never | always: with always, every DSI run with two or more
+// targets must also have imported KV (targets verify on handed-over KV, not recomputed KV);
+// corrupt: as always, with rank 3 (target 1) corrupting what it imports: the test then passes
+// only if some run's tokens differ (the check can see a bad handoff).
 // Prints "N passed, M failed"; exits 77 (skipped) when MODEL is empty or missing.
 #include <fmt/format.h>
 
@@ -38,15 +42,24 @@ int main(int argc, char** argv) {
   }
   const int n_prompts = std::atoi(argv[3]);
   const int max_sp_arg = std::atoi(argv[5]);
+  const std::string kv = argc > 6 ? argv[6] : "auto";
+  const bool corrupt = kv == "corrupt";
   dsi::SessionOptions opts;
+  if (corrupt) {  // target 1: it imports the prompt and verifies when target 0 is busy
+    opts.fault = "kv_corrupt";
+    opts.fault_rank = 3;
+  }
   opts.overrides = {"engine=llama", "model.path=" + model,
                     fmt::format("model.drafter_layers=\"{}\"", argv[2]),
                     fmt::format("generation.max_new_tokens={}", argv[4]),
-                    "model.max_context=512", "runtime.peer_timeout_s=60"};
+                    "model.max_context=512", "runtime.peer_timeout_s=60",
+                    "runtime.kv_handoff=" + (corrupt ? std::string("always") : kv)};
+
   return dsi::with_session(
       opts, [](dsi::Session& s) { (void)s.cfg.n_targets(s.world); },
       [&](dsi::Session& s, dsi::Coordinator& coord) {
-        int passed = 0, failed = 0;
+        int passed = 0, failed = 0, handed = 0;
+        int64_t imported_tokens = 0;
         const int max_sp = std::min(max_sp_arg, s.world - 2);
         for (int i = 0; i < n_prompts; ++i) {
           dsi::RunConfig cfg = s.cfg;
@@ -59,12 +72,16 @@ int main(int argc, char** argv) {
               cfg.mode = mode;
               for (int sp = 1; sp <= (mode == dsi::Mode::kSi ? 1 : max_sp); ++sp) {
                 const auto r = coord.run(cfg, sp);
-                if (r.tokens == ref) {
+                imported_tokens += r.kv.imported_tokens;
+                handed += r.kv.imported > 0;
+                const bool must_hand = kv == "always" && mode == dsi::Mode::kDsi && sp >= 2;
+                if (r.tokens == ref && (!must_hand || r.kv.imported > 0)) {
                   ++passed;
                 } else {
                   ++failed;
-                  fmt::print("FAIL prompt {} {} k={} sp={}: tokens differ from non-SI\n", i,
-                             dsi::mode_name(mode), k, sp);
+                  fmt::print("{} prompt {} {} k={} sp={}: {}\n", corrupt ? "expected:" : "FAIL", i,
+                             dsi::mode_name(mode), k, sp,
+                             r.tokens != ref ? "tokens differ from non-SI" : "no KV was handed over");
                 }
               }
             }
@@ -72,7 +89,13 @@ int main(int argc, char** argv) {
           fmt::print("prompt {}: {} tokens, checked\n", i, ref.size());
           std::fflush(stdout);
         }
-        fmt::print("world {}: {} passed, {} failed\n", s.world, passed, failed);
+        fmt::print("world {}: {} passed, {} failed; {} runs imported KV ({} tokens)\n", s.world,
+                   passed, failed, handed, imported_tokens);
+        if (corrupt) {
+          if (failed > 0) return 0;
+          fmt::print("FAIL: corrupted KV handoffs went unnoticed\n");
+          return 1;
+        }
         return failed == 0 ? 0 : 1;
       });
 }

@@ -175,6 +175,13 @@ TEST(LlamaEngine, ExportImportKvContinuesTheSequence) {
   Logits la = a.forward(std::span(kSeq).subspan(6, 2), 2, never);
   Logits lb = b.forward(std::span(kSeq).subspan(6, 2), 2, never);
   EXPECT_EQ(la.data, lb.data);
+  // The imported rows are what the next forward attends to: other bytes, other logits.
+  LlamaEngine c(model, {});
+  c.import_kv(head);
+  for (size_t i = 0; i < tail.bytes.size(); i += 4) tail.bytes[i + 3] ^= 0x80;
+  c.import_kv(tail);
+  Logits lc = c.forward(std::span(kSeq).subspan(6, 2), 2, never);
+  EXPECT_GT(max_diff(la.data, lc.data), 1e-3);
   LlamaEngine skip(model, opts({0, 2}));
   EXPECT_THROW(skip.import_kv(head), std::invalid_argument);  // other layer set: other size
 }
