@@ -111,6 +111,14 @@ PY
   missing_model)
     expect_error 3 "model.path '/nonexistent/m.gguf' does not exist" run --config "$cfg" \
       --set engine=llama --set model.path=/nonexistent/m.gguf ;;
+  cuda_without_gpu)
+    # device: cuda where there is no GPU (or no CUDA in the build): the engine build fails
+    # on the worker with the reason, every rank exits non-zero, nothing hangs.
+    expect_error 3 "device 'cuda' (asked for, but|is not supported)" run --config "$cfg" --set engine=llama \
+      --set model.path="$src/../shared/testdata/tiny-llama-spm-q8_0.gguf" --set model.device=cuda ;;
+  bad_device)
+    expect_error 3 "key 'model.device' must be one of cpu, cuda, got 'tpu'" run --config "$cfg" \
+      --set model.device=tpu ;;
   truncated_model)
     head -c 3000000 "$src/../shared/testdata/tiny-llama-spm-q8_0.gguf" >"$tmp/cut.gguf"
     expect_error 3 "cut.gguf: tensor .* cannot fit in the file" run --config "$cfg" --set engine=llama \
