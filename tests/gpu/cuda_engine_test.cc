@@ -15,6 +15,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <map>
+#include <ostream>
 #include <random>
 #include <string>
 #include <thread>
@@ -203,6 +204,12 @@ Greedy greedy(Engine& e, const std::vector<Token>& prompt, int steps) {
 constexpr int kSteps = 33;         // 33 greedy tokens: 32 to verify in one forward
 constexpr double kF32Nmse = 1e-7;  // FP32 GPU vs CPU: summation order only
 
+// A gtest name from a model name: letters and digits kept, the rest '_'.
+std::string test_name(std::string s) {
+  for (char& ch : s) ch = std::isalnum(static_cast<unsigned char>(ch)) ? ch : '_';
+  return s;
+}
+
 class CudaEngineF32 : public ::testing::TestWithParam<std::string> {};
 
 // (a) FP32 weights: prefill + one-token decode gives the CPU's greedy tokens, and a verify-style
@@ -242,11 +249,8 @@ TEST_P(CudaEngineF32, GreedyEqualsCpuEngine) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Models, CudaEngineF32, ::testing::ValuesIn(kModels), [](const auto& i) {
-  std::string s = i.param;
-  for (char& ch : s) ch = std::isalnum(static_cast<unsigned char>(ch)) ? ch : '_';
-  return s;
-});
+INSTANTIATE_TEST_SUITE_P(Models, CudaEngineF32, ::testing::ValuesIn(kModels),
+                         [](const auto& i) { return test_name(i.param); });
 
 // (b) Half-precision weights: logit error and teacher-forced greedy agreement with the CPU's
 // FP32 greedy continuation over 32 positions (prefill's prediction + a verify of 31 tokens).
@@ -256,6 +260,15 @@ struct HalfCase {
   double max_nmse;
   double min_agree;
 };
+
+const char* dtype_suffix(CudaDtype t) {
+  return t == CudaDtype::kF16 ? "_f16" : "_bf16";
+}
+
+// Names the case in gtest's and ctest's listings instead of dumping its bytes.
+void PrintTo(const HalfCase& hc, std::ostream* os) {
+  *os << hc.model << dtype_suffix(hc.dtype);
+}
 
 class CudaEngineHalf : public ::testing::TestWithParam<HalfCase> {};
 
@@ -278,8 +291,8 @@ TEST_P(CudaEngineHalf, CloseToCpuEngine) {
     err = std::max(err, nmse(rest.row(i), want.logits[i + 1]));
   }
   const double rate = agree / 32.0;
-  std::printf("[ INFO ] %s %s: worst logit nmse %.3g, greedy agreement %d/32\n", hc.model.c_str(),
-              hc.dtype == CudaDtype::kF16 ? "f16" : "bf16", err, agree);
+  std::printf("[ INFO ] %s%s: worst logit nmse %.3g, greedy agreement %d/32\n", hc.model.c_str(),
+              dtype_suffix(hc.dtype), err, agree);
   RecordProperty("nmse", std::to_string(err));
   RecordProperty("agreement", std::to_string(rate));
   EXPECT_LE(err, hc.max_nmse);
@@ -296,11 +309,7 @@ INSTANTIATE_TEST_SUITE_P(
                       HalfCase{"memory", CudaDtype::kF16, 1e-3, 0.9},
                       HalfCase{"tiny-llama-spm-f16", CudaDtype::kBF16, 1e-2, 0.75},
                       HalfCase{"random", CudaDtype::kBF16, 1e-2, 0.75}),
-    [](const auto& i) {
-      std::string s = i.param.model + (i.param.dtype == CudaDtype::kF16 ? "_f16" : "_bf16");
-      for (char& ch : s) ch = std::isalnum(static_cast<unsigned char>(ch)) ? ch : '_';
-      return s;
-    });
+    [](const auto& i) { return test_name(i.param.model + dtype_suffix(i.param.dtype)); });
 
 // (c) Rollback: the same forward after a truncate gives bit-identical logits; a partial
 // rollback recomputes the same positions up to summation order.
