@@ -212,8 +212,8 @@ int main(int argc, char** argv) {
   std::vector<int> threads = {1, 2};
   std::vector<dsi::Token> prompt;
   std::string skip_spec, text, device = "cpu", dtype = "f16";
-  int gpu = 0;
-  double hbm_gbps = 3350;
+  [[maybe_unused]] int gpu = 0;  // read by the CUDA section only
+  [[maybe_unused]] double hbm_gbps = 3350;
   for (int i = 2; i + 1 < argc; i += 2) {
     const std::string a = argv[i], v = argv[i + 1];
     if (a == "--prompt") {
