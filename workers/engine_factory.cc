@@ -1,9 +1,13 @@
+// make_engine (workers/engine_factory.h): the spec's "engine" picks the implementation; for
+// llama, "device" picks the CPU engine or the CUDA one ("dtype" of its weights, "gpu" index).
 #include "workers/engine_factory.h"
 
 #include <fmt/format.h>
 
 #include <stdexcept>
 
+#include "runtime/gpu_binding.h"
+#include "workers/cuda/cuda_engine.h"
 #include "workers/llama/llama_engine.h"
 #include "workers/synthetic_engine.h"
 
@@ -24,9 +28,27 @@ std::unique_ptr<Engine> make_engine(const nlohmann::json& spec) {
     return std::make_unique<SyntheticEngine>(p);
   }
   if (kind == "llama") {
-    if (spec.value("device", "cpu") != "cpu") {
-      throw std::runtime_error(fmt::format("device '{}' is not supported by this build",
-                                           spec.value("device", "cpu")));
+    const std::string device = spec.value("device", std::string("cpu"));
+    // Checked for either device, so that a typo shows before the job needs a GPU. The CPU
+    // engine computes in FP32 whatever the dtype.
+    const CudaDtype dtype = parse_cuda_dtype(spec.value("dtype", std::string("f16")));
+    if (device == "cuda") {
+      CudaEngineOptions o;
+      o.model_path = spec.at("model").get<std::string>();
+      o.layers = spec.value("layers", std::vector<int>{});
+      o.max_context = spec.value("max_context", 0);
+      o.dtype = dtype;
+      // Throws GpuBindingError saying why there is no device (also in a build without CUDA).
+      o.device = bound_cuda_device(spec.value("gpu", -1));
+#ifdef DSI_WITH_CUDA
+      return make_cuda_engine(o);
+#else
+      throw GpuBindingError("device 'cuda' asked for, but this dsi was built without CUDA");
+#endif
+    }
+    if (device != "cpu") {
+      throw std::invalid_argument(
+          fmt::format("unknown device '{}' for the llama engine (expected cpu or cuda)", device));
     }
     LlamaEngineOptions o;
     o.model_path = spec.at("model").get<std::string>();

@@ -1,12 +1,17 @@
-// Benchmark of the CPU llama engine (not a test): load time and memory, prefill and decode
-// tokens/s per thread count, and for layer-skip drafters their decode speed and greedy
-// acceptance against the full model (teacher-forced along the target's greedy continuation).
+// Benchmark of the llama engines (not a test). CPU (default): load time and memory, prefill
+// and decode tokens/s per thread count, and for layer-skip drafters their decode speed and
+// greedy acceptance against the full model (teacher-forced along the target's greedy
+// continuation). --device cuda: the CUDA engine's prefill, decode (median one-token forward)
+// and verify (k = 4, 8 tokens) times against the HBM bound of a decode step (weight bytes read
+// per token / peak bandwidth).
 //
 // usage: llama_bench MODEL.gguf [--prompt N] [--gen N] [--threads 1,2] [--tokens a,b,c]
 //                               [--skip "0,2,4;0-14"] (layer lists; a-b is a range)
 //                               [--text "prompt"] (encoded with the GGUF's own tokenizer; special
 //                               token texts such as <|im_start|> are recognised)
 //                               [--reps N] (speeds are the best of N runs)
+//                               [--device cpu|cuda] [--dtype f32|f16|bf16] [--gpu N]
+//                               [--hbm-gbps G] (peak HBM bandwidth; default 3350, H100 SXM)
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -20,6 +25,7 @@
 #include <vector>
 
 #include "kernels/argmax.h"
+#include "workers/cuda/cuda_engine.h"
 #include "workers/llama/llama_engine.h"
 #include "workers/llama/llama_loader.h"
 #include "workers/tokenizer/tokenizer.h"
@@ -94,13 +100,110 @@ std::string describe(const std::vector<int>& layers) {
   return s;
 }
 
+#ifdef DSI_WITH_CUDA
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// Bytes a one-token forward must read from device memory for the weights: every matrix of
+// the kept layers and the head in the weight dtype, the norms and biases in FP32, and one
+// embedding row (the KV cache read is on top, growing with the context).
+double decode_weight_bytes(const dsi::LlamaModel& m, size_t elt) {
+  const dsi::LlamaConfig& c = m.config;
+  double b = 0;
+  for (const auto& L : m.weights.layers) {
+    for (const auto* w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) {
+      b += double(w->size()) * elt;
+    }
+    for (const auto* v : {&L.attn_norm, &L.ffn_norm, &L.bq, &L.bk, &L.bv}) {
+      b += double(v->size()) * sizeof(float);
+    }
+  }
+  b += double(c.n_vocab) * c.dim * elt + double(c.dim) * elt + c.dim * sizeof(float);
+  return b;
+}
+
+int cuda_bench(const dsi::LlamaModel& model, const std::vector<dsi::Token>& prompt, int gen,
+               int reps, const std::string& dtype_name, int gpu, double hbm_gbps) {
+  const dsi::CudaDtype dtype = dsi::parse_cuda_dtype(dtype_name);
+  const int prompt_len = static_cast<int>(prompt.size());
+  dsi::CudaEngineOptions o;
+  o.dtype = dtype;
+  o.device = gpu;
+  o.max_context = prompt_len + gen + 8;
+  auto t0 = Clock::now();
+  dsi::CudaEngine e(model, o);
+  std::printf("\ncuda engine on %s, dtype %s: upload %.2f s, KV %.1f KiB/token\n",
+              e.device_name().c_str(), dtype_name.c_str(), secs(t0),
+              e.kv_bytes_per_token() / 1024.0);
+  dsi::CancelFlag never;
+  auto timed = [&](std::span<const dsi::Token> tokens, int n_logits, dsi::Logits* out) {
+    auto t = Clock::now();
+    dsi::Logits l = e.forward(tokens, n_logits, never);
+    const double s = secs(t);
+    if (out) *out = std::move(l);
+    return s;
+  };
+  timed(prompt, 1, nullptr);  // warm-up: cuBLAS heuristics, lazy module loading
+  e.truncate(0);
+
+  // Prefill (best of reps), then greedy decode: every one-token forward is timed.
+  double prefill_s = 1e30;
+  std::vector<double> steps;
+  std::vector<dsi::Token> cont;
+  for (int rep = 0; rep < reps; ++rep) {
+    e.truncate(0);
+    cont.clear();
+    dsi::Logits l;
+    prefill_s = std::min(prefill_s, timed(prompt, 1, &l));
+    dsi::Token next = argmax(l, 0);
+    for (int i = 0; i < gen; ++i) {
+      cont.push_back(next);
+      steps.push_back(timed(std::span(&cont.back(), 1), 1, &l));
+      next = argmax(l, 0);
+    }
+  }
+  const double step_s = median(steps);
+  // Verify forwards of k drafted tokens (the greedy continuation) after the prompt.
+  std::vector<std::pair<int, double>> verify;
+  for (int k : {4, 8}) {
+    if (k > gen) continue;
+    std::vector<double> t;
+    for (int i = 0; i < std::max(20, gen); ++i) {
+      e.truncate(prompt_len);
+      t.push_back(timed(std::span(cont).first(k), k, nullptr));
+    }
+    verify.emplace_back(k, median(t));
+  }
+
+  const double bytes = decode_weight_bytes(model, dtype == dsi::CudaDtype::kF32 ? 4 : 2);
+  const double bound_s = bytes / (hbm_gbps * 1e9);
+  std::printf("%-8s %14s %14s %12s", "prompt", "prefill tok/s", "decode tok/s", "decode ms");
+  for (const auto& [k, t] : verify) std::printf(" %10s%-2d", "verify k=", k);
+  std::printf("\n%-8d %14.1f %14.1f %12.3f", prompt_len, prompt_len / prefill_s, 1 / step_s,
+              1e3 * step_s);
+  for (const auto& [k, t] : verify) std::printf(" %9.3f ms", 1e3 * t);
+  std::printf(
+      "\nHBM bound of a decode step: %.1f MB of weights per token / %.0f GB/s peak (--hbm-gbps) "
+      "= %.3f ms (%.0f tok/s); achieved %.1f%% of it (%.0f GB/s)\n",
+      bytes / 1e6, hbm_gbps, 1e3 * bound_s, 1 / bound_s, 100 * bound_s / step_s,
+      bytes / step_s / 1e9);
+  std::printf("greedy continuation:");
+  for (dsi::Token t : cont) std::printf(" %d", t);
+  std::printf("\n");
+  return 0;
+}
+#endif
+
 }  // namespace
 
 int main(int argc, char** argv) {
   if (argc < 2) {
     std::fprintf(stderr,
                  "usage: %s MODEL.gguf [--prompt N] [--gen N] [--threads 1,2] [--tokens ids]"
-                 " [--skip \"l,l,...;a-b;...\"] [--text prompt] [--reps N]\n",
+                 " [--skip \"l,l,...;a-b;...\"] [--text prompt] [--reps N] [--device cpu|cuda]"
+                 " [--dtype f32|f16|bf16] [--gpu N] [--hbm-gbps G]\n",
                  argv[0]);
     return 2;
   }
@@ -108,7 +211,9 @@ int main(int argc, char** argv) {
   int prompt_len = 64, gen = 32, reps = 1;
   std::vector<int> threads = {1, 2};
   std::vector<dsi::Token> prompt;
-  std::string skip_spec, text;
+  std::string skip_spec, text, device = "cpu", dtype = "f16";
+  [[maybe_unused]] int gpu = 0;  // read by the CUDA section only
+  [[maybe_unused]] double hbm_gbps = 3350;
   for (int i = 2; i + 1 < argc; i += 2) {
     const std::string a = argv[i], v = argv[i + 1];
     if (a == "--prompt") {
@@ -125,6 +230,14 @@ int main(int argc, char** argv) {
       reps = std::max(1, std::stoi(v));
     } else if (a == "--text") {
       text = v;
+    } else if (a == "--device") {
+      device = v;
+    } else if (a == "--dtype") {
+      dtype = v;
+    } else if (a == "--gpu") {
+      gpu = std::stoi(v);
+    } else if (a == "--hbm-gbps") {
+      hbm_gbps = std::stod(v);
     } else {
       std::fprintf(stderr, "unknown option %s\n", a.c_str());
       return 2;
@@ -165,6 +278,23 @@ int main(int argc, char** argv) {
     }
   }
   prompt_len = static_cast<int>(prompt.size());
+  if (device == "cuda") {
+#ifdef DSI_WITH_CUDA
+    try {
+      return cuda_bench(*model, prompt, gen, reps, dtype, gpu, hbm_gbps);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "cuda engine: %s\n", e.what());
+      return 1;
+    }
+#else
+    std::fprintf(stderr, "--device cuda: this build has no CUDA\n");
+    return 2;
+#endif
+  }
+  if (device != "cpu") {
+    std::fprintf(stderr, "unknown device %s (cpu or cuda)\n", device.c_str());
+    return 2;
+  }
   dsi::CancelFlag never;
 
   // Greedy target continuation, and speed at each thread count.

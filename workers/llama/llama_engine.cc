@@ -24,7 +24,23 @@ namespace {
 // Multiply-adds (queries x keys x q_dim) below which attention runs on the calling thread.
 constexpr int64_t kParallelAttentionWork = int64_t{1} << 17;
 
-std::vector<int> kept_layers(const LlamaModel& m, const std::vector<int>& requested) {
+void add_inplace(float* x, const float* y, size_t n) {
+  for (size_t i = 0; i < n; ++i) x[i] += y[i];
+}
+
+const float* or_null(const std::vector<float>& v) {
+  return v.empty() ? nullptr : v.data();
+}
+
+}  // namespace
+
+std::shared_ptr<LlamaModel> load_llama_model(const std::string& path,
+                                             const std::vector<int>& layers) {
+  return std::filesystem::is_directory(path) ? load_llama_safetensors(path, layers)
+                                             : load_llama_gguf(path, layers);
+}
+
+std::vector<int> llama_kept_layers(const LlamaModel& m, const std::vector<int>& requested) {
   std::vector<int> layers = requested;
   if (layers.empty()) {
     for (int i = 0; i < m.config.n_layers; ++i) layers.push_back(i);
@@ -45,26 +61,14 @@ std::vector<int> kept_layers(const LlamaModel& m, const std::vector<int>& reques
   return layers;
 }
 
-void add_inplace(float* x, const float* y, size_t n) {
-  for (size_t i = 0; i < n; ++i) x[i] += y[i];
-}
-
-const float* or_null(const std::vector<float>& v) {
-  return v.empty() ? nullptr : v.data();
-}
-
-}  // namespace
-
 std::unique_ptr<Engine> make_llama_engine(const LlamaEngineOptions& options) {
-  auto model = std::filesystem::is_directory(options.model_path)
-                   ? load_llama_safetensors(options.model_path, options.layers)
-                   : load_llama_gguf(options.model_path, options.layers);
-  return std::make_unique<LlamaEngine>(std::move(model), options);
+  return std::make_unique<LlamaEngine>(load_llama_model(options.model_path, options.layers),
+                                       options);
 }
 
 LlamaEngine::LlamaEngine(std::shared_ptr<const LlamaModel> model, const LlamaEngineOptions& o)
     : model_(std::move(model)),
-      layers_(kept_layers(*model_, o.layers)),
+      layers_(llama_kept_layers(*model_, o.layers)),
       threads_(std::max(1, o.threads)),
       max_ctx_(o.max_context > 0 ? o.max_context : model_->config.max_context),
       pool_(threads_) {

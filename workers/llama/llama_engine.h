@@ -25,6 +25,15 @@ struct LlamaEngineOptions {
 // a missing tensor or a shape mismatch, std::invalid_argument for bad options.
 std::unique_ptr<Engine> make_llama_engine(const LlamaEngineOptions& options);
 
+// The model at `path` with only `layers` loaded (all when empty): a directory is read as a
+// Hugging Face folder, anything else as GGUF.
+std::shared_ptr<LlamaModel> load_llama_model(const std::string& path,
+                                             const std::vector<int>& layers);
+
+// The layers an engine runs, in order: `requested`, or all of the model's when it is empty.
+// Throws std::invalid_argument for a layer out of range, not loaded, or out of order.
+std::vector<int> llama_kept_layers(const LlamaModel& model, const std::vector<int>& requested);
+
 class LlamaEngine final : public Engine {
  public:
   // model must hold every layer named in options.layers (all of them when it is empty);

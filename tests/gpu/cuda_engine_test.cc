@@ -1,0 +1,586 @@
+// The CUDA llama engine (workers/cuda/cuda_engine.h) against the CPU one on the same models:
+// the tiny GGUF test models, a random GGUF written in place (as `dsi make-model` does) and an
+// in-memory model with QKV bias, half-split RoPE and an untied head. FP32 weights must give
+// the CPU's greedy tokens exactly; FP16/BF16 are held to a logit error and a greedy agreement
+// that the test prints. Also: rollback, KV export/import (also between CPU and GPU), KV
+// handoff through host and device-memory channels, cancellation, input checks, layer skip.
+// Every test skips without a CUDA device.
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cctype>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <map>
+#include <ostream>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "kernels/argmax.h"
+#include "kernels/cuda_check.h"
+#include "runtime/data_channel.h"
+#include "runtime/gpu_binding.h"
+#include "workers/cuda/cuda_engine.h"
+#include "workers/engine_factory.h"
+#include "workers/llama/llama_engine.h"
+#include "workers/llama/llama_loader.h"
+#include "workers/model/random_model.h"
+
+namespace dsi {
+namespace {
+
+const std::string kTestData = DSI_TESTDATA_DIR;
+
+bool have_gpu() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  return n > 0;
+}
+
+#define SKIP_WITHOUT_GPU() \
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device (cudaGetDeviceCount): GPU test not run"
+
+double nmse(std::span<const float> gpu, std::span<const float> cpu) {
+  EXPECT_EQ(gpu.size(), cpu.size());
+  double num = 0, den = 0;
+  for (size_t i = 0; i < cpu.size() && i < gpu.size(); ++i) {
+    const double d = static_cast<double>(gpu[i]) - cpu[i];
+    num += d * d;
+    den += static_cast<double>(cpu[i]) * cpu[i];
+  }
+  return den > 0 ? num / den : num;
+}
+
+Token argmax(std::span<const float> row) {
+  int32_t t = 0;
+  kernels::argmax_cpu(&t, row.data(), 1, static_cast<int>(row.size()));
+  return t;
+}
+
+// In-memory model exercising what the GGUF test models do not: QKV bias (Qwen2), half-split
+// RoPE, an untied head.
+std::shared_ptr<LlamaModel> memory_model() {
+  auto m = std::make_shared<LlamaModel>();
+  LlamaConfig& c = m->config;
+  c.n_vocab = 301;
+  c.dim = 96;
+  c.n_layers = 3;
+  c.n_heads = 6;
+  c.n_kv_heads = 2;
+  c.head_dim = 16;
+  c.rope_dim = 16;
+  c.ffn_dim = 160;
+  c.rope_layout = kernels::RopeLayout::kHalfSplit;
+  c.qkv_bias = true;
+  c.max_context = 256;
+  std::mt19937 rng(7);
+  auto fill = [&](size_t n, float mean, float sd) {
+    std::normal_distribution<float> d(mean, sd);
+    std::vector<float> v(n);
+    for (auto& x : v) x = d(rng);
+    return v;
+  };
+  const float s = 1.0f / std::sqrt(static_cast<float>(c.dim));
+  LlamaWeights& w = m->weights;
+  w.token_embd = fill(size_t(c.n_vocab) * c.dim, 0, 0.5f);
+  for (int l = 0; l < c.n_layers; ++l) {
+    LlamaLayerWeights L;
+    L.attn_norm = fill(c.dim, 1, 0.1f);
+    L.wq = fill(size_t(c.q_dim()) * c.dim, 0, s);
+    L.wk = fill(size_t(c.kv_dim()) * c.dim, 0, s);
+    L.wv = fill(size_t(c.kv_dim()) * c.dim, 0, s);
+    L.bq = fill(c.q_dim(), 0, 0.1f);
+    L.bk = fill(c.kv_dim(), 0, 0.1f);
+    L.bv = fill(c.kv_dim(), 0, 0.1f);
+    L.wo = fill(size_t(c.dim) * c.q_dim(), 0, s);
+    L.ffn_norm = fill(c.dim, 1, 0.1f);
+    L.w_gate = fill(size_t(c.ffn_dim) * c.dim, 0, s);
+    L.w_up = fill(size_t(c.ffn_dim) * c.dim, 0, s);
+    L.w_down = fill(size_t(c.dim) * c.ffn_dim, 0, 1.0f / std::sqrt(float(c.ffn_dim)));
+    w.layers.push_back(std::move(L));
+  }
+  w.output_norm = fill(c.dim, 1, 0.1f);
+  w.output = fill(size_t(c.n_vocab) * c.dim, 0, 0.3f);
+  return m;
+}
+
+// A random GGUF written and loaded back, as `dsi make-model` would write it.
+std::shared_ptr<LlamaModel> random_gguf_model() {
+  RandomModelSpec spec;
+  spec.dim = 128;
+  spec.n_layers = 4;
+  spec.n_heads = 4;
+  spec.n_kv_heads = 2;
+  spec.ffn_dim = 320;
+  spec.n_vocab = 512;
+  spec.context = 256;
+  spec.tied_head = false;
+  spec.seed = 11;
+  const auto path = std::filesystem::temp_directory_path() /
+                    ("dsi_cuda_engine_test_" + std::to_string(getpid()) + ".gguf");
+  random_model_writer(spec).write(path.string());
+  auto m = load_llama_gguf(path.string());
+  std::filesystem::remove(path);
+  return m;
+}
+
+// Models by name, loaded once per process.
+std::shared_ptr<const LlamaModel> model(const std::string& name) {
+  static std::map<std::string, std::shared_ptr<const LlamaModel>> cache;
+  auto& m = cache[name];
+  if (!m) {
+    if (name == "memory") {
+      m = memory_model();
+    } else if (name == "random") {
+      m = random_gguf_model();
+    } else {
+      m = load_llama_gguf(kTestData + "/" + name + ".gguf");
+    }
+  }
+  return m;
+}
+
+const std::vector<std::string> kModels = {"tiny-llama-spm-f16", "tiny-llama-spm-q8_0",
+                                          "tiny-bpe-untied-f16-q4emb", "random", "memory"};
+
+std::vector<Token> prompt_for(const LlamaModel& m, int n) {
+  std::vector<Token> p;
+  uint32_t s = 12345;
+  for (int i = 0; i < n; ++i) {
+    s = s * 1664525u + 1013904223u;
+    p.push_back(static_cast<Token>(3 + (s >> 8) % (m.config.n_vocab - 3)));
+  }
+  return p;
+}
+
+CudaEngineOptions gpu_opts(CudaDtype dtype, std::vector<int> layers = {}, int max_context = 256) {
+  CudaEngineOptions o;
+  o.dtype = dtype;
+  o.layers = std::move(layers);
+  o.max_context = max_context;
+  o.device = 0;
+  return o;
+}
+
+CudaEngineOptions with_model(std::shared_ptr<const LlamaModel> m, CudaEngineOptions o) {
+  o.model = std::move(m);
+  return o;
+}
+
+LlamaEngineOptions cpu_opts(std::vector<int> layers = {}, int max_context = 256) {
+  LlamaEngineOptions o;
+  o.layers = std::move(layers);
+  o.max_context = max_context;
+  return o;
+}
+
+// Greedy decoding: prefill, then `steps - 1` one-token forwards. tokens[i] is the argmax of
+// logits[i].
+struct Greedy {
+  std::vector<Token> tokens;
+  std::vector<std::vector<float>> logits;
+};
+
+Greedy greedy(Engine& e, const std::vector<Token>& prompt, int steps) {
+  CancelFlag never;
+  Greedy g;
+  Logits l = e.forward(prompt, 1, never);
+  for (int i = 0; i < steps; ++i) {
+    g.logits.push_back(l.data);
+    g.tokens.push_back(argmax(l.row(0)));
+    if (i + 1 < steps) l = e.forward(std::vector<Token>{g.tokens.back()}, 1, never);
+  }
+  return g;
+}
+
+constexpr int kSteps = 33;         // 33 greedy tokens: 32 to verify in one forward
+constexpr double kF32Nmse = 1e-7;  // FP32 GPU vs CPU: summation order only
+
+// A gtest name from a model name: letters and digits kept, the rest '_'.
+std::string test_name(std::string s) {
+  for (char& ch : s) ch = std::isalnum(static_cast<unsigned char>(ch)) ? ch : '_';
+  return s;
+}
+
+class CudaEngineF32 : public ::testing::TestWithParam<std::string> {};
+
+// (a) FP32 weights: prefill + one-token decode gives the CPU's greedy tokens, and a verify-style
+// forward of the whole continuation (in one block, then in blocks of 8 and 4) predicts them
+// again at every position.
+TEST_P(CudaEngineF32, GreedyEqualsCpuEngine) {
+  SKIP_WITHOUT_GPU();
+  const auto m = model(GetParam());
+  const auto prompt = prompt_for(*m, 8);
+  LlamaEngine cpu(m, cpu_opts());
+  CudaEngine gpu(*m, gpu_opts(CudaDtype::kF32));
+  EXPECT_EQ(gpu.kv_bytes_per_token(), cpu.kv_bytes_per_token());
+  const Greedy want = greedy(cpu, prompt, kSteps);
+  const Greedy got = greedy(gpu, prompt, kSteps);
+  ASSERT_EQ(got.tokens, want.tokens);
+  double worst = 0;
+  for (int i = 0; i < kSteps; ++i) worst = std::max(worst, nmse(got.logits[i], want.logits[i]));
+  EXPECT_LE(worst, kF32Nmse);
+  std::printf("[ INFO ] %s f32: %d greedy tokens equal, worst logit nmse %.3g\n",
+              GetParam().c_str(), kSteps, worst);
+
+  // Verify: feed tokens[0 .. kSteps-2] after the prompt; row i must predict tokens[i + 1].
+  CancelFlag never;
+  const std::vector<Token> cont(want.tokens.begin(), want.tokens.end() - 1);
+  const int p = static_cast<int>(prompt.size());
+  for (int block : {kSteps - 1, 8, 4}) {
+    gpu.truncate(p);
+    for (int at = 0; at < kSteps - 1; at += block) {
+      const int k = std::min(block, kSteps - 1 - at);
+      Logits v = gpu.forward(std::span(cont).subspan(at, k), k, never);
+      for (int i = 0; i < k; ++i) {
+        EXPECT_EQ(argmax(v.row(i)), want.tokens[at + i + 1]) << "block " << block << " row " << i;
+        EXPECT_LE(nmse(v.row(i), want.logits[at + i + 1]), kF32Nmse);
+      }
+    }
+    EXPECT_EQ(gpu.kv_len(), p + kSteps - 1);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, CudaEngineF32, ::testing::ValuesIn(kModels),
+                         [](const auto& i) { return test_name(i.param); });
+
+// (b) Half-precision weights: logit error and teacher-forced greedy agreement with the CPU's
+// FP32 greedy continuation over 32 positions (prefill's prediction + a verify of 31 tokens).
+struct HalfCase {
+  std::string model;
+  CudaDtype dtype;
+  double max_nmse;
+  double min_agree;
+};
+
+const char* dtype_suffix(CudaDtype t) {
+  return t == CudaDtype::kF16 ? "_f16" : "_bf16";
+}
+
+// Names the case in gtest's and ctest's listings instead of dumping its bytes.
+void PrintTo(const HalfCase& hc, std::ostream* os) {
+  *os << hc.model << dtype_suffix(hc.dtype);
+}
+
+class CudaEngineHalf : public ::testing::TestWithParam<HalfCase> {};
+
+TEST_P(CudaEngineHalf, CloseToCpuEngine) {
+  SKIP_WITHOUT_GPU();
+  const HalfCase& hc = GetParam();
+  const auto m = model(hc.model);
+  const auto prompt = prompt_for(*m, 8);
+  LlamaEngine cpu(m, cpu_opts());
+  const Greedy want = greedy(cpu, prompt, 32);
+  CudaEngine gpu(*m, gpu_opts(hc.dtype));
+  CancelFlag never;
+  Logits first = gpu.forward(prompt, 1, never);
+  const std::vector<Token> cont(want.tokens.begin(), want.tokens.end() - 1);
+  Logits rest = gpu.forward(cont, static_cast<int>(cont.size()), never);
+  int agree = argmax(first.row(0)) == want.tokens[0];
+  double err = nmse(first.row(0), want.logits[0]);
+  for (int i = 0; i < rest.n; ++i) {
+    agree += argmax(rest.row(i)) == want.tokens[i + 1];
+    err = std::max(err, nmse(rest.row(i), want.logits[i + 1]));
+  }
+  const double rate = agree / 32.0;
+  std::printf("[ INFO ] %s%s: worst logit nmse %.3g, greedy agreement %d/32\n", hc.model.c_str(),
+              dtype_suffix(hc.dtype), err, agree);
+  RecordProperty("nmse", std::to_string(err));
+  RecordProperty("agreement", std::to_string(rate));
+  EXPECT_LE(err, hc.max_nmse);
+  EXPECT_GE(rate, hc.min_agree);
+}
+
+// FP16 rounds weights and GEMM inputs to 11 significant bits (BF16: 8), so logits move by
+// ~1e-3 (BF16 ~1e-2) relative; thresholds are an order of magnitude above that, far below what
+// a wrong kernel gives (nmse ~1).
+INSTANTIATE_TEST_SUITE_P(
+    Models, CudaEngineHalf,
+    ::testing::Values(HalfCase{"tiny-llama-spm-f16", CudaDtype::kF16, 1e-3, 0.9},
+                      HalfCase{"random", CudaDtype::kF16, 1e-3, 0.9},
+                      HalfCase{"memory", CudaDtype::kF16, 1e-3, 0.9},
+                      HalfCase{"tiny-llama-spm-f16", CudaDtype::kBF16, 1e-2, 0.75},
+                      HalfCase{"random", CudaDtype::kBF16, 1e-2, 0.75}),
+    [](const auto& i) { return test_name(i.param.model + dtype_suffix(i.param.dtype)); });
+
+// (c) Rollback: the same forward after a truncate gives bit-identical logits; a partial
+// rollback recomputes the same positions up to summation order.
+TEST(CudaEngine, TruncateAndReforward) {
+  SKIP_WITHOUT_GPU();
+  const auto m = model("random");
+  const auto seq = prompt_for(*m, 20);
+  const std::span<const Token> prompt = std::span(seq).first(12), next = std::span(seq).subspan(12);
+  CancelFlag never;
+  CudaEngine e(*m, gpu_opts(CudaDtype::kF16));
+  e.forward(prompt, 0, never);
+  const Logits a = e.forward(next, 8, never);
+  e.truncate(12);
+  EXPECT_EQ(e.kv_len(), 12);
+  const Logits b = e.forward(next, 8, never);
+  EXPECT_EQ(b.data, a.data);
+  e.truncate(15);
+  const Logits c = e.forward(next.subspan(3), 5, never);
+  for (int i = 0; i < 5; ++i) EXPECT_LE(nmse(c.row(i), a.row(3 + i)), 1e-9) << i;
+  // A wrong draft rolled back leaves no trace.
+  e.truncate(12);
+  e.forward(std::vector<Token>{5, 6, 7}, 0, never);
+  e.truncate(12);
+  EXPECT_EQ(e.forward(next, 8, never).data, a.data);
+  EXPECT_THROW(e.truncate(21), std::out_of_range);
+}
+
+// (c) export_kv from one engine, import_kv into a fresh one (whole, and in two pieces): the
+// next forward gives the original's logits exactly.
+TEST(CudaEngine, ExportImportGivesIdenticalLogits) {
+  SKIP_WITHOUT_GPU();
+  const auto m = model("random");
+  const auto seq = prompt_for(*m, 16);
+  const auto prompt = std::span(seq).first(12);
+  const auto next = std::span(seq).subspan(12);
+  CancelFlag never;
+  CudaEngine a(*m, gpu_opts(CudaDtype::kF16));
+  a.forward(prompt, 0, never);
+  const KvBlob whole = a.export_kv(0, 12);
+  EXPECT_EQ(whole.bytes.size(), 12 * a.kv_bytes_per_token());
+  CudaEngine b(*m, gpu_opts(CudaDtype::kF16));
+  b.import_kv(whole);
+  EXPECT_EQ(b.kv_len(), 12);
+  CudaEngine c(*m, gpu_opts(CudaDtype::kF16));
+  c.import_kv(a.export_kv(0, 5));
+  c.import_kv(a.export_kv(5, 12));
+  EXPECT_EQ(c.export_kv(0, 12).bytes, whole.bytes);
+  const Logits la = a.forward(next, 4, never);
+  EXPECT_EQ(b.forward(next, 4, never).data, la.data);
+  EXPECT_EQ(c.forward(next, 4, never).data, la.data);
+
+  // The checks of LlamaEngine::import_kv / export_kv.
+  CudaEngine d(*m, gpu_opts(CudaDtype::kF16));
+  EXPECT_THROW(d.import_kv(a.export_kv(2, 5)), std::invalid_argument);  // not at kv_len
+  KvBlob bad = a.export_kv(0, 3);
+  bad.bytes.pop_back();
+  EXPECT_THROW(d.import_kv(bad), std::invalid_argument);
+  EXPECT_THROW(a.export_kv(0, 17), std::out_of_range);
+  EXPECT_EQ(d.kv_len(), 0);
+}
+
+// (c) FP32 blobs have the CPU engine's layout: a prompt's KV moves CPU -> GPU and GPU -> CPU.
+TEST(CudaEngine, KvBlobsMoveBetweenCpuAndGpu) {
+  SKIP_WITHOUT_GPU();
+  const auto m = model("memory");
+  const auto seq = prompt_for(*m, 14);
+  const auto prompt = std::span(seq).first(10);
+  const auto next = std::span(seq).subspan(10);
+  CancelFlag never;
+  LlamaEngine cpu(m, cpu_opts());
+  cpu.forward(prompt, 0, never);
+  CudaEngine gpu(*m, gpu_opts(CudaDtype::kF32));
+  gpu.import_kv(cpu.export_kv(0, 10));
+  LlamaEngine cpu2(m, cpu_opts());
+  cpu2.import_kv(gpu.export_kv(0, 10));
+  const Logits want = cpu.forward(next, 4, never);
+  EXPECT_LE(nmse(gpu.forward(next, 4, never).data, want.data), kF32Nmse);
+  EXPECT_LE(nmse(cpu2.forward(next, 4, never).data, want.data), kF32Nmse);
+}
+
+// A channel that moves device memory within one process (the NCCL channel's contract, without
+// NCCL): send_device copies the bytes into a buffer of its own once the sender's stream has
+// run, recv_device copies them out on the receiver's stream.
+class DeviceLoopback final : public DataChannel {
+ public:
+  ~DeviceLoopback() override {
+    for (auto& [k, b] : items_) cudaFree(b.p);
+  }
+  void send(int, const DataKey&, std::vector<uint8_t>) override {
+    throw std::logic_error("DeviceLoopback: host send not expected");
+  }
+  bool recv(const DataKey&, std::vector<uint8_t>&, Clock::time_point, const CancelFlag*) override {
+    throw std::logic_error("DeviceLoopback: host recv not expected");
+  }
+  void discard(const std::function<bool(const DataKey&)>&) override {}
+  bool moves_device_memory() const override { return true; }
+  void send_device(int, const DataKey& key, const void* src, size_t bytes, void* stream) override {
+    CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(stream)));
+    Item it{nullptr, bytes};
+    CUDA_CHECK(cudaMalloc(&it.p, std::max<size_t>(bytes, 1)));
+    CUDA_CHECK(cudaMemcpy(it.p, src, bytes, cudaMemcpyDeviceToDevice));
+    items_[key] = it;
+  }
+  bool recv_device(const DataKey& key, void* dst, size_t bytes, void* stream, Clock::time_point,
+                   const CancelFlag*) override {
+    auto it = items_.find(key);
+    if (it == items_.end()) return false;
+    EXPECT_EQ(bytes, it->second.bytes);
+    CUDA_CHECK(cudaMemcpyAsync(dst, it->second.p, bytes, cudaMemcpyDeviceToDevice,
+                               static_cast<cudaStream_t>(stream)));
+    return true;
+  }
+  std::vector<uint8_t> host_bytes(const DataKey& key) const {
+    const Item& it = items_.at(key);
+    std::vector<uint8_t> h(it.bytes);
+    CUDA_CHECK(cudaMemcpy(h.data(), it.p, it.bytes, cudaMemcpyDeviceToHost));
+    return h;
+  }
+
+ private:
+  struct Item {
+    void* p;
+    size_t bytes;
+  };
+  std::map<DataKey, Item> items_;
+};
+
+// send_kv / recv_kv: through host memory on a host channel, device to device on a device one;
+// the device payload is the export_kv blob byte for byte, and the receiver continues exactly
+// as the sender.
+TEST(CudaEngine, KvHandoffOverHostAndDeviceChannels) {
+  SKIP_WITHOUT_GPU();
+  const auto m = model("random");
+  const auto seq = prompt_for(*m, 16);
+  const auto prompt = std::span(seq).first(12);
+  const auto next = std::span(seq).subspan(12);
+  CancelFlag never;
+  CudaEngine a(*m, gpu_opts(CudaDtype::kF16));
+  a.forward(prompt, 0, never);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+
+  LoopbackDataHub hub(2);
+  auto ch0 = hub.channel(0), ch1 = hub.channel(1);
+  const DataKey key{1, DataKind::kKvCache, 0, 0};
+  a.send_kv(*ch0, 1, key, 0, 12);
+  CudaEngine b(*m, gpu_opts(CudaDtype::kF16));
+  ASSERT_TRUE(b.recv_kv(*ch1, key, 0, 12, deadline, nullptr));
+  EXPECT_EQ(b.kv_len(), 12);
+
+  DeviceLoopback dev;
+  a.send_kv(dev, 1, key, 0, 7);
+  a.send_kv(dev, 1, DataKey{1, DataKind::kKvCache, 0, 7}, 7, 12);
+  EXPECT_EQ(dev.host_bytes(key), a.export_kv(0, 7).bytes);
+  CudaEngine c(*m, gpu_opts(CudaDtype::kF16));
+  const DataKey missing{1, DataKind::kKvCache, 9, 0};
+  EXPECT_FALSE(c.recv_kv(dev, missing, 0, 12, deadline, nullptr));
+  EXPECT_EQ(c.kv_len(), 0);
+  EXPECT_THROW(c.recv_kv(dev, key, 3, 7, deadline, nullptr), std::invalid_argument);
+  ASSERT_TRUE(c.recv_kv(dev, key, 0, 7, deadline, nullptr));
+  ASSERT_TRUE(c.recv_kv(dev, DataKey{1, DataKind::kKvCache, 0, 7}, 7, 12, deadline, nullptr));
+  EXPECT_EQ(c.kv_len(), 12);
+
+  const Logits la = a.forward(next, 4, never);
+  EXPECT_EQ(b.forward(next, 4, never).data, la.data);
+  EXPECT_EQ(c.forward(next, 4, never).data, la.data);
+}
+
+// (d) A flag raised before the forward: Cancelled, kv_len unchanged, and the engine goes on
+// as if the cancelled forward never happened.
+TEST(CudaEngine, CancelLeavesCacheAtOldLength) {
+  SKIP_WITHOUT_GPU();
+  const auto m = model("random");
+  const auto seq = prompt_for(*m, 7);
+  CancelFlag never, raised;
+  raised.cancel();
+  CudaEngine e(*m, gpu_opts(CudaDtype::kF32));
+  e.forward(std::span(seq).first(4), 0, never);
+  EXPECT_THROW(e.forward(std::span(seq).subspan(4), 3, raised), Cancelled);
+  EXPECT_EQ(e.kv_len(), 4);
+  const Logits after = e.forward(std::span(seq).subspan(4), 3, never);
+  EXPECT_EQ(e.kv_len(), 7);
+  LlamaEngine ref(m, cpu_opts());
+  const Logits straight = ref.forward(seq, 3, never);
+  EXPECT_LE(nmse(after.data, straight.data), kF32Nmse);
+}
+
+// Cancel from another thread during a long prefill: whichever side of the last layer the flag
+// lands on, the cache is consistent (old length after Cancelled, new length otherwise).
+TEST(CudaEngine, CancelFromAnotherThreadDuringForward) {
+  SKIP_WITHOUT_GPU();
+  const auto m = model("tiny-llama-spm-f16");
+  const auto seq = prompt_for(*m, 1500);
+  CancelFlag never, flag;
+  CudaEngine e(*m, gpu_opts(CudaDtype::kF32, {}, 2048));
+  e.forward(std::span(seq).first(10), 0, never);
+  std::thread t([&] {
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+    flag.cancel();
+  });
+  bool cancelled = false;
+  try {
+    e.forward(std::span(seq).subspan(10), 1, flag);
+  } catch (const Cancelled&) {
+    cancelled = true;
+  }
+  t.join();
+  EXPECT_EQ(e.kv_len(), cancelled ? 10 : 1500);
+  std::printf("[ INFO ] cancel during a 1490-token prefill: %s\n",
+              cancelled ? "cancelled" : "finished first");
+  e.truncate(10);
+  const Logits l = e.forward(std::span(seq).subspan(10, 5), 1, never);
+  LlamaEngine ref(m, cpu_opts({}, 2048));
+  EXPECT_LE(nmse(l.data, ref.forward(std::span(seq).first(15), 1, never).data), kF32Nmse);
+}
+
+// The input checks of LlamaEngine::forward, with the cache untouched.
+TEST(CudaEngine, RejectsBadInput) {
+  SKIP_WITHOUT_GPU();
+  const auto m = model("memory");
+  CancelFlag never;
+  CudaEngine e(*m, gpu_opts(CudaDtype::kF16, {}, 16));
+  e.forward(std::vector<Token>{1, 2, 3}, 0, never);
+  EXPECT_THROW(e.forward(std::vector<Token>{1, 2}, 3, never), std::invalid_argument);
+  EXPECT_THROW(e.forward(std::vector<Token>{1, 2}, -1, never), std::invalid_argument);
+  EXPECT_THROW(e.forward(std::vector<Token>(14, 1), 1, never), std::length_error);
+  EXPECT_THROW(e.forward(std::vector<Token>{1, 301}, 1, never), std::out_of_range);
+  EXPECT_THROW(e.forward(std::vector<Token>{-1}, 1, never), std::out_of_range);
+  EXPECT_EQ(e.kv_len(), 3);
+  EXPECT_EQ(e.forward(std::vector<Token>{}, 0, never).n, 0);
+  EXPECT_THROW(make_cuda_engine(with_model(m, gpu_opts(CudaDtype::kF16, {0, 5}))),
+               std::invalid_argument);
+  EXPECT_THROW(make_cuda_engine(with_model(m, gpu_opts(CudaDtype::kF16, {2, 1}))),
+               std::invalid_argument);
+}
+
+// (e) The layer-skip drafter: the kept layers on the GPU give the CPU drafter's greedy tokens.
+TEST(CudaEngine, LayerSkipDrafterEqualsCpuDrafter) {
+  SKIP_WITHOUT_GPU();
+  for (const auto& [name, layers] : std::vector<std::pair<std::string, std::vector<int>>>{
+           {"random", {0, 2, 3}}, {"tiny-llama-spm-f16", {0, 3}}, {"memory", {1}}}) {
+    const auto m = model(name);
+    const auto prompt = prompt_for(*m, 8);
+    LlamaEngine cpu(m, cpu_opts(layers));
+    CudaEngine gpu(*m, gpu_opts(CudaDtype::kF32, layers));
+    EXPECT_EQ(gpu.kv_bytes_per_token(), cpu.kv_bytes_per_token());
+    const Greedy want = greedy(cpu, prompt, kSteps);
+    const Greedy got = greedy(gpu, prompt, kSteps);
+    EXPECT_EQ(got.tokens, want.tokens) << name;
+    for (int i = 0; i < kSteps; ++i) EXPECT_LE(nmse(got.logits[i], want.logits[i]), kF32Nmse);
+  }
+}
+
+// The factory builds the CUDA engine from a worker spec (loading only the kept layers) and it
+// names its device.
+TEST(CudaEngine, FactoryBuildsItFromTheSpec) {
+  SKIP_WITHOUT_GPU();
+  const std::string path = kTestData + "/tiny-llama-spm-f16.gguf";
+  const nlohmann::json spec = {{"engine", "llama"}, {"model", path},    {"device", "cuda"},
+                               {"dtype", "f32"},    {"gpu", 0},         {"layers", {0, 2}},
+                               {"max_context", 64}, {"role", "drafter"}};
+  auto gpu = make_engine(spec);
+  const std::string name = gpu->device_name();
+  EXPECT_EQ(name.rfind("cuda:", 0), 0u) << name;
+  EXPECT_NE(name.find('@'), std::string::npos) << name;
+  LlamaEngine cpu(model("tiny-llama-spm-f16"), cpu_opts({0, 2}, 64));
+  const auto prompt = prompt_for(*model("tiny-llama-spm-f16"), 6);
+  EXPECT_EQ(greedy(*gpu, prompt, 16).tokens, greedy(cpu, prompt, 16).tokens);
+  nlohmann::json bad = spec;
+  bad["gpu"] = 1000;
+  EXPECT_THROW(make_engine(bad), GpuBindingError);
+}
+
+}  // namespace
+}  // namespace dsi
