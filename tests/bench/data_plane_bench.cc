@@ -161,9 +161,9 @@ int main(int argc, char** argv) {
   MPI_Comm_size(node, &node_size);
   MPI_Comm_free(&node);
   dsi::set_local_rank(local);
-  const int devices = dsi::cuda_device_count();
   if (which == "mpi" || which == "all") dsi::bench_mpi(rank, max_bytes);
 #ifdef DSI_WITH_CUDA
+  const int devices = dsi::cuda_device_count();
   const int device = devices > 0 ? dsi::choose_gpu(-1, local, devices) : -1;
   if (device >= 0) cudaSetDevice(device);
   if (which == "mpi-device" || which == "all") {
