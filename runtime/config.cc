@@ -97,6 +97,11 @@ const std::vector<Key>& keys() {
          if (!q) throw ConfigError(fmt::format("key '{}' must be newest or fifo, got '{}'", key, n.Scalar()));
          c.queue = *q;
        }},
+      {"dsi.target_choice", "cache | round_robin: which idle target takes a task",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) {
+         c.target_choice = one_of(n, key, {"cache", "round_robin"}) == "cache" ? TargetChoice::kCache
+                                                                             : TargetChoice::kRoundRobin;
+       }},
       {"engine", "synthetic | llama",
        [](RunConfig& c, const YAML::Node& n, const std::string& key) {
          c.engine = scalar<std::string>(n, key, "a string");

@@ -28,6 +28,7 @@ struct RunConfig {
   // dsi
   int lookahead = 5;
   QueuePolicy queue = QueuePolicy::kNewest;
+  TargetChoice target_choice = TargetChoice::kCache;
   // engine
   std::string engine = "synthetic";  // synthetic | llama
   // llama engine

@@ -222,7 +222,7 @@ RunReport Coordinator::run(const RunConfig& cfg, int n_targets,
 
   SchedulerOptions so{.mode = cfg.mode, .lookahead = cfg.lookahead, .n_targets = n_targets,
                       .max_new_tokens = cfg.max_new_tokens, .queue = cfg.queue,
-                      .stop_tokens = stop_tokens};
+                      .target_choice = cfg.target_choice, .stop_tokens = stop_tokens};
   Scheduler sched(so, rep.prompt);
   struct Task {
     int target;
@@ -331,6 +331,7 @@ RunReport Coordinator::run(const RunConfig& cfg, int n_targets,
     rep.kv.sent_bytes += kv.at("sent_bytes").get<int64_t>();
     rep.kv.fallbacks += kv.at("fallbacks").get<int64_t>();
     rep.kv.not_needed += kv.at("not_needed").get<int64_t>();
+    rep.kv.verified_on_imported += kv.at("verified_on_imported").get<int64_t>();
   }
   return rep;
 }
@@ -407,7 +408,8 @@ json summary_json(const RunReport& r) {
       {"kv_handoff", {{"mode", r.cfg.kv_handoff}, {"prompt", r.kv.prompt}, {"planned", r.kv.planned},
                       {"imported", r.kv.imported}, {"imported_tokens", r.kv.imported_tokens},
                       {"sent_bytes", r.kv.sent_bytes}, {"fallbacks", r.kv.fallbacks},
-                      {"not_needed", r.kv.not_needed}}},
+                      {"not_needed", r.kv.not_needed},
+                      {"verified_on_imported", r.kv.verified_on_imported}}},
       {"ranks", ranks},
   };
 }
@@ -427,9 +429,9 @@ std::string summary_text(const RunReport& r) {
   if (r.kv.planned > 0) {
     out += fmt::format(
         "kv handoff: {} planned{}, {} imported ({} tokens, {:.2f} MB), {} fell back to "
-        "recomputing, {} not needed\n",
+        "recomputing, {} not needed; {} verifications attended to imported KV\n",
         r.kv.planned, r.kv.prompt ? " (prompt included)" : "", r.kv.imported, r.kv.imported_tokens,
-        r.kv.sent_bytes / 1e6, r.kv.fallbacks, r.kv.not_needed);
+        r.kv.sent_bytes / 1e6, r.kv.fallbacks, r.kv.not_needed, r.kv.verified_on_imported);
   }
   for (const auto& rk : r.ranks) {
     out += fmt::format("  rank {:3} {:12} busy {:8.3f} s ({:5.1f}%)  wasted {:.3f} s\n", rk.rank,

@@ -7,6 +7,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "runtime/data_plane.h"
 #include "runtime/gpu_binding.h"
 
 namespace dsi {
@@ -74,9 +75,20 @@ int with_session(const SessionOptions& common, const std::function<void(Session&
     return fail(e.what(), 2);
   }
 
+  // The data plane first: when it cannot be had, every rank fails alike before any other
+  // channel exists.
+  DataPlaneOptions plane;
+  plane.mode = s.cfg.data_plane;
+  // NCCL needs every worker rank on a GPU of its own.
+  plane.gpu_ranks = s.cfg.device == "cuda" && s.cfg.drafter_device == "cuda";
+  plane.poll_us = s.cfg.poll_min_us;
+  try {
+    s.data = make_data_channel(MPI_COMM_WORLD, plane);
+  } catch (const DataPlaneError& e) {
+    return fail(e.what(), 2);
+  }
   s.channel = std::make_unique<MpiChannel>(
       MPI_COMM_WORLD, MpiChannel::Polling{s.cfg.poll_min_us, s.cfg.poll_max_us, s.cfg.poll_hot_ms});
-  s.data = make_mpi_data_channel(MPI_COMM_WORLD, s.cfg.poll_min_us);
   int rc = 0;
   if (s.rank == 0) {
     Coordinator coord(*s.channel, s.cfg.heartbeat_ms, s.cfg.peer_timeout_s);

@@ -99,19 +99,27 @@ void Scheduler::submit(std::vector<Token> seq, int n_logits, std::vector<Action>
 
 void Scheduler::launch_queued(std::vector<Action>& out) {
   while (!queue_.empty()) {
-    // The idle target whose KV cache already holds the longest prefix of the sequence.
     Task& t = opts_.queue == QueuePolicy::kNewest ? queue_.back() : queue_.front();
     int best = -1;
-    size_t best_len = 0;
-    for (int i = 0; i < opts_.n_targets; ++i) {
-      if (target_task_[i] != 0) continue;
-      const size_t l = common_prefix(target_seq_[i], t.seq);
-      if (best < 0 || l > best_len) {
-        best = i;
-        best_len = l;
+    if (opts_.target_choice == TargetChoice::kRoundRobin) {
+      for (int j = 1; j <= opts_.n_targets && best < 0; ++j) {
+        const int i = (last_target_ + j) % opts_.n_targets;
+        if (target_task_[i] == 0) best = i;
+      }
+    } else {
+      // The idle target whose KV cache already holds the longest prefix of the sequence.
+      size_t best_len = 0;
+      for (int i = 0; i < opts_.n_targets; ++i) {
+        if (target_task_[i] != 0) continue;
+        const size_t l = common_prefix(target_seq_[i], t.seq);
+        if (best < 0 || l > best_len) {
+          best = i;
+          best_len = l;
+        }
       }
     }
     if (best < 0) return;
+    last_target_ = best;
     t.target = best;
     target_task_[best] = t.id;
     target_seq_[best] = t.seq;

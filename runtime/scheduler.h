@@ -29,12 +29,19 @@ enum class QueuePolicy {
 const char* queue_policy_name(QueuePolicy p);
 std::optional<QueuePolicy> parse_queue_policy(std::string_view s);
 
+// Which idle target a task goes to.
+enum class TargetChoice {
+  kCache,       // the one whose KV cache holds the longest prefix of its sequence
+  kRoundRobin,  // the next idle one after the last chosen (spreads work, e.g. to test handoff)
+};
+
 struct SchedulerOptions {
   Mode mode = Mode::kDsi;
   int lookahead = 5;       // k: a task after every k-th draft of a chain
   int n_targets = 1;       // SP degree (SI and non-SI use the first target only)
   int max_new_tokens = 64;
   QueuePolicy queue = QueuePolicy::kNewest;
+  TargetChoice target_choice = TargetChoice::kCache;
   std::vector<Token> stop_tokens;  // committing one ends generation (EOS)
 };
 
@@ -121,6 +128,7 @@ class Scheduler {
   std::map<uint64_t, Task> running_;  // by task id
   std::deque<Task> queue_;
   std::vector<uint64_t> target_task_;           // 0 = idle
+  int last_target_ = -1;                        // round robin
   std::vector<std::vector<Token>> target_seq_;  // last sequence each target verified
   std::map<uint64_t, bool> cancelled_;
   SchedulerStats stats_;

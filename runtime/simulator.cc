@@ -104,7 +104,8 @@ std::vector<Token> synthetic_sampled_reference(const SyntheticParams& target,
 SimConfig sim_config(const RunConfig& cfg, int sp) {
   SimConfig sc;
   sc.sched = {.mode = cfg.mode, .lookahead = cfg.lookahead, .n_targets = sp,
-              .max_new_tokens = cfg.max_new_tokens, .queue = cfg.queue};
+              .max_new_tokens = cfg.max_new_tokens, .queue = cfg.queue,
+              .target_choice = cfg.target_choice};
   sc.target = {.seed = cfg.seed, .vocab = cfg.vocab, .forward_ms = cfg.t_ms,
                .per_token_ms = cfg.per_token_ms};
   sc.drafter = {.seed = cfg.seed, .vocab = cfg.vocab, .acceptance = cfg.a,

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <climits>
 #include <csignal>
 #include <cstring>
 #include <deque>
@@ -103,6 +104,9 @@ class Worker {
   json spans_ = json::array();
   double busy_s_ = 0, wasted_s_ = 0, last_end_s_ = 0;
   json kv_stats_;  // KV handoff counters of this run
+  // Lowest cache position holding imported KV (INT_MAX: none), to count the verifications
+  // that attend to handed-over KV.
+  int imported_from_ = INT_MAX;
 
   // Drafter chain, guarded by mu_ for the wait predicate.
   bool chain_active_ = false;
@@ -126,6 +130,7 @@ size_t Worker::reuse_prefix(std::span<const Token> seq, size_t recompute) {
   const size_t keep = std::min(common_prefix(cached_, seq), seq.size() - recompute);
   engine_->truncate(static_cast<int>(keep));
   cached_.resize(keep);
+  if (static_cast<int>(keep) <= imported_from_) imported_from_ = INT_MAX;
   return keep;
 }
 
@@ -135,7 +140,7 @@ void Worker::configure(const Message& m) {
   busy_s_ = wasted_s_ = 0;
   last_end_s_ = 0;
   kv_stats_ = {{"sent", 0}, {"sent_bytes", 0}, {"imported", 0}, {"imported_tokens", 0},
-               {"fallbacks", 0}, {"not_needed", 0}};
+               {"fallbacks", 0}, {"not_needed", 0}, {"verified_on_imported", 0}};
   {
     std::lock_guard lk(mu_);
     chain_active_ = false;
@@ -147,6 +152,7 @@ void Worker::configure(const Message& m) {
       engine_ = make_engine(spec);
       spec_ = spec;
       cached_.clear();
+      imported_from_ = INT_MAX;
     }
     role_ = spec.at("role").get<std::string>();
     sampling_ = SamplingParams{};
@@ -190,6 +196,9 @@ void Worker::verify(const Message& m) {
     Logits l = engine_->forward(todo, static_cast<int>(n_logits), cancel_);
     cached_ = m.tokens;
     std::vector<Token> y = sampling_.greedy() ? argmax_rows(l) : verify_sampling(m, l);
+    if (imported_from_ < static_cast<int>(keep)) {
+      kv_stats_["verified_on_imported"] = kv_stats_["verified_on_imported"].get<int64_t>() + 1;
+    }
     const double t1 = now_s();
     busy_s_ += t1 - t0;
     span("verify", t0, t1, {{"task", m.id}, {"drafts", n_logits - 1}, {"tokens", todo.size()}});
@@ -363,6 +372,7 @@ void Worker::kv_expect(const Message& m) {
     } else {
       engine_->truncate(begin);
       cached_.resize(begin);
+      if (begin <= imported_from_) imported_from_ = INT_MAX;
       const DataKey key{run_, DataKind::kKvCache, m.id, 0};
       if (!(opts_.fault == "kv_corrupt" ? import_corrupted(key, begin, end)
                                         : engine_->recv_kv(*data_, key, begin, end, peer_deadline(), nullptr))) {
@@ -370,6 +380,7 @@ void Worker::kv_expect(const Message& m) {
                                              m.id, m.c, opts_.peer_timeout_s));
       }
       cached_.assign(m.tokens.begin(), m.tokens.begin() + end);
+      imported_from_ = std::min(imported_from_, begin);
       count("imported");
       count("imported_tokens", end - begin);
     }

@@ -1,10 +1,10 @@
 // MPI test: greedy DSI and SI on a real model generate exactly non-SI's tokens, for several
 // prompts (in the model's chat template when it has one), SP 1 .. max_sp and k in {1, 4, 8}.
 //   llama_lossless MODEL DRAFTER_LAYERS N_PROMPTS MAX_NEW_TOKENS MAX_SP [KV_HANDOFF]
-// KV_HANDOFF: auto (default) | never | always: with always, every DSI run with two or more
-// targets must also have imported KV (targets verify on handed-over KV, not recomputed KV);
-// corrupt: as always, with rank 3 (target 1) corrupting what it imports: the test then passes
-// only if some run's tokens differ (the check can see a bad handoff).
+// KV_HANDOFF: auto (default) | never | always: with always, tasks go round robin over the
+// targets and every DSI run with two or more targets must have verifications that attended to
+// handed-over KV (not recomputed KV); corrupt: as always, with rank 3 (target 1) importing
+// junk: the test then passes only if some run's tokens differ (the check sees a bad handoff).
 // Prints "N passed, M failed"; exits 77 (skipped) when MODEL is empty or missing.
 #include <fmt/format.h>
 
@@ -54,6 +54,7 @@ int main(int argc, char** argv) {
                     fmt::format("generation.max_new_tokens={}", argv[4]),
                     "model.max_context=512", "runtime.peer_timeout_s=60",
                     "runtime.kv_handoff=" + (corrupt ? std::string("always") : kv)};
+  if (corrupt || kv == "always") opts.overrides.push_back("dsi.target_choice=round_robin");
 
   return dsi::with_session(
       opts, [](dsi::Session& s) { (void)s.cfg.n_targets(s.world); },
@@ -73,15 +74,16 @@ int main(int argc, char** argv) {
               for (int sp = 1; sp <= (mode == dsi::Mode::kSi ? 1 : max_sp); ++sp) {
                 const auto r = coord.run(cfg, sp);
                 imported_tokens += r.kv.imported_tokens;
-                handed += r.kv.imported > 0;
+                handed += r.kv.verified_on_imported > 0;
                 const bool must_hand = kv == "always" && mode == dsi::Mode::kDsi && sp >= 2;
-                if (r.tokens == ref && (!must_hand || r.kv.imported > 0)) {
+                if (r.tokens == ref && (!must_hand || r.kv.verified_on_imported > 0)) {
                   ++passed;
                 } else {
                   ++failed;
                   fmt::print("{} prompt {} {} k={} sp={}: {}\n", corrupt ? "expected:" : "FAIL", i,
                              dsi::mode_name(mode), k, sp,
-                             r.tokens != ref ? "tokens differ from non-SI" : "no KV was handed over");
+                             r.tokens != ref ? "tokens differ from non-SI"
+                                             : "no verification attended to handed-over KV");
                 }
               }
             }
@@ -89,7 +91,7 @@ int main(int argc, char** argv) {
           fmt::print("prompt {}: {} tokens, checked\n", i, ref.size());
           std::fflush(stdout);
         }
-        fmt::print("world {}: {} passed, {} failed; {} runs imported KV ({} tokens)\n", s.world,
+        fmt::print("world {}: {} passed, {} failed; {} runs verified on imported KV ({} tokens imported)\n", s.world,
                    passed, failed, handed, imported_tokens);
         if (corrupt) {
           if (failed > 0) return 0;

@@ -61,3 +61,33 @@ TEST(Config, WorldSizeMustFitTheRoles) {
 
 }  // namespace
 }  // namespace dsi
+
+namespace dsi {
+namespace {
+
+TEST(Config, DevicesHandoffAndDataPlane) {
+  RunConfig c = parse_config("model:\n  device: cuda\n", "t.yaml");
+  EXPECT_EQ(c.device, "cuda");
+  EXPECT_EQ(c.drafter_device, "cuda");  // follows model.device unless set
+  EXPECT_EQ(c.kv_handoff, "auto");
+  EXPECT_EQ(c.data_plane, "auto");
+  EXPECT_EQ(c.target_choice, TargetChoice::kCache);
+  c = parse_config("model: {device: cuda, drafter_device: cpu, dtype: bf16}\n"
+                   "runtime: {kv_handoff: never, data_plane: nccl, kv_gbps: 25}\n"
+                   "dsi: {target_choice: round_robin}\n", "t.yaml");
+  EXPECT_EQ(c.drafter_device, "cpu");
+  EXPECT_EQ(c.dtype, "bf16");
+  EXPECT_EQ(c.kv_handoff, "never");
+  EXPECT_EQ(c.data_plane, "nccl");
+  EXPECT_DOUBLE_EQ(c.kv_gbps, 25);
+  EXPECT_EQ(c.target_choice, TargetChoice::kRoundRobin);
+  EXPECT_NE(error_of("runtime: {kv_handoff: sometimes}\n")
+                .find("key 'runtime.kv_handoff' must be one of auto, always, never, got 'sometimes'"),
+            std::string::npos);
+  EXPECT_NE(error_of("model: {dtype: fp8}\n").find("key 'model.dtype' must be one of f32, f16, bf16"),
+            std::string::npos);
+  EXPECT_NE(error_of("", {"runtime.data_plane=gloo"}).find("'runtime.data_plane'"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace dsi

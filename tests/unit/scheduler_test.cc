@@ -40,6 +40,17 @@ TEST(Scheduler, LosslessForEveryModeSpLookaheadAndAcceptance) {
   }
 }
 
+TEST(Scheduler, RoundRobinSpreadsTasksAndStaysLossless) {
+  for (int sp : {2, 3, 5}) {
+    for (double a : {0.3, 0.9}) {
+      SimConfig cfg = make(Mode::kDsi, sp, 2, a, 20, 3, 60, 7);
+      cfg.sched.target_choice = TargetChoice::kRoundRobin;
+      EXPECT_EQ(simulate(cfg).tokens, synthetic_reference(cfg.target, cfg.prompt, 60))
+          << "sp=" << sp << " a=" << a;
+    }
+  }
+}
+
 TEST(Scheduler, StopTokenEndsGeneration) {
   SimConfig cfg = make(Mode::kDsi, 3, 2, 0.7, 20, 2, 200, 5);
   const auto full = synthetic_reference(cfg.target, cfg.prompt, 200);
