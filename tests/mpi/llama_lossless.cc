@@ -3,7 +3,8 @@
 //   llama_lossless MODEL DRAFTER_LAYERS N_PROMPTS MAX_NEW_TOKENS MAX_SP [KV_HANDOFF]
 // KV_HANDOFF: auto (default) | never | always: with always, tasks go round robin over the
 // targets and every DSI run with two or more targets must have verifications that attended to
-// handed-over KV (not recomputed KV); corrupt: as always, with rank 3 (target 1) importing
+// handed-over KV (not recomputed KV), and a sampled DSI run (T = 0.8) must give the text of
+// the same run without handoff; corrupt: as always, with rank 3 (target 1) importing
 // junk: the test then passes only if some run's tokens differ (the check sees a bad handoff).
 // Prints "N passed, M failed"; exits 77 (skipped) when MODEL is empty or missing.
 #include <fmt/format.h>
@@ -86,6 +87,26 @@ int main(int argc, char** argv) {
                                              : "no verification attended to handed-over KV");
                 }
               }
+            }
+          }
+          if (kv == "always") {
+            // Speculative sampling: handed-over KV gives the targets the same p, and the draws
+            // are keyed by position, so the text must equal that of a run that recomputes.
+            dsi::RunConfig sc = cfg;
+            sc.mode = dsi::Mode::kDsi;
+            sc.lookahead = 2;
+            sc.temperature = 0.8;
+            sc.kv_handoff = "never";
+            const auto recomputed = coord.run(sc, max_sp).tokens;
+            sc.kv_handoff = "always";
+            const auto r = coord.run(sc, max_sp);
+            if (r.tokens == recomputed && r.kv.verified_on_imported > 0) {
+              ++passed;
+            } else {
+              ++failed;
+              fmt::print("FAIL prompt {} sampling T=0.8 sp={}: {}\n", i, max_sp,
+                         r.tokens != recomputed ? "tokens differ from the run without handoff"
+                                                : "no verification attended to handed-over KV");
             }
           }
           fmt::print("prompt {}: {} tokens, checked\n", i, ref.size());
