@@ -3,6 +3,7 @@
 #include <mpi.h>
 
 #include <cstring>
+#include <limits>
 #include <list>
 #include <stdexcept>
 #include <thread>
@@ -65,16 +66,21 @@ std::unique_ptr<DataChannel> LoopbackDataHub::channel(int rank) {
 
 namespace {
 
-constexpr int kDataTag = 18;
+// A transfer is two messages to the same rank: its header (tag kHeaderTag), then its payload
+// (kPayloadTag), sent straight from the caller's vector and received straight into the
+// stashed one. MPI does not overtake between one pair and tag, so the next payload from a
+// rank is the one its last header announced.
+constexpr int kHeaderTag = 18;
+constexpr int kPayloadTag = 19;
 
-// Wire header of one MPI data transfer, followed by the payload.
 struct DataHeader {
   uint32_t run;
   uint32_t kind;
   uint64_t stream;
   int64_t index;
+  uint64_t bytes;
 };
-static_assert(sizeof(DataHeader) == 24);
+static_assert(sizeof(DataHeader) == 32);
 
 class MpiDataChannel final : public DataChannel {
  public:
@@ -97,14 +103,18 @@ class MpiDataChannel final : public DataChannel {
   }
 
   void send(int dst, const DataKey& key, std::vector<uint8_t> bytes) override {
-    std::vector<uint8_t> buf(sizeof(DataHeader) + bytes.size());
-    DataHeader h{key.run, static_cast<uint32_t>(key.kind), key.stream, key.index};
-    std::memcpy(buf.data(), &h, sizeof h);
-    std::memcpy(buf.data() + sizeof h, bytes.data(), bytes.size());
+    if (bytes.size() > static_cast<size_t>(std::numeric_limits<int>::max())) {
+      throw std::length_error("a data transfer of 2 GiB or more");
+    }
+    const DataHeader h{key.run, static_cast<uint32_t>(key.kind), key.stream, key.index, bytes.size()};
+    std::vector<uint8_t> hb(sizeof h);
+    std::memcpy(hb.data(), &h, sizeof h);
     std::lock_guard lk(mu_);
     reap_locked();
-    auto& [req, b] = pending_.emplace_back(MPI_REQUEST_NULL, std::move(buf));
-    MPI_Isend(b.data(), static_cast<int>(b.size()), MPI_BYTE, dst, kDataTag, comm_, &req);
+    auto& [hreq, hbuf] = pending_.emplace_back(MPI_REQUEST_NULL, std::move(hb));
+    MPI_Isend(hbuf.data(), static_cast<int>(hbuf.size()), MPI_BYTE, dst, kHeaderTag, comm_, &hreq);
+    auto& [preq, pbuf] = pending_.emplace_back(MPI_REQUEST_NULL, std::move(bytes));
+    MPI_Isend(pbuf.data(), static_cast<int>(pbuf.size()), MPI_BYTE, dst, kPayloadTag, comm_, &preq);
   }
 
   bool recv(const DataKey& key, std::vector<uint8_t>& out, Clock::time_point deadline,
@@ -145,17 +155,15 @@ class MpiDataChannel final : public DataChannel {
     for (;;) {
       int flag = 0;
       MPI_Status st;
-      MPI_Iprobe(MPI_ANY_SOURCE, kDataTag, comm_, &flag, &st);
+      MPI_Iprobe(MPI_ANY_SOURCE, kHeaderTag, comm_, &flag, &st);
       if (!flag) return;
-      int count = 0;
-      MPI_Get_count(&st, MPI_BYTE, &count);
-      std::vector<uint8_t> buf(count);
-      MPI_Recv(buf.data(), count, MPI_BYTE, st.MPI_SOURCE, kDataTag, comm_, MPI_STATUS_IGNORE);
-      if (count < static_cast<int>(sizeof(DataHeader))) continue;  // not ours
       DataHeader h;
-      std::memcpy(&h, buf.data(), sizeof h);
-      stash_[DataKey{h.run, static_cast<DataKind>(h.kind), h.stream, h.index}] =
-          std::vector<uint8_t>(buf.begin() + sizeof h, buf.end());
+      MPI_Recv(&h, sizeof h, MPI_BYTE, st.MPI_SOURCE, kHeaderTag, comm_, MPI_STATUS_IGNORE);
+      // The payload was sent right after its header: it is arriving.
+      std::vector<uint8_t> payload(h.bytes);
+      MPI_Recv(payload.data(), static_cast<int>(h.bytes), MPI_BYTE, st.MPI_SOURCE, kPayloadTag,
+               comm_, MPI_STATUS_IGNORE);
+      stash_[DataKey{h.run, static_cast<DataKind>(h.kind), h.stream, h.index}] = std::move(payload);
     }
   }
 
