@@ -31,6 +31,8 @@
 #include "kernels/rmsnorm_cuda.h"
 #include "kernels/rope.h"
 #include "kernels/rope_cuda.h"
+#include "kernels/sampling.h"
+#include "kernels/sampling_cuda.h"
 #include "kernels/softmax.h"
 #include "kernels/softmax_cuda.h"
 #include "kernels/swiglu.h"
@@ -54,6 +56,12 @@ constexpr double kExactTol = 1e-12;
 constexpr double kHalfOutTol = 1e-6;
 constexpr double kGemmF32Tol = 1e-8;
 constexpr double kGemmHalfTol = 1e-6;
+// probs_from_logits: both sides compute exp in (effectively) correctly rounded float, sum in
+// double and divide in double, so equal supports give values within an ulp or two (relative
+// ~2.4e-7, nmse <~ 1e-13); the threshold of 1e-10 is far below what a wrongly cut or wrongly
+// renormalised row gives (an index more or less moves the whole row by its mass, nmse ~1e-6
+// even for a 1e-3 element). Support equality is checked separately.
+constexpr double kProbsTol = 1e-10;
 
 double nmse(const std::vector<float>& gpu, const std::vector<float>& cpu) {
   EXPECT_EQ(gpu.size(), cpu.size());
@@ -437,6 +445,176 @@ Case convert_case(GemmType type, int64_t n) {
           }};
 }
 
+// Names may only hold [A-Za-z0-9_]: 0.9 -> "0p9".
+std::string num_name(float x) {
+  std::string s = std::to_string(x);
+  s.erase(s.find_last_not_of('0') + 1);
+  if (s.back() == '.') s.pop_back();
+  for (auto& ch : s) ch = ch == '.' ? 'p' : ch;
+  return s;
+}
+
+// probs_from_logits on `rows` rows. Besides the nmse, the support (non-zero indices) of every
+// row must equal the CPU's. An index may differ only when the CPU could have cut it either way
+// within rounding: its uncut probability within 8 ulp (1e-6 relative) of the smallest kept one
+// (a near-tie that the GPU's last-bit differences may order the other way), or the mass of the
+// probabilities above it, or of those >= it, within 1e-6 of top_p (the cumulative mass reaches
+// top_p right before or at it; 1e-6 covers the per-element ulp differences summed over the kept
+// set). Such rows are counted, printed and left out of the nmse (their
+// renormalisation differs legitimately). `ties` rounds the logits to multiples of 0.5, so that
+// exact ties straddle the cuts: the lower index must be kept, and no excuse is allowed.
+Case sampling_probs_case(int rows, int vocab, float temperature, int top_k, float top_p,
+                         bool ties) {
+  return {
+      "sampling_probs_r" + std::to_string(rows) + "_v" + std::to_string(vocab) + "_T" +
+          num_name(temperature) + "_k" + std::to_string(top_k) + "_p" + num_name(top_p) +
+          (ties ? "_ties" : ""),
+      kProbsTol, [=](std::mt19937& rng, Harness& h, const std::string& name) {
+        auto logits = randn(size_t(rows) * vocab, rng, 3.0f);
+        if (ties) {
+          for (auto& x : logits) x = std::round(x * 2) / 2;
+        }
+        std::vector<float> ref(logits.size()), full(vocab);
+        for (int r = 0; r < rows; ++r) {
+          probs_from_logits_cpu(ref.data() + size_t(r) * vocab, logits.data() + size_t(r) * vocab,
+                                vocab, temperature, top_k, top_p);
+        }
+        DevBuf<float> dl(logits), dp(logits.size());
+        Launch l{[&](cudaStream_t s) {
+                   probs_from_logits_cuda(dp.get(), dl.get(), rows, vocab, temperature, top_k,
+                                          top_p, s);
+                 },
+                 8.0 * logits.size(), 0};
+        h.once(l);
+        const auto got = dp.host();
+        std::vector<float> got_exact, ref_exact;
+        int excused = 0;
+        for (int r = 0; r < rows; ++r) {
+          const size_t o = size_t(r) * vocab;
+          std::vector<int> diff;
+          for (int i = 0; i < vocab; ++i) {
+            if ((got[o + i] > 0) != (ref[o + i] > 0)) diff.push_back(i);
+          }
+          if (diff.empty()) {
+            got_exact.insert(got_exact.end(), got.begin() + o, got.begin() + o + vocab);
+            ref_exact.insert(ref_exact.end(), ref.begin() + o, ref.begin() + o + vocab);
+            continue;
+          }
+          if (ties) {
+            ADD_FAILURE() << name << " row " << r << ": support differs at index " << diff[0]
+                          << " (cpu " << ref[o + diff[0]] << ", gpu " << got[o + diff[0]] << ")";
+            continue;
+          }
+          probs_from_logits_cpu(full.data(), logits.data() + o, vocab, temperature, 0, 1.0f);
+          float smallest_kept = INFINITY;
+          for (int i = 0; i < vocab; ++i) {
+            if (ref[o + i] > 0) smallest_kept = std::min(smallest_kept, full[i]);
+          }
+          for (int i : diff) {
+            // Mass of the probabilities above i, and with i: the CPU's cumulative mass just
+            // before and at i (up to the order within exact ties).
+            double above = 0, mass = 0;
+            for (int j = 0; j < vocab; ++j) {
+              if (full[j] > full[i]) above += full[j];
+              if (full[j] >= full[i]) mass += full[j];
+            }
+            const bool near_tie = std::abs(full[i] - smallest_kept) <= 1e-6 * smallest_kept;
+            const bool near_p =
+                top_p < 1.0f && (std::abs(mass - top_p) <= 1e-6 || std::abs(above - top_p) <= 1e-6);
+            EXPECT_TRUE(near_tie || near_p)
+                << name << " row " << r << ": support differs at index " << i << " (cpu "
+                << ref[o + i] << ", gpu " << got[o + i] << ", uncut " << full[i]
+                << ", smallest kept " << smallest_kept << ", mass >= it " << mass << ")";
+          }
+          ++excused;
+        }
+        if (excused > 0) {
+          std::printf(
+              "[ INFO ] %s: %d of %d rows differ in support within rounding of the "
+              "cut (left out of the nmse)\n",
+              name.c_str(), excused, rows);
+        }
+        h.time(name, l);
+        return ref_exact.empty() ? 0.0 : nmse(got_exact, ref_exact);
+      }};
+}
+
+// sample_cdf against the CPU for `draws` values of u (uniform, plus 0 and every exact CDF
+// boundary of the first few positive weights, which must be skipped). Weights: the
+// probabilities of random logits cut by top_p (zeros included), or, with `raw`, unnormalised
+// uniform weights of which about a third are zero. Draws must all be equal, except those whose
+// u * total lies within 1e-9 * total of a cumulative boundary, where summation order may
+// legitimately decide; those are skipped and counted. Returns the number of mismatches.
+Case sampling_cdf_case(int vocab, int draws, bool raw) {
+  return {
+      "sampling_cdf_v" + std::to_string(vocab) + "_n" + std::to_string(draws) +
+          (raw ? "_raw" : "_probs"),
+      0.0, [=](std::mt19937& rng, Harness& h, const std::string& name) {
+        std::vector<float> w(vocab);
+        if (raw) {
+          std::uniform_real_distribution<float> d(0.0f, 5.0f);
+          std::bernoulli_distribution zero(1.0 / 3);
+          for (auto& x : w) x = zero(rng) ? 0.0f : d(rng);
+        } else {
+          const auto logits = randn(vocab, rng, 3.0f);
+          probs_from_logits_cpu(w.data(), logits.data(), vocab, 1.0f, 0, 0.9f);
+        }
+        // The CPU's cumulative sums, for the boundary test.
+        double total = 0;
+        for (float x : w) total += x;
+        std::vector<double> acc(vocab, 0.0);
+        double a = 0;
+        for (int i = 0; i < vocab; ++i) {
+          if (w[i] > 0) a += w[i];
+          acc[i] = a;
+        }
+        std::vector<double> us{0.0};
+        int n_boundaries = 0;
+        for (int i = 0; i < vocab && n_boundaries < 8; ++i) {
+          if (w[i] > 0) {
+            us.push_back(acc[i] / total);
+            ++n_boundaries;
+          }
+        }
+        std::uniform_real_distribution<double> ud(0.0, 1.0);
+        while (int(us.size()) < draws) us.push_back(ud(rng));
+        DevBuf<float> dw(w);
+        DevBuf<int32_t> dout(us.size());
+        h.once({[&](cudaStream_t s) {
+          for (size_t d = 0; d < us.size(); ++d) {
+            sample_cdf_cuda(dout.get() + d, dw.get(), vocab, us[d], s);
+          }
+        }});
+        const auto got = dout.host();
+        int skipped = 0, mismatches = 0;
+        for (size_t d = 0; d < us.size(); ++d) {
+          const int32_t want = sample_cdf_cpu(w.data(), vocab, us[d]);
+          const double target = us[d] * total;
+          // The boundaries around the CPU's draw: its own cumulative weight and the one
+          // before it (none before the first positive weight: 0 is exact on both sides).
+          bool near = std::abs(acc[want] - target) <= 1e-9 * total;
+          int prev = want - 1;
+          while (prev >= 0 && !(w[prev] > 0)) --prev;
+          if (prev >= 0) near = near || std::abs(acc[prev] - target) <= 1e-9 * total;
+          if (near) {
+            ++skipped;
+            continue;
+          }
+          if (got[d] != want) {
+            ++mismatches;
+            ADD_FAILURE() << name << ": u " << us[d] << ": gpu drew " << got[d] << ", cpu " << want;
+          }
+        }
+        std::printf("[ INFO ] %s: %zu draws, %d skipped within 1e-9 of a CDF boundary\n",
+                    name.c_str(), us.size(), skipped);
+        EXPECT_GE(skipped, n_boundaries) << "the exact boundaries put into u must be skipped";
+        const double u0 = 0.5;
+        h.time(name, {[&](cudaStream_t s) { sample_cdf_cuda(dout.get(), dw.get(), vocab, u0, s); },
+                      4.0 * vocab, 2.0 * vocab});
+        return double(mismatches);
+      }};
+}
+
 std::vector<Case> all_cases() {
   std::vector<Case> c;
   for (auto [n, d] : {std::pair{1, 64}, {3, 2048}, {17, 4096}, {2, 5000}})
@@ -473,6 +651,25 @@ std::vector<Case> all_cases() {
     c.push_back(gemm_case(t, 1, 256, 96, false));
     c.push_back(gemm_case(t, 7, 2048, 5632, true));
     c.push_back(gemm_case(t, 64, 1024, 1000, false));
+  }
+  for (auto [k, p] : {std::pair{5, 1.0f}, {0, 0.5f}, {3, 0.9f}, {40, 0.9f}}) {
+    c.push_back(sampling_probs_case(8, 32, 1.0f, k, p, true));
+  }
+  struct Cut {
+    float t;
+    int k;
+    float p;
+  };
+  for (int vocab : {32, 1000, 32000, 151936}) {
+    for (auto [t, k, p] :
+         {Cut{1.0f, 0, 1.0f}, Cut{0.5f, 40, 1.0f}, Cut{1.5f, 0, 0.9f}, Cut{1.0f, 40, 0.9f},
+          Cut{1.0f, 1, 1.0f}, Cut{0.5f, 0, 0.5f}, Cut{1.5f, 1, 0.5f}}) {
+      for (int rows : {1, 8}) c.push_back(sampling_probs_case(rows, vocab, t, k, p, false));
+    }
+  }
+  for (int vocab : {32, 1000, 151936}) {
+    c.push_back(sampling_cdf_case(vocab, vocab > 1000 ? 300 : 1000, false));
+    c.push_back(sampling_cdf_case(vocab, vocab > 1000 ? 300 : 1000, true));
   }
   // Decode and verify shapes of a 7B model, for the --perf table (checked all the same).
   c.push_back(rmsnorm_case(1, 4096));
