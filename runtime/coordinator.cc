@@ -14,12 +14,6 @@ using json = nlohmann::json;
 namespace {
 double seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
-size_t common_prefix(std::span<const Token> a, std::span<const Token> b) {
-  size_t i = 0;
-  while (i < a.size() && i < b.size() && a[i] == b[i]) ++i;
-  return i;
-}
-
 // What the coordinator knows of the target ranks for KV handoff (from their Ready messages).
 struct TargetKv {
   bool can = false;          // every target has a data channel and the same KV layout size

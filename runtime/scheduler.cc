@@ -31,15 +31,6 @@ std::optional<QueuePolicy> parse_queue_policy(std::string_view s) {
   return std::nullopt;
 }
 
-namespace {
-size_t common_prefix(const std::vector<Token>& a, const std::vector<Token>& b) {
-  const size_t n = std::min(a.size(), b.size());
-  size_t i = 0;
-  while (i < n && a[i] == b[i]) ++i;
-  return i;
-}
-}  // namespace
-
 Scheduler::Scheduler(SchedulerOptions opts, std::vector<Token> prompt)
     : opts_(std::move(opts)),
       prompt_len_(static_cast<int>(prompt.size())),

@@ -16,12 +16,6 @@ uint64_t hash_of(uint64_t seed, const std::vector<Token>& seq, size_t n) {
   return h;
 }
 
-size_t common_prefix(const std::vector<Token>& a, const std::vector<Token>& b) {
-  size_t i = 0;
-  while (i < a.size() && i < b.size() && a[i] == b[i]) ++i;
-  return i;
-}
-
 struct Event {
   double time;
   uint64_t order;  // FIFO among equal times, so runs are deterministic

@@ -17,6 +17,14 @@ using Token = int32_t;
 class DataChannel;
 struct DataKey;
 
+// Length of the longest common prefix of two token sequences (how much of a cached sequence a
+// new one can reuse).
+inline size_t common_prefix(std::span<const Token> a, std::span<const Token> b) {
+  size_t i = 0;
+  while (i < a.size() && i < b.size() && a[i] == b[i]) ++i;
+  return i;
+}
+
 // Set by the worker's communication thread when the running task is preempted; engines
 // poll it between layers (CPU), between per-layer launches (GPU) or between sleep slices
 // (synthetic).

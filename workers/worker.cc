@@ -22,12 +22,6 @@ using json = nlohmann::json;
 
 double now_s() { return std::chrono::duration<double>(Clock::now().time_since_epoch()).count(); }
 
-size_t common_prefix(const std::vector<Token>& a, std::span<const Token> b) {
-  size_t i = 0;
-  while (i < a.size() && i < b.size() && a[i] == b[i]) ++i;
-  return i;
-}
-
 // The first transfer of a KV handoff, always in host memory: whether the blob follows.
 struct KvHeader {
   uint32_t ok;  // 0: the source no longer holds the range; recompute
