@@ -267,15 +267,7 @@ std::string CudaEngine::device_name() const {
 Logits CudaEngine::forward(std::span<const Token> tokens, int n_logits, const CancelFlag& cancel) {
   const LlamaConfig& c = config_;
   const int n = static_cast<int>(tokens.size());
-  if (n_logits < 0 || n_logits > n) throw std::invalid_argument("n_logits out of range");
-  if (kv_len_ + n > max_ctx_) {
-    throw std::length_error("forward of " + std::to_string(n) + " tokens at position " +
-                            std::to_string(kv_len_) + " exceeds the context of " +
-                            std::to_string(max_ctx_));
-  }
-  for (Token t : tokens) {
-    if (t < 0 || t >= c.n_vocab) throw std::out_of_range("token id out of vocab");
-  }
+  check_llama_forward(tokens, n_logits, kv_len_, max_ctx_, c.n_vocab);
   Logits out{n_logits, c.n_vocab, {}};
   if (n == 0) return out;
   CUDA_CHECK(cudaSetDevice(device_));

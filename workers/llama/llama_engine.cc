@@ -61,6 +61,20 @@ std::vector<int> llama_kept_layers(const LlamaModel& m, const std::vector<int>& 
   return layers;
 }
 
+void check_llama_forward(std::span<const Token> tokens, int n_logits, int kv_len, int max_ctx,
+                         int n_vocab) {
+  const int n = static_cast<int>(tokens.size());
+  if (n_logits < 0 || n_logits > n) throw std::invalid_argument("n_logits out of range");
+  if (kv_len + n > max_ctx) {
+    throw std::length_error("forward of " + std::to_string(n) + " tokens at position " +
+                            std::to_string(kv_len) + " exceeds the context of " +
+                            std::to_string(max_ctx));
+  }
+  for (Token t : tokens) {
+    if (t < 0 || t >= n_vocab) throw std::out_of_range("token id out of vocab");
+  }
+}
+
 std::unique_ptr<Engine> make_llama_engine(const LlamaEngineOptions& options) {
   return std::make_unique<LlamaEngine>(load_llama_model(options.model_path, options.layers),
                                        options);
@@ -108,15 +122,7 @@ Logits LlamaEngine::forward(std::span<const Token> tokens, int n_logits, const C
   const LlamaConfig& c = model_->config;
   const LlamaWeights& w = model_->weights;
   const int n = static_cast<int>(tokens.size());
-  if (n_logits < 0 || n_logits > n) throw std::invalid_argument("n_logits out of range");
-  if (kv_len_ + n > max_ctx_) {
-    throw std::length_error("forward of " + std::to_string(n) + " tokens at position " +
-                            std::to_string(kv_len_) + " exceeds the context of " +
-                            std::to_string(max_ctx_));
-  }
-  for (Token t : tokens) {
-    if (t < 0 || t >= c.n_vocab) throw std::out_of_range("token id out of vocab");
-  }
+  check_llama_forward(tokens, n_logits, kv_len_, max_ctx_, c.n_vocab);
   Logits out{n_logits, c.n_vocab, {}};
   if (n == 0) return out;
   kernels::set_blas_threads(threads_);

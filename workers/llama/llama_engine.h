@@ -34,6 +34,11 @@ std::shared_ptr<LlamaModel> load_llama_model(const std::string& path,
 // Throws std::invalid_argument for a layer out of range, not loaded, or out of order.
 std::vector<int> llama_kept_layers(const LlamaModel& model, const std::vector<int>& requested);
 
+// The checks every llama engine's forward makes before computing: n_logits in [0, n], the
+// tokens fitting the context after kv_len, every id in the vocabulary.
+void check_llama_forward(std::span<const Token> tokens, int n_logits, int kv_len, int max_ctx,
+                         int n_vocab);
+
 class LlamaEngine final : public Engine {
  public:
   // model must hold every layer named in options.layers (all of them when it is empty);
