@@ -31,6 +31,8 @@
 #include "workers/llama/llama_loader.h"
 #include "workers/model/random_model.h"
 
+#include "../llama_test_model.h"
+
 namespace dsi {
 namespace {
 
@@ -81,34 +83,7 @@ std::shared_ptr<LlamaModel> memory_model() {
   c.rope_layout = kernels::RopeLayout::kHalfSplit;
   c.qkv_bias = true;
   c.max_context = 256;
-  std::mt19937 rng(7);
-  auto fill = [&](size_t n, float mean, float sd) {
-    std::normal_distribution<float> d(mean, sd);
-    std::vector<float> v(n);
-    for (auto& x : v) x = d(rng);
-    return v;
-  };
-  const float s = 1.0f / std::sqrt(static_cast<float>(c.dim));
-  LlamaWeights& w = m->weights;
-  w.token_embd = fill(size_t(c.n_vocab) * c.dim, 0, 0.5f);
-  for (int l = 0; l < c.n_layers; ++l) {
-    LlamaLayerWeights L;
-    L.attn_norm = fill(c.dim, 1, 0.1f);
-    L.wq = fill(size_t(c.q_dim()) * c.dim, 0, s);
-    L.wk = fill(size_t(c.kv_dim()) * c.dim, 0, s);
-    L.wv = fill(size_t(c.kv_dim()) * c.dim, 0, s);
-    L.bq = fill(c.q_dim(), 0, 0.1f);
-    L.bk = fill(c.kv_dim(), 0, 0.1f);
-    L.bv = fill(c.kv_dim(), 0, 0.1f);
-    L.wo = fill(size_t(c.dim) * c.q_dim(), 0, s);
-    L.ffn_norm = fill(c.dim, 1, 0.1f);
-    L.w_gate = fill(size_t(c.ffn_dim) * c.dim, 0, s);
-    L.w_up = fill(size_t(c.ffn_dim) * c.dim, 0, s);
-    L.w_down = fill(size_t(c.dim) * c.ffn_dim, 0, 1.0f / std::sqrt(float(c.ffn_dim)));
-    w.layers.push_back(std::move(L));
-  }
-  w.output_norm = fill(c.dim, 1, 0.1f);
-  w.output = fill(size_t(c.n_vocab) * c.dim, 0, 0.3f);
+  fill_random_llama(*m, 7);
   return m;
 }
 

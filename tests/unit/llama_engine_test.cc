@@ -11,6 +11,8 @@
 #include <random>
 #include <thread>
 
+#include "../llama_test_model.h"
+
 namespace dsi {
 namespace {
 
@@ -30,36 +32,7 @@ std::shared_ptr<LlamaModel> random_model(bool qkv_bias, kernels::RopeLayout layo
   c.tied_head = tied;
   c.qkv_bias = qkv_bias;
   c.max_context = 64;
-  std::mt19937 rng(42);
-  auto fill = [&](size_t n, float mean, float sd) {
-    std::normal_distribution<float> d(mean, sd);
-    std::vector<float> v(n);
-    for (auto& x : v) x = d(rng);
-    return v;
-  };
-  const float s = 1.0f / std::sqrt(static_cast<float>(c.dim));
-  LlamaWeights& w = m->weights;
-  w.token_embd = fill(static_cast<size_t>(c.n_vocab) * c.dim, 0, 0.5f);
-  for (int l = 0; l < c.n_layers; ++l) {
-    LlamaLayerWeights L;
-    L.attn_norm = fill(c.dim, 1, 0.1f);
-    L.wq = fill(static_cast<size_t>(c.q_dim()) * c.dim, 0, s);
-    L.wk = fill(static_cast<size_t>(c.kv_dim()) * c.dim, 0, s);
-    L.wv = fill(static_cast<size_t>(c.kv_dim()) * c.dim, 0, s);
-    if (qkv_bias) {
-      L.bq = fill(c.q_dim(), 0, 0.1f);
-      L.bk = fill(c.kv_dim(), 0, 0.1f);
-      L.bv = fill(c.kv_dim(), 0, 0.1f);
-    }
-    L.wo = fill(static_cast<size_t>(c.dim) * c.q_dim(), 0, s);
-    L.ffn_norm = fill(c.dim, 1, 0.1f);
-    L.w_gate = fill(static_cast<size_t>(c.ffn_dim) * c.dim, 0, s);
-    L.w_up = fill(static_cast<size_t>(c.ffn_dim) * c.dim, 0, s);
-    L.w_down = fill(static_cast<size_t>(c.dim) * c.ffn_dim, 0, 1.0f / std::sqrt(64.0f));
-    w.layers.push_back(std::move(L));
-  }
-  w.output_norm = fill(c.dim, 1, 0.1f);
-  if (!tied) w.output = fill(static_cast<size_t>(c.n_vocab) * c.dim, 0, 0.3f);
+  fill_random_llama(*m, 42);
   return m;
 }
 
