@@ -98,6 +98,9 @@ class Worker {
   json spans_ = json::array();
   double busy_s_ = 0, wasted_s_ = 0, last_end_s_ = 0;
   json kv_stats_;  // KV handoff counters of this run
+  void count_kv(const char* what, int64_t n = 1) {
+    kv_stats_[what] = kv_stats_[what].get<int64_t>() + n;
+  }
   // Lowest cache position holding imported KV (INT_MAX: none), to count the verifications
   // that attend to handed-over KV.
   int imported_from_ = INT_MAX;
@@ -191,7 +194,7 @@ void Worker::verify(const Message& m) {
     cached_ = m.tokens;
     std::vector<Token> y = sampling_.greedy() ? argmax_rows(l) : verify_sampling(m, l);
     if (imported_from_ < static_cast<int>(keep)) {
-      kv_stats_["verified_on_imported"] = kv_stats_["verified_on_imported"].get<int64_t>() + 1;
+      count_kv("verified_on_imported");
     }
     const double t1 = now_s();
     busy_s_ += t1 - t0;
@@ -309,8 +312,8 @@ void Worker::kv_send(const Message& m) {
   data_->send(m.c, DataKey{run_, DataKind::kKvHeader, m.id, 0}, std::move(hb));
   if (ok) {
     engine_->send_kv(*data_, m.c, DataKey{run_, DataKind::kKvCache, m.id, 0}, begin, end);
-    kv_stats_["sent"] = kv_stats_["sent"].get<int64_t>() + 1;
-    kv_stats_["sent_bytes"] = kv_stats_["sent_bytes"].get<int64_t>() + static_cast<int64_t>(h.bytes);
+    count_kv("sent");
+    count_kv("sent_bytes", static_cast<int64_t>(h.bytes));
   }
   const double t1 = now_s();
   busy_s_ += t1 - t0;
@@ -332,9 +335,6 @@ void Worker::kv_expect(const Message& m) {
   if (!data_) throw std::runtime_error("a KV handoff needs a data channel");
   const double t0 = now_s();
   const int begin = m.a, end = m.b;
-  auto count = [&](const char* what, int64_t n = 1) {
-    kv_stats_[what] = kv_stats_[what].get<int64_t>() + n;
-  };
   // Handoffs are numbered in the order the coordinator plans them: older ones that were not
   // needed will not be asked for again.
   data_->discard([&](const DataKey& k) { return is_kv(k) && k.stream < m.id; });
@@ -342,10 +342,10 @@ void Worker::kv_expect(const Message& m) {
   std::string outcome = "imported";
   if (have >= static_cast<size_t>(end)) {
     outcome = "not needed";
-    count("not_needed");
+    count_kv("not_needed");
   } else if (have < static_cast<size_t>(begin) || static_cast<int>(m.tokens.size()) < end) {
     outcome = "cache behind the range";  // the next forward recomputes
-    count("fallbacks");
+    count_kv("fallbacks");
   } else {
     std::vector<uint8_t> hb;
     if (!data_->recv(DataKey{run_, DataKind::kKvHeader, m.id, 0}, hb, peer_deadline()) ||
@@ -358,7 +358,7 @@ void Worker::kv_expect(const Message& m) {
     const uint64_t want = (end - begin) * engine_->kv_bytes_per_token();
     if (!h.ok) {
       outcome = "source no longer held it";
-      count("fallbacks");
+      count_kv("fallbacks");
     } else if (h.bytes != want) {
       throw std::runtime_error(fmt::format(
           "KV handoff {} from rank {} carries {} bytes for {} tokens, this engine expects {} "
@@ -375,8 +375,8 @@ void Worker::kv_expect(const Message& m) {
       }
       cached_.assign(m.tokens.begin(), m.tokens.begin() + end);
       imported_from_ = std::min(imported_from_, begin);
-      count("imported");
-      count("imported_tokens", end - begin);
+      count_kv("imported");
+      count_kv("imported_tokens", end - begin);
     }
     data_->discard([&](const DataKey& k) { return is_kv(k) && k.stream == m.id; });
   }
