@@ -9,9 +9,9 @@
 #include <sstream>
 
 #include "launch/commands.h"
-#include "runtime/mpi_session.h"
-#include "runtime/latency_model.h"
-#include "runtime/simulator.h"
+#include "launch/session.h"
+#include "sim/latency_model.h"
+#include "sim/simulator.h"
 
 namespace dsi::cli {
 namespace {

@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "runtime/mpi_session.h"
+#include "launch/session.h"
 
 namespace dsi::cli {
 

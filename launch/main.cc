@@ -9,8 +9,8 @@
 #include <nlohmann/json.hpp>
 
 #include "launch/commands.h"
-#include "runtime/config.h"
-#include "runtime/version.h"
+#include "core/config.h"
+#include "common/version.h"
 
 namespace {
 

@@ -6,7 +6,7 @@
 #include <exception>
 
 #include "launch/commands.h"
-#include "workers/model/random_model.h"
+#include "model/random_model.h"
 
 namespace dsi::cli {
 

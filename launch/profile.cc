@@ -15,11 +15,11 @@
 
 #include "kernels/argmax.h"
 #include "launch/commands.h"
-#include "runtime/coordinator.h"
-#include "runtime/config.h"
-#include "runtime/simulator.h"
-#include "workers/engine_factory.h"
-#include "workers/verify.h"
+#include "core/coordinator.h"
+#include "core/config.h"
+#include "sim/simulator.h"
+#include "engines/engine_factory.h"
+#include "core/verify.h"
 
 namespace dsi::cli {
 namespace {

@@ -5,10 +5,10 @@
 #include <filesystem>
 #include <fstream>
 
-#include "workers/tokenizer/tokenizer.h"
+#include "model/tokenizer/tokenizer.h"
 
 #include "launch/commands.h"
-#include "runtime/mpi_session.h"
+#include "launch/session.h"
 
 namespace dsi::cli {
 

@@ -8,7 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "launch/commands.h"
-#include "runtime/planner.h"
+#include "sim/planner.h"
 
 namespace dsi::cli {
 namespace {

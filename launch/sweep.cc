@@ -13,9 +13,9 @@
 #include <sstream>
 
 #include "launch/commands.h"
-#include "runtime/mpi_session.h"
-#include "runtime/planner.h"
-#include "runtime/simulator.h"
+#include "launch/session.h"
+#include "sim/planner.h"
+#include "sim/simulator.h"
 
 namespace dsi::cli {
 namespace {

@@ -8,7 +8,7 @@
 #include <thread>
 #include <vector>
 
-#include "runtime/data_channel.h"
+#include "transport/mpi_data_channel.h"
 
 namespace dsi::conformance {
 

@@ -7,7 +7,7 @@
 #include <random>
 #include <vector>
 
-#include "workers/llama/llama_model.h"
+#include "engines/llama/llama_model.h"
 
 namespace dsi {
 

@@ -9,7 +9,8 @@
 #include <thread>
 #include <vector>
 
-#include "runtime/mpi_channel.h"
+#include "core/protocol.h"
+#include "transport/mpi_channel.h"
 
 int main(int argc, char** argv) {
   int provided;
@@ -21,7 +22,8 @@ int main(int argc, char** argv) {
   if (argc > 3) poll.hot_ms = std::atoi(argv[3]);
   const int pause_ms = argc > 4 ? std::atoi(argv[4]) : 2;
   {
-    dsi::MpiChannel ch(MPI_COMM_WORLD, poll);
+    dsi::MpiChannel mpi(MPI_COMM_WORLD, poll);
+    dsi::ControlLink ch(mpi);
     const int n = 200;
     std::vector<double> rtt;
     for (int i = 0; i < n; ++i) {
@@ -42,7 +44,7 @@ int main(int argc, char** argv) {
       fmt::print("poll {}-{} us, hot {} ms, pause {} ms: round trip median {:.1f} us, p90 {:.1f} us, max {:.1f} us\n",
                  poll.min_us, poll.max_us, poll.hot_ms, pause_ms, rtt[n / 2], rtt[n * 9 / 10], rtt.back());
     }
-    ch.flush(dsi::Clock::now() + std::chrono::seconds(1));
+    mpi.flush(dsi::Clock::now() + std::chrono::seconds(1));
   }
   MPI_Finalize();
 }

@@ -16,9 +16,9 @@
 #include <string>
 #include <vector>
 
-#include "runtime/data_channel.h"
-#include "runtime/gpu_binding.h"
-#include "runtime/nccl_data_channel.h"
+#include "transport/mpi_data_channel.h"
+#include "common/gpu_binding.h"
+#include "transport/nccl_data_channel.h"
 
 #ifdef DSI_WITH_CUDA
 #include <cuda_runtime.h>

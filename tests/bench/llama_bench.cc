@@ -25,10 +25,10 @@
 #include <vector>
 
 #include "kernels/argmax.h"
-#include "workers/cuda/cuda_engine.h"
-#include "workers/llama/llama_engine.h"
-#include "workers/llama/llama_loader.h"
-#include "workers/tokenizer/tokenizer.h"
+#include "engines/llama/cuda_engine.h"
+#include "engines/llama/llama_engine.h"
+#include "engines/llama/llama_loader.h"
+#include "model/tokenizer/tokenizer.h"
 
 namespace {
 

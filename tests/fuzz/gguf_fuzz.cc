@@ -4,8 +4,8 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "workers/model/gguf.h"
-#include "workers/tokenizer/tokenizer.h"
+#include "model/gguf.h"
+#include "model/tokenizer/tokenizer.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using dsi::ModelError;

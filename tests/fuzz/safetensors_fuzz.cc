@@ -2,7 +2,7 @@
 // tensors of a file that opens lie inside it. Built by tests/fuzz/run.sh (clang only).
 #include <cstdlib>
 
-#include "workers/model/safetensors.h"
+#include "model/safetensors.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   try {

@@ -8,9 +8,9 @@
 #include <string>
 #include <string_view>
 
-#include "workers/model/gguf.h"
-#include "workers/tokenizer/tokenizer.h"
-#include "workers/tokenizer/unicode.h"
+#include "model/gguf.h"
+#include "model/tokenizer/tokenizer.h"
+#include "model/tokenizer/unicode.h"
 
 namespace {
 

@@ -23,13 +23,13 @@
 
 #include "kernels/argmax.h"
 #include "kernels/cuda_check.h"
-#include "runtime/data_channel.h"
-#include "runtime/gpu_binding.h"
-#include "workers/cuda/cuda_engine.h"
-#include "workers/engine_factory.h"
-#include "workers/llama/llama_engine.h"
-#include "workers/llama/llama_loader.h"
-#include "workers/model/random_model.h"
+#include "transport/data_channel.h"
+#include "common/gpu_binding.h"
+#include "engines/llama/cuda_engine.h"
+#include "engines/engine_factory.h"
+#include "engines/llama/llama_engine.h"
+#include "engines/llama/llama_loader.h"
+#include "model/random_model.h"
 
 #include "../llama_test_model.h"
 

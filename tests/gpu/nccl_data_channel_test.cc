@@ -14,8 +14,8 @@
 
 #include "../data_channel_conformance.h"
 #include "kernels/cuda_check.h"
-#include "runtime/gpu_binding.h"
-#include "runtime/nccl_data_channel.h"
+#include "common/gpu_binding.h"
+#include "transport/nccl_data_channel.h"
 
 namespace dsi {
 namespace {

@@ -12,7 +12,7 @@
 #include <cstdlib>
 #include <filesystem>
 
-#include "runtime/mpi_session.h"
+#include "launch/session.h"
 
 namespace {
 const char* kPrompts[] = {

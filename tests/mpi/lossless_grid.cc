@@ -3,8 +3,8 @@
 // tokens non-SI generates. Prints one line per failure and "N passed, M failed".
 #include <fmt/format.h>
 
-#include "runtime/mpi_session.h"
-#include "runtime/simulator.h"
+#include "launch/session.h"
+#include "sim/simulator.h"
 
 int main() {
   dsi::SessionOptions opts;

@@ -3,8 +3,8 @@
 // both give exactly what the virtual-time simulator computes for the seed.
 #include <fmt/format.h>
 
-#include "runtime/mpi_session.h"
-#include "runtime/simulator.h"
+#include "launch/session.h"
+#include "sim/simulator.h"
 
 namespace {
 

@@ -1,4 +1,4 @@
-#include "runtime/config.h"
+#include "core/config.h"
 
 #include <gtest/gtest.h>
 

@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "kernels/half.h"
-#include "workers/model/gguf.h"
+#include "model/gguf.h"
 
 namespace dsi {
 namespace {

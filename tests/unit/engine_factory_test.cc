@@ -1,15 +1,15 @@
 // The engine factory's device and dtype keys (workers/engine_factory.h) on a machine without a
 // GPU: "device: cuda" fails with a message saying why, bad values are refused by name, and the
 // CPU engine is what "device: cpu" (or no device) builds.
-#include "workers/engine_factory.h"
+#include "engines/engine_factory.h"
 
 #include <gtest/gtest.h>
 
 #include <string>
 
-#include "runtime/gpu_binding.h"
-#include "workers/cuda/cuda_engine.h"
-#include "workers/llama/llama_engine.h"
+#include "common/gpu_binding.h"
+#include "engines/llama/cuda_engine.h"
+#include "engines/llama/llama_engine.h"
 
 namespace dsi {
 namespace {

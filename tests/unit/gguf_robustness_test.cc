@@ -9,8 +9,8 @@
 #include <iterator>
 #include <random>
 
-#include "workers/model/gguf.h"
-#include "workers/tokenizer/tokenizer.h"
+#include "model/gguf.h"
+#include "model/tokenizer/tokenizer.h"
 
 namespace dsi {
 namespace {

@@ -1,6 +1,6 @@
 // GGUF reader: the real test files open with the expected keys and tensors, and corrupted or
 // truncated copies of them always end in ModelError (never a crash or a huge allocation).
-#include "workers/model/gguf.h"
+#include "model/gguf.h"
 
 #include <gtest/gtest.h>
 

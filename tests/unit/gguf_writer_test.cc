@@ -1,7 +1,7 @@
 // The GGUF writer and the random-model builder: metadata and tensors round-trip through
 // GgufFile, quantized tensors come back within the quantizer's bound, and a random model of
 // a small shape loads through the normal loader and tokenizer and runs a forward.
-#include "workers/model/gguf_writer.h"
+#include "model/gguf_writer.h"
 
 #include <gtest/gtest.h>
 
@@ -14,11 +14,11 @@
 #include <vector>
 
 #include "kernels/dequant.h"
-#include "workers/llama/llama_engine.h"
-#include "workers/llama/llama_loader.h"
-#include "workers/model/gguf.h"
-#include "workers/model/random_model.h"
-#include "workers/tokenizer/tokenizer.h"
+#include "engines/llama/llama_engine.h"
+#include "engines/llama/llama_loader.h"
+#include "model/gguf.h"
+#include "model/random_model.h"
+#include "model/tokenizer/tokenizer.h"
 
 namespace dsi {
 namespace {

@@ -1,6 +1,6 @@
 // GPU binding by node-local rank (runtime/gpu_binding.h): the selection rules run without a
 // GPU; the error for a missing device is what a user sees on a GPU-less machine.
-#include "runtime/gpu_binding.h"
+#include "common/gpu_binding.h"
 
 #include <gtest/gtest.h>
 

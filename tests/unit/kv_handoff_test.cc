@@ -1,5 +1,5 @@
 // The KV handoff cost model (runtime/kv_handoff.h).
-#include "runtime/kv_handoff.h"
+#include "core/kv_handoff.h"
 
 #include <gtest/gtest.h>
 

@@ -2,7 +2,7 @@
 // token-by-token decoding, rollback and re-verification, cancellation, KV export/import,
 // threads and layer skipping. Agreement with the numpy reference on GGUF files is in
 // llama_reference_test.cc.
-#include "workers/llama/llama_engine.h"
+#include "engines/llama/llama_engine.h"
 
 #include <gtest/gtest.h>
 

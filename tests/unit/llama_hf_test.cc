@@ -12,10 +12,10 @@
 #include <vector>
 
 #include "kernels/half.h"
-#include "workers/llama/llama_engine.h"
-#include "workers/llama/llama_hf_loader.h"
-#include "workers/llama/llama_loader.h"
-#include "workers/model/model_error.h"
+#include "engines/llama/llama_engine.h"
+#include "engines/llama/llama_hf_loader.h"
+#include "engines/llama/llama_loader.h"
+#include "model/model_error.h"
 
 namespace dsi {
 namespace {

@@ -13,9 +13,9 @@
 #include <string>
 #include <vector>
 
-#include "workers/llama/llama_engine.h"
-#include "workers/llama/llama_loader.h"
-#include "workers/model/model_error.h"
+#include "engines/llama/llama_engine.h"
+#include "engines/llama/llama_loader.h"
+#include "model/model_error.h"
 
 namespace dsi {
 namespace {

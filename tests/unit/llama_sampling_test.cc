@@ -7,8 +7,8 @@
 #include <algorithm>
 #include <cmath>
 
-#include "workers/llama/llama_engine.h"
-#include "workers/verify.h"
+#include "engines/llama/llama_engine.h"
+#include "core/verify.h"
 
 namespace dsi {
 namespace {

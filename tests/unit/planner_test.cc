@@ -5,8 +5,8 @@
 
 #include <chrono>
 
-#include "runtime/planner.h"
-#include "runtime/simulator.h"
+#include "sim/planner.h"
+#include "sim/simulator.h"
 
 namespace dsi {
 namespace {

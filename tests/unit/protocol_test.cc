@@ -1,4 +1,4 @@
-#include "runtime/protocol.h"
+#include "core/protocol.h"
 
 #include <gtest/gtest.h>
 

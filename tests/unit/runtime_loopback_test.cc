@@ -4,9 +4,9 @@
 
 #include <thread>
 
-#include "runtime/coordinator.h"
-#include "runtime/simulator.h"
-#include "workers/worker.h"
+#include "core/coordinator.h"
+#include "sim/simulator.h"
+#include "core/worker.h"
 
 namespace dsi {
 namespace {

@@ -1,7 +1,7 @@
 // safetensors, sharded model folders, config.json and tokenizer.json, on files the tests write
 // into a temporary folder (the tokenizer.json files are converted from the GGUF vocabularies
 // and must reproduce their reference ids).
-#include "workers/model/safetensors.h"
+#include "model/safetensors.h"
 
 #include <gtest/gtest.h>
 
@@ -13,8 +13,8 @@
 #include <sstream>
 
 #include "kernels/half.h"
-#include "workers/model/gguf.h"
-#include "workers/tokenizer/tokenizer.h"
+#include "model/gguf.h"
+#include "model/tokenizer/tokenizer.h"
 
 namespace dsi {
 namespace {

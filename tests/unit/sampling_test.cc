@@ -9,8 +9,8 @@
 #include <map>
 
 #include "kernels/sampling.h"
-#include "runtime/simulator.h"
-#include "workers/rng.h"
+#include "sim/simulator.h"
+#include "common/rng.h"
 
 namespace dsi {
 namespace {

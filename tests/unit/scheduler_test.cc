@@ -4,7 +4,7 @@
 
 #include <cmath>
 
-#include "runtime/simulator.h"
+#include "sim/simulator.h"
 
 namespace dsi {
 namespace {

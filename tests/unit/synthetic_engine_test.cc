@@ -1,4 +1,4 @@
-#include "workers/synthetic_engine.h"
+#include "engines/synthetic_engine.h"
 
 #include <gtest/gtest.h>
 

@@ -1,6 +1,6 @@
 // Tokenizers against the reference ids of the vocab-only GGUFs (46 cases each, made by the
 // Hugging Face tokenizers), round trips on random text, special tokens and streaming.
-#include "workers/tokenizer/tokenizer.h"
+#include "model/tokenizer/tokenizer.h"
 
 #include <gtest/gtest.h>
 
@@ -9,8 +9,8 @@
 #include <random>
 #include <sstream>
 
-#include "workers/tokenizer/pretokenize.h"
-#include "workers/tokenizer/unicode.h"
+#include "model/tokenizer/pretokenize.h"
+#include "model/tokenizer/unicode.h"
 
 namespace dsi {
 namespace {

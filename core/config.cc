@@ -1,0 +1,348 @@
+#include "core/config.h"
+
+#include <fmt/format.h>
+#include <yaml-cpp/yaml.h>
+
+#include <cctype>
+#include <cstdlib>
+#include <functional>
+#include <map>
+#include <set>
+
+namespace dsi {
+namespace {
+
+// One entry per accepted key: its dotted path, a description, and how to store it.
+struct Key {
+  const char* path;
+  const char* help;
+  std::function<void(RunConfig&, const YAML::Node&, const std::string&)> set;
+};
+
+template <typename T>
+T scalar(const YAML::Node& n, const std::string& key, const char* what) {
+  if (!n.IsScalar()) throw ConfigError(fmt::format("key '{}' must be {}", key, what));
+  try {
+    return n.as<T>();
+  } catch (const YAML::Exception&) {
+    throw ConfigError(fmt::format("key '{}' must be {}, got '{}'", key, what, n.Scalar()));
+  }
+}
+
+double number(const YAML::Node& n, const std::string& key, double lo, double hi) {
+  const double v = scalar<double>(n, key, "a number");
+  if (!(v >= lo && v <= hi)) {
+    throw ConfigError(fmt::format("key '{}' is {}, it must lie in [{}, {}]", key, v, lo, hi));
+  }
+  return v;
+}
+
+int integer(const YAML::Node& n, const std::string& key, long lo, long hi) {
+  const long v = scalar<long>(n, key, "an integer");
+  if (v < lo || v > hi) {
+    throw ConfigError(fmt::format("key '{}' is {}, it must lie in [{}, {}]", key, v, lo, hi));
+  }
+  return static_cast<int>(v);
+}
+
+std::string one_of(const YAML::Node& n, const std::string& key, std::initializer_list<const char*> allowed) {
+  const std::string v = scalar<std::string>(n, key, "a string");
+  std::string list;
+  for (const char* a : allowed) {
+    if (v == a) return v;
+    list += list.empty() ? a : std::string(", ") + a;
+  }
+  throw ConfigError(fmt::format("key '{}' must be one of {}, got '{}'", key, list, v));
+}
+
+const std::vector<Key>& keys() {
+  static const std::vector<Key> k = {
+      {"mode", "dsi | si | nonsi",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) {
+         auto m = parse_mode(scalar<std::string>(n, key, "a string"));
+         if (!m) throw ConfigError(fmt::format("key '{}' must be dsi, si or nonsi, got '{}'", key, n.Scalar()));
+         c.mode = *m;
+       }},
+      {"roles.drafters", "drafter ranks (1; ignored by nonsi)",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) {
+         c.drafters = integer(n, key, 1, 1);
+       }},
+      {"roles.targets", "target ranks, the SP degree (auto = all remaining ranks)",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) {
+         if (n.IsScalar() && n.Scalar() == "auto") {
+           c.targets = -1;
+         } else {
+           c.targets = integer(n, key, 1, 4096);
+         }
+       }},
+      {"generation.max_new_tokens", "tokens to generate",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) {
+         c.max_new_tokens = integer(n, key, 1, 1 << 20);
+       }},
+      {"generation.seed", "seed of the synthetic model and prompt",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) {
+         c.seed = static_cast<uint64_t>(scalar<unsigned long long>(n, key, "a non-negative integer"));
+       }},
+      {"generation.prompt_tokens", "length of the synthetic prompt",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) {
+         c.prompt_tokens = integer(n, key, 1, 1 << 20);
+       }},
+      {"dsi.lookahead", "k: a verification task after every k drafts",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) {
+         c.lookahead = integer(n, key, 1, 1024);
+       }},
+      {"dsi.queue", "newest | fifo: which queued task a freed target takes",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) {
+         auto q = parse_queue_policy(scalar<std::string>(n, key, "a string"));
+         if (!q) throw ConfigError(fmt::format("key '{}' must be newest or fifo, got '{}'", key, n.Scalar()));
+         c.queue = *q;
+       }},
+      {"dsi.target_choice", "cache | round_robin: which idle target takes a task",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) {
+         c.target_choice = one_of(n, key, {"cache", "round_robin"}) == "cache" ? TargetChoice::kCache
+                                                                             : TargetChoice::kRoundRobin;
+       }},
+      {"engine", "synthetic | llama",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) {
+         c.engine = scalar<std::string>(n, key, "a string");
+         if (c.engine != "synthetic" && c.engine != "llama") {
+           throw ConfigError(fmt::format("key '{}': unknown engine '{}' (known: synthetic, llama)", key, c.engine));
+         }
+       }},
+      {"model.path", "llama: GGUF file or Hugging Face folder of the target",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) {
+         c.model_path = expand_path(scalar<std::string>(n, key, "a path"));
+       }},
+      {"model.drafter_path", "llama: the drafter's model (default: the target's, layer-skip)",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) {
+         c.drafter_model_path = expand_path(scalar<std::string>(n, key, "a path"));
+       }},
+      {"model.drafter_layers", "llama: layers the drafter keeps, e.g. \"0-11,19-29\" (default all)",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) {
+         if (n.IsSequence()) {
+           c.drafter_layers.clear();
+           for (const auto& v : n) c.drafter_layers.push_back(integer(v, key, 0, 100000));
+         } else {
+           c.drafter_layers = parse_layer_list(scalar<std::string>(n, key, "a layer list"), key);
+         }
+       }},
+      {"model.threads", "llama: compute threads per worker rank",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.threads = integer(n, key, 1, 1024); }},
+      {"model.max_context", "llama: KV cache length (0 = the model's)",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.max_context = integer(n, key, 0, 1 << 24); }},
+      {"model.device", "llama: where the targets compute: cpu | cuda (GPU = node-local rank % GPUs)",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.device = one_of(n, key, {"cpu", "cuda"}); }},
+      {"model.drafter_device", "llama: where the drafter computes (default: model.device)",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.drafter_device = one_of(n, key, {"cpu", "cuda"}); }},
+      {"model.dtype", "llama on cuda: weight type f32 | f16 | bf16",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.dtype = one_of(n, key, {"f32", "f16", "bf16"}); }},
+      {"generation.prompt", "llama: the prompt text",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) {
+         c.prompt = scalar<std::string>(n, key, "a string");
+       }},
+      {"generation.chat", "llama: wrap the prompt in the model's chat template",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) {
+         c.chat = scalar<bool>(n, key, "true or false");
+       }},
+      {"synthetic.t_ms", "t: target forward latency (ms)",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.t_ms = number(n, key, 0, 1e6); }},
+      {"synthetic.c", "c: drafter latency per token as a fraction of t",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.c = number(n, key, 0, 1e3); }},
+      {"synthetic.a", "a: probability that a draft equals the target's token",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.a = number(n, key, 0, 1); }},
+      {"synthetic.ttft_ms", "first forward (prefill) of a target (ms; default t_ms)",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.ttft_ms = number(n, key, 0, 1e6); }},
+      {"synthetic.per_token_ms", "extra target latency per token in a forward (ms)",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.per_token_ms = number(n, key, 0, 1e6); }},
+      {"synthetic.vocab", "vocabulary size of the synthetic model",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.vocab = integer(n, key, 2, 1 << 24); }},
+      {"synthetic.overlap", "how much of the target's logit noise the drafter shares (0..1)",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.overlap = number(n, key, 0, 1); }},
+      {"sampling.temperature", "0 = greedy; > 0 samples (speculative sampling, lossless)",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.temperature = number(n, key, 0, 100); }},
+      {"sampling.top_k", "keep the k most likely tokens (0 = all)",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.top_k = integer(n, key, 0, 1 << 24); }},
+      {"sampling.top_p", "keep the smallest set of tokens whose mass reaches p",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.top_p = number(n, key, 1e-6, 1); }},
+      {"sampling.seed", "seed of the sampling draws (default: generation.seed)",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) {
+         c.sampling_seed = static_cast<int64_t>(scalar<unsigned long long>(n, key, "a non-negative integer"));
+       }},
+      {"runtime.peer_timeout_s", "a silent peer is declared dead after this (s)",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.peer_timeout_s = number(n, key, 0.1, 3600); }},
+      {"runtime.heartbeat_ms", "liveness message period (ms)",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.heartbeat_ms = integer(n, key, 1, 60000); }},
+      {"runtime.poll_min_us", "probe period of a rank that heard or sent within poll_hot_ms (us)",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.poll_min_us = integer(n, key, 1, 100000); }},
+      {"runtime.poll_max_us", "longest back-off sleep of an idle rank (us)",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.poll_max_us = integer(n, key, 1, 1000000); }},
+      {"runtime.poll_hot_ms", "how long after a message a rank keeps probing every poll_min_us",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.poll_hot_ms = integer(n, key, 0, 100000); }},
+      {"runtime.kv_handoff", "auto | always | never: hand committed KV to targets that lack it",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.kv_handoff = one_of(n, key, {"auto", "always", "never"}); }},
+      {"runtime.kv_gbps", "data-plane bandwidth the KV cost model assumes (GB/s)",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.kv_gbps = number(n, key, 1e-3, 1e5); }},
+      {"runtime.data_plane", "auto | mpi | nccl: how KV and probabilities move between workers",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.data_plane = one_of(n, key, {"auto", "mpi", "nccl"}); }},
+  };
+  return k;
+}
+
+// Flattens a YAML mapping into dotted keys, rejecting anything that is not a known key.
+void walk(const YAML::Node& node, const std::string& prefix,
+          std::map<std::string, YAML::Node>& out, const std::set<std::string>& known,
+          const std::set<std::string>& sections) {
+  if (!node.IsMap()) {
+    throw ConfigError(prefix.empty() ? "the config must be a YAML mapping of keys"
+                                     : fmt::format("key '{}' must be a mapping", prefix));
+  }
+  for (const auto& kv : node) {
+    const std::string name = kv.first.as<std::string>();
+    const std::string path = prefix.empty() ? name : prefix + "." + name;
+    if (known.count(path)) {
+      out[path] = kv.second;
+    } else if (sections.count(path)) {
+      walk(kv.second, path, out, known, sections);
+    } else {
+      throw ConfigError(fmt::format("unknown key '{}'", path));
+    }
+  }
+}
+
+}  // namespace
+
+std::vector<int> parse_layer_list(const std::string& text, const std::string& key) {
+  std::vector<int> out;
+  size_t i = 0;
+  auto bad = [&] {
+    return ConfigError(fmt::format("key '{}' must list layers like \"0-11,19-29\", got '{}'", key, text));
+  };
+  while (i < text.size()) {
+    size_t used = 0;
+    int a, b;
+    try {
+      a = std::stoi(text.substr(i), &used);
+    } catch (const std::exception&) {
+      throw bad();
+    }
+    i += used;
+    b = a;
+    if (i < text.size() && text[i] == '-') {
+      ++i;
+      try {
+        b = std::stoi(text.substr(i), &used);
+      } catch (const std::exception&) {
+        throw bad();
+      }
+      i += used;
+    }
+    if (a < 0 || b < a) throw bad();
+    for (int l = a; l <= b; ++l) out.push_back(l);
+    while (i < text.size() && (text[i] == ',' || text[i] == ' ')) ++i;
+  }
+  if (out.empty()) throw bad();
+  return out;
+}
+
+std::string expand_path(const std::string& path) {
+  std::string out;
+  for (size_t i = 0; i < path.size(); ++i) {
+    if (i == 0 && path[0] == '~' && (path.size() == 1 || path[1] == '/')) {
+      const char* home = std::getenv("HOME");
+      out += home ? home : "~";
+    } else if (path[i] == '$') {
+      size_t j = i + 1;
+      const bool braced = j < path.size() && path[j] == '{';
+      if (braced) ++j;
+      size_t k = j;
+      while (k < path.size() && (std::isalnum(static_cast<unsigned char>(path[k])) || path[k] == '_')) ++k;
+      const char* v = std::getenv(path.substr(j, k - j).c_str());
+      out += v ? v : "";
+      i = braced && k < path.size() && path[k] == '}' ? k : k - 1;
+    } else {
+      out += path[i];
+    }
+  }
+  return out;
+}
+
+int RunConfig::n_targets(int world) const {
+  const int fixed = 1 + n_drafters();
+  const std::string roles =
+      n_drafters() ? fmt::format("1 coordinator + {} drafter", n_drafters()) : "1 coordinator";
+  if (targets < 0) {
+    if (world < fixed + 1) {
+      throw ConfigError(fmt::format(
+          "mode {} needs at least {} ranks ({} + at least 1 target), but the world has {} "
+          "(launch with mpirun -np {} or more)",
+          mode_name(mode), fixed + 1, roles, world, fixed + 1));
+    }
+    return world - fixed;
+  }
+  if (world != fixed + targets) {
+    throw ConfigError(fmt::format(
+        "roles.targets = {} with mode {} needs exactly {} ranks ({} + {} targets), but the world "
+        "has {} (launch with mpirun -np {})",
+        targets, mode_name(mode), fixed + targets, roles, targets, world, fixed + targets));
+  }
+  return targets;
+}
+
+RunConfig parse_config(const std::string& yaml_text, const std::string& origin,
+                       const std::vector<std::string>& overrides) {
+  std::set<std::string> known, sections;
+  for (const Key& k : keys()) {
+    std::string p = k.path;
+    known.insert(p);
+    for (size_t dot = p.find('.'); dot != std::string::npos; dot = p.find('.', dot + 1)) {
+      sections.insert(p.substr(0, dot));
+    }
+  }
+  try {
+    YAML::Node root = YAML::Load(yaml_text);
+    std::map<std::string, YAML::Node> values;
+    if (root.IsDefined() && !root.IsNull()) walk(root, "", values, known, sections);
+    for (const std::string& o : overrides) {
+      const size_t eq = o.find('=');
+      if (eq == std::string::npos || eq == 0) {
+        throw ConfigError(fmt::format("override '{}' must read key=value", o));
+      }
+      const std::string key = o.substr(0, eq);
+      if (!known.count(key)) throw ConfigError(fmt::format("unknown key '{}' (in an override)", key));
+      values[key] = YAML::Load(o.substr(eq + 1));
+    }
+    RunConfig cfg;
+    for (const Key& k : keys()) {
+      auto it = values.find(k.path);
+      if (it != values.end()) k.set(cfg, it->second, k.path);
+    }
+    if (cfg.ttft_ms < 0) cfg.ttft_ms = cfg.t_ms;
+    if (cfg.drafter_device.empty()) cfg.drafter_device = cfg.device;
+    if (cfg.engine == "llama" && cfg.model_path.empty()) {
+      throw ConfigError("engine llama needs key 'model.path' (a GGUF file or a Hugging Face folder)");
+    }
+    if (cfg.poll_min_us > cfg.poll_max_us) {
+      throw ConfigError(fmt::format("runtime.poll_min_us ({}) must not exceed runtime.poll_max_us ({})",
+                                    cfg.poll_min_us, cfg.poll_max_us));
+    }
+    if (cfg.heartbeat_ms * 1e-3 * 2 > cfg.peer_timeout_s) {
+      throw ConfigError(fmt::format(
+          "runtime.peer_timeout_s ({}) must be at least twice runtime.heartbeat_ms ({} ms)",
+          cfg.peer_timeout_s, cfg.heartbeat_ms));
+    }
+    return cfg;
+  } catch (const ConfigError& e) {
+    throw ConfigError(fmt::format("{}: {}", origin, e.what()));
+  } catch (const YAML::Exception& e) {
+    throw ConfigError(fmt::format("{}: malformed YAML at line {}, column {}: {}", origin,
+                                  e.mark.line + 1, e.mark.column + 1, e.msg));
+  }
+}
+
+std::string config_reference() {
+  std::string s;
+  for (const Key& k : keys()) s += fmt::format("  {:28} {}\n", k.path, k.help);
+  return s;
+}
+
+}  // namespace dsi

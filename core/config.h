@@ -1,0 +1,90 @@
+// The run configuration: a YAML file plus command-line overrides, validated strictly. Every
+// problem (unknown key, wrong type, impossible value, a world size that does not fit the
+// roles) is a ConfigError whose message names the key or the rank count.
+#pragma once
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "core/scheduler.h"
+
+namespace dsi {
+
+struct ConfigError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+struct RunConfig {
+  Mode mode = Mode::kDsi;
+  int drafters = 1;
+  int targets = -1;  // -1: every rank left after the coordinator and the drafter
+  // generation
+  int max_new_tokens = 64;
+  uint64_t seed = 1;
+  int prompt_tokens = 16;  // synthetic prompt length
+  // dsi
+  int lookahead = 5;
+  QueuePolicy queue = QueuePolicy::kNewest;
+  TargetChoice target_choice = TargetChoice::kCache;
+  // engine
+  std::string engine = "synthetic";  // synthetic | llama
+  // llama engine
+  std::string model_path;          // GGUF file or Hugging Face folder (~ and $VARS expanded)
+  std::string drafter_model_path;  // empty: the target's file (layer-skip self-drafting)
+  std::vector<int> drafter_layers;  // kept layers of the drafter; empty: all
+  int threads = 1;                 // per worker rank
+  int max_context = 0;             // 0: the model's
+  std::string device = "cpu";      // where targets compute: cpu | cuda
+  std::string drafter_device;      // where the drafter computes; empty: as `device`
+  std::string dtype = "f16";       // cuda weights: f32 | f16 | bf16
+  std::string prompt = "Tell me a short story about a robot who learns to paint.";
+  bool chat = true;                // wrap the prompt in the model's chat template if it has one
+  // synthetic engine (DSI paper notation: t, c as a fraction of t, a)
+  double t_ms = 20;
+  double c = 0.1;
+  double a = 0.9;
+  double ttft_ms = -1;  // -1: same as t_ms (drafter: c * this)
+  double per_token_ms = 0;
+  int vocab = 64;
+  double overlap = 0.5;  // drafter's share of the target's logit noise (sampling)
+  // sampling (temperature 0: greedy)
+  double temperature = 0;
+  int top_k = 0;
+  double top_p = 1;
+  int64_t sampling_seed = -1;  // -1: generation.seed
+  // runtime
+  double peer_timeout_s = 5;
+  int heartbeat_ms = 200;
+  int poll_min_us = 20;
+  int poll_max_us = 200;
+  int poll_hot_ms = 25;
+  // KV handoff between targets (docs/design.md): auto decides by a cost model, always hands
+  // every gap over, never recomputes.
+  std::string kv_handoff = "auto";
+  double kv_gbps = 10;               // the data plane's bandwidth, for the cost model
+  std::string data_plane = "auto";   // auto | mpi | nccl
+
+  // Ranks used by this config in a world of `world` ranks (coordinator + drafters +
+  // targets); throws ConfigError naming the counts when it does not fit.
+  int n_targets(int world) const;
+  int n_drafters() const { return mode == Mode::kNonSi ? 0 : drafters; }
+};
+
+// Parses YAML text (`origin` names it in messages) with overrides "dotted.key=value" applied
+// on top. Throws ConfigError.
+RunConfig parse_config(const std::string& yaml_text, const std::string& origin,
+                       const std::vector<std::string>& overrides = {});
+
+// Parses a layer list such as "0-11,19-29" or "0,2,4"; throws ConfigError naming `key`.
+std::vector<int> parse_layer_list(const std::string& text, const std::string& key);
+
+// Expands a leading ~ and $VAR / ${VAR} in a path.
+std::string expand_path(const std::string& path);
+
+// A human description of the keys, for --help.
+std::string config_reference();
+
+}  // namespace dsi

@@ -1,0 +1,284 @@
+#include "core/scheduler.h"
+
+#include <algorithm>
+#include <stdexcept>
+
+namespace dsi {
+
+const char* mode_name(Mode m) {
+  switch (m) {
+    case Mode::kNonSi: return "nonsi";
+    case Mode::kSi: return "si";
+    case Mode::kDsi: return "dsi";
+  }
+  return "?";
+}
+
+std::optional<Mode> parse_mode(std::string_view s) {
+  if (s == "nonsi") return Mode::kNonSi;
+  if (s == "si") return Mode::kSi;
+  if (s == "dsi") return Mode::kDsi;
+  return std::nullopt;
+}
+
+const char* queue_policy_name(QueuePolicy p) {
+  return p == QueuePolicy::kNewest ? "newest" : "fifo";
+}
+
+std::optional<QueuePolicy> parse_queue_policy(std::string_view s) {
+  if (s == "newest") return QueuePolicy::kNewest;
+  if (s == "fifo") return QueuePolicy::kFifo;
+  return std::nullopt;
+}
+
+Scheduler::Scheduler(SchedulerOptions opts, std::vector<Token> prompt)
+    : opts_(std::move(opts)),
+      prompt_len_(static_cast<int>(prompt.size())),
+      committed_(std::move(prompt)),
+      target_task_(opts_.n_targets, 0),
+      target_seq_(opts_.n_targets) {
+  if (opts_.n_targets < 1) throw std::invalid_argument("scheduler needs at least one target");
+  if (opts_.lookahead < 1) throw std::invalid_argument("lookahead must be at least 1");
+  if (prompt_len_ < 1) throw std::invalid_argument("prompt must hold at least one token");
+}
+
+std::vector<Action> Scheduler::start() {
+  std::vector<Action> out;
+  if (opts_.max_new_tokens <= 0) {
+    done_ = true;
+    return out;
+  }
+  if (opts_.mode == Mode::kNonSi) {
+    submit(committed_, 1, out);
+  } else {
+    new_chain(out);
+  }
+  launch_queued(out);
+  return out;
+}
+
+void Scheduler::new_chain(std::vector<Action>& out) {
+  ++chain_;
+  ++stats_.chains;
+  chain_base_ = static_cast<int>(committed_.size());
+  drafts_.clear();
+  checked_ = 0;
+  const int window = opts_.mode == Mode::kSi ? opts_.lookahead : -1;
+  out.push_back(Action{Action::kStartChain, -1, chain_, committed_, 0, window, goal_len()});
+  // DSI launches a task with no drafts at every chain start: never slower than non-SI.
+  if (opts_.mode == Mode::kDsi) submit(committed_, 1, out);
+}
+
+void Scheduler::submit(std::vector<Token> seq, int n_logits, std::vector<Action>& out) {
+  Task t{next_task_++, std::move(seq), n_logits, chain_, chain_base_};
+  if (opts_.queue == QueuePolicy::kNewest) {
+    // A queued task whose sequence is a prefix of the new one proves nothing the new one
+    // does not; drop it.
+    for (auto it = queue_.begin(); it != queue_.end();) {
+      if (common_prefix(it->seq, t.seq) == it->seq.size()) {
+        cancelled_[it->id] = true;
+        ++stats_.tasks_cancelled_queued;
+        it = queue_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  queue_.push_back(std::move(t));
+  (void)out;
+}
+
+void Scheduler::launch_queued(std::vector<Action>& out) {
+  while (!queue_.empty()) {
+    Task& t = opts_.queue == QueuePolicy::kNewest ? queue_.back() : queue_.front();
+    int best = -1;
+    if (opts_.target_choice == TargetChoice::kRoundRobin) {
+      for (int j = 1; j <= opts_.n_targets && best < 0; ++j) {
+        const int i = (last_target_ + j) % opts_.n_targets;
+        if (target_task_[i] == 0) best = i;
+      }
+    } else {
+      // The idle target whose KV cache already holds the longest prefix of the sequence.
+      size_t best_len = 0;
+      for (int i = 0; i < opts_.n_targets; ++i) {
+        if (target_task_[i] != 0) continue;
+        const size_t l = common_prefix(target_seq_[i], t.seq);
+        if (best < 0 || l > best_len) {
+          best = i;
+          best_len = l;
+        }
+      }
+    }
+    if (best < 0) return;
+    last_target_ = best;
+    t.target = best;
+    target_task_[best] = t.id;
+    target_seq_[best] = t.seq;
+    ++stats_.tasks_launched;
+    Action a{.kind = Action::kVerify, .target = best, .id = t.id, .seq = t.seq,
+             .n_logits = t.n_logits, .chain = t.chain};
+    if (opts_.mode == Mode::kDsi) {
+      // DSI tasks end on the grid chain start + i*k; the bonus rule keeps every position on
+      // it a target sample whichever task decides it (workers/verify.h).
+      a.bonus_anchor = t.anchor;
+      a.bonus_period = opts_.lookahead;
+    }
+    out.push_back(std::move(a));
+    running_.emplace(t.id, std::move(t));
+    if (opts_.queue == QueuePolicy::kNewest) {
+      queue_.pop_back();
+    } else {
+      queue_.pop_front();
+    }
+  }
+}
+
+std::vector<Action> Scheduler::on_draft(uint64_t chain, int pos, Token token) {
+  std::vector<Action> out;
+  if (done_ || chain != chain_ || opts_.mode == Mode::kNonSi) return out;
+  if (pos != chain_base_ + static_cast<int>(drafts_.size())) return out;  // out of order: drop
+  drafts_.push_back(token);
+  ++stats_.drafts_received;
+  const int n = static_cast<int>(drafts_.size());
+  const int c = static_cast<int>(committed_.size());
+  const bool at_goal = chain_base_ + n >= goal_len();
+  const bool launch = opts_.mode == Mode::kDsi ? (n % opts_.lookahead == 0 || at_goal)
+                                               : (n == opts_.lookahead || at_goal);
+  if (launch && pos >= c) {
+    // Verify every pending draft: S = committed + drafts beyond it.
+    std::vector<Token> seq = committed_;
+    seq.insert(seq.end(), drafts_.begin() + (c - chain_base_), drafts_.end());
+    submit(std::move(seq), pos - c + 2, out);
+  }
+  reconcile(out);
+  return out;
+}
+
+void Scheduler::apply(const Task& t, std::span<const Token> y) {
+  const int s = static_cast<int>(t.seq.size());
+  const int first = s - t.n_logits + 1;  // position predicted by y[0]
+  int p = static_cast<int>(committed_.size());
+  if (static_cast<int>(y.size()) != t.n_logits) {
+    throw std::runtime_error("verification result has the wrong number of tokens");
+  }
+  if (p < first || p > s) return;
+  for (int q = first; q < p; ++q) {
+    if (t.seq[q] != committed_[q]) return;  // its drafts were rejected since: stale
+  }
+  while (p <= s && !done_) {
+    const Token tok = y[p - first];
+    committed_.push_back(tok);
+    const bool stop = std::find(opts_.stop_tokens.begin(), opts_.stop_tokens.end(), tok) !=
+                      opts_.stop_tokens.end();
+    if (stop || static_cast<int>(committed_.size()) >= goal_len()) done_ = true;
+    if (p < s && t.seq[p] != tok) break;  // correction: later predictions assumed the draft
+    ++p;
+  }
+}
+
+bool Scheduler::useful(const Task& t) const {
+  const size_t c = committed_.size();
+  if (t.seq.size() < c) return false;  // predicts only committed positions
+  return common_prefix(t.seq, committed_) == c;
+}
+
+void Scheduler::reconcile(std::vector<Action>& out) {
+  bool reject = false;
+  if (opts_.mode != Mode::kNonSi) {
+    const int c = static_cast<int>(committed_.size());
+    while (checked_ < static_cast<int>(drafts_.size()) && chain_base_ + checked_ < c) {
+      if (drafts_[checked_] == committed_[chain_base_ + checked_]) {
+        ++stats_.drafts_accepted;
+        ++checked_;
+      } else {
+        ++stats_.drafts_rejected;
+        reject = true;
+        break;
+      }
+    }
+  }
+  // Preempt running tasks that a rejection made stale or that commits made pointless, and
+  // drop such queued ones.
+  for (auto& [id, t] : running_) {
+    if (!t.cancelling && (done_ || !useful(t))) {
+      t.cancelling = true;
+      cancelled_[id] = true;
+      if (!done_) {
+        ++stats_.tasks_preempted;
+        out.push_back(Action{.kind = Action::kCancel, .target = t.target, .id = id});
+      }
+    }
+  }
+  for (auto it = queue_.begin(); it != queue_.end();) {
+    if (done_ || !useful(*it)) {
+      cancelled_[it->id] = true;
+      ++stats_.tasks_cancelled_queued;
+      it = queue_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  if (done_) return;
+  if (reject) new_chain(out);
+
+  bool in_flight = !queue_.empty();
+  for (const auto& [id, t] : running_) in_flight |= !t.cancelling;
+  if (!in_flight) {
+    if (opts_.mode == Mode::kNonSi) {
+      submit(committed_, 1, out);
+    } else if (opts_.mode == Mode::kSi && !reject) {
+      // SI: a verification finished (or none is needed yet); drafting resumes from the new
+      // committed prefix once the previous window has been verified.
+      const bool window_spent = static_cast<int>(drafts_.size()) >= opts_.lookahead ||
+                                chain_base_ + static_cast<int>(drafts_.size()) >= goal_len();
+      if (window_spent || static_cast<int>(committed_.size()) > chain_base_) new_chain(out);
+    } else if (opts_.mode == Mode::kDsi &&
+               chain_base_ + static_cast<int>(drafts_.size()) >= goal_len()) {
+      // The drafter has stopped at the goal: verify whatever is still pending.
+      const int c = static_cast<int>(committed_.size());
+      std::vector<Token> seq = committed_;
+      if (c - chain_base_ < static_cast<int>(drafts_.size())) {
+        seq.insert(seq.end(), drafts_.begin() + (c - chain_base_), drafts_.end());
+      }
+      const int m = static_cast<int>(seq.size()) - c + 1;
+      submit(std::move(seq), m, out);
+    }
+  }
+  launch_queued(out);
+}
+
+void Scheduler::free_target(uint64_t task) {
+  auto it = running_.find(task);
+  if (it == running_.end()) return;
+  target_task_[it->second.target] = 0;
+  running_.erase(it);
+}
+
+std::vector<Action> Scheduler::on_result(uint64_t task, std::span<const Token> y) {
+  std::vector<Action> out;
+  auto it = running_.find(task);
+  if (it == running_.end()) return out;
+  Task t = std::move(it->second);
+  free_target(task);
+  ++stats_.tasks_completed;
+  const size_t before = committed_.size();
+  if (!done_) apply(t, y);
+  if (t.cancelling && committed_.size() == before) ++stats_.stale_results;
+  if (!done_) reconcile(out);
+  return out;
+}
+
+std::vector<Action> Scheduler::on_cancelled(uint64_t task) {
+  std::vector<Action> out;
+  if (running_.find(task) == running_.end()) return out;
+  free_target(task);
+  if (!done_) reconcile(out);
+  return out;
+}
+
+bool Scheduler::was_cancelled(uint64_t task) const {
+  auto it = cancelled_.find(task);
+  return it != cancelled_.end() && it->second;
+}
+
+}  // namespace dsi

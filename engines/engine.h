@@ -1,0 +1,78 @@
+// The engine interface every model implementation (synthetic, llama CPU, llama CUDA,
+// layer-skip drafter) provides to the worker loops. An engine owns one KV cache for one
+// sequence; it knows nothing about MPI, tasks or the scheduler.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "common/cancel.h"
+#include "common/token.h"
+
+namespace dsi {
+
+class DataChannel;
+struct DataKey;
+
+// Logits of the last n positions of a forward: row-major (n, vocab).
+struct Logits {
+  int n = 0;
+  int vocab = 0;
+  std::vector<float> data;
+  std::span<const float> row(int i) const {
+    return {data.data() + static_cast<size_t>(i) * vocab, static_cast<size_t>(vocab)};
+  }
+};
+
+// KV of a token range [begin, end), opaque bytes in the engine's own layout.
+struct KvBlob {
+  int begin = 0;
+  int end = 0;
+  std::vector<uint8_t> bytes;
+};
+
+class Engine {
+ public:
+  virtual ~Engine() = default;
+
+  // Runs `tokens` at positions [kv_len(), kv_len() + tokens.size()) and appends their KV.
+  // Returns the logits of the last n_logits positions (0 <= n_logits <= tokens.size()).
+  // Throws Cancelled if `cancel` was raised before it finished.
+  virtual Logits forward(std::span<const Token> tokens, int n_logits, const CancelFlag& cancel) = 0;
+
+  // Rolls the KV cache back to its first n positions (n <= kv_len()).
+  virtual void truncate(int n) = 0;
+  virtual int kv_len() const = 0;
+  virtual int vocab_size() const = 0;
+
+  // KV handoff between workers of the same model. Engines that cannot export throw.
+  virtual KvBlob export_kv(int begin, int end) const {
+    (void)begin;
+    (void)end;
+    throw std::runtime_error("this engine cannot export its KV cache");
+  }
+  virtual void import_kv(const KvBlob& kv) {
+    (void)kv;
+    throw std::runtime_error("this engine cannot import a KV cache");
+  }
+  // Bytes of an export_kv blob per token (0: the engine has no KV to hand off).
+  virtual size_t kv_bytes_per_token() const { return 0; }
+  // The hardware this engine computes on, "cpu@HOST" or "cuda:PCI_BUS_ID@HOST": engines with
+  // equal names share it (the coordinator then hands the prompt's KV over rather than have
+  // every target prefill it on the same device).
+  virtual std::string device_name() const;
+
+  // KV handoff over the data plane: send_kv sends the blob of [begin, end) to `dst` under
+  // `key`; recv_kv waits for it (false at the deadline or on cancel) and imports it at
+  // kv_len() == begin. These defaults stage through host memory (export_kv / import_kv); a GPU
+  // engine overrides them to move device memory when the channel can (NCCL).
+  virtual void send_kv(DataChannel& ch, int dst, const DataKey& key, int begin, int end) const;
+  virtual bool recv_kv(DataChannel& ch, const DataKey& key, int begin, int end,
+                       std::chrono::steady_clock::time_point deadline, const CancelFlag* cancel);
+};
+
+}  // namespace dsi

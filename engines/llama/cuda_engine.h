@@ -1,0 +1,97 @@
+// The llama engine on one CUDA GPU: dsi::Engine over a LlamaModel whose weights are uploaded
+// once as FP32, FP16 or BF16 (cuBLAS, FP32 accumulation) with an FP32 KV cache in device
+// memory. It computes the function of LlamaEngine (workers/llama/llama_engine.h), including the
+// layer-skip drafter, and exchanges KV blobs of the same layout with it. Plain C++ (no CUDA
+// types) so that the engine factory, built by the host compiler, can include it; the class
+// itself is built only when CUDA is (workers/cuda/cuda_engine.cu, library dsi_cuda).
+#pragma once
+
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "engines/engine.h"
+#include "engines/llama/llama_model.h"
+
+namespace dsi {
+
+// Element type of the weight matrices on the device (norms and biases stay FP32). kF32 runs
+// with plain FP32 GEMMs (no TF32) so that its greedy output can be compared with the CPU
+// engine's token for token.
+enum class CudaDtype { kF32, kF16, kBF16 };
+
+// "f32" | "f16" | "bf16"; throws std::invalid_argument naming the value otherwise.
+inline CudaDtype parse_cuda_dtype(const std::string& name) {
+  if (name == "f32") return CudaDtype::kF32;
+  if (name == "f16") return CudaDtype::kF16;
+  if (name == "bf16") return CudaDtype::kBF16;
+  throw std::invalid_argument("unknown dtype '" + name + "' (expected f32, f16 or bf16)");
+}
+
+struct CudaEngineOptions {
+  std::shared_ptr<const LlamaModel> model;  // used when set (shared, e.g. by tests); else:
+  std::string model_path;                   // GGUF file or Hugging Face folder, as LlamaEngine
+  std::vector<int> layers;                  // kept layers (layer-skip drafter); empty = all
+  int max_context = 0;                      // 0 = model's
+  CudaDtype dtype = CudaDtype::kF16;
+  int device = 0;  // CUDA device index (the factory picks it with bound_cuda_device)
+};
+
+// Builds the engine (loading options.model_path when options.model is empty, only the kept
+// layers). Throws ModelError / std::invalid_argument as make_llama_engine, GpuError for a CUDA
+// failure (no device, out of memory).
+std::unique_ptr<Engine> make_cuda_engine(const CudaEngineOptions& options);
+
+class CudaEngine final : public Engine {
+ public:
+  // The model must hold every kept layer; its host weights are only read here (the engine
+  // keeps the config, not the model).
+  CudaEngine(const LlamaModel& model, const CudaEngineOptions& options);
+  ~CudaEngine() override;
+  CudaEngine(const CudaEngine&) = delete;
+  CudaEngine& operator=(const CudaEngine&) = delete;
+
+  // Same contract and exceptions as LlamaEngine::forward. Nothing crosses to the host inside
+  // a forward but the final logits; the cancel flag is read between layers while the host
+  // keeps at most about one layer ahead of the GPU.
+  Logits forward(std::span<const Token> tokens, int n_logits, const CancelFlag& cancel) override;
+  void truncate(int n) override;
+  int kv_len() const override { return kv_len_; }
+  int vocab_size() const override { return config_.n_vocab; }
+
+  // Blob layout as LlamaEngine's (native-endian float32; per kept layer the K rows of
+  // [begin, end) then the V rows, kv_dim floats each), so blobs move between the CPU and the
+  // GPU engine of the same model and layers.
+  KvBlob export_kv(int begin, int end) const override;
+  void import_kv(const KvBlob& kv) override;
+  size_t kv_bytes_per_token() const override;
+  // "cuda:PCI_BUS_ID@HOST".
+  std::string device_name() const override;
+  // Device-to-device when the channel moves device memory (the range is packed into a device
+  // buffer in the blob layout on the engine's stream); through host memory otherwise.
+  void send_kv(DataChannel& ch, int dst, const DataKey& key, int begin, int end) const override;
+  bool recv_kv(DataChannel& ch, const DataKey& key, int begin, int end,
+               std::chrono::steady_clock::time_point deadline, const CancelFlag* cancel) override;
+
+  const LlamaConfig& config() const { return config_; }
+  const std::vector<int>& layers() const { return layers_; }
+  int max_context() const { return max_ctx_; }
+  int device() const { return device_; }
+  CudaDtype dtype() const { return dtype_; }
+
+ private:
+  struct State;  // device buffers, stream, events, cuBLAS handle (cuda_engine.cu)
+
+  void check_kv_import(int begin, int end, size_t bytes) const;
+
+  LlamaConfig config_;
+  std::vector<int> layers_;  // file layer numbers, in run order
+  int max_ctx_;
+  CudaDtype dtype_;
+  int device_;
+  int kv_len_ = 0;
+  std::unique_ptr<State> s_;
+};
+
+}  // namespace dsi

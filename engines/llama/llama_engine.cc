@@ -1,0 +1,226 @@
+// LlamaEngine (workers/llama/llama_engine.h): the pre-norm llama block, run for a block of
+// tokens at once so that prefill and verification are matrix-matrix products.
+#include "engines/llama/llama_engine.h"
+
+#include <algorithm>
+#include <cstring>
+#include <filesystem>
+#include <stdexcept>
+#include <string>
+#include <utility>
+
+#include "kernels/attention.h"
+#include "kernels/embedding.h"
+#include "kernels/matmul.h"
+#include "kernels/rmsnorm.h"
+#include "kernels/rope.h"
+#include "kernels/swiglu.h"
+#include "engines/llama/llama_hf_loader.h"
+#include "engines/llama/llama_loader.h"
+
+namespace dsi {
+namespace {
+
+// Multiply-adds (queries x keys x q_dim) below which attention runs on the calling thread.
+constexpr int64_t kParallelAttentionWork = int64_t{1} << 17;
+
+void add_inplace(float* x, const float* y, size_t n) {
+  for (size_t i = 0; i < n; ++i) x[i] += y[i];
+}
+
+const float* or_null(const std::vector<float>& v) {
+  return v.empty() ? nullptr : v.data();
+}
+
+}  // namespace
+
+std::shared_ptr<LlamaModel> load_llama_model(const std::string& path,
+                                             const std::vector<int>& layers) {
+  return std::filesystem::is_directory(path) ? load_llama_safetensors(path, layers)
+                                             : load_llama_gguf(path, layers);
+}
+
+std::vector<int> llama_kept_layers(const LlamaModel& m, const std::vector<int>& requested) {
+  std::vector<int> layers = requested;
+  if (layers.empty()) {
+    for (int i = 0; i < m.config.n_layers; ++i) layers.push_back(i);
+  }
+  for (size_t i = 0; i < layers.size(); ++i) {
+    const int l = layers[i];
+    if (l < 0 || l >= m.config.n_layers) {
+      throw std::invalid_argument("layer " + std::to_string(l) + " is not in the model (0.." +
+                                  std::to_string(m.config.n_layers - 1) + ")");
+    }
+    if (i > 0 && l <= layers[i - 1]) {
+      throw std::invalid_argument("kept layers must be strictly increasing");
+    }
+    if (static_cast<size_t>(l) >= m.weights.layers.size() || !m.weights.layers[l].loaded()) {
+      throw std::invalid_argument("layer " + std::to_string(l) + " was not loaded");
+    }
+  }
+  return layers;
+}
+
+void check_llama_forward(std::span<const Token> tokens, int n_logits, int kv_len, int max_ctx,
+                         int n_vocab) {
+  const int n = static_cast<int>(tokens.size());
+  if (n_logits < 0 || n_logits > n) throw std::invalid_argument("n_logits out of range");
+  if (kv_len + n > max_ctx) {
+    throw std::length_error("forward of " + std::to_string(n) + " tokens at position " +
+                            std::to_string(kv_len) + " exceeds the context of " +
+                            std::to_string(max_ctx));
+  }
+  for (Token t : tokens) {
+    if (t < 0 || t >= n_vocab) throw std::out_of_range("token id out of vocab");
+  }
+}
+
+std::unique_ptr<Engine> make_llama_engine(const LlamaEngineOptions& options) {
+  return std::make_unique<LlamaEngine>(load_llama_model(options.model_path, options.layers),
+                                       options);
+}
+
+LlamaEngine::LlamaEngine(std::shared_ptr<const LlamaModel> model, const LlamaEngineOptions& o)
+    : model_(std::move(model)),
+      layers_(llama_kept_layers(*model_, o.layers)),
+      threads_(std::max(1, o.threads)),
+      max_ctx_(o.max_context > 0 ? o.max_context : model_->config.max_context),
+      pool_(threads_) {
+  if (max_ctx_ <= 0) throw std::invalid_argument("llama engine: max context must be positive");
+  const size_t n = layers_.size() * static_cast<size_t>(max_ctx_) * model_->config.kv_dim();
+  k_cache_.reset(new float[n]);
+  v_cache_.reset(new float[n]);
+}
+
+float* LlamaEngine::k_cache(int slot, int pos) {
+  return k_cache_.get() + (static_cast<size_t>(slot) * max_ctx_ + pos) * model_->config.kv_dim();
+}
+
+float* LlamaEngine::v_cache(int slot, int pos) {
+  return v_cache_.get() + (static_cast<size_t>(slot) * max_ctx_ + pos) * model_->config.kv_dim();
+}
+
+size_t LlamaEngine::kv_bytes_per_token() const {
+  return 2 * layers_.size() * model_->config.kv_dim() * sizeof(float);
+}
+
+void LlamaEngine::ensure_scratch(int n) {
+  if (n <= scratch_n_) return;
+  const LlamaConfig& c = model_->config;
+  const size_t un = n;
+  x_.resize(un * c.dim);
+  xb_.resize(un * c.dim);
+  q_.resize(un * c.q_dim());
+  att_.resize(un * std::max(c.q_dim(), c.dim));
+  gate_.resize(un * c.ffn_dim);
+  up_.resize(un * c.ffn_dim);
+  pos_.resize(un);
+  scratch_n_ = n;
+}
+
+Logits LlamaEngine::forward(std::span<const Token> tokens, int n_logits, const CancelFlag& cancel) {
+  const LlamaConfig& c = model_->config;
+  const LlamaWeights& w = model_->weights;
+  const int n = static_cast<int>(tokens.size());
+  check_llama_forward(tokens, n_logits, kv_len_, max_ctx_, c.n_vocab);
+  Logits out{n_logits, c.n_vocab, {}};
+  if (n == 0) return out;
+  kernels::set_blas_threads(threads_);
+  ensure_scratch(n);
+  const int start = kv_len_;
+  const size_t nd = static_cast<size_t>(n) * c.dim;
+  for (int i = 0; i < n; ++i) pos_[i] = start + i;
+  kernels::embedding_cpu(x_.data(), w.token_embd.data(), tokens.data(), n, c.dim);
+
+  // K and V of the new tokens are written straight into the cache rows [start, start+n);
+  // kv_len_ moves only once every layer is done, so a cancelled forward leaves rows beyond
+  // kv_len_ that nothing reads.
+  for (size_t slot = 0; slot < layers_.size(); ++slot) {
+    if (cancel.cancelled()) throw Cancelled();
+    const LlamaLayerWeights& L = w.layers[layers_[slot]];
+    float* kc = k_cache(static_cast<int>(slot), start);
+    float* vc = v_cache(static_cast<int>(slot), start);
+    kernels::rmsnorm_cpu(xb_.data(), x_.data(), L.attn_norm.data(), n, c.dim, c.norm_eps);
+    kernels::matmul_cpu(q_.data(), xb_.data(), L.wq.data(), or_null(L.bq), n, c.dim, c.q_dim());
+    kernels::matmul_cpu(kc, xb_.data(), L.wk.data(), or_null(L.bk), n, c.dim, c.kv_dim());
+    kernels::matmul_cpu(vc, xb_.data(), L.wv.data(), or_null(L.bv), n, c.dim, c.kv_dim());
+    kernels::rope_cpu(q_.data(), pos_.data(), n, c.n_heads, c.head_dim, c.rope_dim, c.rope_base,
+                      c.rope_layout);
+    kernels::rope_cpu(kc, pos_.data(), n, c.n_kv_heads, c.head_dim, c.rope_dim, c.rope_base,
+                      c.rope_layout);
+    const float* k0 = k_cache(static_cast<int>(slot), 0);
+    const float* v0 = v_cache(static_cast<int>(slot), 0);
+    auto heads = [&](int h) {
+      kernels::attention_cpu(att_.data(), q_.data(), k0, v0, nullptr, n, start + n, start,
+                             c.n_heads, c.n_kv_heads, c.head_dim, c.kv_dim(), h, h + 1);
+    };
+    // Waking the pool costs ~10 us: not worth it for a decode step over a short context.
+    if (static_cast<int64_t>(n) * (start + n) * c.q_dim() < kParallelAttentionWork) {
+      for (int h = 0; h < c.n_heads; ++h) heads(h);
+    } else {
+      pool_.parallel_for(c.n_heads, heads);
+    }
+    kernels::matmul_cpu(xb_.data(), att_.data(), L.wo.data(), nullptr, n, c.q_dim(), c.dim);
+    add_inplace(x_.data(), xb_.data(), nd);
+
+    kernels::rmsnorm_cpu(xb_.data(), x_.data(), L.ffn_norm.data(), n, c.dim, c.norm_eps);
+    kernels::matmul_cpu(gate_.data(), xb_.data(), L.w_gate.data(), nullptr, n, c.dim, c.ffn_dim);
+    kernels::matmul_cpu(up_.data(), xb_.data(), L.w_up.data(), nullptr, n, c.dim, c.ffn_dim);
+    kernels::swiglu_cpu(gate_.data(), gate_.data(), up_.data(),
+                        static_cast<int64_t>(n) * c.ffn_dim);
+    kernels::matmul_cpu(xb_.data(), gate_.data(), L.w_down.data(), nullptr, n, c.ffn_dim, c.dim);
+    add_inplace(x_.data(), xb_.data(), nd);
+  }
+  if (cancel.cancelled()) throw Cancelled();
+
+  if (n_logits > 0) {
+    const float* last = x_.data() + static_cast<size_t>(n - n_logits) * c.dim;
+    kernels::rmsnorm_cpu(xb_.data(), last, w.output_norm.data(), n_logits, c.dim, c.norm_eps);
+    out.data.resize(static_cast<size_t>(n_logits) * c.n_vocab);
+    kernels::matmul_cpu(out.data.data(), xb_.data(), w.head(), nullptr, n_logits, c.dim, c.n_vocab);
+  }
+  kv_len_ = start + n;
+  return out;
+}
+
+void LlamaEngine::truncate(int n) {
+  if (n < 0 || n > kv_len_) throw std::out_of_range("truncate beyond the KV cache");
+  kv_len_ = n;
+}
+
+KvBlob LlamaEngine::export_kv(int begin, int end) const {
+  if (begin < 0 || end > kv_len_ || begin > end) throw std::out_of_range("KV range");
+  const size_t row = static_cast<size_t>(model_->config.kv_dim()) * sizeof(float);
+  const size_t span = (end - begin) * row;
+  KvBlob kv{begin, end, std::vector<uint8_t>(2 * layers_.size() * span)};
+  uint8_t* dst = kv.bytes.data();
+  for (size_t slot = 0; slot < layers_.size(); ++slot) {
+    const size_t off = (slot * max_ctx_ + begin) * row;
+    std::memcpy(dst, reinterpret_cast<const uint8_t*>(k_cache_.get()) + off, span);
+    std::memcpy(dst + span, reinterpret_cast<const uint8_t*>(v_cache_.get()) + off, span);
+    dst += 2 * span;
+  }
+  return kv;
+}
+
+void LlamaEngine::import_kv(const KvBlob& kv) {
+  if (kv.begin != kv_len_) throw std::invalid_argument("KV import must start at kv_len()");
+  if (kv.end < kv.begin || kv.end > max_ctx_) throw std::out_of_range("KV import range");
+  const size_t row = static_cast<size_t>(model_->config.kv_dim()) * sizeof(float);
+  const size_t span = (kv.end - kv.begin) * row;
+  if (kv.bytes.size() != 2 * layers_.size() * span) {
+    throw std::invalid_argument("KV blob has " + std::to_string(kv.bytes.size()) +
+                                " bytes, expected " + std::to_string(2 * layers_.size() * span) +
+                                " (different model or kept layers?)");
+  }
+  const uint8_t* src = kv.bytes.data();
+  for (size_t slot = 0; slot < layers_.size(); ++slot) {
+    const size_t off = (slot * max_ctx_ + kv.begin) * row;
+    std::memcpy(reinterpret_cast<uint8_t*>(k_cache_.get()) + off, src, span);
+    std::memcpy(reinterpret_cast<uint8_t*>(v_cache_.get()) + off, src + span, span);
+    src += 2 * span;
+  }
+  kv_len_ = kv.end;
+}
+
+}  // namespace dsi

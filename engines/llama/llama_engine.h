@@ -1,0 +1,84 @@
+// The llama engine on the CPU: dsi::Engine over a LlamaModel with a float32 KV cache. The
+// same class is the layer-skip self-drafter (Draft & Verify) when it is given a subset of the
+// model's layers. Matmuls go through OpenBLAS; attention heads are split over a thread pool.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engines/engine.h"
+#include "engines/llama/llama_model.h"
+#include "common/thread_pool.h"
+
+namespace dsi {
+
+struct LlamaEngineOptions {
+  std::string model_path;  // GGUF file, or a Hugging Face folder (config.json + safetensors)
+  int threads = 1;         // OpenBLAS threads and the engine's own pool
+  std::vector<int> layers; /* kept layers for the layer-skip drafter; empty = all */
+  int max_context = 0;     /* 0 = model's */
+};
+
+// Loads options.model_path (only the kept layers; a directory is read as a Hugging Face
+// folder, anything else as GGUF) and builds the engine. Throws ModelError for
+// a missing tensor or a shape mismatch, std::invalid_argument for bad options.
+std::unique_ptr<Engine> make_llama_engine(const LlamaEngineOptions& options);
+
+// The model at `path` with only `layers` loaded (all when empty): a directory is read as a
+// Hugging Face folder, anything else as GGUF.
+std::shared_ptr<LlamaModel> load_llama_model(const std::string& path,
+                                             const std::vector<int>& layers);
+
+// The layers an engine runs, in order: `requested`, or all of the model's when it is empty.
+// Throws std::invalid_argument for a layer out of range, not loaded, or out of order.
+std::vector<int> llama_kept_layers(const LlamaModel& model, const std::vector<int>& requested);
+
+// The checks every llama engine's forward makes before computing: n_logits in [0, n], the
+// tokens fitting the context after kv_len, every id in the vocabulary.
+void check_llama_forward(std::span<const Token> tokens, int n_logits, int kv_len, int max_ctx,
+                         int n_vocab);
+
+class LlamaEngine final : public Engine {
+ public:
+  // model must hold every layer named in options.layers (all of them when it is empty);
+  // options.model_path is ignored. Several engines may share one model.
+  LlamaEngine(std::shared_ptr<const LlamaModel> model, const LlamaEngineOptions& options);
+
+  Logits forward(std::span<const Token> tokens, int n_logits, const CancelFlag& cancel) override;
+  void truncate(int n) override;
+  int kv_len() const override { return kv_len_; }
+  int vocab_size() const override { return model_->config.n_vocab; }
+
+  // Blob layout (native-endian float32): for each kept layer in run order, the K rows of
+  // positions [begin, end) then the V rows, each row kv_dim floats. Only engines with the same
+  // model and kept layers can exchange blobs; import must start at kv_len().
+  KvBlob export_kv(int begin, int end) const override;
+  void import_kv(const KvBlob& kv) override;
+
+  const LlamaConfig& config() const { return model_->config; }
+  const std::vector<int>& layers() const { return layers_; }
+  int max_context() const { return max_ctx_; }
+  size_t kv_bytes_per_token() const override;
+
+ private:
+  float* k_cache(int slot, int pos);
+  float* v_cache(int slot, int pos);
+  void ensure_scratch(int n);
+
+  std::shared_ptr<const LlamaModel> model_;
+  std::vector<int> layers_;  // file layer numbers, in run order
+  int threads_;
+  int max_ctx_;
+  int kv_len_ = 0;
+  ThreadPool pool_;
+  // (n_kept_layers, max_ctx, kv_dim) each. Allocated without touching the memory, so pages
+  // are committed only as the context grows.
+  std::unique_ptr<float[]> k_cache_, v_cache_;
+  // Scratch for a forward of n tokens, grown on demand.
+  int scratch_n_ = 0;
+  std::vector<float> x_, xb_, q_, att_, gate_, up_;
+  std::vector<int32_t> pos_;
+};
+
+}  // namespace dsi

@@ -1,0 +1,27 @@
+// Builds a LlamaModel from a GGUF file (architectures "llama" and "qwen2"): hyperparameters
+// from the metadata, every weight dequantized to float32. Names and shapes are checked
+// against the hyperparameters before anything is used.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engines/llama/llama_model.h"
+#include "model/gguf.h"
+
+namespace dsi {
+
+// Hyperparameters of a llama/qwen2 GGUF. Throws ModelError for a missing key, an
+// unsupported architecture or rope scaling, or inconsistent sizes.
+LlamaConfig llama_config_from_gguf(const GgufFile& file);
+
+// Loads the config and the weights of `layers` (all layers when empty; the others stay
+// unloaded). Throws ModelError naming the tensor and its expected and actual shape for a
+// missing or misshapen tensor, std::invalid_argument for a layer the file does not have.
+std::shared_ptr<LlamaModel> load_llama_gguf(const std::string& path,
+                                            const std::vector<int>& layers = {});
+std::shared_ptr<LlamaModel> load_llama_gguf(const GgufFile& file,
+                                            const std::vector<int>& layers = {});
+
+}  // namespace dsi

@@ -1,0 +1,126 @@
+#include "engines/synthetic_engine.h"
+
+#include <time.h>
+
+#include <algorithm>
+#include <cstring>
+#include <stdexcept>
+
+namespace dsi {
+namespace synthetic {
+namespace {
+// splitmix64 finaliser: a cheap, well-mixed 64-bit permutation.
+uint64_t mix(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ULL;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+constexpr uint64_t kTargetSalt = 0x7461726765740000ULL;
+constexpr uint64_t kDrawSalt = 0x6472617700000000ULL;
+constexpr uint64_t kWrongSalt = 0x77726f6e67000000ULL;
+}  // namespace
+
+uint64_t start_hash(uint64_t seed) { return mix(seed ^ 0x5eed5eed5eed5eedULL); }
+uint64_t extend_hash(uint64_t h, Token t) { return mix(h ^ mix(static_cast<uint64_t>(t) + 1)); }
+
+Token target_next(uint64_t seed, uint64_t h, int vocab) {
+  return static_cast<Token>(mix(h ^ seed ^ kTargetSalt) % static_cast<uint64_t>(vocab));
+}
+
+Token drafter_next(uint64_t seed, uint64_t h, int vocab, double acceptance) {
+  const Token right = target_next(seed, h, vocab);
+  const double u = static_cast<double>(mix(h ^ seed ^ kDrawSalt) >> 11) * 0x1.0p-53;
+  if (u < acceptance || vocab < 2) return right;
+  const uint64_t off = 1 + mix(h ^ seed ^ kWrongSalt) % static_cast<uint64_t>(vocab - 1);
+  return static_cast<Token>((static_cast<uint64_t>(right) + off) % static_cast<uint64_t>(vocab));
+}
+void logits(const SyntheticParams& p, uint64_t h, float* out) {
+  auto noise = [&](uint64_t salt, int i) {
+    return static_cast<float>(mix(h ^ p.seed ^ salt ^ mix(static_cast<uint64_t>(i))) >> 40) *
+           0x1.0p-24f * kSpread;
+  };
+  const float w = p.drafter ? static_cast<float>(p.overlap) : 1.0f;
+  for (int i = 0; i < p.vocab; ++i) {
+    out[i] = w * noise(kTargetSalt, i);
+    if (p.drafter) out[i] += (1 - w) * noise(kWrongSalt, i);
+  }
+  const Token peak = p.drafter ? drafter_next(p.seed, h, p.vocab, p.acceptance)
+                               : target_next(p.seed, h, p.vocab);
+  out[peak] += kPeak;
+}
+}  // namespace synthetic
+
+bool cancellable_sleep_ms(double ms, const CancelFlag& cancel) {
+  timespec now{};
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  const int64_t start = now.tv_sec * 1000000000LL + now.tv_nsec;
+  const int64_t deadline = start + static_cast<int64_t>(ms * 1e6);
+  constexpr int64_t kSliceNs = 250000;
+  for (;;) {
+    if (cancel.cancelled()) return false;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    const int64_t t = now.tv_sec * 1000000000LL + now.tv_nsec;
+    if (t >= deadline) return true;
+    const int64_t wake = std::min(deadline, t + kSliceNs);
+    timespec ts{static_cast<time_t>(wake / 1000000000LL), static_cast<long>(wake % 1000000000LL)};
+    clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, nullptr);
+  }
+}
+
+SyntheticEngine::SyntheticEngine(SyntheticParams p) : p_(p) {
+  if (p_.vocab < 2) throw std::invalid_argument("synthetic vocab must be at least 2");
+}
+
+double SyntheticEngine::forward_cost_ms(int n_tokens) const {
+  return (hashes_.empty() ? p_.ttft_ms : p_.forward_ms) + n_tokens * p_.per_token_ms;
+}
+
+Logits SyntheticEngine::forward(std::span<const Token> tokens, int n_logits,
+                                const CancelFlag& cancel) {
+  const int n = static_cast<int>(tokens.size());
+  if (n_logits < 0 || n_logits > n) throw std::invalid_argument("n_logits out of range");
+  if (!cancellable_sleep_ms(forward_cost_ms(n), cancel)) throw Cancelled();
+  Logits out{n_logits, p_.vocab, std::vector<float>(static_cast<size_t>(n_logits) * p_.vocab)};
+  uint64_t h = hashes_.empty() ? synthetic::start_hash(p_.seed) : hashes_.back();
+  for (int i = 0; i < n; ++i) {
+    if (tokens[i] < 0 || tokens[i] >= p_.vocab) throw std::out_of_range("token id out of vocab");
+    h = synthetic::extend_hash(h, tokens[i]);
+    hashes_.push_back(h);
+    const int row = i - (n - n_logits);
+    if (row >= 0) synthetic::logits(p_, h, out.data.data() + static_cast<size_t>(row) * p_.vocab);
+  }
+  return out;
+}
+
+void SyntheticEngine::truncate(int n) {
+  if (n < 0 || n > kv_len()) throw std::out_of_range("truncate beyond the KV cache");
+  hashes_.resize(n);
+}
+
+KvBlob SyntheticEngine::export_kv(int begin, int end) const {
+  if (begin < 0 || end > kv_len() || begin > end) throw std::out_of_range("KV range");
+  KvBlob kv{begin, end, std::vector<uint8_t>((end - begin) * sizeof(uint64_t))};
+  std::memcpy(kv.bytes.data(), hashes_.data() + begin, kv.bytes.size());
+  return kv;
+}
+
+void SyntheticEngine::import_kv(const KvBlob& kv) {
+  if (kv.begin != kv_len()) throw std::invalid_argument("KV import must start at kv_len()");
+  const size_t n = kv.bytes.size() / sizeof(uint64_t);
+  const size_t old = hashes_.size();
+  hashes_.resize(old + n);
+  std::memcpy(hashes_.data() + old, kv.bytes.data(), kv.bytes.size());
+}
+
+std::vector<Token> synthetic_prompt(uint64_t seed, int n, int vocab) {
+  std::vector<Token> p;
+  uint64_t h = synthetic::start_hash(seed ^ 0x70726f6d7074ULL);
+  for (int i = 0; i < n; ++i) {
+    h = synthetic::extend_hash(h, i);
+    p.push_back(static_cast<Token>(h % static_cast<uint64_t>(vocab)));
+  }
+  return p;
+}
+
+}  // namespace dsi

@@ -1,0 +1,69 @@
+// A deterministic stand-in model for orchestration tests and latency experiments. The
+// target's next token is a hash of the seed and the whole context; the drafter proposes that
+// same token with probability `acceptance` (a deterministic draw from the same context hash)
+// and another token otherwise. Forward latency is spent sleeping in short slices that honour
+// cancellation. It is not a language model and computes no real logits.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "engines/engine.h"
+
+namespace dsi {
+
+struct SyntheticParams {
+  uint64_t seed = 1;
+  int vocab = 64;
+  double acceptance = 0.9;    // a: drafter only
+  double ttft_ms = 20;        // first forward of a sequence (prefill)
+  double forward_ms = 20;     // every later forward
+  double per_token_ms = 0;    // plus this for each token in the forward
+  bool drafter = false;
+  double overlap = 0.5;       // drafter only: how much of the target's logit noise it shares
+};
+
+// The synthetic model as pure functions of the context hash, so the coordinator and tests
+// can recompute what any rank would produce without running it.
+namespace synthetic {
+uint64_t start_hash(uint64_t seed);
+uint64_t extend_hash(uint64_t h, Token t);
+Token target_next(uint64_t seed, uint64_t h, int vocab);
+Token drafter_next(uint64_t seed, uint64_t h, int vocab, double acceptance);
+// Logits after the context with hash h: noise in [0, kSpread) per token plus kPeak on the
+// model's greedy token (target_next / drafter_next), so argmax is exactly the greedy token
+// while sampling sees a full distribution. The drafter's noise is `overlap` times the
+// target's plus (1 - overlap) times its own.
+inline constexpr float kSpread = 3.0f;
+inline constexpr float kPeak = 3.5f;
+void logits(const SyntheticParams& p, uint64_t h, float* out);
+}  // namespace synthetic
+
+class SyntheticEngine final : public Engine {
+ public:
+  explicit SyntheticEngine(SyntheticParams p);
+
+  Logits forward(std::span<const Token> tokens, int n_logits, const CancelFlag& cancel) override;
+  void truncate(int n) override;
+  int kv_len() const override { return static_cast<int>(hashes_.size()); }
+  int vocab_size() const override { return p_.vocab; }
+  KvBlob export_kv(int begin, int end) const override;
+  void import_kv(const KvBlob& kv) override;
+
+  // Latency the next forward of n tokens would take, in milliseconds.
+  double forward_cost_ms(int n_tokens) const;
+
+ private:
+  SyntheticParams p_;
+  std::vector<uint64_t> hashes_;  // hashes_[i]: hash of the context through position i
+};
+
+// Sleeps until `ms` milliseconds after `start_ns` (steady clock), in slices of at most
+// 0.25 ms so that a raised flag is seen promptly. Returns false if cancelled. The deadline is
+// absolute, so wake-up overshoots do not accumulate over slices.
+bool cancellable_sleep_ms(double ms, const CancelFlag& cancel);
+
+// Deterministic synthetic prompt of n tokens for a seed.
+std::vector<Token> synthetic_prompt(uint64_t seed, int n, int vocab);
+
+}  // namespace dsi

@@ -1,0 +1,132 @@
+#include "launch/session.h"
+
+#include <fmt/format.h>
+#include <mpi.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+
+#include "transport/data_plane.h"
+#include "common/gpu_binding.h"
+
+namespace dsi {
+namespace {
+
+// Rank 0 reads the file; every rank gets its text (or the reason it could not be read).
+bool read_config(const std::string& path, int rank, std::string& text) {
+  int ok = 1;
+  if (rank == 0 && !path.empty()) {
+    std::ifstream in(path);
+    if (!in) {
+      ok = 0;
+      text = fmt::format("cannot read config file '{}'", path);
+    } else {
+      std::stringstream ss;
+      ss << in.rdbuf();
+      text = ss.str();
+    }
+  }
+  long n = static_cast<long>(text.size());
+  MPI_Bcast(&ok, 1, MPI_INT, 0, MPI_COMM_WORLD);
+  MPI_Bcast(&n, 1, MPI_LONG, 0, MPI_COMM_WORLD);
+  text.resize(n);
+  MPI_Bcast(text.data(), static_cast<int>(n), MPI_CHAR, 0, MPI_COMM_WORLD);
+  return ok == 1;
+}
+
+// The node-local rank, for GPU binding: the launcher's variable, else the rank among the
+// processes that share this node's memory (a collective: every rank calls it).
+int find_local_rank() {
+  int from_mpi = 0;
+  MPI_Comm node;
+  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
+  MPI_Comm_rank(node, &from_mpi);
+  MPI_Comm_free(&node);
+  const LocalRank env = local_rank_from_env([](const char* v) { return std::getenv(v); });
+  return env.rank >= 0 ? env.rank : from_mpi;
+}
+
+}  // namespace
+
+int with_session(const SessionOptions& common, const std::function<void(Session&)>& validate,
+                 const std::function<int(Session&, Coordinator&)>& coordinate) {
+  int provided = 0;
+  MPI_Init_thread(nullptr, nullptr, MPI_THREAD_MULTIPLE, &provided);
+  Session s;
+  MPI_Comm_rank(MPI_COMM_WORLD, &s.rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &s.world);
+  set_local_rank(find_local_rank());
+  auto fail = [&](const std::string& msg, int code) {
+    if (s.rank == 0) fmt::print(stderr, "dsi: error: {}\n", msg);
+    MPI_Finalize();
+    return code;
+  };
+  if (provided < MPI_THREAD_MULTIPLE) {
+    return fail("the MPI library does not provide MPI_THREAD_MULTIPLE", 2);
+  }
+  std::string text;
+  if (!read_config(common.config_path, s.rank, text)) return fail(text, 2);
+  try {
+    s.cfg = parse_config(text, common.config_path.empty() ? "defaults" : common.config_path,
+                         common.overrides);
+    validate(s);
+  } catch (const ConfigError& e) {
+    return fail(e.what(), 2);
+  }
+
+  // The data plane first: when it cannot be had, every rank fails alike before any other
+  // channel exists.
+  DataPlaneOptions plane;
+  plane.mode = s.cfg.data_plane;
+  // NCCL needs every worker rank on a GPU of its own.
+  plane.gpu_ranks = s.cfg.device == "cuda" && s.cfg.drafter_device == "cuda";
+  plane.poll_us = s.cfg.poll_min_us;
+  try {
+    s.data = make_data_channel(MPI_COMM_WORLD, plane);
+  } catch (const DataPlaneError& e) {
+    return fail(e.what(), 2);
+  }
+  s.channel = std::make_unique<MpiChannel>(
+      MPI_COMM_WORLD, MpiChannel::Polling{s.cfg.poll_min_us, s.cfg.poll_max_us, s.cfg.poll_hot_ms});
+  int rc = 0;
+  if (s.rank == 0) {
+    Coordinator coord(*s.channel, s.cfg.heartbeat_ms, s.cfg.peer_timeout_s);
+    try {
+      rc = coordinate(s, coord);
+      coord.exit_all(rc);
+    } catch (const PeerError& e) {
+      fmt::print(stderr, "dsi: error: {}\n", e.what());
+      if (e.dead) {
+        // A dead or wedged rank cannot take part in a clean shutdown.
+        fflush(stdout);
+        MPI_Abort(MPI_COMM_WORLD, 1);
+      }
+      coord.exit_all(1);
+      rc = 1;
+    } catch (const std::exception& e) {
+      fmt::print(stderr, "dsi: error: {}\n", e.what());
+      coord.exit_all(1);
+      rc = 1;
+    }
+  } else {
+    WorkerOptions wo{.heartbeat_ms = s.cfg.heartbeat_ms, .peer_timeout_s = s.cfg.peer_timeout_s};
+    if (s.rank == common.fault_rank) {
+      wo.fault = common.fault;
+      wo.fault_after_ms = common.fault_after_ms;
+    }
+    try {
+      rc = run_worker(*s.channel, wo, s.data.get());
+    } catch (const WorkerFatal& e) {
+      fmt::print(stderr, "dsi: error: {}\n", e.what());
+      MPI_Abort(MPI_COMM_WORLD, 1);
+    }
+  }
+  s.channel->flush(Clock::now() + std::chrono::seconds(2));
+  s.data.reset();
+  s.channel.reset();
+  MPI_Finalize();
+  return rc;
+}
+
+}  // namespace dsi

@@ -1,0 +1,31 @@
+// The text side of a real model on the coordinator: its tokenizer (from the GGUF file or the
+// Hugging Face folder the workers load), the prompt as token ids (optionally in the model's
+// chat template), and the tokens that end generation. Weights are never loaded here.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "model/tokenizer/tokenizer.h"
+
+namespace dsi {
+
+class TextModel {
+ public:
+  // Throws ModelError naming the path when it is missing or malformed.
+  static std::shared_ptr<const TextModel> load(const std::string& path);
+
+  // BOS as the model asks; with `chat`, ChatML (<|im_start|>user ... <|im_start|>assistant)
+  // when the vocabulary has it, else the plain text.
+  std::vector<Token> prompt_tokens(const std::string& text, bool chat) const;
+  // Every end-of-generation token (EOS, EOT, <|im_end|> ...).
+  std::vector<Token> stop_tokens() const;
+  const Tokenizer& tokenizer() const { return *tok_; }
+
+ private:
+  std::unique_ptr<GgufFile> gguf_;  // kept open: the tokenizer may view its strings
+  std::unique_ptr<Tokenizer> tok_;
+};
+
+}  // namespace dsi
