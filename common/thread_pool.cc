@@ -1,4 +1,4 @@
-// ThreadPool (workers/llama/thread_pool.h). Indices are handed out one at a time under the
+// ThreadPool (common/thread_pool.h). Indices are handed out one at a time under the
 // mutex: jobs here are a few dozen coarse items (heads), so contention does not matter.
 #include "common/thread_pool.h"
 

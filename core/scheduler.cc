@@ -119,7 +119,7 @@ void Scheduler::launch_queued(std::vector<Action>& out) {
              .n_logits = t.n_logits, .chain = t.chain};
     if (opts_.mode == Mode::kDsi) {
       // DSI tasks end on the grid chain start + i*k; the bonus rule keeps every position on
-      // it a target sample whichever task decides it (workers/verify.h).
+      // it a target sample whichever task decides it (core/verify.h).
       a.bonus_anchor = t.anchor;
       a.bonus_period = opts_.lookahead;
     }

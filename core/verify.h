@@ -1,6 +1,6 @@
 // Verification of a draft sequence by the target: greedy (the target's argmax at every
 // position) and speculative sampling (Leviathan et al.; Chen et al.), with every random draw
-// keyed by position (workers/rng.h) so that the decision at a position is a pure function of
+// keyed by position (common/rng.h) so that the decision at a position is a pure function of
 // its context, whichever task or rank makes it. docs/sampling.md gives the argument.
 #pragma once
 

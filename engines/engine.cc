@@ -1,4 +1,4 @@
-// The Engine defaults (workers/engine.h): KV handoff staged through host memory.
+// The Engine defaults (engines/engine.h): KV handoff staged through host memory.
 #include "engines/engine.h"
 
 #include <unistd.h>

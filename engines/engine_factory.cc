@@ -1,4 +1,4 @@
-// make_engine (workers/engine_factory.h): the spec's "engine" picks the implementation; for
+// make_engine (engines/engine_factory.h): the spec's "engine" picks the implementation; for
 // llama, "device" picks the CPU engine or the CUDA one ("dtype" of its weights, "gpu" index).
 #include "engines/engine_factory.h"
 

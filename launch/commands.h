@@ -86,7 +86,7 @@ struct MakeModelOptions {
 };
 
 int cmd_simulate(const SimulateOptions& opts);
-// Writes a random-weight llama GGUF (workers/model/random_model.h); no MPI.
+// Writes a random-weight llama GGUF (model/random_model.h); no MPI.
 int cmd_make_model(const MakeModelOptions& opts);
 int cmd_profile(const ProfileOptions& opts);
 int cmd_sweep(const CommonOptions& common, const SweepOptions& opts);

@@ -1,4 +1,4 @@
-// GGUF writer and quantizers (workers/model/gguf_writer.h).
+// GGUF writer and quantizers (model/gguf_writer.h).
 #include "model/gguf_writer.h"
 
 #include <algorithm>

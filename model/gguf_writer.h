@@ -1,4 +1,4 @@
-// Writer of GGUF v3 files (the format read by workers/model/gguf.h): metadata key/values,
+// Writer of GGUF v3 files (the format read by model/gguf.h): metadata key/values,
 // tensor infos and the aligned data section, plus the quantizers used to store float data as
 // F32/F16/BF16/Q8_0/Q4_0/Q4_1. Tensor data is produced while the file is written (a fill
 // callback per tensor), so multi-GB models are written in bounded memory.

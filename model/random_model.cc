@@ -1,4 +1,4 @@
-// Random llama GGUF models (workers/model/random_model.h).
+// Random llama GGUF models (model/random_model.h).
 #include "model/random_model.h"
 
 #include <cmath>

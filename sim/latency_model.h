@@ -1,6 +1,6 @@
 // The closed-form latencies of DESIGN.md section 2 (zero overhead, i.i.d. acceptance rate a,
 // enough target servers) and the SP degree at which DSI stops waiting for a server. The
-// simulator (runtime/simulator.h) gives the same quantities without those assumptions.
+// simulator (sim/simulator.h) gives the same quantities without those assumptions.
 #pragma once
 
 #include "core/scheduler.h"

@@ -1,5 +1,5 @@
 // The planner behind `dsi simulate`: predicts non-SI / SI / DSI latency per token of a model
-// pair by running the scheduler in virtual time with i.i.d. acceptance (runtime/simulator),
+// pair by running the scheduler in virtual time with i.i.d. acceptance (sim/simulator),
 // queueing included when SP is short, and recommends a lookahead and an SP degree.
 #pragma once
 

@@ -1,4 +1,4 @@
-// CudaEngine (workers/cuda/cuda_engine.h): the pre-norm llama block of LlamaEngine, enqueued
+// CudaEngine (engines/llama/cuda_engine.h): the pre-norm llama block of LlamaEngine, enqueued
 // on one CUDA stream per engine. Every public method first makes the engine's device current
 // (several engines and ranks may share a GPU, and the calling thread may have used another).
 //

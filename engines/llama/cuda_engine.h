@@ -1,9 +1,9 @@
 // The llama engine on one CUDA GPU: dsi::Engine over a LlamaModel whose weights are uploaded
 // once as FP32, FP16 or BF16 (cuBLAS, FP32 accumulation) with an FP32 KV cache in device
-// memory. It computes the function of LlamaEngine (workers/llama/llama_engine.h), including the
+// memory. It computes the function of LlamaEngine (engines/llama/llama_engine.h), including the
 // layer-skip drafter, and exchanges KV blobs of the same layout with it. Plain C++ (no CUDA
 // types) so that the engine factory, built by the host compiler, can include it; the class
-// itself is built only when CUDA is (workers/cuda/cuda_engine.cu, library dsi_cuda).
+// itself is built only when CUDA is (engines/llama/cuda_engine.cu, library dsi_cuda).
 #pragma once
 
 #include <memory>

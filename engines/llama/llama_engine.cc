@@ -1,4 +1,4 @@
-// LlamaEngine (workers/llama/llama_engine.h): the pre-norm llama block, run for a block of
+// LlamaEngine (engines/llama/llama_engine.h): the pre-norm llama block, run for a block of
 // tokens at once so that prefill and verification are matrix-matrix products.
 #include "engines/llama/llama_engine.h"
 

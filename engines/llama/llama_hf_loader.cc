@@ -1,4 +1,4 @@
-// Hugging Face folder -> LlamaModel (workers/llama/llama_hf_loader.h). A Linear weight of shape
+// Hugging Face folder -> LlamaModel (engines/llama/llama_hf_loader.h). A Linear weight of shape
 // [out, in] is row-major (out, in), the engine's matmul layout, so it is copied as it is.
 #include "engines/llama/llama_hf_loader.h"
 

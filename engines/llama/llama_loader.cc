@@ -1,4 +1,4 @@
-// GGUF -> LlamaModel (workers/llama/llama_loader.h). A GGUF 2-D weight with ne = [in, out]
+// GGUF -> LlamaModel (engines/llama/llama_loader.h). A GGUF 2-D weight with ne = [in, out]
 // is row-major (out, in), which is the layout the engine's matmul takes, so rows are copied
 // (dequantized) as they are.
 #include "engines/llama/llama_loader.h"

@@ -1,4 +1,4 @@
-// LlamaWeights helpers (workers/llama/llama_model.h).
+// LlamaWeights helpers (engines/llama/llama_model.h).
 #include "engines/llama/llama_model.h"
 
 namespace dsi {

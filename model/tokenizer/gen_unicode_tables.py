@@ -4,7 +4,7 @@ and N* (numbers), and of the White_Space property, which the BPE pre-tokenizers 
 \\p{N} and \\s. The source is Python's own unicodedata module (Unicode 14.0 in Python 3.11), so
 no download is needed. Re-run after a Python upgrade to move to a newer Unicode version:
 
-    python3 workers/tokenizer/gen_unicode_tables.py > workers/tokenizer/unicode_tables.cc
+    python3 model/tokenizer/gen_unicode_tables.py > model/tokenizer/unicode_tables.cc
 """
 import sys
 import unicodedata

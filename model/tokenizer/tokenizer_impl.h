@@ -1,4 +1,4 @@
-// The two Tokenizer implementations; private to workers/tokenizer (use Tokenizer::from_*).
+// The two Tokenizer implementations; private to model/tokenizer (use Tokenizer::from_*).
 #pragma once
 
 #include <array>

@@ -1,4 +1,4 @@
-// The CUDA llama engine (workers/cuda/cuda_engine.h) against the CPU one on the same models:
+// The CUDA llama engine (engines/llama/cuda_engine.h) against the CPU one on the same models:
 // the tiny GGUF test models, a random GGUF written in place (as `dsi make-model` does) and an
 // in-memory model with QKV bias, half-split RoPE and an untied head. FP32 weights must give
 // the CPU's greedy tokens exactly; FP16/BF16 are held to a logit error and a greedy agreement

@@ -1,4 +1,4 @@
-// The engine factory's device and dtype keys (workers/engine_factory.h) on a machine without a
+// The engine factory's device and dtype keys (engines/engine_factory.h) on a machine without a
 // GPU: "device: cuda" fails with a message saying why, bad values are refused by name, and the
 // CPU engine is what "device: cpu" (or no device) builds.
 #include "engines/engine_factory.h"

@@ -1,4 +1,4 @@
-// GPU binding by node-local rank (runtime/gpu_binding.h): the selection rules run without a
+// GPU binding by node-local rank (common/gpu_binding.h): the selection rules run without a
 // GPU; the error for a missing device is what a user sees on a GPU-less machine.
 #include "common/gpu_binding.h"
 

@@ -1,4 +1,4 @@
-// The KV handoff cost model (runtime/kv_handoff.h).
+// The KV handoff cost model (core/kv_handoff.h).
 #include "core/kv_handoff.h"
 
 #include <gtest/gtest.h>

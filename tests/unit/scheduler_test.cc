@@ -1,4 +1,4 @@
-// Scheduler tests in virtual time (runtime/simulator): losslessness over the acceptance
+// Scheduler tests in virtual time (sim/simulator): losslessness over the acceptance
 // grid, and the ideal latencies of DESIGN.md section 2 when servers are ample.
 #include <gtest/gtest.h>
 
