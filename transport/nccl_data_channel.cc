@@ -1,4 +1,5 @@
 #include "transport/nccl_data_channel.h"
+#include "transport/mpi_data_channel.h"
 
 #include <fmt/format.h>
 
