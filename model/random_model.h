@@ -41,7 +41,6 @@ struct RandomModelSpec {
 // 4096, 32 layers, 32/32 heads, ffn 11008, vocab 32000, untied), "llama-3b" (Open LLaMA 3B shape:
 // 3200, 26, 32/32, 8640, 32000). Throws std::invalid_argument for another name.
 RandomModelSpec random_model_shape(const std::string& name);
-std::vector<std::string> random_model_shape_names();
 
 // Throws std::invalid_argument naming the field for an inconsistent spec (heads not dividing
 // dim, kv heads not dividing heads, a dimension not a multiple of 32 for a quantized type...).
