@@ -1,5 +1,5 @@
 // The i.i.d. acceptance model of the simulator and the planner built on it: lossless, equal
-// to DESIGN.md's closed forms when SP is ample, slower when SP is short, and a sensible
+// to the closed forms of docs/dsi.md when SP is ample, slower when SP is short, and a sensible
 // recommendation.
 #include <gtest/gtest.h>
 
