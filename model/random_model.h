@@ -3,8 +3,9 @@
 // Tokenizer::from_gguf like a real one. For benchmarks and tests of shapes no one ships
 // (`dsi make-model`); the text such a model writes is meaningless.
 //
-// Weights follow the scaled-normal recipe of shared/testdata/README.txt (stand-in model (a)),
-// chosen so that greedy decoding does not collapse into one repeated token:
+// Weights follow the scaled-normal recipe of the stand-in models of the outside test data
+// (made with llama.cpp; tests/test_data.h), chosen so that greedy decoding does not collapse
+// into one repeated token:
 //   token_embd ~ N(0, 0.05^2); attn_q/k/v/output, ffn_gate/up ~ N(0, 1/dim);
 //   ffn_down ~ N(0, 1/ffn); output (untied only) ~ N(0, 0.15^2); norms ~ 1 + 0.1 N(0, 1).
 // Each tensor draws from its own stream (seed, tensor name), so files of one seed hold the same
