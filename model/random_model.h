@@ -37,10 +37,11 @@ struct RandomModelSpec {
   std::string name = "random";  // general.name
 };
 
-// Named shapes: "tiny" (the testdata stand-in's shape, vocab 1024), "llama-1b" (TinyLlama
-// 1.1B: dim 2048, 22 layers, 32/4 heads, ffn 5632, vocab 32000, untied), "llama-7b" (Llama 2 7B:
-// 4096, 32 layers, 32/32 heads, ffn 11008, vocab 32000, untied), "llama-3b" (Open LLaMA 3B shape:
-// 3200, 26, 32/32, 8640, 32000). Throws std::invalid_argument for another name.
+// Named shapes: "tiny" (the shape of the outside test data's stand-in models: dim 256, 4 layers,
+// 8/4 heads, ffn 704; vocab 1024), "llama-1b" (TinyLlama 1.1B: dim 2048, 22 layers, 32/4 heads,
+// ffn 5632, vocab 32000, untied), "llama-7b" (Llama 2 7B: 4096, 32 layers, 32/32 heads, ffn
+// 11008, vocab 32000, untied), "llama-3b" (Open LLaMA 3B shape: 3200, 26, 32/32, 8640, 32000).
+// Throws std::invalid_argument for another name.
 RandomModelSpec random_model_shape(const std::string& name);
 
 // Throws std::invalid_argument naming the field for an inconsistent spec (heads not dividing
