@@ -1,5 +1,5 @@
 // `dsi bench`: non-SI, SI and DSI over a grid of (c, a, k, SP) with the synthetic engine in
-// one launch. For every row: measured latency per token, the closed-form ideal of DESIGN.md,
+// one launch. For every row: measured latency per token, the closed-form ideal of docs/dsi.md,
 // the zero-overhead ideal of the same schedule (simulator), efficiency, speedups, and
 // whether the tokens equal non-SI's. docs/benchmarks.md defines the columns.
 #include <fmt/format.h>

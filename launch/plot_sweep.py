@@ -1,8 +1,8 @@
 #!/usr/bin/python3
 """Plots a `dsi sweep` JSON: latency per token and speedup against the number of MPI ranks
-(GPUs + 1: the coordinator computes nothing), measured beside DESIGN.md's closed forms and the
-simulator's predictions. Usage: plot_sweep.py SWEEP.json OUT.png (Debian's python3-matplotlib;
-run with /usr/bin/python3)."""
+(GPUs + 1: the coordinator computes nothing), measured beside the closed forms of docs/dsi.md
+and the simulator's predictions. Usage: plot_sweep.py SWEEP.json OUT.png (Debian's
+python3-matplotlib; run with /usr/bin/python3)."""
 import json
 import sys
 

@@ -1,5 +1,5 @@
 // `dsi simulate`: predicts non-SI / SI / DSI latency per token of a model pair (t, c, a, by
-// hand or from a `dsi profile` JSON) with DESIGN.md's closed forms and with the event-driven
+// hand or from a `dsi profile` JSON) with the closed forms of docs/dsi.md and with the event-driven
 // simulation of the real scheduler (i.i.d. acceptance, queueing when SP is short), and
 // recommends a lookahead k and an SP degree. A plain process: no MPI.
 #include <fmt/format.h>

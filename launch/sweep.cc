@@ -1,6 +1,6 @@
 // `dsi sweep`: non-SI, SI and DSI over a list of rank counts (SP = ranks - 2) and lookaheads
 // in ONE MPI launch: the coordinator uses the first SP targets of the world, the others idle.
-// For every run: measured latency per token, DESIGN.md's closed form, the simulated schedule
+// For every run: measured latency per token, the closed form of docs/dsi.md, the simulated schedule
 // on the same tokens (zero overhead) and the i.i.d. simulator's prediction (`dsi simulate`),
 // speedups and losslessness. Writes PREFIX.csv and PREFIX.json, then (rank 0, after MPI has
 // finished) draws PREFIX.png with launch/plot_sweep.py. Bad input fails before any run.

@@ -108,10 +108,6 @@ RandomModelSpec random_model_shape(const std::string& name) {
   return s;
 }
 
-std::vector<std::string> random_model_shape_names() {
-  return {"tiny", "llama-1b", "llama-3b", "llama-7b"};
-}
-
 void check_random_model_spec(const RandomModelSpec& s) {
   auto bad = [](const std::string& what) { throw std::invalid_argument("model shape: " + what); };
   if (s.dim <= 0 || s.n_layers <= 0 || s.n_heads <= 0 || s.n_kv_heads <= 0 || s.ffn_dim <= 0 ||

@@ -3,8 +3,9 @@
 // Tokenizer::from_gguf like a real one. For benchmarks and tests of shapes no one ships
 // (`dsi make-model`); the text such a model writes is meaningless.
 //
-// Weights follow the scaled-normal recipe of shared/testdata/README.txt (stand-in model (a)),
-// chosen so that greedy decoding does not collapse into one repeated token:
+// Weights follow the scaled-normal recipe of the stand-in models of the outside test data
+// (made with llama.cpp; tests/test_data.h), chosen so that greedy decoding does not collapse
+// into one repeated token:
 //   token_embd ~ N(0, 0.05^2); attn_q/k/v/output, ffn_gate/up ~ N(0, 1/dim);
 //   ffn_down ~ N(0, 1/ffn); output (untied only) ~ N(0, 0.15^2); norms ~ 1 + 0.1 N(0, 1).
 // Each tensor draws from its own stream (seed, tensor name), so files of one seed hold the same
@@ -36,12 +37,12 @@ struct RandomModelSpec {
   std::string name = "random";  // general.name
 };
 
-// Named shapes: "tiny" (the testdata stand-in's shape, vocab 1024), "llama-1b" (TinyLlama
-// 1.1B: dim 2048, 22 layers, 32/4 heads, ffn 5632, vocab 32000, untied), "llama-7b" (Llama 2 7B:
-// 4096, 32 layers, 32/32 heads, ffn 11008, vocab 32000, untied), "llama-3b" (Open LLaMA 3B shape:
-// 3200, 26, 32/32, 8640, 32000). Throws std::invalid_argument for another name.
+// Named shapes: "tiny" (the shape of the outside test data's stand-in models: dim 256, 4 layers,
+// 8/4 heads, ffn 704; vocab 1024), "llama-1b" (TinyLlama 1.1B: dim 2048, 22 layers, 32/4 heads,
+// ffn 5632, vocab 32000, untied), "llama-7b" (Llama 2 7B: 4096, 32 layers, 32/32 heads, ffn
+// 11008, vocab 32000, untied), "llama-3b" (Open LLaMA 3B shape: 3200, 26, 32/32, 8640, 32000).
+// Throws std::invalid_argument for another name.
 RandomModelSpec random_model_shape(const std::string& name);
-std::vector<std::string> random_model_shape_names();
 
 // Throws std::invalid_argument naming the field for an inconsistent spec (heads not dividing
 // dim, kv heads not dividing heads, a dimension not a multiple of 32 for a quantized type...).

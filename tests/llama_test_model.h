@@ -1,16 +1,22 @@
-// Random llama weights for engine tests (CPU and GPU): fills every tensor that m.config
-// calls for (QKV biases when qkv_bias, an output matrix when the head is untied) from a
-// seeded normal distribution scaled so that activations stay O(1).
+// Helpers of the llama engine tests (CPU and GPU): random weights for an in-memory model, and
+// a cancel that lands between two layers of a forward.
 #pragma once
 
+#include <chrono>
 #include <cmath>
+#include <condition_variable>
+#include <mutex>
 #include <random>
+#include <thread>
 #include <vector>
 
+#include "common/cancel.h"
 #include "engines/llama/llama_model.h"
 
 namespace dsi {
 
+// Fills every tensor that m.config calls for (QKV biases when qkv_bias, an output matrix when
+// the head is untied) from a seeded normal distribution scaled so that activations stay O(1).
 inline void fill_random_llama(LlamaModel& m, uint32_t seed) {
   const LlamaConfig& c = m.config;
   std::mt19937 rng(seed);
@@ -45,5 +51,53 @@ inline void fill_random_llama(LlamaModel& m, uint32_t seed) {
   w.output_norm = fill(c.dim, 1, 0.1f);
   if (!c.tied_head) w.output = fill(static_cast<size_t>(c.n_vocab) * c.dim, 0, 0.3f);
 }
+
+// A cancel raised by another thread between two layers, after the layer the test chooses,
+// whatever the machine's load. The engine's after_layer hook calls layer_done(slot); while
+// armed, at slot `at` it asks the canceller thread to raise `flag` and holds the forward until
+// the flag is up. `done` lists the slots that reached the hook (the forward's thread only).
+class CancelBetweenLayers {
+ public:
+  CancelBetweenLayers(CancelFlag& flag, int at)
+      : flag_(flag), at_(at), thread_([this] { run(); }) {}
+  ~CancelBetweenLayers() {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      asked_ = true;  // wakes the thread if no forward ever asked
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+  CancelBetweenLayers(const CancelBetweenLayers&) = delete;
+  CancelBetweenLayers& operator=(const CancelBetweenLayers&) = delete;
+
+  void layer_done(int slot) {
+    done.push_back(slot);
+    if (!armed || slot != at_) return;
+    std::unique_lock<std::mutex> lk(mu_);
+    asked_ = true;
+    cv_.notify_all();
+    cv_.wait_for(lk, std::chrono::seconds(30), [&] { return raised_; });
+  }
+
+  bool armed = false;
+  std::vector<int> done;
+
+ private:
+  void run() {
+    std::unique_lock<std::mutex> lk(mu_);
+    cv_.wait(lk, [&] { return asked_; });
+    flag_.cancel();
+    raised_ = true;
+    cv_.notify_all();
+  }
+
+  CancelFlag& flag_;
+  const int at_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool asked_ = false, raised_ = false;
+  std::thread thread_;  // last: starts once the members above exist
+};
 
 }  // namespace dsi

@@ -176,7 +176,8 @@ CudaEngine::CudaEngine(const LlamaModel& model, const CudaEngineOptions& o)
       layers_(llama_kept_layers(model, o.layers)),
       max_ctx_(o.max_context > 0 ? o.max_context : model.config.max_context),
       dtype_(o.dtype),
-      device_(o.device) {
+      device_(o.device),
+      after_layer_(o.after_layer) {
   if (max_ctx_ <= 0) throw std::invalid_argument("cuda engine: max context must be positive");
   CUDA_CHECK(cudaSetDevice(device_));
   s_ = std::make_unique<State>();
@@ -373,6 +374,7 @@ Logits CudaEngine::forward(std::span<const Token> tokens, int n_logits, const Ca
     add_into_x(xb);
     CUDA_CHECK(cudaGetLastError());
     CUDA_CHECK(cudaEventRecord(s.layer_done[slot % 2].e, st));
+    if (after_layer_) after_layer_(static_cast<int>(slot));
   }
   stop_if_cancelled();
 

@@ -6,6 +6,7 @@
 // itself is built only when CUDA is (engines/llama/cuda_engine.cu, library dsi_cuda).
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -36,6 +37,9 @@ struct CudaEngineOptions {
   int max_context = 0;                      // 0 = model's
   CudaDtype dtype = CudaDtype::kF16;
   int device = 0;  // CUDA device index (the factory picks it with bound_cuda_device)
+  // Test hook: called on the forward's thread each time a layer's kernels are enqueued, with
+  // its slot (0 .. kept layers - 1, in run order). Left empty outside tests.
+  std::function<void(int slot)> after_layer;
 };
 
 // Builds the engine (loading options.model_path when options.model is empty, only the kept
@@ -91,6 +95,7 @@ class CudaEngine final : public Engine {
   CudaDtype dtype_;
   int device_;
   int kv_len_ = 0;
+  std::function<void(int)> after_layer_;
   std::unique_ptr<State> s_;
 };
 

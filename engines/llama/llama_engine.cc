@@ -85,7 +85,8 @@ LlamaEngine::LlamaEngine(std::shared_ptr<const LlamaModel> model, const LlamaEng
       layers_(llama_kept_layers(*model_, o.layers)),
       threads_(std::max(1, o.threads)),
       max_ctx_(o.max_context > 0 ? o.max_context : model_->config.max_context),
-      pool_(threads_) {
+      pool_(threads_),
+      after_layer_(o.after_layer) {
   if (max_ctx_ <= 0) throw std::invalid_argument("llama engine: max context must be positive");
   const size_t n = layers_.size() * static_cast<size_t>(max_ctx_) * model_->config.kv_dim();
   k_cache_.reset(new float[n]);
@@ -170,6 +171,7 @@ Logits LlamaEngine::forward(std::span<const Token> tokens, int n_logits, const C
                         static_cast<int64_t>(n) * c.ffn_dim);
     kernels::matmul_cpu(xb_.data(), gate_.data(), L.w_down.data(), nullptr, n, c.ffn_dim, c.dim);
     add_inplace(x_.data(), xb_.data(), nd);
+    if (after_layer_) after_layer_(static_cast<int>(slot));
   }
   if (cancel.cancelled()) throw Cancelled();
 

@@ -3,6 +3,7 @@
 // model's layers. Matmuls go through OpenBLAS; attention heads are split over a thread pool.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -18,6 +19,9 @@ struct LlamaEngineOptions {
   int threads = 1;         // OpenBLAS threads and the engine's own pool
   std::vector<int> layers; /* kept layers for the layer-skip drafter; empty = all */
   int max_context = 0;     /* 0 = model's */
+  // Test hook: called on the forward's thread each time a layer is done, with its slot (0 ..
+  // kept layers - 1, in run order). Left empty outside tests.
+  std::function<void(int slot)> after_layer;
 };
 
 // Loads options.model_path (only the kept layers; a directory is read as a Hugging Face
@@ -72,6 +76,7 @@ class LlamaEngine final : public Engine {
   int max_ctx_;
   int kv_len_ = 0;
   ThreadPool pool_;
+  std::function<void(int)> after_layer_;
   // (n_kept_layers, max_ctx, kv_dim) each. Allocated without touching the memory, so pages
   // are committed only as the context grows.
   std::unique_ptr<float[]> k_cache_, v_cache_;

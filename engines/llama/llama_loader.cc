@@ -40,9 +40,6 @@ class TensorReader {
     }
     return f_.dequantize(*t);
   }
-  std::vector<float> read_optional(const std::string& name, std::vector<int64_t> ne) const {
-    return f_.find(name) ? read(name, std::move(ne)) : std::vector<float>{};
-  }
 
  private:
   const GgufFile& f_;

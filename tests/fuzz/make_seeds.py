@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
-"""Writes small, valid GGUF seeds for the fuzzer from the test data files: every array is cut
-to its first 24 elements and every tensor to its first two rows of one block (data copied from
-the original), so the seeds keep the real key names, value types and tensor types while staying
-a few KiB each. Also writes the first 16 KiB of each vocab file (a truncated seed).
+"""Writes small, valid GGUF seeds for the fuzzer. One is built here: every key value type
+(scalars, strings, arrays, a byte-fallback SPM vocabulary) and a tensor of each supported type
+(F32, F16, BF16, Q8_0, Q4_0, Q4_1). The others come from the GGUF files of the outside test
+data when the folder exists: every array is cut to its first 24 elements and every tensor to
+its first two rows of one block (data copied from the original), so the seeds keep the real
+key names, value types and tensor types while staying a few KiB each; plus the first 16 KiB of
+each vocab file (a truncated seed).
 
-    make_seeds.py TESTDATA_DIR OUT_DIR
+    make_seeds.py TESTDATA_DIR OUT_DIR      (TESTDATA_DIR may be absent: built seed only)
 """
 import os
 import struct
@@ -91,9 +94,66 @@ def shrink(src, dst, cut=24):
     open(dst, "wb").write(out)
 
 
+def built_seed(dst):
+    """A GGUF v3 file with every value type and one tensor per supported type."""
+    def s(x):
+        return x.encode()
+    tokens = [b"<unk>", b"<s>", b"</s>"] + [b"<0x%02X>" % i for i in range(256)]
+    tokens += [s("\u2581"), s("\u2581a"), b"a", b"b", s("\u2581ab")]
+    kvs = [
+        (b"general.architecture", 8, b"llama"),
+        (b"general.alignment", 4, 32),
+        (b"general.name", 8, b"fuzz seed"),
+        (b"llama.context_length", 4, 64),
+        (b"llama.embedding_length", 4, 32),
+        (b"llama.block_count", 4, 1),
+        (b"llama.feed_forward_length", 4, 64),
+        (b"llama.attention.head_count", 4, 4),
+        (b"llama.attention.head_count_kv", 4, 2),
+        (b"llama.attention.layer_norm_rms_epsilon", 6, 1e-5),
+        (b"llama.rope.freq_base", 6, 10000.0),
+        (b"seed.u8", 0, 7), (b"seed.i8", 1, -7), (b"seed.u16", 2, 700), (b"seed.i16", 3, -700),
+        (b"seed.i32", 5, -70000), (b"seed.u64", 10, 1 << 40), (b"seed.i64", 11, -(1 << 40)),
+        (b"seed.f64", 12, 0.5), (b"seed.bool", 7, True),
+        (b"seed.nested", 9, (9, [(4, [1, 2]), (8, [b"x"])])),
+        (b"tokenizer.ggml.model", 8, b"llama"),
+        (b"tokenizer.ggml.pre", 8, b"default"),
+        (b"tokenizer.ggml.tokens", 9, (8, tokens)),
+        (b"tokenizer.ggml.scores", 9, (6, [0.0] * 259 + [-float(i) for i in range(len(tokens) - 259)])),
+        (b"tokenizer.ggml.token_type", 9, (5, [2, 3, 3] + [6] * 256 + [1] * (len(tokens) - 259))),
+        (b"tokenizer.ggml.bos_token_id", 4, 1),
+        (b"tokenizer.ggml.eos_token_id", 4, 2),
+        (b"tokenizer.ggml.add_bos_token", 7, True),
+    ]
+    # (name, ggml type): two rows of 32 elements each, arbitrary bytes of the right length.
+    tensors = [(b"t.f32", 0), (b"t.f16", 1), (b"t.bf16", 30), (b"t.q8_0", 8), (b"t.q4_0", 2),
+               (b"t.q4_1", 3)]
+    out = bytearray(b"GGUF" + struct.pack("<IQQ", 3, len(tensors), len(kvs)))
+    for k, t, v in kvs:
+        out += struct.pack("<Q", len(k)) + k + struct.pack("<I", t)
+        put_value(out, t, v)
+    blobs, off = [], 0
+    for name, t in tensors:
+        bs, ts = BLOCK[t]
+        nbytes = 2 * (32 // bs) * ts
+        out += struct.pack("<Q", len(name)) + name + struct.pack("<I", 2)
+        out += struct.pack("<QQ", 32, 2) + struct.pack("<IQ", t, off)
+        blobs.append(bytes((i * 37 + 11) % 251 for i in range(nbytes)))
+        off += (nbytes + 31) // 32 * 32
+    for blob in blobs:
+        while len(out) % 32:
+            out.append(0)
+        out += blob
+    open(os.path.join(dst, "built.gguf"), "wb").write(out)
+
+
 def main():
     src, dst = sys.argv[1], sys.argv[2]
     os.makedirs(dst, exist_ok=True)
+    built_seed(dst)
+    if not os.path.isdir(src):
+        print(f"make_seeds: test data missing: {src}; only the built seed is used")
+        return
     for f in sorted(os.listdir(src)):
         if not f.endswith(".gguf"):
             continue

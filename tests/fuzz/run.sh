@@ -11,7 +11,8 @@
 #   apt-get install -y clang libclang-rt-14-dev python3
 # ("clang" brings clang-14; libclang-rt-14-dev holds libFuzzer and the ASan runtime.)
 # Override the compilers with CC/CXX, the build folder with DSI_FUZZ_BUILD_DIR and the test
-# data with DSI_TESTDATA_DIR.
+# data with DSI_TESTDATA_DIR. The outside test data (reference vocab files and models) only
+# adds seeds and vocabularies: without it the fuzzers run on inputs built here.
 set -euo pipefail
 
 seconds=${1:-60}
@@ -41,7 +42,13 @@ for t in "${targets[@]}"; do
   mkdir -p "$seeds" "$corpus"
   case $t in
     gguf) python3 "$root/tests/fuzz/make_seeds.py" "$testdata" "$seeds" ;;
-    tokenizer) cp "$testdata"/ggml-vocab-gpt-2.gguf.inp "$seeds/" ;;
+    tokenizer)
+      printf 'Hello, world! 1314151 \xe5\xa4\xa9\xef\xbd\x9e \xf0\x9f\xa6\x99\n\t  x' >"$seeds/text.txt"
+      if [[ -f $testdata/ggml-vocab-gpt-2.gguf.inp ]]; then
+        cp "$testdata"/ggml-vocab-gpt-2.gguf.inp "$seeds/"
+      else
+        echo "test data missing: $testdata/ggml-vocab-gpt-2.gguf.inp (seed not used)"
+      fi ;;
     safetensors) printf '\x40\x00\x00\x00\x00\x00\x00\x00{"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}          \x00\x00\x80\x3f\x00\x00\x00\x40' \
                    > "$seeds/small.safetensors" ;;
   esac

@@ -1,14 +1,18 @@
-// libFuzzer target for the tokenizers: arbitrary bytes are encoded with each test vocabulary;
+// libFuzzer target for the tokenizers: arbitrary bytes are encoded with each vocabulary (the
+// byte-fallback SPM vocabulary of a random model written here, and the reference vocab files
+// of the outside test data when present: DSI_TESTDATA_DIR, at run time or compiled in);
 // valid UTF-8 must decode back to the same bytes (except U+2581 under SPM, which decodes as a
 // space). Invalid UTF-8 is only checked for not crashing and giving ids in range: StarCoder's
 // vocabulary has no symbol for bytes such as 0xff that valid UTF-8 never holds, so they become
 // the unknown token. Built by tests/fuzz/run.sh (clang only).
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <string>
 #include <string_view>
 
 #include "model/gguf.h"
+#include "model/random_model.h"
 #include "model/tokenizer/tokenizer.h"
 #include "model/tokenizer/unicode.h"
 
@@ -17,10 +21,22 @@ namespace {
 struct Vocabs {
   std::vector<std::unique_ptr<dsi::Tokenizer>> toks;
   Vocabs() {
+    dsi::RandomModelSpec spec;
+    spec.dim = 64, spec.n_layers = 1, spec.n_heads = 2, spec.n_kv_heads = 1, spec.ffn_dim = 64;
+    spec.type = dsi::GgmlType::F32;
+    const auto bytes = dsi::random_model_writer(spec).to_bytes();
+    toks.push_back(
+        dsi::Tokenizer::from_gguf(*dsi::GgufFile::parse(bytes.data(), bytes.size(), "written")));
+    const char* env = std::getenv("DSI_TESTDATA_DIR");
+    const std::string dir = env != nullptr && *env != '\0' ? env : DSI_TESTDATA_DIR;
     for (const char* name :
          {"ggml-vocab-llama-spm.gguf", "ggml-vocab-gpt-2.gguf", "ggml-vocab-starcoder.gguf"}) {
-      auto f = dsi::GgufFile::open(std::string(DSI_TESTDATA_DIR) + "/" + name);
-      toks.push_back(dsi::Tokenizer::from_gguf(*f));
+      const std::string path = dir + "/" + name;
+      if (!std::filesystem::is_regular_file(path)) {
+        std::fprintf(stderr, "tokenizer_fuzz: test data missing: %s (not fuzzed)\n", path.c_str());
+        continue;
+      }
+      toks.push_back(dsi::Tokenizer::from_gguf(*dsi::GgufFile::open(path)));
     }
   }
 };

@@ -1,9 +1,10 @@
 // The CUDA llama engine (engines/llama/cuda_engine.h) against the CPU one on the same models:
-// the tiny GGUF test models, a random GGUF written in place (as `dsi make-model` does) and an
-// in-memory model with QKV bias, half-split RoPE and an untied head. FP32 weights must give
-// the CPU's greedy tokens exactly; FP16/BF16 are held to a logit error and a greedy agreement
-// that the test prints. Also: rollback, KV export/import (also between CPU and GPU), KV
-// handoff through host and device-memory channels, cancellation, input checks, layer skip.
+// random GGUFs written in place (as `dsi make-model` does; F16, Q8_0, Q4_1 untied), the
+// llama.cpp stand-ins of the outside test data when present (skipped without them,
+// tests/test_data.h) and an in-memory model with QKV bias, half-split RoPE and an untied head. FP32
+// weights must give the CPU's greedy tokens exactly; FP16/BF16 are held to a logit error and a
+// greedy agreement that the test prints. Also: rollback, KV export/import (also between CPU and
+// GPU), KV handoff through host and device-memory channels, cancellation, input checks, layer skip.
 // Every test skips without a CUDA device.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
@@ -32,11 +33,10 @@
 #include "model/random_model.h"
 
 #include "../llama_test_model.h"
+#include "../test_data.h"
 
 namespace dsi {
 namespace {
-
-const std::string kTestData = DSI_TESTDATA_DIR;
 
 bool have_gpu() {
   int n = 0;
@@ -107,6 +107,26 @@ std::shared_ptr<LlamaModel> random_gguf_model() {
   return m;
 }
 
+// The stand-ins of the outside test data, made by llama.cpp (tests/test_data.h): a test that
+// uses one skips without it.
+bool is_reference(const std::string& name) {
+  return name == "tiny-llama-spm-f16" || name == "tiny-llama-spm-q8_0" ||
+         name == "tiny-bpe-untied-f16-q4emb";
+}
+
+#define SKIP_WITHOUT_MODEL(name) \
+  if (is_reference(name)) DSI_REQUIRE_TESTDATA(std::string(name) + ".gguf")
+
+// The GGUF file of a written model: "tiny-f16" (tests/test_data.h), "tiny-q8_0" (the same in
+// Q8_0, the tied head read from the quantized embedding), "tiny-q4_1-untied" (Q4_1 with a
+// separate output matrix).
+std::string written_file(const std::string& name) {
+  if (name == "tiny-f16") return test::tiny_model();
+  RandomModelSpec s = test::tiny_spec(name == "tiny-q8_0" ? GgmlType::Q8_0 : GgmlType::Q4_1);
+  s.tied_head = name == "tiny-q8_0";
+  return test::written_model(s, name);
+}
+
 // Models by name, loaded once per process.
 std::shared_ptr<const LlamaModel> model(const std::string& name) {
   static std::map<std::string, std::shared_ptr<const LlamaModel>> cache;
@@ -116,15 +136,23 @@ std::shared_ptr<const LlamaModel> model(const std::string& name) {
       m = memory_model();
     } else if (name == "random") {
       m = random_gguf_model();
+    } else if (is_reference(name)) {
+      m = load_llama_gguf(test::testdata_path(name + ".gguf"));
     } else {
-      m = load_llama_gguf(kTestData + "/" + name + ".gguf");
+      m = load_llama_gguf(written_file(name));
     }
   }
   return m;
 }
 
-const std::vector<std::string> kModels = {"tiny-llama-spm-f16", "tiny-llama-spm-q8_0",
-                                          "tiny-bpe-untied-f16-q4emb", "random", "memory"};
+const std::vector<std::string> kModels = {"tiny-llama-spm-f16",
+                                          "tiny-llama-spm-q8_0",
+                                          "tiny-bpe-untied-f16-q4emb",
+                                          "tiny-f16",
+                                          "tiny-q8_0",
+                                          "tiny-q4_1-untied",
+                                          "random",
+                                          "memory"};
 
 std::vector<Token> prompt_for(const LlamaModel& m, int n) {
   std::vector<Token> p;
@@ -192,6 +220,7 @@ class CudaEngineF32 : public ::testing::TestWithParam<std::string> {};
 // again at every position.
 TEST_P(CudaEngineF32, GreedyEqualsCpuEngine) {
   SKIP_WITHOUT_GPU();
+  SKIP_WITHOUT_MODEL(GetParam());
   const auto m = model(GetParam());
   const auto prompt = prompt_for(*m, 8);
   LlamaEngine cpu(m, cpu_opts());
@@ -250,6 +279,7 @@ class CudaEngineHalf : public ::testing::TestWithParam<HalfCase> {};
 TEST_P(CudaEngineHalf, CloseToCpuEngine) {
   SKIP_WITHOUT_GPU();
   const HalfCase& hc = GetParam();
+  SKIP_WITHOUT_MODEL(hc.model);
   const auto m = model(hc.model);
   const auto prompt = prompt_for(*m, 8);
   LlamaEngine cpu(m, cpu_opts());
@@ -280,9 +310,11 @@ TEST_P(CudaEngineHalf, CloseToCpuEngine) {
 INSTANTIATE_TEST_SUITE_P(
     Models, CudaEngineHalf,
     ::testing::Values(HalfCase{"tiny-llama-spm-f16", CudaDtype::kF16, 1e-3, 0.9},
+                      HalfCase{"tiny-f16", CudaDtype::kF16, 1e-3, 0.9},
                       HalfCase{"random", CudaDtype::kF16, 1e-3, 0.9},
                       HalfCase{"memory", CudaDtype::kF16, 1e-3, 0.9},
                       HalfCase{"tiny-llama-spm-f16", CudaDtype::kBF16, 1e-2, 0.75},
+                      HalfCase{"tiny-f16", CudaDtype::kBF16, 1e-2, 0.75},
                       HalfCase{"random", CudaDtype::kBF16, 1e-2, 0.75}),
     [](const auto& i) { return test_name(i.param.model + dtype_suffix(i.param.dtype)); });
 
@@ -471,33 +503,40 @@ TEST(CudaEngine, CancelLeavesCacheAtOldLength) {
   EXPECT_LE(nmse(after.data, straight.data), kF32Nmse);
 }
 
-// Cancel from another thread during a long prefill: whichever side of the last layer the flag
-// lands on, the cache is consistent (old length after Cancelled, new length otherwise).
+// A cancel raised by another thread between two layers (after layer `at`, held there by
+// CancelBetweenLayers so that no timing decides): the host enqueues no further layer, so
+// exactly at + 1 of the 4 layers were enqueued, the forward throws Cancelled, kv_len stays
+// where it was, and the engine goes on as if that forward never happened. Raised after the
+// last layer, the forward has not returned yet: Cancelled too.
 TEST(CudaEngine, CancelFromAnotherThreadDuringForward) {
   SKIP_WITHOUT_GPU();
-  const auto m = model("tiny-llama-spm-f16");
-  const auto seq = prompt_for(*m, 1500);
-  CancelFlag never, flag;
-  CudaEngine e(*m, gpu_opts(CudaDtype::kF32, {}, 2048));
-  e.forward(std::span(seq).first(10), 0, never);
-  std::thread t([&] {
-    std::this_thread::sleep_for(std::chrono::microseconds(200));
-    flag.cancel();
-  });
-  bool cancelled = false;
-  try {
-    e.forward(std::span(seq).subspan(10), 1, flag);
-  } catch (const Cancelled&) {
-    cancelled = true;
+  const auto m = model("tiny-f16");
+  const int n_layers = m->config.n_layers;
+  ASSERT_EQ(n_layers, 4);
+  const auto seq = prompt_for(*m, 300);
+  CancelFlag never;
+  LlamaEngine ref(m, cpu_opts({}, 512));
+  const Logits straight = ref.forward(std::span(seq).first(15), 1, never);
+  for (int at = 0; at < n_layers; ++at) {
+    CancelFlag flag;
+    CancelBetweenLayers cancel(flag, at);
+    CudaEngineOptions o = gpu_opts(CudaDtype::kF32, {}, 512);
+    o.after_layer = [&](int slot) { cancel.layer_done(slot); };
+    CudaEngine e(*m, o);
+    e.forward(std::span(seq).first(10), 0, never);
+    EXPECT_EQ(cancel.done.size(), static_cast<size_t>(n_layers));
+    cancel.done.clear();
+    cancel.armed = true;
+    EXPECT_THROW(e.forward(std::span(seq).subspan(10), 1, flag), Cancelled) << "at " << at;
+    std::vector<int> enqueued(at + 1);
+    for (int i = 0; i <= at; ++i) enqueued[i] = i;
+    EXPECT_EQ(cancel.done, enqueued) << "the flag went up after layer " << at;
+    EXPECT_EQ(e.kv_len(), 10);
+    cancel.armed = false;
+    const Logits l = e.forward(std::span(seq).subspan(10, 5), 1, never);
+    EXPECT_EQ(e.kv_len(), 15);
+    EXPECT_LE(nmse(l.data, straight.data), kF32Nmse);
   }
-  t.join();
-  EXPECT_EQ(e.kv_len(), cancelled ? 10 : 1500);
-  std::printf("[ INFO ] cancel during a 1490-token prefill: %s\n",
-              cancelled ? "cancelled" : "finished first");
-  e.truncate(10);
-  const Logits l = e.forward(std::span(seq).subspan(10, 5), 1, never);
-  LlamaEngine ref(m, cpu_opts({}, 2048));
-  EXPECT_LE(nmse(l.data, ref.forward(std::span(seq).first(15), 1, never).data), kF32Nmse);
 }
 
 // The input checks of LlamaEngine::forward, with the cache untouched.
@@ -524,7 +563,7 @@ TEST(CudaEngine, RejectsBadInput) {
 TEST(CudaEngine, LayerSkipDrafterEqualsCpuDrafter) {
   SKIP_WITHOUT_GPU();
   for (const auto& [name, layers] : std::vector<std::pair<std::string, std::vector<int>>>{
-           {"random", {0, 2, 3}}, {"tiny-llama-spm-f16", {0, 3}}, {"memory", {1}}}) {
+           {"random", {0, 2, 3}}, {"tiny-f16", {0, 3}}, {"memory", {1}}}) {
     const auto m = model(name);
     const auto prompt = prompt_for(*m, 8);
     LlamaEngine cpu(m, cpu_opts(layers));
@@ -541,7 +580,7 @@ TEST(CudaEngine, LayerSkipDrafterEqualsCpuDrafter) {
 // names its device.
 TEST(CudaEngine, FactoryBuildsItFromTheSpec) {
   SKIP_WITHOUT_GPU();
-  const std::string path = kTestData + "/tiny-llama-spm-f16.gguf";
+  const std::string path = written_file("tiny-f16");
   const nlohmann::json spec = {{"engine", "llama"}, {"model", path},    {"device", "cuda"},
                                {"dtype", "f32"},    {"gpu", 0},         {"layers", {0, 2}},
                                {"max_context", 64}, {"role", "drafter"}};
@@ -549,8 +588,8 @@ TEST(CudaEngine, FactoryBuildsItFromTheSpec) {
   const std::string name = gpu->device_name();
   EXPECT_EQ(name.rfind("cuda:", 0), 0u) << name;
   EXPECT_NE(name.find('@'), std::string::npos) << name;
-  LlamaEngine cpu(model("tiny-llama-spm-f16"), cpu_opts({0, 2}, 64));
-  const auto prompt = prompt_for(*model("tiny-llama-spm-f16"), 6);
+  LlamaEngine cpu(model("tiny-f16"), cpu_opts({0, 2}, 64));
+  const auto prompt = prompt_for(*model("tiny-f16"), 6);
   EXPECT_EQ(greedy(*gpu, prompt, 16).tokens, greedy(cpu, prompt, 16).tokens);
   nlohmann::json bad = spec;
   bad["gpu"] = 1000;

@@ -20,6 +20,21 @@ expect_error() {
   echo "ok: exit $rc in ${took}s, message matched /$pattern/"
 }
 
+# make_model FILE [ARGS...]: a tiny random llama (dsi make-model, Q8_0, byte-fallback SPM
+# vocabulary of 1024 tokens unless ARGS say otherwise) at $tmp/FILE.
+make_model() {
+  local file=$1; shift
+  "$dsi" make-model --shape tiny --type q8_0 "$@" -o "$tmp/$file" >/dev/null ||
+    { echo "FAILED: dsi make-model $*"; exit 1; }
+}
+# reference_model FILE: the path of FILE in the outside test data (DSI_TESTDATA_DIR, else
+# ../shared/testdata beside the source tree), or exit 77 (skipped) naming it when absent.
+reference_model() {
+  local path=${DSI_TESTDATA_DIR:-$src/../shared/testdata}/$1
+  [ -f "$path" ] || { echo "skipped: test data missing: $path" >&2; exit 77; }
+  echo "$path"
+}
+
 cfg="$src/configs/synthetic.yaml"
 fast=(--set synthetic.t_ms=2 --set generation.max_new_tokens=20)
 case $case_name in
@@ -114,29 +129,51 @@ PY
   cuda_without_gpu)
     # device: cuda where there is no GPU (or no CUDA in the build): the engine build fails
     # on the worker with the reason, every rank exits non-zero, nothing hangs.
+    make_model m.gguf
     expect_error 3 "device 'cuda' (asked for, but|is not supported)" run --config "$cfg" --set engine=llama \
-      --set model.path="$src/../shared/testdata/tiny-llama-spm-q8_0.gguf" --set model.device=cuda ;;
+      --set model.path="$tmp/m.gguf" --set model.device=cuda ;;
   bad_device)
     expect_error 3 "key 'model.device' must be one of cpu, cuda, got 'tpu'" run --config "$cfg" \
       --set model.device=tpu ;;
   truncated_model)
-    head -c 3000000 "$src/../shared/testdata/tiny-llama-spm-q8_0.gguf" >"$tmp/cut.gguf"
+    # Cut after the header (about 24 kB) but shorter than the largest tensors (190-280 kB).
+    make_model m.gguf
+    head -c 150000 "$tmp/m.gguf" >"$tmp/cut.gguf"
     expect_error 3 "cut.gguf: tensor .* cannot fit in the file" run --config "$cfg" --set engine=llama \
       --set model.path="$tmp/cut.gguf" --set generation.chat=false ;;
   corrupt_model)
-    cp "$src/../shared/testdata/tiny-llama-spm-q8_0.gguf" "$tmp/bad.gguf"
+    make_model bad.gguf
     printf 'GGUX' | dd of="$tmp/bad.gguf" conv=notrunc status=none
     expect_error 3 "bad.gguf.*magic" run --config "$cfg" --set engine=llama \
       --set model.path="$tmp/bad.gguf" --set generation.chat=false ;;
   vocab_mismatch)
+    make_model m.gguf
+    make_model other.gguf --vocab 2048
     expect_error 3 "vocabulary of rank .* differs" run --config "$cfg" --set engine=llama \
-      --set model.path="$src/../shared/testdata/tiny-llama-spm-q8_0.gguf" \
-      --set model.drafter_path="$src/../shared/testdata/tiny-bpe-untied-f16-q4emb.gguf" \
+      --set model.path="$tmp/m.gguf" --set model.drafter_path="$tmp/other.gguf" \
       --set generation.chat=false ;;
   text_json)
-    # Real text in, ids out: the nonsi JSON carries the prompt's ids and the generated ids.
+    # Real text in, ids out: the nonsi JSON carries the prompt's ids and the generated ids. In
+    # the written vocabulary (model/random_model.h) digits have no piece: "123" is BOS, the
+    # word-start piece "▁" (259) and the byte tokens <0x31> <0x32> <0x33> (3 + byte).
+    make_model m.gguf
     mpi -np 2 "$dsi" run --config "$cfg" --mode nonsi --set engine=llama \
-      --set model.path="$src/../shared/testdata/tiny-llama-spm-q8_0.gguf" --set generation.chat=false \
+      --set model.path="$tmp/m.gguf" --set generation.chat=false \
+      --prompt "123" --max-new-tokens 8 --json >"$tmp/out" 2>&1 || fail "run failed"
+    python3 - "$tmp/out" <<'PY' || fail "json check"
+import json, sys
+s = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
+assert s["prompt_ids"] == [1, 259, 52, 53, 54], s["prompt_ids"]
+assert len(s["generated_ids"]) == 8 and isinstance(s["text"], str), s
+assert all(0 <= t < 1024 for t in s["generated_ids"]), s["generated_ids"]
+print("ok: prompt ids", s["prompt_ids"], "generated", s["generated_ids"])
+PY
+    ;;
+  text_json_llama2)
+    # The same with the Llama 2 tokenizer of the outside test data's stand-in model.
+    model=$(reference_model tiny-llama-spm-q8_0.gguf) || exit 77
+    mpi -np 2 "$dsi" run --config "$cfg" --mode nonsi --set engine=llama \
+      --set model.path="$model" --set generation.chat=false \
       --prompt "Hello world" --max-new-tokens 8 --json >"$tmp/out" 2>&1 || fail "run failed"
     python3 - "$tmp/out" <<'PY' || fail "json check"
 import json, sys

@@ -1,5 +1,6 @@
 // Dequantisation and half/bfloat16 conversion: hand-built blocks with known values, and the
-// quantised stand-in models checked against the F16 one (same weights).
+// stand-in models quantised by llama.cpp checked against the F16 one (same weights; skipped
+// without those reference files, tests/test_data.h).
 #include "kernels/dequant.h"
 
 #include <gtest/gtest.h>
@@ -9,6 +10,7 @@
 #include <cstring>
 #include <vector>
 
+#include "../test_data.h"
 #include "kernels/half.h"
 #include "model/gguf.h"
 
@@ -128,10 +130,13 @@ double rel_rms(const std::vector<float>& a, const std::vector<float>& ref) {
 }
 
 TEST(Dequant, QuantisedModelsMatchF16) {
-  const std::string dir = DSI_TESTDATA_DIR;
-  auto f16 = GgufFile::open(dir + "/tiny-llama-spm-f16.gguf");
-  auto q8 = GgufFile::open(dir + "/tiny-llama-spm-q8_0.gguf");
-  auto q41 = GgufFile::open(dir + "/tiny-llama-spm-q4_1.gguf");
+  for (const char* file :
+       {"tiny-llama-spm-f16.gguf", "tiny-llama-spm-q8_0.gguf", "tiny-llama-spm-q4_1.gguf"}) {
+    DSI_REQUIRE_TESTDATA(file);
+  }
+  auto f16 = GgufFile::open(test::testdata_path("tiny-llama-spm-f16.gguf"));
+  auto q8 = GgufFile::open(test::testdata_path("tiny-llama-spm-q8_0.gguf"));
+  auto q41 = GgufFile::open(test::testdata_path("tiny-llama-spm-q4_1.gguf"));
   for (const char* name : {"token_embd.weight", "blk.0.attn_q.weight", "blk.3.ffn_down.weight",
                            "blk.1.attn_norm.weight"}) {
     const GgufTensor& r = f16->tensor(name);

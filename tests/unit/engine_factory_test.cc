@@ -7,6 +7,7 @@
 
 #include <string>
 
+#include "../test_data.h"
 #include "common/gpu_binding.h"
 #include "engines/llama/cuda_engine.h"
 #include "engines/llama/llama_engine.h"
@@ -14,10 +15,9 @@
 namespace dsi {
 namespace {
 
-const std::string kModel = std::string(DSI_TESTDATA_DIR) + "/tiny-llama-spm-f16.gguf";
-
 nlohmann::json llama_spec() {
-  return {{"engine", "llama"}, {"model", kModel}, {"role", "target"}, {"max_context", 32}};
+  return {
+      {"engine", "llama"}, {"model", test::tiny_model()}, {"role", "target"}, {"max_context", 32}};
 }
 
 // The text of the exception `f` throws as E ("" and a test failure when it throws nothing).

@@ -1,6 +1,8 @@
 // Hostile inputs for the GGUF reader: hand-built files with one field wrong, and truncated or
-// byte-flipped copies of the real test files. Every case must end in ModelError or a valid
-// file whose tensors lie inside the buffer; a crash or a std::bad_alloc fails the test.
+// byte-flipped copies of real files: models written by model/random_model.h, and the reference
+// files made by llama.cpp when present (tests/test_data.h). Every case must end in ModelError
+// or a valid file whose tensors lie inside the buffer; a crash or a std::bad_alloc fails the
+// test.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -9,17 +11,30 @@
 #include <iterator>
 #include <random>
 
+#include "../test_data.h"
 #include "model/gguf.h"
+#include "model/random_model.h"
 #include "model/tokenizer/tokenizer.h"
 
 namespace dsi {
 namespace {
 
-const std::string kDir = DSI_TESTDATA_DIR;
-
 std::vector<uint8_t> read_all(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+// Files written here, named "written:<what>": the tiny random model in Q8_0 (tied head), and
+// in Q4_1 with an untied head.
+std::vector<uint8_t> written_file(const std::string& name) {
+  RandomModelSpec s = test::tiny_spec(GgmlType::Q8_0);
+  if (name == "written:tiny-q4_1-untied") {
+    s.type = GgmlType::Q4_1;
+    s.tied_head = false;
+  } else if (name != "written:tiny-q8_0") {
+    throw std::invalid_argument("no written file " + name);
+  }
+  return random_model_writer(s).to_bytes();
 }
 
 // Minimal GGUF writer for the tests: fields are appended in file order.
@@ -217,7 +232,7 @@ size_t required_size(const std::vector<uint8_t>& b) {
 }
 
 TEST(GgufRobust, RealFileWithUnsupportedTensorType) {
-  auto b = read_all(kDir + "/tiny-llama-spm-q8_0.gguf");
+  auto b = written_file("written:tiny-q8_0");
   // The tensor info is: name, u32 n_dims, u64 ne[n_dims], u32 type, u64 offset.
   const std::string name = "blk.2.attn_q.weight";
   auto it = std::search(b.begin(), b.end(), name.begin(), name.end());
@@ -248,10 +263,18 @@ TEST(GgufRobust, RealFileWithUnsupportedTensorType) {
   EXPECT_THROW(GgufFile::parse(b.data(), b.size(), "f")->tensor(name), ModelError);
 }
 
-class RealFiles : public ::testing::TestWithParam<const char*> {};
+// A "written:" file, or a reference file (the test skips without it).
+class RealFiles : public ::testing::TestWithParam<const char*> {
+ protected:
+  bool written() const { return std::string(GetParam()).rfind("written:", 0) == 0; }
+  std::vector<uint8_t> bytes() const {
+    return written() ? written_file(GetParam()) : read_all(test::testdata_path(GetParam()));
+  }
+};
 
 TEST_P(RealFiles, TruncatedCopiesAlwaysThrow) {
-  const auto full = read_all(kDir + "/" + GetParam());
+  if (!written()) DSI_REQUIRE_TESTDATA(GetParam());
+  const auto full = bytes();
   ASSERT_FALSE(full.empty());
   const size_t need = required_size(full);
   auto f = GgufFile::parse(full.data(), full.size(), "full");
@@ -275,7 +298,8 @@ TEST_P(RealFiles, TruncatedCopiesAlwaysThrow) {
 }
 
 TEST_P(RealFiles, FlippedBytesThrowOrStayInBounds) {
-  const auto full = read_all(kDir + "/" + GetParam());
+  if (!written()) DSI_REQUIRE_TESTDATA(GetParam());
+  const auto full = bytes();
   auto f = GgufFile::parse(full.data(), full.size(), "full");
   // Corrupt only the metadata part (tensor data is opaque). Work on a prefix that still holds
   // all tensor infos plus a little data, so every parse stays cheap.
@@ -309,6 +333,8 @@ TEST_P(RealFiles, FlippedBytesThrowOrStayInBounds) {
 INSTANTIATE_TEST_SUITE_P(Gguf, RealFiles,
                          ::testing::Values("ggml-vocab-gpt-2.gguf", "tiny-llama-spm-q4_1.gguf",
                                            "tiny-bpe-untied-f16-q4emb.gguf"));
+INSTANTIATE_TEST_SUITE_P(Written, RealFiles,
+                         ::testing::Values("written:tiny-q8_0", "written:tiny-q4_1-untied"));
 
 }  // namespace
 }  // namespace dsi

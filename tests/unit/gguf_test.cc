@@ -1,16 +1,21 @@
-// GGUF reader: the real test files open with the expected keys and tensors, and corrupted or
-// truncated copies of them always end in ModelError (never a crash or a huge allocation).
+// GGUF reader: the reference files made by llama.cpp open with the expected keys and tensors
+// (skipped without them, tests/test_data.h), and a missing file, a folder or a file that is not
+// GGUF end in ModelError. Corrupted and truncated files: gguf_robustness_test.cc.
 #include "model/gguf.h"
 
 #include <gtest/gtest.h>
 
+#include <filesystem>
+#include <fstream>
+
+#include "../test_data.h"
+
 namespace dsi {
 namespace {
 
-const std::string kDir = DSI_TESTDATA_DIR;
-
 TEST(Gguf, VocabFileKeys) {
-  auto f = GgufFile::open(kDir + "/ggml-vocab-llama-spm.gguf");
+  DSI_REQUIRE_TESTDATA("ggml-vocab-llama-spm.gguf");
+  auto f = GgufFile::open(test::testdata_path("ggml-vocab-llama-spm.gguf"));
   EXPECT_EQ(f->version(), 3u);
   EXPECT_TRUE(f->tensors().empty());
   EXPECT_EQ(f->get_string("tokenizer.ggml.model"), "llama");
@@ -37,7 +42,9 @@ TEST(Gguf, VocabFileKeys) {
 }
 
 TEST(Gguf, TinyModelTensors) {
-  auto f = GgufFile::open(kDir + "/tiny-bpe-untied-f16-q4emb.gguf");
+  DSI_REQUIRE_TESTDATA("tiny-bpe-untied-f16-q4emb.gguf");
+  DSI_REQUIRE_TESTDATA("tiny-llama-spm-f16.gguf");
+  auto f = GgufFile::open(test::testdata_path("tiny-bpe-untied-f16-q4emb.gguf"));
   EXPECT_EQ(f->tensors().size(), 30u);
   EXPECT_EQ(f->get_string("tokenizer.ggml.pre"), "smollm");
   EXPECT_DOUBLE_EQ(f->get_float("llama.rope.freq_base"), 100000.0);
@@ -49,7 +56,7 @@ TEST(Gguf, TinyModelTensors) {
   EXPECT_EQ(k.type, GgmlType::F16);
   EXPECT_EQ(k.ne, (std::vector<int64_t>{192, 64}));
   EXPECT_EQ(f->tensor("output_norm.weight").type, GgmlType::F32);
-  auto g = GgufFile::open(kDir + "/tiny-llama-spm-f16.gguf");
+  auto g = GgufFile::open(test::testdata_path("tiny-llama-spm-f16.gguf"));
   EXPECT_EQ(g->tensors().size(), 38u);
   EXPECT_EQ(g->find("output.weight"), nullptr);  // tied
   int64_t params = 0;
@@ -58,9 +65,18 @@ TEST(Gguf, TinyModelTensors) {
 }
 
 TEST(Gguf, MissingFileAndNotGguf) {
-  EXPECT_THROW(GgufFile::open(kDir + "/no-such-file.gguf"), ModelError);
-  EXPECT_THROW(GgufFile::open(kDir + "/README.txt"), ModelError);
-  EXPECT_THROW(GgufFile::open(kDir), ModelError);
+  const auto dir =
+      std::filesystem::temp_directory_path() / ("dsi_gguf_test_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  const std::string text = (dir / "README.txt").string();
+  std::ofstream(text) << "Plain text, long enough to hold a GGUF header if it were one.\n";
+  EXPECT_THROW(GgufFile::open((dir / "no-such-file.gguf").string()), ModelError);
+  EXPECT_THROW(GgufFile::open(text), ModelError);
+  EXPECT_THROW(GgufFile::open(dir.string()), ModelError);
+  // The same file with the right magic is read further and refused for what follows.
+  std::ofstream(text, std::ios::binary) << "GGUF";
+  EXPECT_THROW(GgufFile::open(text), ModelError);
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

@@ -1,7 +1,8 @@
-// The llama engine on the GGUF test models against the independent numpy reference
-// (tests/reference/llama_ref.py, run through /usr/bin/python3): prefill, single-token decode
-// after a prefill, and a multi-token verify after a truncate rollback. Skips when numpy is
-// missing. Also the loader's errors for missing and misshapen tensors.
+// The llama engine against the independent numpy reference (tests/reference/llama_ref.py, run
+// through /usr/bin/python3) on random models written here and on the stand-in models made by
+// llama.cpp (skipped without them, tests/test_data.h): prefill, single-token decode after a
+// prefill, and a multi-token verify after a truncate rollback. Skips when numpy is missing.
+// Also the loader's errors for missing and misshapen tensors.
 #include <gtest/gtest.h>
 
 #include <cstdint>
@@ -13,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "../test_data.h"
 #include "engines/llama/llama_engine.h"
 #include "engines/llama/llama_loader.h"
 #include "model/model_error.h"
@@ -20,8 +22,22 @@
 namespace dsi {
 namespace {
 
-const std::string kTestData = DSI_TESTDATA_DIR;
 const std::string kSource = DSI_SOURCE_DIR;
+
+// A reference model file, or one written here: "written:tiny-f16" (tests/test_data.h) and
+// "written:tiny-q8_0-untied" (the same shape in Q8_0 with a separate output matrix).
+bool is_written(const std::string& name) {
+  return name.rfind("written:", 0) == 0;
+}
+std::string model_file(const std::string& name) {
+  if (name == "written:tiny-f16") return test::tiny_model();
+  if (name == "written:tiny-q8_0-untied") {
+    RandomModelSpec s = test::tiny_spec(GgmlType::Q8_0);
+    s.tied_head = false;
+    return test::written_model(s, "tiny-q8_0-untied");
+  }
+  return test::testdata_path(name);
+}
 
 bool have_numpy() {
   static const bool ok = std::system("/usr/bin/python3 -c 'import numpy' > /dev/null 2>&1") == 0;
@@ -91,7 +107,8 @@ TEST_P(LlamaVsReference, PrefillDecodeAndRollbackVerify) {
   if (!have_numpy())
     GTEST_SKIP() << "numpy is not installed for /usr/bin/python3 "
                     "(apt-get install -y python3-numpy): reference not run";
-  const std::string model = kTestData + "/" + GetParam();
+  if (!is_written(GetParam())) DSI_REQUIRE_TESTDATA(GetParam());
+  const std::string model = model_file(GetParam());
   LlamaEngineOptions o;
   o.model_path = model;
   o.max_context = 64;
@@ -137,7 +154,8 @@ TEST_P(LlamaVsReference, PrefillDecodeAndRollbackVerify) {
 INSTANTIATE_TEST_SUITE_P(TestModels, LlamaVsReference,
                          ::testing::Values("tiny-llama-spm-f16.gguf", "tiny-llama-spm-q8_0.gguf",
                                            "tiny-llama-spm-q4_1.gguf",
-                                           "tiny-bpe-untied-f16-q4emb.gguf"),
+                                           "tiny-bpe-untied-f16-q4emb.gguf", "written:tiny-f16",
+                                           "written:tiny-q8_0-untied"),
                          [](const auto& info) {
                            std::string s = info.param;
                            s = s.substr(0, s.find(".gguf"));
@@ -147,20 +165,20 @@ INSTANTIATE_TEST_SUITE_P(TestModels, LlamaVsReference,
 
 TEST(LlamaVsReference, LayerSkipDrafterMatchesReferenceWithThoseLayers) {
   if (!have_numpy()) GTEST_SKIP() << "numpy is not installed for /usr/bin/python3";
-  const std::string model = kTestData + "/tiny-llama-spm-f16.gguf";
+  const std::string model = test::tiny_model();
   auto full = load_llama_gguf(model);
   LlamaEngineOptions all_layers, skip;
   all_layers.layers = {0, 1, 2, 3};
   skip.layers = {0, 3};
   LlamaEngine def(full, {}), all(full, all_layers), drafter(full, skip);
-  const std::vector<Token> seq = {1, 450, 4996, 17354, 1701, 29916};
+  const std::vector<Token> seq = {1, 450, 996, 354, 701, 916};
   CancelFlag never;
   Logits a = def.forward(seq, 6, never), b = all.forward(seq, 6, never);
   EXPECT_EQ(a.data, b.data);
   Logits d = drafter.forward(seq, 6, never);
   EXPECT_GT(compare(d, a.data, 0).max_abs, 0.05f);
   const auto ref = reference_logits(model, seq, def.vocab_size(), "0,3");
-  std::printf("  tiny-llama-spm-f16.gguf, layers 0,3\n");
+  std::printf("  written tiny model, layers 0,3\n");
   expect_close(compare(d, ref, 0), "layer-skip prefill, 6 positions");
   // Loading only the kept layers gives the same drafter.
   LlamaEngineOptions o;

@@ -1,5 +1,6 @@
-// Speculative sampling with a real (small) model: the target is tiny-llama-spm-f16, the
-// drafter the same file with layers 1 and 2 skipped. Over 20000 seeds the token decided at
+// Speculative sampling with a real (small) model: the target is a random llama of the tiny
+// shape with a 32000-token vocabulary (tests/test_data.h), the drafter the same file with
+// layer 2 skipped. Over 20000 seeds the token decided at
 // the first generated position by the accept test / residual path follows the target's p
 // exactly (chi-square at 1e-4), and a broken verifier fails the same test.
 #include <gtest/gtest.h>
@@ -7,8 +8,9 @@
 #include <algorithm>
 #include <cmath>
 
-#include "engines/llama/llama_engine.h"
+#include "../test_data.h"
 #include "core/verify.h"
+#include "engines/llama/llama_engine.h"
 
 namespace dsi {
 namespace {
@@ -24,7 +26,9 @@ struct Dists {
 };
 
 Dists first_position(const SamplingParams& sp, std::vector<int> layers) {
-  const std::string model = std::string(DSI_TESTDATA_DIR) + "/tiny-llama-spm-f16.gguf";
+  RandomModelSpec spec = test::tiny_spec();
+  spec.n_vocab = 32000;
+  const std::string model = test::written_model(spec, "tiny-f16-v32000");
   auto target = make_llama_engine({.model_path = model});
   auto drafter = make_llama_engine({.model_path = model, .layers = layers});
   const std::vector<Token> prompt = {1, 450, 4996, 17354, 1701, 432};

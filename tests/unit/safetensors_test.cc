@@ -1,17 +1,20 @@
 // safetensors, sharded model folders, config.json and tokenizer.json, on files the tests write
-// into a temporary folder (the tokenizer.json files are converted from the GGUF vocabularies
-// and must reproduce their reference ids).
+// into a temporary folder (the tokenizer.json files converted from the reference GGUF
+// vocabularies must reproduce their reference ids; that test skips without them,
+// tests/test_data.h).
 #include "model/safetensors.h"
 
 #include <gtest/gtest.h>
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "../test_data.h"
 #include "kernels/half.h"
 #include "model/gguf.h"
 #include "model/tokenizer/tokenizer.h"
@@ -21,8 +24,6 @@ namespace {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
-
-const std::string kDir = DSI_TESTDATA_DIR;
 
 class TempDir {
  public:
@@ -218,7 +219,7 @@ TEST(HfConfig, LlamaAndQwen2) {
 
 // tokenizer.json with the same vocabulary and merges as a GGUF vocab file.
 json hf_json_from_gguf(const std::string& gguf, const json& pre_tokenizer) {
-  auto f = GgufFile::open(kDir + "/" + gguf);
+  auto f = GgufFile::open(test::testdata_path(gguf));
   const auto tokens = f->get_strings("tokenizer.ggml.tokens");
   const auto types = f->get_ints("tokenizer.ggml.token_type");
   json vocab = json::object(), added = json::array();
@@ -248,8 +249,8 @@ std::vector<std::pair<std::string, std::string>> cases_of(const std::string& voc
     ss << in.rdbuf();
     return ss.str();
   };
-  const std::string inp = slurp(kDir + "/" + vocab + ".inp");
-  std::istringstream out(slurp(kDir + "/" + vocab + ".out"));
+  const std::string inp = slurp(test::testdata_path(vocab + ".inp"));
+  std::istringstream out(slurp(test::testdata_path(vocab + ".out")));
   const std::string sep = "\n__ggml_vocab_test__\n";
   std::vector<std::pair<std::string, std::string>> cases;
   for (size_t pos = 0, e; (e = inp.find(sep, pos)) != std::string::npos; pos = e + sep.size()) {
@@ -270,6 +271,11 @@ std::string show(const std::vector<Token>& ids) {
 }
 
 TEST(HfTokenizer, ConvertedGgufVocabsMatchReferenceIds) {
+  for (const std::string vocab : {"ggml-vocab-gpt-2.gguf", "ggml-vocab-starcoder.gguf"}) {
+    for (const std::string& file : {vocab, vocab + ".inp", vocab + ".out"}) {
+      DSI_REQUIRE_TESTDATA(file);
+    }
+  }
   TempDir tmp;
   const json byte_level = {{"type", "ByteLevel"},
                            {"add_prefix_space", false},
@@ -298,11 +304,49 @@ TEST(HfTokenizer, ConvertedGgufVocabsMatchReferenceIds) {
   }
 }
 
+// The 256 byte symbols of byte-level BPE in GPT-2's vocabulary order (its first 256 ids): the
+// printable bytes '!'..'~', U+00A1..U+00AC and U+00AE..U+00FF stand for themselves, then every
+// other byte b, in increasing order, is U+0100 + its rank among them.
+std::vector<std::string> gpt2_byte_symbols() {
+  std::vector<int> bytes, points;
+  for (int b = 0; b < 256; ++b) {
+    if ((b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF)) {
+      bytes.push_back(b);
+      points.push_back(b);
+    }
+  }
+  for (int b = 0, n = 0; b < 256; ++b) {
+    if (std::find(bytes.begin(), bytes.end(), b) == bytes.end()) {
+      bytes.push_back(b);
+      points.push_back(256 + n++);
+    }
+  }
+  std::vector<std::string> out;
+  for (int cp : points) {  // UTF-8 of a code point below U+0800
+    std::string s;
+    if (cp < 0x80) {
+      s += static_cast<char>(cp);
+    } else {
+      s += static_cast<char>(0xC0 | (cp >> 6));
+      s += static_cast<char>(0x80 | (cp & 0x3F));
+    }
+    out.push_back(s);
+  }
+  return out;
+}
+
+TEST(HfTokenizer, Gpt2ByteSymbolsAreTheReferenceVocabsFirstIds) {
+  DSI_REQUIRE_TESTDATA("ggml-vocab-gpt-2.gguf");
+  auto g = GgufFile::open(test::testdata_path("ggml-vocab-gpt-2.gguf"));
+  const auto tokens = g->get_strings("tokenizer.ggml.tokens");
+  ASSERT_GE(tokens.size(), 256u);
+  EXPECT_EQ(std::vector<std::string>(tokens.begin(), tokens.begin() + 256), gpt2_byte_symbols());
+}
+
 TEST(HfTokenizer, Llama3StyleTemplateAndErrors) {
   TempDir tmp;
   // A small byte-level vocabulary: the 256 byte symbols of GPT-2, one merge and a BOS.
-  auto g = GgufFile::open(kDir + "/ggml-vocab-gpt-2.gguf");
-  const auto tokens = g->get_strings("tokenizer.ggml.tokens");
+  const auto tokens = gpt2_byte_symbols();
   json vocab = json::object();
   for (int i = 0; i < 256; ++i) vocab[tokens[i]] = i;
   vocab["He"] = 256;

@@ -1,5 +1,5 @@
 // Scheduler tests in virtual time (sim/simulator): losslessness over the acceptance
-// grid, and the ideal latencies of DESIGN.md section 2 when servers are ample.
+// grid, and the ideal latencies of docs/dsi.md ("Ideal latencies") when servers are ample.
 #include <gtest/gtest.h>
 
 #include <cmath>

@@ -1,5 +1,8 @@
 // Tokenizers against the reference ids of the vocab-only GGUFs (46 cases each, made by the
-// Hugging Face tokenizers), round trips on random text, special tokens and streaming.
+// Hugging Face tokenizers), round trips on random text, special tokens and streaming. The
+// vocab files and their cases are independent reference data kept outside the repository:
+// those tests skip without them (tests/test_data.h); round trips and streaming also run on
+// the byte-fallback vocabulary of a written random model.
 #include "model/tokenizer/tokenizer.h"
 
 #include <gtest/gtest.h>
@@ -9,13 +12,12 @@
 #include <random>
 #include <sstream>
 
+#include "../test_data.h"
 #include "model/tokenizer/pretokenize.h"
 #include "model/tokenizer/unicode.h"
 
 namespace dsi {
 namespace {
-
-const std::string kDir = DSI_TESTDATA_DIR;
 
 std::string slurp(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -29,9 +31,9 @@ struct Case {
   std::vector<Token> ids;
 };
 
-// The .inp/.out format of llama.cpp's test-tokenizer-0 (see testdata/README.txt).
+// The .inp/.out format of llama.cpp's test-tokenizer-0 (see README.txt of the test data).
 std::vector<Case> load_cases(const std::string& vocab) {
-  const std::string inp = slurp(kDir + "/" + vocab + ".inp");
+  const std::string inp = slurp(test::testdata_path(vocab + ".inp"));
   const std::string sep = "\n__ggml_vocab_test__\n";
   std::vector<Case> cases;
   for (size_t pos = 0;;) {
@@ -40,7 +42,7 @@ std::vector<Case> load_cases(const std::string& vocab) {
     cases.push_back({inp.substr(pos, e - pos), {}});
     pos = e + sep.size();
   }
-  std::istringstream out(slurp(kDir + "/" + vocab + ".out"));
+  std::istringstream out(slurp(test::testdata_path(vocab + ".out")));
   std::string line;
   for (auto& c : cases) {
     std::getline(out, line);
@@ -64,7 +66,10 @@ class VocabCases : public ::testing::TestWithParam<const char*> {};
 
 TEST_P(VocabCases, MatchReferenceIds) {
   const std::string vocab = GetParam();
-  auto f = GgufFile::open(kDir + "/" + vocab);
+  for (const std::string& file : {vocab, vocab + ".inp", vocab + ".out"}) {
+    DSI_REQUIRE_TESTDATA(file);
+  }
+  auto f = GgufFile::open(test::testdata_path(vocab));
   auto tok = Tokenizer::from_gguf(*f);
   const auto cases = load_cases(vocab);
   ASSERT_EQ(cases.size(), 46u);
@@ -181,8 +186,15 @@ std::string random_text(std::mt19937& rng) {
 
 class VocabRoundTrip : public ::testing::TestWithParam<const char*> {};
 
+// A reference vocab file, or "written:tiny" (the tiny random model, tests/test_data.h).
+std::unique_ptr<GgufFile> open_vocab(const std::string& name) {
+  return GgufFile::open(name == "written:tiny" ? test::tiny_model() : test::testdata_path(name));
+}
+
 TEST_P(VocabRoundTrip, DecodeEncodeIsIdentityAndStreamsAgree) {
-  auto f = GgufFile::open(kDir + "/" + std::string(GetParam()));
+  const std::string name = GetParam();
+  if (name != "written:tiny") DSI_REQUIRE_TESTDATA(name);
+  auto f = open_vocab(name);
   auto tok = Tokenizer::from_gguf(*f);
   std::mt19937 rng(1234);
   for (int iter = 0; iter < 400; ++iter) {
@@ -211,9 +223,11 @@ TEST_P(VocabRoundTrip, DecodeEncodeIsIdentityAndStreamsAgree) {
 INSTANTIATE_TEST_SUITE_P(Gguf, VocabRoundTrip,
                          ::testing::Values("ggml-vocab-llama-spm.gguf", "ggml-vocab-gpt-2.gguf",
                                            "ggml-vocab-starcoder.gguf"));
+INSTANTIATE_TEST_SUITE_P(Written, VocabRoundTrip, ::testing::Values("written:tiny"));
 
 TEST(Tokenizer, SpmSpecialsAndPrefixSpace) {
-  auto f = GgufFile::open(kDir + "/ggml-vocab-llama-spm.gguf");
+  DSI_REQUIRE_TESTDATA("ggml-vocab-llama-spm.gguf");
+  auto f = GgufFile::open(test::testdata_path("ggml-vocab-llama-spm.gguf"));
   auto tok = Tokenizer::from_gguf(*f);
   EXPECT_EQ(tok->model(), "llama");
   EXPECT_EQ(tok->vocab_size(), 32000);
@@ -245,7 +259,8 @@ TEST(Tokenizer, SpmSpecialsAndPrefixSpace) {
 }
 
 TEST(Tokenizer, BpeSpecials) {
-  auto f = GgufFile::open(kDir + "/ggml-vocab-starcoder.gguf");
+  DSI_REQUIRE_TESTDATA("ggml-vocab-starcoder.gguf");
+  auto f = GgufFile::open(test::testdata_path("ggml-vocab-starcoder.gguf"));
   auto tok = Tokenizer::from_gguf(*f);
   EXPECT_EQ(tok->model(), "gpt2");
   EXPECT_FALSE(tok->add_bos());
@@ -261,8 +276,13 @@ TEST(Tokenizer, BpeSpecials) {
   EXPECT_EQ(tok->decode(parsed), "def f");  // control tokens decode to nothing
 }
 
-TEST(Tokenizer, StreamDecoderHoldsBackPartialUtf8) {
-  auto f = GgufFile::open(kDir + "/ggml-vocab-llama-spm.gguf");
+// Two SPM vocabularies with byte fallback: Llama 2's, and the written model's.
+class StreamDecoding : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(StreamDecoding, HoldsBackPartialUtf8) {
+  const std::string name = GetParam();
+  if (name != "written:tiny") DSI_REQUIRE_TESTDATA(name);
+  auto f = open_vocab(name);
   auto tok = Tokenizer::from_gguf(*f);
   // "🦙" has no SPM piece: four byte tokens.
   const auto ids = tok->encode("a🦙b", false);
@@ -285,17 +305,24 @@ TEST(Tokenizer, StreamDecoderHoldsBackPartialUtf8) {
   EXPECT_EQ(sd2.flush(), "\xf0");
 }
 
+INSTANTIATE_TEST_SUITE_P(Tokenizer, StreamDecoding,
+                         ::testing::Values("ggml-vocab-llama-spm.gguf", "written:tiny"));
+
 TEST(Tokenizer, TinyModelsLoadTheirTokenizers) {
-  auto spm = GgufFile::open(kDir + "/tiny-llama-spm-q8_0.gguf");
+  for (const char* file : {"tiny-llama-spm-q8_0.gguf", "tiny-bpe-untied-f16-q4emb.gguf",
+                           "ggml-vocab-starcoder.gguf"}) {
+    DSI_REQUIRE_TESTDATA(file);
+  }
+  auto spm = GgufFile::open(test::testdata_path("tiny-llama-spm-q8_0.gguf"));
   auto a = Tokenizer::from_gguf(*spm);
   EXPECT_EQ(a->vocab_size(), 32000);
   EXPECT_EQ(show(a->encode(" Hello World!", false)), " 29871 15043 2787 29991");
-  auto bpe = GgufFile::open(kDir + "/tiny-bpe-untied-f16-q4emb.gguf");
+  auto bpe = GgufFile::open(test::testdata_path("tiny-bpe-untied-f16-q4emb.gguf"));
   auto b = Tokenizer::from_gguf(*bpe);
   EXPECT_EQ(b->pre(), "smollm");
   EXPECT_EQ(b->vocab_size(), 49152);
   EXPECT_FALSE(b->add_bos());
-  auto sc = GgufFile::open(kDir + "/ggml-vocab-starcoder.gguf");
+  auto sc = GgufFile::open(test::testdata_path("ggml-vocab-starcoder.gguf"));
   auto c = Tokenizer::from_gguf(*sc);
   const std::string text = "Hello, y'all! 1314151 天～ 🦙";
   EXPECT_EQ(b->encode(text, false), c->encode(text, false));
