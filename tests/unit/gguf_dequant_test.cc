@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -17,16 +18,19 @@
 #include <string>
 #include <vector>
 
+#include "engines/llama/llama_loader.h"
 #include "kernels/dequant.h"
 #include "kernels/half.h"
 #include "model/gguf.h"
 #include "model/gguf_writer.h"
+#include "model/model_error.h"
 
 namespace dsi {
 namespace {
 
 namespace fs = std::filesystem;
 const std::string kSource = DSI_SOURCE_DIR;
+const std::string kTestData = DSI_TESTDATA_DIR;
 constexpr const char* kSkip =
     "the gguf package is not installed for /usr/bin/python3 (launch/setup.sh installs it: "
     "/usr/bin/python3 -m pip install --break-system-packages --no-deps gguf==0.19.0); "
@@ -246,6 +250,36 @@ TEST(GgufDequant, FileWithNewTypes) {
   ASSERT_EQ(got.size(), 512u);
   EXPECT_EQ(std::memcmp(got.data(), want.data(), 512 * 4), 0);
   EXPECT_EQ(f->dequantize(f->tensor("q5")).size(), 64u);
+}
+
+// The llama loader refuses a model with a tensor of a type dsi cannot read, naming the tensor
+// and the type, at load time.
+TEST(GgufDequant, LoaderNamesUnsupportedTensorType) {
+  auto bytes = read_bytes(kTestData + "/tiny-llama-spm-q8_0.gguf");
+  ASSERT_FALSE(bytes.empty());
+  EXPECT_NO_THROW(load_llama_gguf(*GgufFile::parse(bytes.data(), bytes.size(), "ok.gguf")));
+  // The tensor info is: name, u32 n_dims, u64 ne[n_dims], u32 type, u64 offset.
+  const std::string name = "blk.2.ffn_up.weight";
+  const auto it = std::search(bytes.begin(), bytes.end(), name.begin(), name.end());
+  ASSERT_NE(it, bytes.end());
+  const size_t at = static_cast<size_t>(it - bytes.begin()) + name.size();
+  uint32_t n_dims = 0, type = 0;
+  std::memcpy(&n_dims, &bytes[at], 4);
+  ASSERT_EQ(n_dims, 2u);
+  std::memcpy(&type, &bytes[at + 4 + 8 * n_dims], 4);
+  ASSERT_EQ(type, 8u);  // q8_0
+  const uint32_t iq4_xs = 23;
+  std::memcpy(&bytes[at + 4 + 8 * n_dims], &iq4_xs, 4);
+  const auto f = GgufFile::parse(bytes.data(), bytes.size(), "iq4.gguf");
+  try {
+    load_llama_gguf(*f);
+    ADD_FAILURE() << "loaded a model with an iq4_xs tensor";
+  } catch (const ModelError& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("tensor 'blk.2.ffn_up.weight' has unsupported type iq4_xs (id 23)"),
+              std::string::npos)
+        << msg;
+  }
 }
 
 }  // namespace
