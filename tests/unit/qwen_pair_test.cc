@@ -1,16 +1,11 @@
 // The Qwen2.5-Coder pair (launch/fetch_model.sh qwen-coder-pair; the paths come through
 // DSI_QWEN_CODER_1_5B_GGUF and DSI_QWEN_CODER_0_5B_GGUF, and each test skips without its
 // file): hyperparameters of both files as the llama loader reads them, and the Qwen2 tokenizer
-// built from each file's own vocabulary against the 46 reference cases of the Qwen2 vocabulary
-// (ids made by the Hugging Face tokenizers; tests/reference/qwen2-vocab.out, from llama.cpp's
-// models/ggml-vocab-qwen2.gguf.out at c392e50, for the texts of
-// ../shared/testdata/ggml-vocab-gpt-2.gguf.inp, which that snapshot's qwen2 .inp equals), plus
-// decode(encode(x)) == x on code snippets and the ChatML control tokens.
+// built from each file's own vocabulary: decode(encode(x)) == x on code snippets and the
+// ChatML control tokens. (Reference ids from an independent Qwen2 tokenizer are still to come.)
 #include <gtest/gtest.h>
 
 #include <cstdlib>
-#include <fstream>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -21,16 +16,6 @@
 
 namespace dsi {
 namespace {
-
-const std::string kTestData = DSI_TESTDATA_DIR;
-const std::string kSource = DSI_SOURCE_DIR;
-
-std::string slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 struct Pair {
   const char* env;
@@ -71,34 +56,6 @@ TEST_P(QwenPair, ConfigIsQwen2WithBiasesAndUntiedHead) {
   for (const GgufTensor& t : f->tensors()) {
     EXPECT_TRUE(ggml_type_supported(t.type)) << t.name << ": " << ggml_type_describe(t.type);
   }
-}
-
-TEST_P(QwenPair, TokenizerMatchesReferenceIds) {
-  const auto f = GgufFile::open(path_);
-  const auto tok = Tokenizer::from_gguf(*f);
-  EXPECT_EQ(f->get_string("tokenizer.ggml.pre"), "qwen2");
-  const std::string inp = slurp(kTestData + "/ggml-vocab-gpt-2.gguf.inp");
-  std::istringstream out(slurp(kSource + "/tests/reference/qwen2-vocab.out"));
-  const std::string sep = "\n__ggml_vocab_test__\n";
-  int cases = 0, passed = 0;
-  for (size_t pos = 0;;) {
-    const size_t e = inp.find(sep, pos);
-    if (e == std::string::npos) break;
-    const std::string text = inp.substr(pos, e - pos);
-    pos = e + sep.size();
-    std::string line;
-    ASSERT_TRUE(std::getline(out, line)) << "fewer reference lines than cases";
-    std::istringstream ls(line);
-    std::vector<Token> want;
-    for (Token t; ls >> t;) want.push_back(t);
-    const auto got = tok->encode(text, /*add_special=*/false, /*parse_special=*/false);
-    EXPECT_EQ(got, want) << "text: '" << text << "'";
-    EXPECT_EQ(tok->decode(got), text);
-    ++cases;
-    passed += got == want;
-  }
-  EXPECT_EQ(cases, 46);
-  std::printf("%s: %d/%d reference cases pass\n", path_.c_str(), passed, cases);
 }
 
 TEST_P(QwenPair, CodeRoundTripAndChatTokens) {
