@@ -1,6 +1,7 @@
-// Conversion of GGUF tensor rows (F32, F16, BF16, Q8_0, Q4_0, Q4_1) to float. CPU reference
-// used by model loaders and by tests of the quantised kernels; it does not check file bounds
-// (the GGUF reader does that before handing out a pointer).
+// Conversion of GGUF tensor rows (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 and the K-quants
+// Q2_K..Q6_K) to float, bit-exact against the float32 formulas of kernels/ggml_type.h. CPU
+// reference used by model loaders and by tests of the quantised kernels; it does not check file
+// bounds (the GGUF reader does that before handing out a pointer).
 #pragma once
 
 #include <cstdint>

@@ -1,8 +1,9 @@
 // CUDA twin of dequantize_row (kernels/dequant.h): converts n elements of a GGUF tensor
-// (F32, F16, BF16, Q8_0, Q4_0, Q4_1) already on the device to float32 or to IEEE half
-// (the input of the FP16 GEMM). src needs only the alignment of its element: 4 bytes for F32,
-// 2 for the others (GGUF blocks are 18/20/34 bytes long, so rows are 2-byte aligned). Throws
-// std::invalid_argument for an unsupported type or n not a multiple of the block.
+// (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K..Q6_K) already on the device to float32
+// (bit-identical to the CPU reference) or to IEEE half (the input of the FP16 GEMM). src needs
+// only the alignment of its element: 4 bytes for F32, 2 for the others (every GGUF block is an
+// even number of bytes long, so rows are 2-byte aligned). Throws std::invalid_argument for an
+// unsupported type or n not a multiple of the block.
 #pragma once
 
 #include <cuda_runtime.h>

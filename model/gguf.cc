@@ -327,6 +327,11 @@ void GgufFile::parse_all() {
   }
 }
 
+[[noreturn]] void GgufFile::fail_type(const GgufTensor& t) const {
+  throw ModelError(fmt::format("{}: tensor '{}' has unsupported type {} (dsi reads {})", path_,
+                               t.name, ggml_type_describe(t.type), ggml_supported_types()));
+}
+
 [[noreturn]] void GgufFile::fail_key(std::string_view key, const std::string& what) const {
   throw ModelError(fmt::format("{}: key '{}': {}", path_, key, what));
 }
@@ -443,18 +448,12 @@ const GgufTensor* GgufFile::find(std::string_view name) const {
 const GgufTensor& GgufFile::tensor(std::string_view name) const {
   const GgufTensor* t = find(name);
   if (!t) throw ModelError(fmt::format("{}: tensor '{}' is missing", path_, name));
-  if (!ggml_type_supported(t->type)) {
-    throw ModelError(fmt::format("{}: tensor '{}' has unsupported type id {}", path_, name,
-                                 static_cast<uint32_t>(t->type)));
-  }
+  if (!ggml_type_supported(t->type)) fail_type(*t);
   return *t;
 }
 
 std::vector<float> GgufFile::dequantize(const GgufTensor& t) const {
-  if (!ggml_type_supported(t.type) || t.data == nullptr) {
-    throw ModelError(fmt::format("{}: tensor '{}' has unsupported type id {}", path_, t.name,
-                                 static_cast<uint32_t>(t.type)));
-  }
+  if (!ggml_type_supported(t.type) || t.data == nullptr) fail_type(t);
   std::vector<float> out(static_cast<size_t>(t.n_elements()));
   const int64_t ne0 = t.ne.empty() ? 1 : t.ne[0];
   if (ne0 == 0) return out;

@@ -62,7 +62,8 @@ class GgufFile {
 
   const std::vector<GgufTensor>& tensors() const { return tensors_; }
   const GgufTensor* find(std::string_view name) const;  // nullptr if absent
-  // Throws ModelError naming the tensor when it is absent or of an unsupported type.
+  // Throws ModelError naming the tensor when it is absent, or the tensor and its type when the
+  // type is unsupported.
   const GgufTensor& tensor(std::string_view name) const;
   // The whole tensor as floats; throws ModelError naming the tensor for an unsupported type.
   std::vector<float> dequantize(const GgufTensor& t) const;
@@ -96,6 +97,7 @@ class GgufFile {
   void parse_all();
   const Value& value(std::string_view key) const;  // throws if missing
   [[noreturn]] void fail_key(std::string_view key, const std::string& what) const;
+  [[noreturn]] void fail_type(const GgufTensor& t) const;
 
   std::string path_;
   const uint8_t* base_ = nullptr;

@@ -115,6 +115,11 @@ std::vector<uint8_t> quantize_row(GgmlType type, const float* x, int64_t n) {
         std::memcpy(&out[i * sizeof b], &b, sizeof b);
       }
       break;
+    default:
+      throw std::invalid_argument(std::string("quantize_row: cannot quantize to ") +
+                                  ggml_type_name(type) +
+                                  " (f32, f16, bf16, q8_0, q4_0, q4_1 can be written; add other "
+                                  "types' blocks with add_tensor_bytes)");
   }
   return out;
 }

@@ -24,7 +24,7 @@ namespace dsi {
 // are chosen against the rounded scale, so the error per element is at most about half a
 // quantization step: Q8_0 amax/254, Q4_1 (max-min)/30 (plus half rounding). Q4_0 maps the
 // signed extreme to code -8, so values on the other side may lose a whole step: amax/8.
-// Throws std::invalid_argument for an unsupported type or a bad n.
+// Throws std::invalid_argument for a type other than F32, F16, BF16, Q8_0, Q4_0, Q4_1 or a bad n.
 std::vector<uint8_t> quantize_row(GgmlType type, const float* x, int64_t n);
 
 class GgufWriter {

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <functional>
@@ -257,10 +258,24 @@ std::vector<uint8_t> random_tensor(GgmlType type, int64_t n, std::mt19937& rng) 
       for (int64_t i = 0; i < n; ++i) put16(2 * i, fp32_to_bf16(d(rng)));
       break;
     default: {
+      // Where each block keeps its half scale d and, for the types with one, its min (m or
+      // dmin); everything else stays random codes and packed sub-block scales.
+      size_t d_at = 0, m_at = SIZE_MAX;
+      if (type == GgmlType::Q4_1 || type == GgmlType::Q5_1 || type == GgmlType::Q4_K ||
+          type == GgmlType::Q5_K) {
+        m_at = 2;
+      } else if (type == GgmlType::Q2_K) {
+        d_at = 80;
+        m_at = 82;
+      } else if (type == GgmlType::Q3_K) {
+        d_at = 108;
+      } else if (type == GgmlType::Q6_K) {
+        d_at = 208;
+      }
       const size_t bs = ggml_type_size(type);
       for (size_t off = 0; off < bytes.size(); off += bs) {
-        put16(off, fp32_to_fp16(std::abs(d(rng)) / 8));
-        if (type == GgmlType::Q4_1) put16(off + 2, fp32_to_fp16(d(rng)));
+        put16(off + d_at, fp32_to_fp16(std::abs(d(rng)) / 8));
+        if (m_at != SIZE_MAX) put16(off + m_at, fp32_to_fp16(d(rng)));
       }
     }
   }
@@ -630,12 +645,14 @@ std::vector<Case> all_cases() {
   }
   c.push_back(softmax_case(3, 777, true));
   for (auto t : {GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0, GgmlType::Q4_0,
-                 GgmlType::Q4_1}) {
-    c.push_back(dequant_case(t, 32 * 7, false));
+                 GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q2_K, GgmlType::Q3_K,
+                 GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K}) {
+    c.push_back(dequant_case(t, ggml_block_size(t) == 256 ? 256 * 7 : 32 * 7, false));
     c.push_back(dequant_case(t, 2048 * 512, false));
     c.push_back(dequant_case(t, 2048 * 64, true));
   }
-  for (auto t : {GgmlType::F32, GgmlType::F16, GgmlType::Q8_0, GgmlType::Q4_1}) {
+  for (auto t : {GgmlType::F32, GgmlType::F16, GgmlType::Q8_0, GgmlType::Q4_1, GgmlType::Q5_0,
+                 GgmlType::Q4_K, GgmlType::Q6_K}) {
     c.push_back(embedding_case(t, 1000, 256, 9));
   }
   c.push_back(embedding_case(GgmlType::Q4_0, 32000, 4096, 64));

@@ -49,9 +49,29 @@ TEST(Dequant, RowSizes) {
   EXPECT_EQ(ggml_row_size(GgmlType::Q4_0, 64), 36u);
   EXPECT_EQ(ggml_row_size(GgmlType::Q4_1, 64), 40u);
   EXPECT_THROW(ggml_row_size(GgmlType::Q8_0, 33), std::invalid_argument);
-  EXPECT_THROW(ggml_row_size(static_cast<GgmlType>(12), 256), std::invalid_argument);
+  EXPECT_EQ(ggml_row_size(GgmlType::Q5_0, 64), 44u);
+  EXPECT_EQ(ggml_row_size(GgmlType::Q5_1, 64), 48u);
+  EXPECT_EQ(ggml_row_size(GgmlType::Q2_K, 512), 168u);
+  EXPECT_EQ(ggml_row_size(GgmlType::Q3_K, 512), 220u);
+  EXPECT_EQ(ggml_row_size(GgmlType::Q4_K, 512), 288u);
+  EXPECT_EQ(ggml_row_size(GgmlType::Q5_K, 512), 352u);
+  EXPECT_EQ(ggml_row_size(GgmlType::Q6_K, 512), 420u);
+  EXPECT_THROW(ggml_row_size(GgmlType::Q6_K, 128), std::invalid_argument);
+  EXPECT_THROW(ggml_row_size(static_cast<GgmlType>(16), 256), std::invalid_argument);
   EXPECT_STREQ(ggml_type_name(GgmlType::Q4_1), "q4_1");
-  EXPECT_STREQ(ggml_type_name(static_cast<GgmlType>(12)), "unsupported");
+  EXPECT_STREQ(ggml_type_name(GgmlType::Q6_K), "q6_K");
+  EXPECT_STREQ(ggml_type_name(static_cast<GgmlType>(16)), "unsupported");
+  EXPECT_EQ(ggml_type_describe(GgmlType::Q5_0), "q5_0");
+  EXPECT_EQ(ggml_type_describe(static_cast<GgmlType>(16)), "iq2_xxs (id 16)");
+  EXPECT_EQ(ggml_type_describe(static_cast<GgmlType>(4)), "q4_2 (id 4)");
+  EXPECT_EQ(ggml_type_describe(static_cast<GgmlType>(30)), "bf16");
+  EXPECT_EQ(ggml_type_describe(static_cast<GgmlType>(5000)), "unknown type id 5000");
+  try {
+    ggml_row_size(static_cast<GgmlType>(15), 256);
+    ADD_FAILURE() << "q8_K must be refused";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("q8_K (id 15)"), std::string::npos) << e.what();
+  }
 }
 
 TEST(Dequant, FloatTypes) {
