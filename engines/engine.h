@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "common/cancel.h"
+#include "common/error.h"
 #include "common/token.h"
 
 namespace dsi {
@@ -53,11 +54,11 @@ class Engine {
   virtual KvBlob export_kv(int begin, int end) const {
     (void)begin;
     (void)end;
-    throw std::runtime_error("this engine cannot export its KV cache");
+    throw Error("this engine cannot export its KV cache");
   }
   virtual void import_kv(const KvBlob& kv) {
     (void)kv;
-    throw std::runtime_error("this engine cannot import a KV cache");
+    throw Error("this engine cannot import a KV cache");
   }
   // Bytes of an export_kv blob per token (0: the engine has no KV to hand off).
   virtual size_t kv_bytes_per_token() const { return 0; }

@@ -27,10 +27,6 @@ namespace {
 using json = nlohmann::json;
 using Clock = std::chrono::steady_clock;
 
-struct UsageError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-
 double median(std::vector<double> v) {
   if (v.empty()) return 0;
   std::sort(v.begin(), v.end());
@@ -137,7 +133,7 @@ int cmd_profile(const ProfileOptions& o) {
       try {
         cfg = parse_config(text, o.config_path.empty() ? "defaults" : o.config_path, o.overrides);
       } catch (const ConfigError& e) {
-        throw UsageError(e.what());
+        throw UsageError(std::string(e.message()));
       }
       tspec = worker_spec(cfg, false);
       dspec = worker_spec(cfg, true);
@@ -150,7 +146,7 @@ int cmd_profile(const ProfileOptions& o) {
       target = make_engine(tspec);
       drafter = make_engine(dspec);
     } catch (const std::exception& e) {
-      throw UsageError(fmt::format("cannot build the engines: {}", e.what()));
+      throw UsageError(fmt::format("cannot build the engines: {}", error_message(e)));
     }
     const int vocab = target->vocab_size();
     if (drafter->vocab_size() != vocab) {

@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "kernels/ggml_type.h"
-#include "model/model_error.h"
+#include "common/error.h"
 
 namespace dsi {
 

@@ -144,7 +144,7 @@ std::unique_ptr<DataChannel> make_data_channel(MPI_Comm comm, const DataPlaneOpt
   try {
     return make_nccl_data_channel(comm, no);
   } catch (const NcclChannelError& e) {
-    throw DataPlaneError(e.what());
+    throw DataPlaneError(std::string(e.message()));
   }
 }
 

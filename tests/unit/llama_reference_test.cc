@@ -15,7 +15,7 @@
 
 #include "engines/llama/llama_engine.h"
 #include "engines/llama/llama_loader.h"
-#include "model/model_error.h"
+#include "common/error.h"
 
 namespace dsi {
 namespace {
