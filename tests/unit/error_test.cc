@@ -1,8 +1,10 @@
 // The error hierarchy (common/error.h): one base, the process identity in every message once
-// a session set it, none before; Cancelled outside it.
+// a session set it, none before; Cancelled outside it; MPI return codes turned into
+// TransportErrors naming the call and the peer (transport/mpi_check.h).
 #include "common/error.h"
 
 #include <gtest/gtest.h>
+#include <mpi.h>
 
 #include <string>
 
@@ -13,6 +15,7 @@
 #include "core/protocol.h"
 #include "core/worker.h"
 #include "transport/data_plane.h"
+#include "transport/mpi_check.h"
 #include "transport/nccl_data_channel.h"
 
 namespace dsi {
@@ -100,6 +103,26 @@ TEST_F(ErrorTest, ErrorMessageOfAnyException) {
   EXPECT_EQ(error_message(std::runtime_error("plain")), "plain");
   EXPECT_EQ(error_message(WorkerFatal("w")), "w");
   EXPECT_EQ(error_message(Cancelled()), "forward cancelled");
+}
+
+// MPI is not started in this binary, so MPI's own error strings (which it refuses to give
+// before MPI_Init) are checked by tests/mpi/data_channel_conformance.cc; here the code.
+TEST_F(ErrorTest, MpiCheckNamesCallPeerAndIdentity) {
+  EXPECT_NO_THROW(mpi_check(MPI_SUCCESS, "MPI_Isend", 3));
+  set_process_identity(5, "node2");
+  try {
+    mpi_check(MPI_ERR_RANK, "MPI_Isend", 3);
+    FAIL() << "no TransportError";
+  } catch (const TransportError& e) {
+    EXPECT_EQ(std::string(e.what()), "rank 5 on node2: MPI_Isend (peer rank 3): MPI error code " +
+                                         std::to_string(MPI_ERR_RANK));
+  }
+  try {
+    mpi_check(MPI_ERR_COMM, "MPI_Comm_dup");
+    FAIL() << "no TransportError";
+  } catch (const TransportError& e) {
+    EXPECT_EQ(std::string(e.message()).rfind("MPI_Comm_dup: ", 0), 0u) << e.what();
+  }
 }
 
 }  // namespace
