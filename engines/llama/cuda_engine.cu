@@ -6,6 +6,10 @@
 // (one allocation each; a tied head reuses the embedding table); norms and biases FP32; the
 // KV cache FP32 as two arrays (n_kept_layers, max_ctx, kv_dim), so that the rows of a token
 // range are contiguous per layer; activation scratch grown on demand.
+//
+// Errors: every CUDA and cuBLAS call is checked (kernels/cuda_check.h), and every kernel
+// launcher in kernels/cuda checks its own launch, so a failure names the GPU, the call and
+// the line where it happened.
 #include "engines/llama/cuda_engine.h"
 
 #include <unistd.h>
@@ -63,7 +67,7 @@ class DeviceBuffer {
  public:
   DeviceBuffer() = default;
   explicit DeviceBuffer(size_t bytes) { reserve(bytes); }
-  ~DeviceBuffer() { cudaFree(p_); }
+  ~DeviceBuffer() { (void)cudaFree(p_); }  // best effort: a destructor cannot report
   DeviceBuffer(const DeviceBuffer&) = delete;
   DeviceBuffer& operator=(const DeviceBuffer&) = delete;
   DeviceBuffer(DeviceBuffer&& o) noexcept
@@ -77,8 +81,8 @@ class DeviceBuffer {
   // that may still use it.
   void reserve(size_t bytes) {
     if (bytes <= bytes_ && p_ != nullptr) return;
-    cudaFree(p_);
-    p_ = nullptr;
+    void* old = std::exchange(p_, nullptr);
+    CUDA_CHECK(cudaFree(old));
     bytes_ = 0;
     CUDA_CHECK(cudaMalloc(&p_, std::max<size_t>(bytes, 1)));
     bytes_ = bytes;
@@ -98,13 +102,13 @@ class DeviceBuffer {
 class PinnedBuffer {
  public:
   PinnedBuffer() = default;
-  ~PinnedBuffer() { cudaFreeHost(p_); }
+  ~PinnedBuffer() { (void)cudaFreeHost(p_); }  // best effort: a destructor cannot report
   PinnedBuffer(const PinnedBuffer&) = delete;
   PinnedBuffer& operator=(const PinnedBuffer&) = delete;
   void reserve(size_t bytes) {
     if (bytes <= bytes_ && p_ != nullptr) return;
-    cudaFreeHost(p_);
-    p_ = nullptr;
+    void* old = std::exchange(p_, nullptr);
+    CUDA_CHECK(cudaFreeHost(old));
     bytes_ = 0;
     CUDA_CHECK(cudaMallocHost(&p_, std::max<size_t>(bytes, 1)));
     bytes_ = bytes;
@@ -122,7 +126,7 @@ class PinnedBuffer {
 struct Stream {
   cudaStream_t s = nullptr;
   Stream() { CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking)); }
-  ~Stream() { cudaStreamDestroy(s); }
+  ~Stream() { (void)cudaStreamDestroy(s); }  // best effort: a destructor cannot report
   Stream(const Stream&) = delete;
   Stream& operator=(const Stream&) = delete;
 };
@@ -130,7 +134,7 @@ struct Stream {
 struct Event {
   cudaEvent_t e = nullptr;
   Event() { CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming)); }
-  ~Event() { cudaEventDestroy(e); }
+  ~Event() { (void)cudaEventDestroy(e); }  // best effort: a destructor cannot report
   Event(const Event&) = delete;
   Event& operator=(const Event&) = delete;
 };
@@ -207,7 +211,6 @@ CudaEngine::CudaEngine(const LlamaModel& model, const CudaEngineOptions& o)
                                  cudaMemcpyHostToDevice, s.s()));
       kernels::convert_f32_cuda(d.get(), gt, staging.get<float>(), static_cast<int64_t>(h.size()),
                                 s.s());
-      CUDA_CHECK(cudaGetLastError());
     }
     return d;
   };
@@ -247,9 +250,10 @@ CudaEngine::CudaEngine(const LlamaModel& model, const CudaEngineOptions& o)
 }
 
 CudaEngine::~CudaEngine() {
-  // The buffers belong to device_; free them with it current and nothing left in flight.
-  cudaSetDevice(device_);
-  cudaStreamSynchronize(s_->s());
+  // The buffers belong to device_; free them with it current and nothing left in flight
+  // (best effort: a destructor cannot report, and a failed device fails the next call).
+  (void)cudaSetDevice(device_);
+  (void)cudaStreamSynchronize(s_->s());
 }
 
 size_t CudaEngine::kv_bytes_per_token() const {
@@ -371,7 +375,6 @@ Logits CudaEngine::forward(std::span<const Token> tokens, int n_logits, const Ca
     kernels::swiglu_cuda(gate, gate, up, static_cast<int64_t>(n) * c.ffn_dim, st);
     gemm(xb, gemm_in(gate, un * c.ffn_dim), L.w_down, nullptr, c.ffn_dim, c.dim);
     add_into_x(xb);
-    CUDA_CHECK(cudaGetLastError());
     CUDA_CHECK(cudaEventRecord(s.layer_done[slot % 2].e, st));
   }
   stop_if_cancelled();

@@ -6,6 +6,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "kernels/cuda_check.h"
 #include "kernels/dequant_cuda.h"
 
 namespace dsi::kernels {
@@ -101,6 +102,7 @@ void launch(GgmlType type, const void* src, Out* dst, int64_t n, cudaStream_t st
       dequant_kernel<GgmlType::Q4_1, Out><<<blocks, kThreads, 0, stream>>>(src, dst, n);
       break;
   }
+  CUDA_CHECK_LAUNCH("dequant_kernel");
 }
 
 }  // namespace
@@ -131,6 +133,7 @@ void embedding_cuda(float* out, GgmlType type, const void* table, const int32_t*
       embedding_kernel<GgmlType::Q4_1><<<n, kThreads, 0, stream>>>(out, t, tokens, dim, row_bytes);
       break;
   }
+  CUDA_CHECK_LAUNCH("embedding_kernel");
 }
 
 void dequantize_cuda(GgmlType type, const void* src, float* dst, int64_t n, cudaStream_t stream) {
