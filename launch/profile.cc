@@ -13,7 +13,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
-#include "kernels/argmax.h"
+#include "common/error.h"
 #include "launch/commands.h"
 #include "core/coordinator.h"
 #include "core/config.h"
@@ -41,8 +41,7 @@ std::vector<Token> timed_forward(Engine& e, std::span<const Token> tokens, int n
   const auto t0 = Clock::now();
   Logits l = e.forward(tokens, n_logits, never);
   ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
-  std::vector<Token> out(l.n);
-  if (l.n > 0) kernels::argmax_cpu(out.data(), l.data.data(), l.n, l.vocab);
+  std::vector<Token> out = l.argmax();
   if (logits) *logits = std::move(l);
   return out;
 }

@@ -19,6 +19,7 @@
 #include <string>
 #include <utility>
 
+#include "kernels/argmax_cuda.h"
 #include "kernels/attention_cuda.h"
 #include "kernels/cuda_check.h"
 #include "kernels/dequant_cuda.h"
@@ -161,9 +162,10 @@ struct CudaEngine::State {
 
   int scratch_n = 0;
   DeviceBuffer x, xb, q, att, gate, up, xh, ids;  // xh: GEMM input in the weight dtype
-  int logits_n = 0;
-  DeviceBuffer logits;
-  PinnedBuffer h_ids, h_logits;
+  int logits_n = 0;    // rows `logits` and `argmax` hold
+  int h_logits_n = 0;  // rows `h_logits` holds
+  DeviceBuffer logits, argmax;
+  PinnedBuffer h_ids, h_logits, h_argmax;
   DeviceBuffer send_buf, recv_buf;  // KV handoff staging, in the blob layout
 
   cudaStream_t s() const { return stream.s; }
@@ -269,12 +271,52 @@ std::string CudaEngine::device_name() const {
 }
 
 Logits CudaEngine::forward(std::span<const Token> tokens, int n_logits, const CancelFlag& cancel) {
+  check_llama_forward(tokens, n_logits, kv_len_, max_ctx_, config_.n_vocab);
+  Logits out{n_logits, config_.n_vocab, {}};
+  if (tokens.empty()) return out;
+  CUDA_CHECK(cudaSetDevice(device_));
+  enqueue_forward(tokens, n_logits, cancel);
+  State& s = *s_;
+  const size_t count = static_cast<size_t>(n_logits) * config_.n_vocab;
+  if (n_logits > 0) {
+    if (n_logits > s.h_logits_n) {
+      s.h_logits.reserve(count * sizeof(float));
+      s.h_logits_n = n_logits;
+    }
+    CUDA_CHECK(cudaMemcpyAsync(s.h_logits.get<float>(), s.logits.get(), count * sizeof(float),
+                               cudaMemcpyDeviceToHost, s.s()));
+  }
+  CUDA_CHECK(cudaStreamSynchronize(s.s()));
+  if (n_logits > 0) out.data.assign(s.h_logits.get<float>(), s.h_logits.get<float>() + count);
+  kv_len_ += static_cast<int>(tokens.size());
+  return out;
+}
+
+std::vector<Token> CudaEngine::forward_argmax(std::span<const Token> tokens, int n_logits,
+                                              const CancelFlag& cancel) {
+  check_llama_forward(tokens, n_logits, kv_len_, max_ctx_, config_.n_vocab);
+  std::vector<Token> out(n_logits);
+  if (tokens.empty()) return out;
+  CUDA_CHECK(cudaSetDevice(device_));
+  enqueue_forward(tokens, n_logits, cancel);
+  State& s = *s_;
+  if (n_logits > 0) {
+    kernels::argmax_cuda(s.argmax.get<int32_t>(), s.logits.get<float>(), n_logits,
+                         config_.n_vocab, s.s());
+    CUDA_CHECK(cudaMemcpyAsync(s.h_argmax.get<int32_t>(), s.argmax.get(),
+                               static_cast<size_t>(n_logits) * sizeof(int32_t),
+                               cudaMemcpyDeviceToHost, s.s()));
+  }
+  CUDA_CHECK(cudaStreamSynchronize(s.s()));
+  std::copy_n(s.h_argmax.get<int32_t>(), n_logits, out.begin());
+  kv_len_ += static_cast<int>(tokens.size());
+  return out;
+}
+
+void CudaEngine::enqueue_forward(std::span<const Token> tokens, int n_logits,
+                                 const CancelFlag& cancel) {
   const LlamaConfig& c = config_;
   const int n = static_cast<int>(tokens.size());
-  check_llama_forward(tokens, n_logits, kv_len_, max_ctx_, c.n_vocab);
-  Logits out{n_logits, c.n_vocab, {}};
-  if (n == 0) return out;
-  CUDA_CHECK(cudaSetDevice(device_));
   State& s = *s_;
   const cudaStream_t st = s.s();
   const GemmType gt = gemm_type(dtype_);
@@ -295,7 +337,8 @@ Logits CudaEngine::forward(std::span<const Token> tokens, int n_logits, const Ca
   }
   if (n_logits > s.logits_n) {
     s.logits.reserve(static_cast<size_t>(n_logits) * c.n_vocab * sizeof(float));
-    s.h_logits.reserve(static_cast<size_t>(n_logits) * c.n_vocab * sizeof(float));
+    s.argmax.reserve(static_cast<size_t>(n_logits) * sizeof(int32_t));
+    s.h_argmax.reserve(static_cast<size_t>(n_logits) * sizeof(int32_t));
     s.logits_n = n_logits;
   }
   // GEMM inputs: FP32 activations as they are, or rounded to the weight dtype.
@@ -385,18 +428,7 @@ Logits CudaEngine::forward(std::span<const Token> tokens, int n_logits, const Ca
     const DeviceBuffer& head = s.output.bytes() == 0 ? s.token_embd : s.output;
     kernels::gemm_cuda(s.blas, s.logits.get<float>(), gemm_in(xb, size_t(n_logits) * c.dim),
                        head.get(), nullptr, gt, n_logits, c.dim, c.n_vocab, st);
-    CUDA_CHECK(cudaGetLastError());
-    CUDA_CHECK(cudaMemcpyAsync(s.h_logits.get<float>(), s.logits.get(),
-                               static_cast<size_t>(n_logits) * c.n_vocab * sizeof(float),
-                               cudaMemcpyDeviceToHost, st));
   }
-  CUDA_CHECK(cudaStreamSynchronize(st));
-  if (n_logits > 0) {
-    const float* h = s.h_logits.get<float>();
-    out.data.assign(h, h + static_cast<size_t>(n_logits) * c.n_vocab);
-  }
-  kv_len_ = start + n;
-  return out;
 }
 
 void CudaEngine::truncate(int n) {
