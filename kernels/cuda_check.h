@@ -62,10 +62,9 @@ inline void nccl_check(ncclResult_t r, const char* expr, const char* file, int l
 inline void launch_check(const char* kernel, const char* file, int line) {
   const cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) {
-    throw CudaError(
-        gpu_where("CUDA", file, line, (std::string("launch of ") + kernel).c_str(),
-                  cudaGetErrorString(e)),
-        static_cast<int>(e));
+    throw CudaError(gpu_where("CUDA", file, line, (std::string("launch of ") + kernel).c_str(),
+                              cudaGetErrorString(e)),
+                    static_cast<int>(e));
   }
 }
 }  // namespace detail

@@ -11,8 +11,8 @@
 #include <string_view>
 #include <vector>
 
-#include "kernels/ggml_type.h"
 #include "common/error.h"
+#include "kernels/ggml_type.h"
 
 namespace dsi {
 

@@ -120,9 +120,9 @@ class MpiDataChannel final : public DataChannel {
       mpi_check(MPI_Iprobe(MPI_ANY_SOURCE, kHeaderTag, comm_, &flag, &st), "MPI_Iprobe");
       if (!flag) return;
       DataHeader h;
-      mpi_check(MPI_Recv(&h, sizeof h, MPI_BYTE, st.MPI_SOURCE, kHeaderTag, comm_,
-                         MPI_STATUS_IGNORE),
-                "MPI_Recv", st.MPI_SOURCE);
+      mpi_check(
+          MPI_Recv(&h, sizeof h, MPI_BYTE, st.MPI_SOURCE, kHeaderTag, comm_, MPI_STATUS_IGNORE),
+          "MPI_Recv", st.MPI_SOURCE);
       // The payload was sent right after its header: it is arriving.
       std::vector<uint8_t> payload(h.bytes);
       mpi_check(MPI_Recv(payload.data(), static_cast<int>(h.bytes), MPI_BYTE, st.MPI_SOURCE,

@@ -416,9 +416,9 @@ class NcclDataChannel final : public DataChannel {
       mpi_check(MPI_Iprobe(MPI_ANY_SOURCE, kHeaderTag, hdr_comm_, &flag, &st), "MPI_Iprobe");
       if (!flag) break;
       DeviceHeader h;
-      mpi_check(MPI_Recv(&h, sizeof h, MPI_BYTE, st.MPI_SOURCE, kHeaderTag, hdr_comm_,
-                         MPI_STATUS_IGNORE),
-                "MPI_Recv", st.MPI_SOURCE);
+      mpi_check(
+          MPI_Recv(&h, sizeof h, MPI_BYTE, st.MPI_SOURCE, kHeaderTag, hdr_comm_, MPI_STATUS_IGNORE),
+          "MPI_Recv", st.MPI_SOURCE);
       any = true;
       Item item{h.bytes};
       if (h.bytes > 0) {
@@ -469,7 +469,8 @@ class NcclDataChannel final : public DataChannel {
   void progress_loop() {
     if (const cudaError_t e = cudaSetDevice(device_); e != cudaSuccess) {
       std::lock_guard lk(mu_);
-      error_ = fmt::format("progress thread: cudaSetDevice({}): {}", device_, cudaGetErrorString(e));
+      error_ =
+          fmt::format("progress thread: cudaSetDevice({}): {}", device_, cudaGetErrorString(e));
       cv_.notify_all();
       return;
     }

@@ -53,8 +53,8 @@ class CudaEngine final : public Engine {
   CudaEngine& operator=(const CudaEngine&) = delete;
 
   // Same contract and exceptions as LlamaEngine::forward. Nothing crosses to the host inside
-  // a forward but the final logits (forward_argmax: the final tokens); the cancel flag is read between layers while the host
-  // keeps at most about one layer ahead of the GPU.
+  // a forward but the final logits (forward_argmax: the final tokens); the cancel flag is read
+  // between layers while the host keeps at most about one layer ahead of the GPU.
   Logits forward(std::span<const Token> tokens, int n_logits, const CancelFlag& cancel) override;
   // The greedy tokens chosen on the device (kernels::argmax_cuda, bit-exact with the CPU's
   // argmax): only n_logits token ids cross to the host.

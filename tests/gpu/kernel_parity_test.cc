@@ -241,17 +241,43 @@ Case argmax_case(int n, int vocab, const std::string& kind) {
                 float* row = x.data() + size_t(r) * vocab;
                 auto fill = [&](float v) { std::fill(row, row + vocab, v); };
                 switch (r % 11) {
-                  case 0: row[255] = row[256] = 100.0f; break;
-                  case 1: fill(1.5f); break;
-                  case 2: fill(0.0f); row[0] = -0.0f; break;
-                  case 3: fill(-inf); break;
-                  case 4: row[0] = -inf; break;
-                  case 5: row[0] = nan; row[7] = 100.0f; break;
-                  case 6: for (int i = 1; i < vocab; i += 3) row[i] = nan; break;
-                  case 7: fill(nan); break;
-                  case 8: row[vocab - 1] = 100.0f; break;
-                  case 9: row[vocab / 2] = row[vocab - 2] = inf; break;
-                  case 10: fill(-inf); row[vocab - 1] = nan; row[vocab / 3] = -1e30f; break;
+                  case 0:
+                    row[255] = row[256] = 100.0f;
+                    break;
+                  case 1:
+                    fill(1.5f);
+                    break;
+                  case 2:
+                    fill(0.0f);
+                    row[0] = -0.0f;
+                    break;
+                  case 3:
+                    fill(-inf);
+                    break;
+                  case 4:
+                    row[0] = -inf;
+                    break;
+                  case 5:
+                    row[0] = nan;
+                    row[7] = 100.0f;
+                    break;
+                  case 6:
+                    for (int i = 1; i < vocab; i += 3) row[i] = nan;
+                    break;
+                  case 7:
+                    fill(nan);
+                    break;
+                  case 8:
+                    row[vocab - 1] = 100.0f;
+                    break;
+                  case 9:
+                    row[vocab / 2] = row[vocab - 2] = inf;
+                    break;
+                  case 10:
+                    fill(-inf);
+                    row[vocab - 1] = nan;
+                    row[vocab / 3] = -1e30f;
+                    break;
                 }
               }
             }

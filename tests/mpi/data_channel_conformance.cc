@@ -49,20 +49,24 @@ int check_mpi_errors(int rank, int size) {
   char words[MPI_MAX_ERROR_STRING] = {};
   int len = 0;
   MPI_Error_string(MPI_ERR_RANK, words, &len);
-  failed += expect_transport_error(
-      rank, "mpi_check", [] { dsi::mpi_check(MPI_ERR_RANK, "MPI_Isend", 7); },
-      {me + "MPI_Isend (peer rank 7): " + std::string(words, len)});
+  failed += expect_transport_error(rank, "mpi_check",
+                                   [] { dsi::mpi_check(MPI_ERR_RANK, "MPI_Isend", 7); },
+                                   {me + "MPI_Isend (peer rank 7): " + std::string(words, len)});
   {
     dsi::MpiChannel ch(MPI_COMM_WORLD, dsi::MpiChannel::Polling{});
-    failed += expect_transport_error(
-        rank, "MpiChannel::send to a rank outside the world",
-        [&] { ch.send(nowhere, {1, 2, 3}, dsi::Traffic::kWork); }, {me, "MPI_Isend", peer});
+    failed += expect_transport_error(rank, "MpiChannel::send to a rank outside the world",
+                                     [&] {
+                                       ch.send(nowhere, {1, 2, 3}, dsi::Traffic::kWork);
+                                     },
+                                     {me, "MPI_Isend", peer});
   }
   {
     auto data = dsi::make_mpi_data_channel(MPI_COMM_WORLD, 20);
     failed += expect_transport_error(
         rank, "MPI data channel send to a rank outside the world",
-        [&] { data->send(nowhere, dsi::DataKey{1, dsi::DataKind::kKvCache, 0, 0}, {1, 2}); },
+        [&] {
+          data->send(nowhere, dsi::DataKey{1, dsi::DataKind::kKvCache, 0, 0}, {1, 2});
+        },
         {me, "MPI_Isend", peer});
   }
   dsi::clear_process_identity();

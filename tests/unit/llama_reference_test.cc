@@ -13,9 +13,9 @@
 #include <string>
 #include <vector>
 
+#include "common/error.h"
 #include "engines/llama/llama_engine.h"
 #include "engines/llama/llama_loader.h"
-#include "common/error.h"
 
 namespace dsi {
 namespace {
