@@ -25,6 +25,7 @@ std::unique_ptr<DataChannel> make_nccl_data_channel(MPI_Comm, const NcclChannelO
 #include "common/gpu_binding.h"
 #include "kernels/cuda_check.h"
 #include "transport/mpi_check.h"
+#include "transport/mpi_data_channel.h"
 
 namespace dsi {
 namespace {
