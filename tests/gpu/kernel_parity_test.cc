@@ -284,7 +284,7 @@ Case argmax_case(int n, int vocab, const std::string& kind) {
             std::vector<int32_t> want(n);
             argmax_cpu(want.data(), x.data(), n, vocab);
             DevBuf<float> dx(x);
-            DevBuf<int32_t> dout(size_t(n));
+            DevBuf<int32_t> dout(static_cast<size_t>(n));
             Launch l{[&](cudaStream_t s) { argmax_cuda(dout.get(), dx.get(), n, vocab, s); },
                      4.0 * x.size(), 1.0 * x.size()};
             h.once(l);
