@@ -113,15 +113,16 @@ PY
       --set engine=llama --set model.path=/nonexistent/m.gguf ;;
   cuda_without_gpu)
     # device: cuda where there is no GPU (or no CUDA in the build): the engine build fails
-    # on the worker with the reason, every rank exits non-zero, nothing hangs.
-    expect_error 3 "device 'cuda' (asked for, but|is not supported)" run --config "$cfg" --set engine=llama \
+    # on the worker with the reason, naming the rank and host that raised it (common/error.h),
+    # every rank exits non-zero, nothing hangs.
+    expect_error 3 "rank [0-9]+ on [^ :]+: device 'cuda' (asked for, but|is not supported)" run --config "$cfg" --set engine=llama \
       --set model.path="$src/../shared/testdata/tiny-llama-spm-q8_0.gguf" --set model.device=cuda ;;
   bad_device)
     expect_error 3 "key 'model.device' must be one of cpu, cuda, got 'tpu'" run --config "$cfg" \
       --set model.device=tpu ;;
   truncated_model)
     head -c 3000000 "$src/../shared/testdata/tiny-llama-spm-q8_0.gguf" >"$tmp/cut.gguf"
-    expect_error 3 "cut.gguf: tensor .* cannot fit in the file" run --config "$cfg" --set engine=llama \
+    expect_error 3 "rank [0-9]+ on [^ :]+: .*cut.gguf: tensor .* cannot fit in the file" run --config "$cfg" --set engine=llama \
       --set model.path="$tmp/cut.gguf" --set generation.chat=false ;;
   corrupt_model)
     cp "$src/../shared/testdata/tiny-llama-spm-q8_0.gguf" "$tmp/bad.gguf"
