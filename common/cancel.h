@@ -25,6 +25,9 @@ class CancelFlag {
 
 // Thrown by Engine::forward when it saw the cancel flag. The KV cache is then back at the
 // length it had before the call (an engine never vouches for a half-computed position).
+// Control flow, not a failure, so deliberately not a dsi::Error (common/error.h): the worker
+// answers it with a Cancelled reply, and no handler for failures may swallow it. It stays a
+// std::runtime_error so that one escaping by mistake is still reported with a text.
 struct Cancelled : std::runtime_error {
   Cancelled() : std::runtime_error("forward cancelled") {}
 };

@@ -6,14 +6,11 @@
 #pragma once
 
 #include <functional>
-#include <stdexcept>
 #include <string>
 
-namespace dsi {
+#include "common/error.h"
 
-struct GpuBindingError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
+namespace dsi {
 
 struct LocalRank {
   int rank = -1;       // -1: the environment does not say

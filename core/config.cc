@@ -332,7 +332,7 @@ RunConfig parse_config(const std::string& yaml_text, const std::string& origin,
     }
     return cfg;
   } catch (const ConfigError& e) {
-    throw ConfigError(fmt::format("{}: {}", origin, e.what()));
+    throw ConfigError(fmt::format("{}: {}", origin, e.message()));
   } catch (const YAML::Exception& e) {
     throw ConfigError(fmt::format("{}: malformed YAML at line {}, column {}: {}", origin,
                                   e.mark.line + 1, e.mark.column + 1, e.msg));

@@ -9,13 +9,10 @@
 #include <utility>
 #include <vector>
 
+#include "common/error.h"
 #include "core/scheduler.h"
 
 namespace dsi {
-
-struct ConfigError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
 
 struct RunConfig {
   Mode mode = Mode::kDsi;

@@ -8,20 +8,13 @@
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 
+#include "common/error.h"
 #include "core/protocol.h"
 #include "core/config.h"
 #include "core/scheduler.h"
 #include "model/text_model.h"
 
 namespace dsi {
-
-// A worker failed (Error message) or fell silent; `rank` names it.
-struct PeerError : std::runtime_error {
-  PeerError(int r, const std::string& what, bool is_dead)
-      : std::runtime_error(what), rank(r), dead(is_dead) {}
-  int rank;
-  bool dead;  // silent (dead or wedged) rather than reporting an error
-};
 
 struct RankReport {
   int rank = 0;

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "common/error.h"
 #include "common/token.h"
 #include "transport/control_channel.h"
 
@@ -56,10 +57,6 @@ struct Message {
   double x = 0;
   std::vector<Token> tokens;
   std::string text;
-};
-
-struct ProtocolError : std::runtime_error {
-  using std::runtime_error::runtime_error;
 };
 
 std::vector<uint8_t> encode(const Message& m);

@@ -11,7 +11,6 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
-#include "kernels/argmax.h"
 #include "engines/engine_factory.h"
 #include "core/verify.h"
 
@@ -30,12 +29,6 @@ struct KvHeader {
 };
 
 bool is_kv(const DataKey& k) { return k.kind == DataKind::kKvHeader || k.kind == DataKind::kKvCache; }
-
-std::vector<Token> argmax_rows(const Logits& l) {
-  std::vector<Token> out(l.n);
-  if (l.n > 0) kernels::argmax_cpu(out.data(), l.data.data(), l.n, l.vocab);
-  return out;
-}
 
 class Worker {
  public:
@@ -190,9 +183,16 @@ void Worker::verify(const Message& m) {
   const size_t keep = reuse_prefix(m.tokens, n_logits);
   const auto todo = std::span(m.tokens).subspan(keep);
   try {
-    Logits l = engine_->forward(todo, static_cast<int>(n_logits), cancel_);
-    cached_ = m.tokens;
-    std::vector<Token> y = sampling_.greedy() ? argmax_rows(l) : verify_sampling(m, l);
+    std::vector<Token> y;
+    if (sampling_.greedy()) {
+      // The engine picks the tokens (on its device): no logits cross to the host.
+      y = engine_->forward_argmax(todo, static_cast<int>(n_logits), cancel_);
+      cached_ = m.tokens;
+    } else {
+      Logits l = engine_->forward(todo, static_cast<int>(n_logits), cancel_);
+      cached_ = m.tokens;
+      y = verify_sampling(m, l);
+    }
     if (imported_from_ < static_cast<int>(keep)) {
       count_kv("verified_on_imported");
     }
@@ -263,13 +263,15 @@ void Worker::draft_step() {
   const double t0 = now_s();
   const size_t keep = reuse_prefix(seq, 1);
   try {
-    Logits l = engine_->forward(std::span(seq).subspan(keep), 1, cancel_);
-    cached_ = seq;
+    const auto todo = std::span(seq).subspan(keep);
     const int pos = static_cast<int>(seq.size());
     Token tok;
     if (sampling_.greedy()) {
-      tok = argmax_rows(l)[0];
+      tok = engine_->forward_argmax(todo, 1, cancel_)[0];
+      cached_ = seq;
     } else {
+      Logits l = engine_->forward(todo, 1, cancel_);
+      cached_ = seq;
       // Draw the draft from q and hand q to every target before announcing the draft.
       const auto q = sampling_probs(l.row(0), sampling_);
       tok = draft_sample(q, pos, sampling_);

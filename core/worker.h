@@ -6,6 +6,7 @@
 
 #include <functional>
 
+#include "common/error.h"
 #include "core/protocol.h"
 #include "transport/data_channel.h"
 
@@ -19,10 +20,6 @@ struct WorkerOptions {
   // imports in handoffs (host engines).
   std::string fault;
   double fault_after_ms = 0;
-};
-
-struct WorkerFatal : std::runtime_error {
-  using std::runtime_error::runtime_error;
 };
 
 // Serves runs until the coordinator sends Exit; returns the exit code it carries. Throws

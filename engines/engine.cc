@@ -3,9 +3,16 @@
 
 #include <unistd.h>
 
+#include "kernels/argmax.h"
 #include "transport/data_channel.h"
 
 namespace dsi {
+
+std::vector<Token> Logits::argmax() const {
+  std::vector<Token> out(n);
+  if (n > 0) kernels::argmax_cpu(out.data(), data.data(), n, vocab);
+  return out;
+}
 
 std::string Engine::device_name() const {
   char host[256] = {};

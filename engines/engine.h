@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "common/cancel.h"
+#include "common/error.h"
 #include "common/token.h"
 
 namespace dsi {
@@ -26,6 +27,8 @@ struct Logits {
   std::span<const float> row(int i) const {
     return {data.data() + static_cast<size_t>(i) * vocab, static_cast<size_t>(vocab)};
   }
+  // The greedy token of each row: kernels::argmax_cpu (ties to the lowest index).
+  std::vector<Token> argmax() const;
 };
 
 // KV of a token range [begin, end), opaque bytes in the engine's own layout.
@@ -44,6 +47,17 @@ class Engine {
   // Throws Cancelled if `cancel` was raised before it finished.
   virtual Logits forward(std::span<const Token> tokens, int n_logits, const CancelFlag& cancel) = 0;
 
+  // forward(tokens, n_logits, cancel).argmax(), the greedy token of each of the last n_logits
+  // positions, with the same effect on the KV cache and the same exceptions. An engine that
+  // computes elsewhere (a GPU) overrides it to choose the tokens there, so that only n_logits
+  // tokens cross to the host instead of n_logits * vocab logits; it must pick exactly the
+  // tokens Logits::argmax would (lowest index on ties), or greedy decoding would stop being
+  // the same on every engine.
+  virtual std::vector<Token> forward_argmax(std::span<const Token> tokens, int n_logits,
+                                            const CancelFlag& cancel) {
+    return forward(tokens, n_logits, cancel).argmax();
+  }
+
   // Rolls the KV cache back to its first n positions (n <= kv_len()).
   virtual void truncate(int n) = 0;
   virtual int kv_len() const = 0;
@@ -53,11 +67,11 @@ class Engine {
   virtual KvBlob export_kv(int begin, int end) const {
     (void)begin;
     (void)end;
-    throw std::runtime_error("this engine cannot export its KV cache");
+    throw Error("this engine cannot export its KV cache");
   }
   virtual void import_kv(const KvBlob& kv) {
     (void)kv;
-    throw std::runtime_error("this engine cannot import a KV cache");
+    throw Error("this engine cannot import a KV cache");
   }
   // Bytes of an export_kv blob per token (0: the engine has no KV to hand off).
   virtual size_t kv_bytes_per_token() const { return 0; }

@@ -57,7 +57,7 @@ std::unique_ptr<Engine> make_engine(const nlohmann::json& spec) {
     o.max_context = spec.value("max_context", 0);
     return make_llama_engine(o);
   }
-  throw std::runtime_error(fmt::format("unknown engine '{}'", kind));
+  throw std::invalid_argument(fmt::format("unknown engine '{}'", kind));
 }
 
 }  // namespace dsi

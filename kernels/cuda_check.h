@@ -1,46 +1,45 @@
 // The one error-check family for CUDA, cuBLAS and NCCL calls: CUDA_CHECK(expr),
-// CUBLAS_CHECK(expr), NCCL_CHECK(expr) throw a typed error naming the call, file:line and the
-// library's error string. Kernel launches are checked with CUDA_CHECK(cudaGetLastError()).
-// Host code only; never used inside kernels.
+// CUBLAS_CHECK(expr), NCCL_CHECK(expr) throw a typed error (common/error.h) naming the process
+// (rank and host, once a session set them), the GPU, the call, file:line and the library's error
+// string. Every kernel launch is followed by CUDA_CHECK_LAUNCH("kernel"), which reports a bad
+// launch configuration at the launch rather than at the next synchronising call. Host code
+// only; never used inside kernels.
 #pragma once
 
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <nccl.h>
 
-#include <stdexcept>
 #include <string>
 
+#include "common/error.h"
+
 namespace dsi {
-
-// Base of the three: what() is "CUDA error at kernels/cuda/x.cu:12: cudaMalloc(...): out of
-// memory". code() is the library's numeric status.
-class GpuError : public std::runtime_error {
- public:
-  GpuError(const std::string& what, int code) : std::runtime_error(what), code_(code) {}
-  int code() const { return code_; }
-
- private:
-  int code_;
-};
-class CudaError : public GpuError {
- public:
-  using GpuError::GpuError;
-};
-class CublasError : public GpuError {
- public:
-  using GpuError::GpuError;
-};
-class NcclError : public GpuError {
- public:
-  using GpuError::GpuError;
-};
-
 namespace detail {
+
+// "GPU 1 (0000:1b:00.0)": the current device, by index and PCI bus id (which stays the same
+// whatever CUDA_VISIBLE_DEVICES says); "GPU ?" when even that cannot be asked. Only called
+// while an error is being raised; a failure of its own queries is cleared, not reported.
+inline std::string gpu_label() {
+  int dev = -1;
+  if (cudaGetDevice(&dev) != cudaSuccess) {
+    cudaGetLastError();
+    return "GPU ?";
+  }
+  char bus[32] = {};
+  if (cudaDeviceGetPCIBusId(bus, sizeof bus, dev) != cudaSuccess) {
+    cudaGetLastError();
+    return "GPU " + std::to_string(dev);
+  }
+  return "GPU " + std::to_string(dev) + " (" + bus + ")";
+}
+
+// what() is "rank 3 on node7: CUDA error on GPU 1 (0000:1b:00.0) at kernels/cuda/x.cu:12:
+// cudaMalloc(...): out of memory".
 inline std::string gpu_where(const char* lib, const char* file, int line, const char* expr,
                              const char* msg) {
-  return std::string(lib) + " error at " + file + ":" + std::to_string(line) + ": " + expr + ": " +
-         msg;
+  return std::string(lib) + " error on " + gpu_label() + " at " + file + ":" +
+         std::to_string(line) + ": " + expr + ": " + msg;
 }
 inline void cuda_check(cudaError_t e, const char* expr, const char* file, int line) {
   if (e != cudaSuccess) {
@@ -60,6 +59,14 @@ inline void nccl_check(ncclResult_t r, const char* expr, const char* file, int l
                     static_cast<int>(r));
   }
 }
+inline void launch_check(const char* kernel, const char* file, int line) {
+  const cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess) {
+    throw CudaError(gpu_where("CUDA", file, line, (std::string("launch of ") + kernel).c_str(),
+                              cudaGetErrorString(e)),
+                    static_cast<int>(e));
+  }
+}
 }  // namespace detail
 
 }  // namespace dsi
@@ -67,3 +74,4 @@ inline void nccl_check(ncclResult_t r, const char* expr, const char* file, int l
 #define CUDA_CHECK(expr) ::dsi::detail::cuda_check((expr), #expr, __FILE__, __LINE__)
 #define CUBLAS_CHECK(expr) ::dsi::detail::cublas_check((expr), #expr, __FILE__, __LINE__)
 #define NCCL_CHECK(expr) ::dsi::detail::nccl_check((expr), #expr, __FILE__, __LINE__)
+#define CUDA_CHECK_LAUNCH(kernel) ::dsi::detail::launch_check((kernel), __FILE__, __LINE__)

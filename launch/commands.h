@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "common/error.h"
 #include "launch/session.h"
 
 namespace dsi::cli {

@@ -13,7 +13,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
-#include "kernels/argmax.h"
+#include "common/error.h"
 #include "launch/commands.h"
 #include "core/coordinator.h"
 #include "core/config.h"
@@ -26,10 +26,6 @@ namespace {
 
 using json = nlohmann::json;
 using Clock = std::chrono::steady_clock;
-
-struct UsageError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
 
 double median(std::vector<double> v) {
   if (v.empty()) return 0;
@@ -45,8 +41,7 @@ std::vector<Token> timed_forward(Engine& e, std::span<const Token> tokens, int n
   const auto t0 = Clock::now();
   Logits l = e.forward(tokens, n_logits, never);
   ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
-  std::vector<Token> out(l.n);
-  if (l.n > 0) kernels::argmax_cpu(out.data(), l.data.data(), l.n, l.vocab);
+  std::vector<Token> out = l.argmax();
   if (logits) *logits = std::move(l);
   return out;
 }
@@ -137,7 +132,7 @@ int cmd_profile(const ProfileOptions& o) {
       try {
         cfg = parse_config(text, o.config_path.empty() ? "defaults" : o.config_path, o.overrides);
       } catch (const ConfigError& e) {
-        throw UsageError(e.what());
+        throw UsageError(std::string(e.message()));
       }
       tspec = worker_spec(cfg, false);
       dspec = worker_spec(cfg, true);
@@ -150,7 +145,7 @@ int cmd_profile(const ProfileOptions& o) {
       target = make_engine(tspec);
       drafter = make_engine(dspec);
     } catch (const std::exception& e) {
-      throw UsageError(fmt::format("cannot build the engines: {}", e.what()));
+      throw UsageError(fmt::format("cannot build the engines: {}", error_message(e)));
     }
     const int vocab = target->vocab_size();
     if (drafter->vocab_size() != vocab) {

@@ -15,7 +15,7 @@ namespace dsi::cli {
 namespace {
 void write_json(const std::string& path, const nlohmann::json& j) {
   std::ofstream out(path);
-  if (!out) throw std::runtime_error(fmt::format("cannot write '{}'", path));
+  if (!out) throw UsageError(fmt::format("cannot write '{}'", path));
   out << j.dump(1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
 }
 }  // namespace

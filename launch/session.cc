@@ -7,8 +7,10 @@
 #include <fstream>
 #include <sstream>
 
-#include "transport/data_plane.h"
+#include "common/error.h"
 #include "common/gpu_binding.h"
+#include "transport/data_plane.h"
+#include "transport/mpi_check.h"
 
 namespace dsi {
 namespace {
@@ -28,10 +30,10 @@ bool read_config(const std::string& path, int rank, std::string& text) {
     }
   }
   long n = static_cast<long>(text.size());
-  MPI_Bcast(&ok, 1, MPI_INT, 0, MPI_COMM_WORLD);
-  MPI_Bcast(&n, 1, MPI_LONG, 0, MPI_COMM_WORLD);
+  mpi_check(MPI_Bcast(&ok, 1, MPI_INT, 0, MPI_COMM_WORLD), "MPI_Bcast");
+  mpi_check(MPI_Bcast(&n, 1, MPI_LONG, 0, MPI_COMM_WORLD), "MPI_Bcast");
   text.resize(n);
-  MPI_Bcast(text.data(), static_cast<int>(n), MPI_CHAR, 0, MPI_COMM_WORLD);
+  mpi_check(MPI_Bcast(text.data(), static_cast<int>(n), MPI_CHAR, 0, MPI_COMM_WORLD), "MPI_Bcast");
   return ok == 1;
 }
 
@@ -40,26 +42,34 @@ bool read_config(const std::string& path, int rank, std::string& text) {
 int find_local_rank() {
   int from_mpi = 0;
   MPI_Comm node;
-  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
-  MPI_Comm_rank(node, &from_mpi);
-  MPI_Comm_free(&node);
+  mpi_check(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node),
+            "MPI_Comm_split_type");
+  mpi_check(MPI_Comm_rank(node, &from_mpi), "MPI_Comm_rank");
+  mpi_check(MPI_Comm_free(&node), "MPI_Comm_free");
   const LocalRank env = local_rank_from_env([](const char* v) { return std::getenv(v); });
   return env.rank >= 0 ? env.rank : from_mpi;
 }
 
-}  // namespace
-
-int with_session(const SessionOptions& common, const std::function<void(Session&)>& validate,
-                 const std::function<int(Session&, Coordinator&)>& coordinate) {
-  int provided = 0;
-  MPI_Init_thread(nullptr, nullptr, MPI_THREAD_MULTIPLE, &provided);
+// Everything after MPI_Init_thread; with_session turns an MPI failure thrown from here into
+// a report and an abort.
+int session_body(const SessionOptions& common, const std::function<void(Session&)>& validate,
+                 const std::function<int(Session&, Coordinator&)>& coordinate, int provided) {
   Session s;
-  MPI_Comm_rank(MPI_COMM_WORLD, &s.rank);
-  MPI_Comm_size(MPI_COMM_WORLD, &s.world);
+  mpi_check(MPI_Comm_rank(MPI_COMM_WORLD, &s.rank), "MPI_Comm_rank");
+  mpi_check(MPI_Comm_size(MPI_COMM_WORLD, &s.world), "MPI_Comm_size");
+  {
+    char host[MPI_MAX_PROCESSOR_NAME] = {};
+    int len = 0;
+    mpi_check(MPI_Get_processor_name(host, &len), "MPI_Get_processor_name");
+    // Before any thread starts: from here on every dsi::Error names this rank and host.
+    set_process_identity(s.rank, std::string(host, len));
+  }
   set_local_rank(find_local_rank());
+  // Errors every rank raises alike (config, data plane): printed once, by rank 0, without
+  // its identity (the text is nobody's in particular).
   auto fail = [&](const std::string& msg, int code) {
     if (s.rank == 0) fmt::print(stderr, "dsi: error: {}\n", msg);
-    MPI_Finalize();
+    mpi_warn(MPI_Finalize(), "MPI_Finalize");
     return code;
   };
   if (provided < MPI_THREAD_MULTIPLE) {
@@ -72,7 +82,7 @@ int with_session(const SessionOptions& common, const std::function<void(Session&
                          common.overrides);
     validate(s);
   } catch (const ConfigError& e) {
-    return fail(e.what(), 2);
+    return fail(std::string(e.message()), 2);
   }
 
   // The data plane first: when it cannot be had, every rank fails alike before any other
@@ -85,7 +95,7 @@ int with_session(const SessionOptions& common, const std::function<void(Session&
   try {
     s.data = make_data_channel(MPI_COMM_WORLD, plane);
   } catch (const DataPlaneError& e) {
-    return fail(e.what(), 2);
+    return fail(std::string(e.message()), 2);
   }
   s.channel = std::make_unique<MpiChannel>(
       MPI_COMM_WORLD, MpiChannel::Polling{s.cfg.poll_min_us, s.cfg.poll_max_us, s.cfg.poll_hot_ms});
@@ -104,6 +114,8 @@ int with_session(const SessionOptions& common, const std::function<void(Session&
       }
       coord.exit_all(1);
       rc = 1;
+    } catch (const TransportError&) {
+      throw;  // no clean shutdown over a failed transport: with_session aborts
     } catch (const std::exception& e) {
       fmt::print(stderr, "dsi: error: {}\n", e.what());
       coord.exit_all(1);
@@ -125,8 +137,32 @@ int with_session(const SessionOptions& common, const std::function<void(Session&
   s.channel->flush(Clock::now() + std::chrono::seconds(2));
   s.data.reset();
   s.channel.reset();
-  MPI_Finalize();
+  mpi_warn(MPI_Finalize(), "MPI_Finalize");
   return rc;
+}
+
+}  // namespace
+
+int with_session(const SessionOptions& common, const std::function<void(Session&)>& validate,
+                 const std::function<int(Session&, Coordinator&)>& coordinate) {
+  int provided = 0;
+  if (MPI_Init_thread(nullptr, nullptr, MPI_THREAD_MULTIPLE, &provided) != MPI_SUCCESS) {
+    fmt::print(stderr, "dsi: error: MPI_Init_thread failed\n");
+    return 1;
+  }
+  try {
+    // MPI failures on the world (and on every communicator dsi creates) come back as codes
+    // that mpi_check turns into a TransportError naming the call, the rank and the host.
+    mpi_errors_return(MPI_COMM_WORLD);
+    return session_body(common, validate, coordinate, provided);
+  } catch (const TransportError& e) {
+    // A failed MPI call leaves no channel to end the job cleanly over: the rank that saw it
+    // reports it and takes every rank down.
+    fmt::print(stderr, "dsi: error: {}\n", e.what());
+    fflush(stdout);
+    MPI_Abort(MPI_COMM_WORLD, 1);
+    return 1;
+  }
 }
 
 }  // namespace dsi

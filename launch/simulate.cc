@@ -7,6 +7,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "common/error.h"
 #include "launch/commands.h"
 #include "sim/planner.h"
 
@@ -14,10 +15,6 @@ namespace dsi::cli {
 namespace {
 
 using json = nlohmann::json;
-
-struct UsageError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
 
 // The model pair's latencies: a profile first, then whatever the command line sets.
 LatencyInputs inputs(const SimulateOptions& o, json& source) {

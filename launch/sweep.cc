@@ -237,7 +237,7 @@ int cmd_sweep(const CommonOptions& common, const SweepOptions& opts) {
           }
           cf << fmt::format("{}\n", fmt::join(v, ","));
         }
-        if (!jf || !cf) throw std::runtime_error(fmt::format("cannot write {} / {}", json_path, csv_path));
+        if (!jf || !cf) throw UsageError(fmt::format("cannot write {} / {}", json_path, csv_path));
         fmt::print("wrote {} and {}\n", csv_path, json_path);
         if (!all_lossless) {
           fmt::print(stderr, "dsi sweep: some runs were NOT lossless\n");

@@ -11,8 +11,8 @@
 #include <string_view>
 #include <vector>
 
+#include "common/error.h"
 #include "kernels/ggml_type.h"
-#include "model/model_error.h"
 
 namespace dsi {
 

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <stdexcept>
 
+#include "common/error.h"
 #include "kernels/half.h"
 #include "model/gguf.h"
 
@@ -255,7 +256,7 @@ void GgufWriter::emit(Sink& sink) const {
 
 void GgufWriter::write(const std::string& path) const {
   std::FILE* f = std::fopen(path.c_str(), "wb");
-  if (f == nullptr) throw std::runtime_error(path + ": cannot open for writing");
+  if (f == nullptr) throw ModelError(path + ": cannot open for writing");
   bool ok = true;
   auto sink = [&](const void* p, size_t n) {
     if (ok && n > 0 && std::fwrite(p, 1, n, f) != n) ok = false;
@@ -270,7 +271,7 @@ void GgufWriter::write(const std::string& path) const {
   if (std::fclose(f) != 0) ok = false;
   if (!ok) {
     std::remove(path.c_str());
-    throw std::runtime_error(path + ": write failed (disk full?)");
+    throw ModelError(path + ": write failed (disk full?)");
   }
 }
 

@@ -52,7 +52,7 @@ class GgufWriter {
   void add_tensor_bytes(const std::string& name, GgmlType type, std::vector<int64_t> ne,
                         std::vector<uint8_t> bytes);
 
-  // Writes the file (throws std::runtime_error naming the path on an I/O error; a partial
+  // Writes the file (throws ModelError naming the path on an I/O error; a partial
   // file is removed). Fill callbacks run here, in the order tensors were added.
   void write(const std::string& path) const;
   // The whole file image in memory (for tests).

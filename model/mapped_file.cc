@@ -12,7 +12,7 @@
 
 #include <fmt/format.h>
 
-#include "model/model_error.h"
+#include "common/error.h"
 
 namespace dsi {
 

@@ -4,7 +4,7 @@
 
 #include <filesystem>
 
-#include "model/model_error.h"
+#include "common/error.h"
 
 namespace dsi {
 

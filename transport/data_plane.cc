@@ -8,6 +8,7 @@
 #include <map>
 
 #include "common/gpu_binding.h"
+#include "transport/mpi_check.h"
 #include "transport/nccl_data_channel.h"
 
 #ifdef DSI_WITH_CUDA
@@ -104,16 +105,16 @@ std::string my_bus_id(const DataPlaneOptions& o, int& device) {
 
 std::unique_ptr<DataChannel> make_data_channel(MPI_Comm comm, const DataPlaneOptions& options) {
   int rank = 0, size = 1;
-  MPI_Comm_rank(comm, &rank);
-  MPI_Comm_size(comm, &size);
+  mpi_check(MPI_Comm_rank(comm, &rank), "MPI_Comm_rank");
+  mpi_check(MPI_Comm_size(comm, &size), "MPI_Comm_size");
   // Rank 0's mode and gpu_ranks hold everywhere, so that every rank takes the same path
   // even if the environment differs between ranks.
   DataPlaneOptions o = options;
   char mode[32] = {};
   std::strncpy(mode, o.mode.c_str(), sizeof mode - 1);
   int gpu = o.gpu_ranks ? 1 : 0;
-  MPI_Bcast(mode, sizeof mode, MPI_CHAR, 0, comm);
-  MPI_Bcast(&gpu, 1, MPI_INT, 0, comm);
+  mpi_check(MPI_Bcast(mode, sizeof mode, MPI_CHAR, 0, comm), "MPI_Bcast");
+  mpi_check(MPI_Bcast(&gpu, 1, MPI_INT, 0, comm), "MPI_Bcast");
   o.mode = mode;
   o.gpu_ranks = gpu == 1;
   if (o.mode == "mpi") return make_mpi_data_channel(comm, o.poll_us);
@@ -122,10 +123,12 @@ std::unique_ptr<DataChannel> make_data_channel(MPI_Comm comm, const DataPlaneOpt
   constexpr int kHost = MPI_MAX_PROCESSOR_NAME, kBus = 64;
   std::vector<char> mine(kHost + kBus, 0), all(static_cast<size_t>(size) * (kHost + kBus));
   int len = 0, device = -1;
-  MPI_Get_processor_name(mine.data(), &len);
+  mpi_check(MPI_Get_processor_name(mine.data(), &len), "MPI_Get_processor_name");
   const std::string bus = rank == 0 ? "" : my_bus_id(o, device);
   std::strncpy(mine.data() + kHost, bus.c_str(), kBus - 1);
-  MPI_Allgather(mine.data(), kHost + kBus, MPI_CHAR, all.data(), kHost + kBus, MPI_CHAR, comm);
+  mpi_check(
+      MPI_Allgather(mine.data(), kHost + kBus, MPI_CHAR, all.data(), kHost + kBus, MPI_CHAR, comm),
+      "MPI_Allgather");
   std::vector<WorkerGpu> workers;
   for (int r = 1; r < size; ++r) {
     const char* p = all.data() + static_cast<size_t>(r) * (kHost + kBus);
@@ -144,7 +147,7 @@ std::unique_ptr<DataChannel> make_data_channel(MPI_Comm comm, const DataPlaneOpt
   try {
     return make_nccl_data_channel(comm, no);
   } catch (const NcclChannelError& e) {
-    throw DataPlaneError(e.what());
+    throw DataPlaneError(std::string(e.message()));
   }
 }
 

@@ -7,19 +7,13 @@
 #include <mpi.h>
 
 #include <memory>
-#include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "common/error.h"
 #include "transport/data_channel.h"
 
 namespace dsi {
-
-// A data plane that was asked for cannot be had (e.g. nccl forced with two ranks on one GPU).
-// Thrown identically on every rank, so that all of them can end with the same verdict.
-struct DataPlaneError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
 
 struct DataPlaneOptions {
   std::string mode = "auto";  // auto | mpi | nccl (runtime.data_plane)

@@ -1,9 +1,12 @@
 #include "transport/mpi_channel.h"
 
+#include <fmt/format.h>
 #include <sys/prctl.h>
 
 #include <algorithm>
 #include <thread>
+
+#include "transport/mpi_check.h"
 
 namespace dsi {
 namespace {
@@ -20,26 +23,32 @@ int64_t now_ns() { return std::chrono::duration_cast<std::chrono::nanoseconds>(C
 MpiChannel::MpiChannel(MPI_Comm comm, Polling polling) : poll_(polling) {
   poll_.min_us = std::max(1, poll_.min_us);
   poll_.max_us = std::max(poll_.min_us, poll_.max_us);
-  MPI_Comm_dup(comm, &comm_);
-  MPI_Comm_rank(comm_, &rank_);
-  MPI_Comm_size(comm_, &size_);
+  mpi_check(MPI_Comm_dup(comm, &comm_), "MPI_Comm_dup");
+  mpi_errors_return(comm_);
+  mpi_check(MPI_Comm_rank(comm_, &rank_), "MPI_Comm_rank");
+  mpi_check(MPI_Comm_size(comm_, &size_), "MPI_Comm_size");
 }
 
 MpiChannel::~MpiChannel() {
-  flush(Clock::now() + std::chrono::milliseconds(500));
+  try {
+    flush(Clock::now() + std::chrono::milliseconds(500));
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "dsi: warning: closing the control channel: {}\n", e.what());
+  }
   std::lock_guard lk(send_mu_);
   for (auto& [req, buf] : pending_) {
-    MPI_Cancel(&req);
-    MPI_Request_free(&req);
+    if (req == MPI_REQUEST_NULL) continue;
+    mpi_warn(MPI_Cancel(&req), "MPI_Cancel");
+    mpi_warn(MPI_Request_free(&req), "MPI_Request_free");
   }
   pending_.clear();
-  MPI_Comm_free(&comm_);
+  mpi_warn(MPI_Comm_free(&comm_), "MPI_Comm_free");
 }
 
 void MpiChannel::reap_locked() {
   for (auto it = pending_.begin(); it != pending_.end();) {
     int done = 0;
-    MPI_Test(&it->first, &done, MPI_STATUS_IGNORE);
+    mpi_check(MPI_Test(&it->first, &done, MPI_STATUS_IGNORE), "MPI_Test");
     it = done ? pending_.erase(it) : std::next(it);
   }
 }
@@ -51,8 +60,9 @@ void MpiChannel::send(int dst, std::vector<uint8_t> frame, Traffic traffic) {
   const bool work = traffic == Traffic::kWork;
   if (work) last_activity_ns_ = now_ns();
   auto& [req, buf] = pending_.emplace_back(MPI_REQUEST_NULL, std::move(frame));
-  MPI_Isend(buf.data(), static_cast<int>(buf.size()), MPI_BYTE, dst, work ? kWorkTag : kLivenessTag,
-            comm_, &req);
+  mpi_check(MPI_Isend(buf.data(), static_cast<int>(buf.size()), MPI_BYTE, dst,
+                      work ? kWorkTag : kLivenessTag, comm_, &req),
+            "MPI_Isend", dst);
 }
 
 bool MpiChannel::flush(Clock::time_point deadline) {
@@ -75,12 +85,14 @@ std::optional<Frame> MpiChannel::recv(Clock::time_point deadline) {
   for (;;) {
     int flag = 0;
     MPI_Status st;
-    MPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, comm_, &flag, &st);
+    mpi_check(MPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, comm_, &flag, &st), "MPI_Iprobe");
     if (flag) {
       int count = 0;
-      MPI_Get_count(&st, MPI_BYTE, &count);
+      mpi_check(MPI_Get_count(&st, MPI_BYTE, &count), "MPI_Get_count", st.MPI_SOURCE);
       std::vector<uint8_t> buf(count);
-      MPI_Recv(buf.data(), count, MPI_BYTE, st.MPI_SOURCE, st.MPI_TAG, comm_, MPI_STATUS_IGNORE);
+      mpi_check(MPI_Recv(buf.data(), count, MPI_BYTE, st.MPI_SOURCE, st.MPI_TAG, comm_,
+                         MPI_STATUS_IGNORE),
+                "MPI_Recv", st.MPI_SOURCE);
       if (st.MPI_TAG == kWorkTag) last_activity_ns_ = now_ns();
       return Frame{st.MPI_SOURCE, std::move(buf)};
     }

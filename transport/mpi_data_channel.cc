@@ -9,6 +9,8 @@
 #include <stdexcept>
 #include <thread>
 
+#include "transport/mpi_check.h"
+
 namespace dsi {
 
 namespace {
@@ -32,21 +34,22 @@ static_assert(sizeof(DataHeader) == 32);
 class MpiDataChannel final : public DataChannel {
  public:
   MpiDataChannel(MPI_Comm comm, int poll_us) : poll_us_(std::max(1, poll_us)) {
-    MPI_Comm_dup(comm, &comm_);
+    mpi_check(MPI_Comm_dup(comm, &comm_), "MPI_Comm_dup");
+    mpi_errors_return(comm_);
   }
   ~MpiDataChannel() override {
     const auto deadline = Clock::now() + std::chrono::milliseconds(500);
     for (;;) {
       std::lock_guard lk(mu_);
-      reap_locked();
-      if (pending_.empty() || Clock::now() >= deadline) break;
+      if (!reap_locked(/*may_throw=*/false) || pending_.empty() || Clock::now() >= deadline) break;
     }
     std::lock_guard lk(mu_);
     for (auto& [req, buf] : pending_) {
-      MPI_Cancel(&req);
-      MPI_Request_free(&req);
+      if (req == MPI_REQUEST_NULL) continue;
+      mpi_warn(MPI_Cancel(&req), "MPI_Cancel");
+      mpi_warn(MPI_Request_free(&req), "MPI_Request_free");
     }
-    MPI_Comm_free(&comm_);
+    mpi_warn(MPI_Comm_free(&comm_), "MPI_Comm_free");
   }
 
   void send(int dst, const DataKey& key, std::vector<uint8_t> bytes) override {
@@ -59,9 +62,13 @@ class MpiDataChannel final : public DataChannel {
     std::lock_guard lk(mu_);
     reap_locked();
     auto& [hreq, hbuf] = pending_.emplace_back(MPI_REQUEST_NULL, std::move(hb));
-    MPI_Isend(hbuf.data(), static_cast<int>(hbuf.size()), MPI_BYTE, dst, kHeaderTag, comm_, &hreq);
+    mpi_check(MPI_Isend(hbuf.data(), static_cast<int>(hbuf.size()), MPI_BYTE, dst, kHeaderTag,
+                        comm_, &hreq),
+              "MPI_Isend", dst);
     auto& [preq, pbuf] = pending_.emplace_back(MPI_REQUEST_NULL, std::move(bytes));
-    MPI_Isend(pbuf.data(), static_cast<int>(pbuf.size()), MPI_BYTE, dst, kPayloadTag, comm_, &preq);
+    mpi_check(MPI_Isend(pbuf.data(), static_cast<int>(pbuf.size()), MPI_BYTE, dst, kPayloadTag,
+                        comm_, &preq),
+              "MPI_Isend", dst);
   }
 
   bool recv(const DataKey& key, std::vector<uint8_t>& out, Clock::time_point deadline,
@@ -88,12 +95,20 @@ class MpiDataChannel final : public DataChannel {
   }
 
  private:
-  void reap_locked() {
+  // Forgets completed sends. With may_throw false (destructor) a failed test is reported on
+  // stderr and ends the reaping (returns false) instead of throwing.
+  bool reap_locked(bool may_throw = true) {
     for (auto it = pending_.begin(); it != pending_.end();) {
       int done = 0;
-      MPI_Test(&it->first, &done, MPI_STATUS_IGNORE);
+      const int rc = MPI_Test(&it->first, &done, MPI_STATUS_IGNORE);
+      if (rc != MPI_SUCCESS) {
+        if (may_throw) mpi_check(rc, "MPI_Test");
+        mpi_warn(rc, "MPI_Test");
+        return false;
+      }
       it = done ? pending_.erase(it) : std::next(it);
     }
+    return true;
   }
   // Moves every transfer that has arrived into the stash.
   void drain() {
@@ -102,14 +117,17 @@ class MpiDataChannel final : public DataChannel {
     for (;;) {
       int flag = 0;
       MPI_Status st;
-      MPI_Iprobe(MPI_ANY_SOURCE, kHeaderTag, comm_, &flag, &st);
+      mpi_check(MPI_Iprobe(MPI_ANY_SOURCE, kHeaderTag, comm_, &flag, &st), "MPI_Iprobe");
       if (!flag) return;
       DataHeader h;
-      MPI_Recv(&h, sizeof h, MPI_BYTE, st.MPI_SOURCE, kHeaderTag, comm_, MPI_STATUS_IGNORE);
+      mpi_check(
+          MPI_Recv(&h, sizeof h, MPI_BYTE, st.MPI_SOURCE, kHeaderTag, comm_, MPI_STATUS_IGNORE),
+          "MPI_Recv", st.MPI_SOURCE);
       // The payload was sent right after its header: it is arriving.
       std::vector<uint8_t> payload(h.bytes);
-      MPI_Recv(payload.data(), static_cast<int>(h.bytes), MPI_BYTE, st.MPI_SOURCE, kPayloadTag,
-               comm_, MPI_STATUS_IGNORE);
+      mpi_check(MPI_Recv(payload.data(), static_cast<int>(h.bytes), MPI_BYTE, st.MPI_SOURCE,
+                         kPayloadTag, comm_, MPI_STATUS_IGNORE),
+                "MPI_Recv", st.MPI_SOURCE);
       stash_[DataKey{h.run, static_cast<DataKind>(h.kind), h.stream, h.index}] = std::move(payload);
     }
   }

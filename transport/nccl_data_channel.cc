@@ -23,9 +23,9 @@ std::unique_ptr<DataChannel> make_nccl_data_channel(MPI_Comm, const NcclChannelO
 #include <list>
 #include <thread>
 
-#include "kernels/cuda_check.h"
 #include "common/gpu_binding.h"
-#include "transport/mpi_data_channel.h"
+#include "kernels/cuda_check.h"
+#include "transport/mpi_check.h"
 
 namespace dsi {
 namespace {
@@ -43,14 +43,15 @@ struct DeviceHeader {
 };
 static_assert(sizeof(DeviceHeader) == 32);
 
-// Makes `device` current on this thread for the scope; restores the caller's device after.
+// Makes `device` current on this thread for the scope; restores the caller's device after
+// (best effort: a destructor cannot report, and the caller's next CUDA call would).
 class DeviceScope {
  public:
   explicit DeviceScope(int device) {
     CUDA_CHECK(cudaGetDevice(&prev_));
     if (prev_ != device) CUDA_CHECK(cudaSetDevice(device));
   }
-  ~DeviceScope() { cudaSetDevice(prev_); }
+  ~DeviceScope() { (void)cudaSetDevice(prev_); }
   DeviceScope(const DeviceScope&) = delete;
   DeviceScope& operator=(const DeviceScope&) = delete;
 
@@ -79,16 +80,24 @@ ncclResult_t wait_comms(const std::vector<ncclComm_t>& comms, Clock::time_point 
   }
 }
 
+// "NCCL error on GPU 1 (0000:1b:00.0): ncclSend: unhandled system error (<NCCL's last error>)",
+// as NCCL_CHECK words it.
+NcclError nccl_error(const char* what, ncclResult_t r, ncclComm_t comm) {
+  return NcclError(fmt::format("NCCL error on {}: {}: {} ({})", detail::gpu_label(), what,
+                               ncclGetErrorString(r), ncclGetLastError(comm)),
+                   r);
+}
+
 // An NCCL call on a non-blocking communicator: ncclInProgress means "wait for the
 // communicator before the next call"; a bounded wait, then the usual error check.
 void nccl_call(ncclResult_t r, ncclComm_t comm, const char* what) {
   if (r == ncclInProgress) r = wait_comms({comm}, Clock::now() + std::chrono::seconds(30));
-  if (r == ncclInProgress)
-    throw NcclError(fmt::format("NCCL: {} still in progress after 30 s", what), r);
-  if (r != ncclSuccess) {
+  if (r == ncclInProgress) {
     throw NcclError(
-        fmt::format("NCCL: {}: {} ({})", what, ncclGetErrorString(r), ncclGetLastError(comm)), r);
+        fmt::format("NCCL error on {}: {} still in progress after 30 s", detail::gpu_label(), what),
+        r);
   }
+  if (r != ncclSuccess) throw nccl_error(what, r, comm);
 }
 
 // One direction between two ranks: a two-rank communicator (sender is its rank 0) and this
@@ -112,17 +121,18 @@ class NcclDataChannel final : public DataChannel {
  public:
   NcclDataChannel(MPI_Comm comm, const NcclChannelOptions& o)
       : participate_(o.participate), poll_us_(std::max(1, o.poll_us)) {
-    MPI_Comm_rank(comm, &rank_);
-    MPI_Comm_size(comm, &size_);
+    mpi_check(MPI_Comm_rank(comm, &rank_), "MPI_Comm_rank");
+    mpi_check(MPI_Comm_size(comm, &size_), "MPI_Comm_size");
     host_ = make_mpi_data_channel(comm, o.poll_us);
-    MPI_Comm_dup(comm, &hdr_comm_);
+    mpi_check(MPI_Comm_dup(comm, &hdr_comm_), "MPI_Comm_dup");
+    mpi_errors_return(hdr_comm_);
   }
 
   // Collective over `comm`; throws NcclChannelError on every rank if any rank fails.
   void init(MPI_Comm comm, const NcclChannelOptions& o) {
     std::vector<int> part(size_);
     int me = participate_ ? 1 : 0;
-    MPI_Allgather(&me, 1, MPI_INT, part.data(), 1, MPI_INT, comm);
+    mpi_check(MPI_Allgather(&me, 1, MPI_INT, part.data(), 1, MPI_INT, comm), "MPI_Allgather");
 
     // 1. Device, memory pool, streams; one NCCL id for each pipe this rank sends on.
     std::vector<ncclUniqueId> out(size_), in(size_);
@@ -150,12 +160,13 @@ class NcclDataChannel final : public DataChannel {
           }
         }
       } catch (const std::exception& e) {
-        err = e.what();
+        err = error_message(e);
       }
     }
     agree(comm, err);
-    MPI_Alltoall(out.data(), sizeof(ncclUniqueId), MPI_BYTE, in.data(), sizeof(ncclUniqueId),
-                 MPI_BYTE, comm);
+    mpi_check(MPI_Alltoall(out.data(), sizeof(ncclUniqueId), MPI_BYTE, in.data(),
+                           sizeof(ncclUniqueId), MPI_BYTE, comm),
+              "MPI_Alltoall");
 
     // 2. The communicators, all in one group (one thread creates many), non-blocking so
     // that the wait has a deadline; then one byte through every pipe, which makes NCCL
@@ -168,10 +179,10 @@ class NcclDataChannel final : public DataChannel {
         cfg.blocking = 0;
         NCCL_CHECK(ncclGroupStart());
         for (auto& [p, pipe] : send_)
-          nccl_ok(ncclCommInitRankConfig(&pipe.comm, 2, out[p], 0, &cfg));
+          nccl_ok(ncclCommInitRankConfig(&pipe.comm, 2, out[p], 0, &cfg), "ncclCommInitRankConfig");
         for (auto& [p, pipe] : recv_)
-          nccl_ok(ncclCommInitRankConfig(&pipe.comm, 2, in[p], 1, &cfg));
-        nccl_ok(ncclGroupEnd());
+          nccl_ok(ncclCommInitRankConfig(&pipe.comm, 2, in[p], 1, &cfg), "ncclCommInitRankConfig");
+        nccl_ok(ncclGroupEnd(), "ncclGroupEnd");
         check_wait(wait_comms(all_comms(), deadline), "creating the communicators");
         void* probe = nullptr;
         CUDA_CHECK(cudaMalloc(&probe, 2 * send_.size() + 2));
@@ -179,10 +190,10 @@ class NcclDataChannel final : public DataChannel {
         NCCL_CHECK(ncclGroupStart());
         size_t i = 0;
         for (auto& [p, pipe] : send_)
-          nccl_ok(ncclSend(bytes + i++, 1, ncclUint8, 1, pipe.comm, pipe.stream));
+          nccl_ok(ncclSend(bytes + i++, 1, ncclUint8, 1, pipe.comm, pipe.stream), "ncclSend");
         for (auto& [p, pipe] : recv_)
-          nccl_ok(ncclRecv(bytes + i++, 1, ncclUint8, 0, pipe.comm, pipe.stream));
-        nccl_ok(ncclGroupEnd());
+          nccl_ok(ncclRecv(bytes + i++, 1, ncclUint8, 0, pipe.comm, pipe.stream), "ncclRecv");
+        nccl_ok(ncclGroupEnd(), "ncclGroupEnd");
         check_wait(wait_comms(all_comms(), deadline), "connecting the pipes");
         bool idle = false;
         while (!(idle = pipes_idle()) && Clock::now() < deadline) {
@@ -192,7 +203,7 @@ class NcclDataChannel final : public DataChannel {
         if (!idle) throw NcclChannelError("connecting the pipes: no answer before the deadline");
         CUDA_CHECK(cudaFree(probe));
       } catch (const std::exception& e) {
-        err = e.what();
+        err = error_message(e);
         failed_ = true;
       }
     }
@@ -211,10 +222,10 @@ class NcclDataChannel final : public DataChannel {
     }
     for (auto& [req, h] : pending_) {
       if (req == MPI_REQUEST_NULL) continue;
-      MPI_Cancel(&req);
-      MPI_Request_free(&req);
+      mpi_warn(MPI_Cancel(&req), "MPI_Cancel");
+      mpi_warn(MPI_Request_free(&req), "MPI_Request_free");
     }
-    MPI_Comm_free(&hdr_comm_);
+    mpi_warn(MPI_Comm_free(&hdr_comm_), "MPI_Comm_free");
   }
 
   // Host memory: the MPI host-buffer channel.
@@ -281,7 +292,8 @@ class NcclDataChannel final : public DataChannel {
     auto& [req, h] = pending_.emplace_back(
         MPI_REQUEST_NULL, DeviceHeader{key.run, static_cast<uint32_t>(key.kind), key.stream,
                                        key.index, static_cast<uint64_t>(bytes)});
-    MPI_Isend(&h, sizeof h, MPI_BYTE, dst, kHeaderTag, hdr_comm_, &req);
+    mpi_check(MPI_Isend(&h, sizeof h, MPI_BYTE, dst, kHeaderTag, hdr_comm_, &req), "MPI_Isend",
+              dst);
     if (bytes > 0) {
       nccl_call(ncclSend(buf, bytes, ncclUint8, 1, pipe.comm, pipe.stream), pipe.comm, "ncclSend");
       CUDA_CHECK(cudaFreeAsync(buf, pipe.stream));  // after the send, in stream order
@@ -322,11 +334,8 @@ class NcclDataChannel final : public DataChannel {
   }
 
  private:
-  static void nccl_ok(ncclResult_t r) {
-    if (r != ncclSuccess && r != ncclInProgress) {
-      throw NcclError(
-          fmt::format("NCCL: {} ({})", ncclGetErrorString(r), ncclGetLastError(nullptr)), r);
-    }
+  static void nccl_ok(ncclResult_t r, const char* what) {
+    if (r != ncclSuccess && r != ncclInProgress) throw nccl_error(what, r, nullptr);
   }
   static void check_wait(ncclResult_t r, const char* what) {
     if (r == ncclInProgress)
@@ -337,17 +346,23 @@ class NcclDataChannel final : public DataChannel {
     }
   }
 
-  // Every rank learns whether any failed; all throw the message of the lowest failing rank.
+  // Every rank learns whether any failed; all throw the message of the lowest failing rank,
+  // "NCCL data plane, rank 3 on node7: ..." (its identity, or "rank 3" outside a session).
   void agree(MPI_Comm comm, const std::string& err) {
     int first = err.empty() ? size_ : rank_;
-    MPI_Allreduce(MPI_IN_PLACE, &first, 1, MPI_INT, MPI_MIN, comm);
+    mpi_check(MPI_Allreduce(MPI_IN_PLACE, &first, 1, MPI_INT, MPI_MIN, comm), "MPI_Allreduce");
     if (first == size_) return;
-    int n = rank_ == first ? static_cast<int>(err.size()) : 0;
-    MPI_Bcast(&n, 1, MPI_INT, first, comm);
-    std::string msg = rank_ == first ? err : std::string(n, ' ');
-    MPI_Bcast(msg.data(), n, MPI_CHAR, first, comm);
+    std::string msg;
+    if (rank_ == first) {
+      const std::string who = process_identity();
+      msg = (who.empty() ? fmt::format("rank {}", rank_) : who) + ": " + err;
+    }
+    int n = static_cast<int>(msg.size());
+    mpi_check(MPI_Bcast(&n, 1, MPI_INT, first, comm), "MPI_Bcast");
+    msg.resize(n);
+    mpi_check(MPI_Bcast(msg.data(), n, MPI_CHAR, first, comm), "MPI_Bcast");
     failed_ = true;
-    throw NcclChannelError(fmt::format("NCCL data plane, rank {}: {}", first, msg));
+    throw NcclChannelError("NCCL data plane, " + msg);
   }
 
   std::vector<ncclComm_t> all_comms() const {
@@ -363,22 +378,30 @@ class NcclDataChannel final : public DataChannel {
   bool pipes_idle() const {
     for (const auto* pipes : {&send_, &recv_}) {
       for (const auto& [p, pipe] : *pipes) {
-        if (pipe.stream && cudaStreamQuery(pipe.stream) != cudaSuccess) return false;
+        if (!pipe.stream) continue;
+        const cudaError_t e = cudaStreamQuery(pipe.stream);
+        if (e == cudaErrorNotReady) return false;
+        CUDA_CHECK(e);
       }
     }
     return true;
   }
 
   void throw_if_failed_locked() const {
-    if (!error_.empty()) throw std::runtime_error("NCCL data channel failed: " + error_);
+    if (!error_.empty()) throw NcclChannelError("NCCL data channel failed: " + error_);
   }
 
-  // True when every header send has completed.
+  // True when every header send has completed, or (reported on stderr) when testing one
+  // failed: for the destructor, which must not throw.
   bool reap_headers() {
     std::lock_guard lk(mu_);
     for (auto it = pending_.begin(); it != pending_.end();) {
       int done = 0;
-      MPI_Test(&it->first, &done, MPI_STATUS_IGNORE);
+      const int rc = MPI_Test(&it->first, &done, MPI_STATUS_IGNORE);
+      if (rc != MPI_SUCCESS) {
+        mpi_warn(rc, "MPI_Test");
+        return true;
+      }
       it = done ? pending_.erase(it) : std::next(it);
     }
     return pending_.empty();
@@ -391,16 +414,18 @@ class NcclDataChannel final : public DataChannel {
     for (;;) {
       int flag = 0;
       MPI_Status st;
-      MPI_Iprobe(MPI_ANY_SOURCE, kHeaderTag, hdr_comm_, &flag, &st);
+      mpi_check(MPI_Iprobe(MPI_ANY_SOURCE, kHeaderTag, hdr_comm_, &flag, &st), "MPI_Iprobe");
       if (!flag) break;
       DeviceHeader h;
-      MPI_Recv(&h, sizeof h, MPI_BYTE, st.MPI_SOURCE, kHeaderTag, hdr_comm_, MPI_STATUS_IGNORE);
+      mpi_check(
+          MPI_Recv(&h, sizeof h, MPI_BYTE, st.MPI_SOURCE, kHeaderTag, hdr_comm_, MPI_STATUS_IGNORE),
+          "MPI_Recv", st.MPI_SOURCE);
       any = true;
       Item item{h.bytes};
       if (h.bytes > 0) {
         auto it = recv_.find(st.MPI_SOURCE);
         if (it == recv_.end()) {
-          throw std::runtime_error(
+          throw NcclChannelError(
               fmt::format("device transfer from rank {}, which has no pipe", st.MPI_SOURCE));
         }
         Pipe& pipe = it->second;
@@ -414,7 +439,7 @@ class NcclDataChannel final : public DataChannel {
     }
     for (auto it = pending_.begin(); it != pending_.end();) {
       int done = 0;
-      MPI_Test(&it->first, &done, MPI_STATUS_IGNORE);
+      mpi_check(MPI_Test(&it->first, &done, MPI_STATUS_IGNORE), "MPI_Test");
       it = done ? pending_.erase(it) : std::next(it);
     }
     return any;
@@ -434,15 +459,22 @@ class NcclDataChannel final : public DataChannel {
     if (item.ready) CUDA_CHECK(cudaStreamWaitEvent(free_stream_, item.ready, 0));
     for (cudaEvent_t e : item.uses) CUDA_CHECK(cudaStreamWaitEvent(free_stream_, e, 0));
     if (item.staging) CUDA_CHECK(cudaFreeAsync(item.staging, free_stream_));
-    if (item.ready) cudaEventDestroy(item.ready);
-    for (cudaEvent_t e : item.uses) cudaEventDestroy(e);
+    // Destroying an event whose work is still queued is allowed (it is released when done).
+    if (item.ready) CUDA_CHECK(cudaEventDestroy(item.ready));
+    for (cudaEvent_t e : item.uses) CUDA_CHECK(cudaEventDestroy(e));
     item = Item{};
   }
 
   // Posts receives for arriving headers (so that peers' sends complete) and checks the
   // communicators for asynchronous errors; backs off to 1 ms while nothing arrives.
   void progress_loop() {
-    cudaSetDevice(device_);
+    if (const cudaError_t e = cudaSetDevice(device_); e != cudaSuccess) {
+      std::lock_guard lk(mu_);
+      error_ =
+          fmt::format("progress thread: cudaSetDevice({}): {}", device_, cudaGetErrorString(e));
+      cv_.notify_all();
+      return;
+    }
     int sleep_us = poll_us_;
     auto next_check = Clock::now();
     while (!stop_) {
@@ -456,16 +488,15 @@ class NcclDataChannel final : public DataChannel {
             next_check = Clock::now() + std::chrono::milliseconds(10);
             for (ncclComm_t c : all_comms()) {
               ncclResult_t state = ncclSuccess;
-              ncclCommGetAsyncError(c, &state);
+              const ncclResult_t r = ncclCommGetAsyncError(c, &state);
+              if (r != ncclSuccess) throw nccl_error("ncclCommGetAsyncError", r, c);
               if (state != ncclSuccess && state != ncclInProgress) {
-                throw NcclError(
-                    fmt::format("NCCL: {} ({})", ncclGetErrorString(state), ncclGetLastError(c)),
-                    state);
+                throw nccl_error("asynchronous error", state, c);
               }
             }
           }
         } catch (const std::exception& e) {
-          error_ = e.what();
+          error_ = error_message(e);
           cv_.notify_all();
           break;
         }
@@ -477,6 +508,8 @@ class NcclDataChannel final : public DataChannel {
 
   // Waits (at most kShutdownWait) for the pipes to drain, still posting receives for headers
   // that arrive meanwhile; then finalises the communicators, or aborts them if not drained.
+  // The destroy and abort calls at the end are best effort: the channel is going away and
+  // nothing could act on their failure.
   void shutdown_device() {
     try {
       DeviceScope scope(device_);
@@ -489,7 +522,7 @@ class NcclDataChannel final : public DataChannel {
             try {
               poll_locked();
             } catch (const std::exception& e) {
-              error_ = e.what();
+              error_ = error_message(e);
             }
           }
         }
@@ -511,20 +544,20 @@ class NcclDataChannel final : public DataChannel {
         }
         clean = clean && wait_comms(comms, Clock::now() + kShutdownWait) == ncclSuccess;
       }
-      for (ncclComm_t c : comms) clean ? ncclCommDestroy(c) : ncclCommAbort(c);
+      for (ncclComm_t c : comms) (void)(clean ? ncclCommDestroy(c) : ncclCommAbort(c));
     } catch (const std::exception&) {
-      for (ncclComm_t c : all_comms()) ncclCommAbort(c);
+      for (ncclComm_t c : all_comms()) (void)ncclCommAbort(c);
     }
     // Work still queued (a copy waiting on an aborted receive) releases these when done.
     for (auto* pipes : {&send_, &recv_}) {
       for (auto& [p, pipe] : *pipes) {
-        if (pipe.stream) cudaStreamDestroy(pipe.stream);
-        if (pipe.caller_done) cudaEventDestroy(pipe.caller_done);
-        if (pipe.copied) cudaEventDestroy(pipe.copied);
+        if (pipe.stream) (void)cudaStreamDestroy(pipe.stream);
+        if (pipe.caller_done) (void)cudaEventDestroy(pipe.caller_done);
+        if (pipe.copied) (void)cudaEventDestroy(pipe.copied);
       }
     }
-    if (free_stream_) cudaStreamDestroy(free_stream_);
-    if (pool_) cudaMemPoolDestroy(pool_);
+    if (free_stream_) (void)cudaStreamDestroy(free_stream_);
+    if (pool_) (void)cudaMemPoolDestroy(pool_);
   }
 
   const bool participate_;

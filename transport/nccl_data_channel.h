@@ -31,15 +31,11 @@
 #include <mpi.h>
 
 #include <memory>
-#include <stdexcept>
 
+#include "common/error.h"
 #include "transport/data_channel.h"
 
 namespace dsi {
-
-struct NcclChannelError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
 
 struct NcclChannelOptions {
   bool participate = true;  // false: no GPU here (the coordinator): host transfers only

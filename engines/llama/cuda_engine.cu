@@ -6,6 +6,10 @@
 // (one allocation each; a tied head reuses the embedding table); norms and biases FP32; the
 // KV cache FP32 as two arrays (n_kept_layers, max_ctx, kv_dim), so that the rows of a token
 // range are contiguous per layer; activation scratch grown on demand.
+//
+// Errors: every CUDA and cuBLAS call is checked (kernels/cuda_check.h), and every kernel
+// launcher in kernels/cuda checks its own launch, so a failure names the GPU, the call and
+// the line where it happened.
 #include "engines/llama/cuda_engine.h"
 
 #include <unistd.h>
@@ -15,6 +19,7 @@
 #include <string>
 #include <utility>
 
+#include "kernels/argmax_cuda.h"
 #include "kernels/attention_cuda.h"
 #include "kernels/cuda_check.h"
 #include "kernels/dequant_cuda.h"
@@ -63,7 +68,7 @@ class DeviceBuffer {
  public:
   DeviceBuffer() = default;
   explicit DeviceBuffer(size_t bytes) { reserve(bytes); }
-  ~DeviceBuffer() { cudaFree(p_); }
+  ~DeviceBuffer() { (void)cudaFree(p_); }  // best effort: a destructor cannot report
   DeviceBuffer(const DeviceBuffer&) = delete;
   DeviceBuffer& operator=(const DeviceBuffer&) = delete;
   DeviceBuffer(DeviceBuffer&& o) noexcept
@@ -77,8 +82,8 @@ class DeviceBuffer {
   // that may still use it.
   void reserve(size_t bytes) {
     if (bytes <= bytes_ && p_ != nullptr) return;
-    cudaFree(p_);
-    p_ = nullptr;
+    void* old = std::exchange(p_, nullptr);
+    CUDA_CHECK(cudaFree(old));
     bytes_ = 0;
     CUDA_CHECK(cudaMalloc(&p_, std::max<size_t>(bytes, 1)));
     bytes_ = bytes;
@@ -98,13 +103,13 @@ class DeviceBuffer {
 class PinnedBuffer {
  public:
   PinnedBuffer() = default;
-  ~PinnedBuffer() { cudaFreeHost(p_); }
+  ~PinnedBuffer() { (void)cudaFreeHost(p_); }  // best effort: a destructor cannot report
   PinnedBuffer(const PinnedBuffer&) = delete;
   PinnedBuffer& operator=(const PinnedBuffer&) = delete;
   void reserve(size_t bytes) {
     if (bytes <= bytes_ && p_ != nullptr) return;
-    cudaFreeHost(p_);
-    p_ = nullptr;
+    void* old = std::exchange(p_, nullptr);
+    CUDA_CHECK(cudaFreeHost(old));
     bytes_ = 0;
     CUDA_CHECK(cudaMallocHost(&p_, std::max<size_t>(bytes, 1)));
     bytes_ = bytes;
@@ -122,7 +127,7 @@ class PinnedBuffer {
 struct Stream {
   cudaStream_t s = nullptr;
   Stream() { CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking)); }
-  ~Stream() { cudaStreamDestroy(s); }
+  ~Stream() { (void)cudaStreamDestroy(s); }  // best effort: a destructor cannot report
   Stream(const Stream&) = delete;
   Stream& operator=(const Stream&) = delete;
 };
@@ -130,7 +135,7 @@ struct Stream {
 struct Event {
   cudaEvent_t e = nullptr;
   Event() { CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming)); }
-  ~Event() { cudaEventDestroy(e); }
+  ~Event() { (void)cudaEventDestroy(e); }  // best effort: a destructor cannot report
   Event(const Event&) = delete;
   Event& operator=(const Event&) = delete;
 };
@@ -157,9 +162,10 @@ struct CudaEngine::State {
 
   int scratch_n = 0;
   DeviceBuffer x, xb, q, att, gate, up, xh, ids;  // xh: GEMM input in the weight dtype
-  int logits_n = 0;
-  DeviceBuffer logits;
-  PinnedBuffer h_ids, h_logits;
+  int logits_n = 0;    // rows `logits` and `argmax` hold
+  int h_logits_n = 0;  // rows `h_logits` holds
+  DeviceBuffer logits, argmax;
+  PinnedBuffer h_ids, h_logits, h_argmax;
   DeviceBuffer send_buf, recv_buf;  // KV handoff staging, in the blob layout
 
   cudaStream_t s() const { return stream.s; }
@@ -208,7 +214,6 @@ CudaEngine::CudaEngine(const LlamaModel& model, const CudaEngineOptions& o)
                                  cudaMemcpyHostToDevice, s.s()));
       kernels::convert_f32_cuda(d.get(), gt, staging.get<float>(), static_cast<int64_t>(h.size()),
                                 s.s());
-      CUDA_CHECK(cudaGetLastError());
     }
     return d;
   };
@@ -248,9 +253,10 @@ CudaEngine::CudaEngine(const LlamaModel& model, const CudaEngineOptions& o)
 }
 
 CudaEngine::~CudaEngine() {
-  // The buffers belong to device_; free them with it current and nothing left in flight.
-  cudaSetDevice(device_);
-  cudaStreamSynchronize(s_->s());
+  // The buffers belong to device_; free them with it current and nothing left in flight
+  // (best effort: a destructor cannot report, and a failed device fails the next call).
+  (void)cudaSetDevice(device_);
+  (void)cudaStreamSynchronize(s_->s());
 }
 
 size_t CudaEngine::kv_bytes_per_token() const {
@@ -266,12 +272,52 @@ std::string CudaEngine::device_name() const {
 }
 
 Logits CudaEngine::forward(std::span<const Token> tokens, int n_logits, const CancelFlag& cancel) {
+  check_llama_forward(tokens, n_logits, kv_len_, max_ctx_, config_.n_vocab);
+  Logits out{n_logits, config_.n_vocab, {}};
+  if (tokens.empty()) return out;
+  CUDA_CHECK(cudaSetDevice(device_));
+  enqueue_forward(tokens, n_logits, cancel);
+  State& s = *s_;
+  const size_t count = static_cast<size_t>(n_logits) * config_.n_vocab;
+  if (n_logits > 0) {
+    if (n_logits > s.h_logits_n) {
+      s.h_logits.reserve(count * sizeof(float));
+      s.h_logits_n = n_logits;
+    }
+    CUDA_CHECK(cudaMemcpyAsync(s.h_logits.get<float>(), s.logits.get(), count * sizeof(float),
+                               cudaMemcpyDeviceToHost, s.s()));
+  }
+  CUDA_CHECK(cudaStreamSynchronize(s.s()));
+  if (n_logits > 0) out.data.assign(s.h_logits.get<float>(), s.h_logits.get<float>() + count);
+  kv_len_ += static_cast<int>(tokens.size());
+  return out;
+}
+
+std::vector<Token> CudaEngine::forward_argmax(std::span<const Token> tokens, int n_logits,
+                                              const CancelFlag& cancel) {
+  check_llama_forward(tokens, n_logits, kv_len_, max_ctx_, config_.n_vocab);
+  std::vector<Token> out(n_logits);
+  if (tokens.empty()) return out;
+  CUDA_CHECK(cudaSetDevice(device_));
+  enqueue_forward(tokens, n_logits, cancel);
+  State& s = *s_;
+  if (n_logits > 0) {
+    kernels::argmax_cuda(s.argmax.get<int32_t>(), s.logits.get<float>(), n_logits,
+                         config_.n_vocab, s.s());
+    CUDA_CHECK(cudaMemcpyAsync(s.h_argmax.get<int32_t>(), s.argmax.get(),
+                               static_cast<size_t>(n_logits) * sizeof(int32_t),
+                               cudaMemcpyDeviceToHost, s.s()));
+  }
+  CUDA_CHECK(cudaStreamSynchronize(s.s()));
+  std::copy_n(s.h_argmax.get<int32_t>(), n_logits, out.begin());
+  kv_len_ += static_cast<int>(tokens.size());
+  return out;
+}
+
+void CudaEngine::enqueue_forward(std::span<const Token> tokens, int n_logits,
+                                 const CancelFlag& cancel) {
   const LlamaConfig& c = config_;
   const int n = static_cast<int>(tokens.size());
-  check_llama_forward(tokens, n_logits, kv_len_, max_ctx_, c.n_vocab);
-  Logits out{n_logits, c.n_vocab, {}};
-  if (n == 0) return out;
-  CUDA_CHECK(cudaSetDevice(device_));
   State& s = *s_;
   const cudaStream_t st = s.s();
   const GemmType gt = gemm_type(dtype_);
@@ -292,7 +338,8 @@ Logits CudaEngine::forward(std::span<const Token> tokens, int n_logits, const Ca
   }
   if (n_logits > s.logits_n) {
     s.logits.reserve(static_cast<size_t>(n_logits) * c.n_vocab * sizeof(float));
-    s.h_logits.reserve(static_cast<size_t>(n_logits) * c.n_vocab * sizeof(float));
+    s.argmax.reserve(static_cast<size_t>(n_logits) * sizeof(int32_t));
+    s.h_argmax.reserve(static_cast<size_t>(n_logits) * sizeof(int32_t));
     s.logits_n = n_logits;
   }
   // GEMM inputs: FP32 activations as they are, or rounded to the weight dtype.
@@ -372,7 +419,6 @@ Logits CudaEngine::forward(std::span<const Token> tokens, int n_logits, const Ca
     kernels::swiglu_cuda(gate, gate, up, static_cast<int64_t>(n) * c.ffn_dim, st);
     gemm(xb, gemm_in(gate, un * c.ffn_dim), L.w_down, nullptr, c.ffn_dim, c.dim);
     add_into_x(xb);
-    CUDA_CHECK(cudaGetLastError());
     CUDA_CHECK(cudaEventRecord(s.layer_done[slot % 2].e, st));
     if (after_layer_) after_layer_(static_cast<int>(slot));
   }
@@ -384,18 +430,7 @@ Logits CudaEngine::forward(std::span<const Token> tokens, int n_logits, const Ca
     const DeviceBuffer& head = s.output.bytes() == 0 ? s.token_embd : s.output;
     kernels::gemm_cuda(s.blas, s.logits.get<float>(), gemm_in(xb, size_t(n_logits) * c.dim),
                        head.get(), nullptr, gt, n_logits, c.dim, c.n_vocab, st);
-    CUDA_CHECK(cudaGetLastError());
-    CUDA_CHECK(cudaMemcpyAsync(s.h_logits.get<float>(), s.logits.get(),
-                               static_cast<size_t>(n_logits) * c.n_vocab * sizeof(float),
-                               cudaMemcpyDeviceToHost, st));
   }
-  CUDA_CHECK(cudaStreamSynchronize(st));
-  if (n_logits > 0) {
-    const float* h = s.h_logits.get<float>();
-    out.data.assign(h, h + static_cast<size_t>(n_logits) * c.n_vocab);
-  }
-  kv_len_ = start + n;
-  return out;
 }
 
 void CudaEngine::truncate(int n) {

@@ -57,9 +57,13 @@ class CudaEngine final : public Engine {
   CudaEngine& operator=(const CudaEngine&) = delete;
 
   // Same contract and exceptions as LlamaEngine::forward. Nothing crosses to the host inside
-  // a forward but the final logits; the cancel flag is read between layers while the host
-  // keeps at most about one layer ahead of the GPU.
+  // a forward but the final logits (forward_argmax: the final tokens); the cancel flag is read
+  // between layers while the host keeps at most about one layer ahead of the GPU.
   Logits forward(std::span<const Token> tokens, int n_logits, const CancelFlag& cancel) override;
+  // The greedy tokens chosen on the device (kernels::argmax_cuda, bit-exact with the CPU's
+  // argmax): only n_logits token ids cross to the host.
+  std::vector<Token> forward_argmax(std::span<const Token> tokens, int n_logits,
+                                    const CancelFlag& cancel) override;
   void truncate(int n) override;
   int kv_len() const override { return kv_len_; }
   int vocab_size() const override { return config_.n_vocab; }
@@ -88,6 +92,10 @@ class CudaEngine final : public Engine {
   struct State;  // device buffers, stream, events, cuBLAS handle (cuda_engine.cu)
 
   void check_kv_import(int begin, int end, size_t bytes) const;
+  // Enqueues a checked forward on the engine's stream, up to the logits of the last n_logits
+  // positions in device memory; the caller copies what it needs, synchronises and then moves
+  // kv_len_. Throws Cancelled (after synchronising) when `cancel` is raised between layers.
+  void enqueue_forward(std::span<const Token> tokens, int n_logits, const CancelFlag& cancel);
 
   LlamaConfig config_;
   std::vector<int> layers_;  // file layer numbers, in run order

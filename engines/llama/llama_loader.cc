@@ -6,7 +6,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "model/model_error.h"
+#include "common/error.h"
 
 namespace dsi {
 namespace {

@@ -94,6 +94,7 @@ void attention_cuda(float* out, const float* q, const float* k, const float* v, 
   attention_kernel<<<grid, kThreads, smem, stream>>>(
       out, q, k, v, mask, n_kv, q_pos0, n_heads, n_heads / n_kv_heads, head_dim, kv_stride,
       head_begin, 1.0f / sqrtf(static_cast<float>(head_dim)));
+  CUDA_CHECK_LAUNCH("attention_kernel");
 }
 
 }  // namespace dsi::kernels

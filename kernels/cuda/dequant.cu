@@ -7,6 +7,7 @@
 #include <string>
 #include <type_traits>
 
+#include "kernels/cuda_check.h"
 #include "kernels/dequant_cuda.h"
 
 namespace dsi::kernels {
@@ -189,6 +190,7 @@ void launch(GgmlType type, const void* src, Out* dst, int64_t n, cudaStream_t st
       dequant_kernel<GgmlType::Q6_K, Out><<<blocks, kThreads, 0, stream>>>(src, dst, n);
       break;
   }
+  CUDA_CHECK_LAUNCH("dequant_kernel");
 }
 
 }  // namespace
@@ -240,6 +242,7 @@ void embedding_cuda(float* out, GgmlType type, const void* table, const int32_t*
       embedding_kernel<GgmlType::Q6_K><<<n, kThreads, 0, stream>>>(out, t, tokens, dim, row_bytes);
       break;
   }
+  CUDA_CHECK_LAUNCH("embedding_kernel");
 }
 
 void dequantize_cuda(GgmlType type, const void* src, float* dst, int64_t n, cudaStream_t stream) {

@@ -55,13 +55,14 @@ CublasHandle::CublasHandle(bool allow_tf32) {
     CUBLAS_CHECK(
         cublasSetMathMode(h_, allow_tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
   } catch (...) {
-    cublasDestroy(h_);
+    (void)cublasDestroy(h_);  // best effort: the error being thrown is the one to report
     throw;
   }
 }
 
 CublasHandle::~CublasHandle() {
-  if (h_ != nullptr) cublasDestroy(h_);
+  // A destructor cannot report; a broken context shows at the next checked call anyway.
+  if (h_ != nullptr) (void)cublasDestroy(h_);
 }
 
 void convert_f32_cuda(void* dst, GemmType type, const float* src, int64_t n, cudaStream_t stream) {
@@ -80,6 +81,7 @@ void convert_f32_cuda(void* dst, GemmType type, const float* src, int64_t n, cud
       convert_kernel<<<blocks, kThreads, 0, stream>>>(static_cast<__nv_bfloat16*>(dst), src, n);
       break;
   }
+  CUDA_CHECK_LAUNCH("convert_kernel");
 }
 
 void gemm_cuda(const CublasHandle& handle, float* y, const void* x, const void* w,
@@ -97,6 +99,7 @@ void gemm_cuda(const CublasHandle& handle, float* y, const void* x, const void* 
     const long want = (static_cast<long>(n) * out + kThreads - 1) / kThreads;
     add_bias_kernel<<<static_cast<unsigned>(want < 65536 ? want : 65536), kThreads, 0, stream>>>(
         y, bias, n, out);
+    CUDA_CHECK_LAUNCH("add_bias_kernel");
   }
 }
 

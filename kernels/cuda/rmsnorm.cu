@@ -1,5 +1,6 @@
 // CUDA twin of kernels/cpu/rmsnorm.cc: one block per row, a block-wide sum of squares.
 #include "kernels/cuda/reduce.cuh"
+#include "kernels/cuda_check.h"
 #include "kernels/rmsnorm_cuda.h"
 
 namespace dsi::kernels {
@@ -22,7 +23,9 @@ __global__ void rmsnorm_kernel(float* out, const float* x, const float* w, int d
 
 void rmsnorm_cuda(float* out, const float* x, const float* w, int n, int dim, float eps,
                   cudaStream_t stream) {
-  if (n > 0) rmsnorm_kernel<<<n, kThreads, 0, stream>>>(out, x, w, dim, eps);
+  if (n <= 0) return;
+  rmsnorm_kernel<<<n, kThreads, 0, stream>>>(out, x, w, dim, eps);
+  CUDA_CHECK_LAUNCH("rmsnorm_kernel");
 }
 
 }  // namespace dsi::kernels

@@ -1,6 +1,7 @@
 // CUDA twin of kernels/cpu/rope.cc: one thread per (row, head, pair). The angle is formed and
 // turned into sin/cos in double, like the CPU reference: in float the fastest pair would be
 // off by ~1e-4 rad at position 8k.
+#include "kernels/cuda_check.h"
 #include "kernels/rope_cuda.h"
 
 namespace dsi::kernels {
@@ -38,6 +39,7 @@ void rope_cuda(float* x, const int32_t* pos, int n, int n_heads, int head_dim, i
   rope_kernel<<<blocks, kThreads, 0, stream>>>(x, pos, n, n_heads, head_dim, rot_dim,
                                                log2(static_cast<double>(freq_base)),
                                                layout == RopeLayout::kAdjacentPairs);
+  CUDA_CHECK_LAUNCH("rope_kernel");
 }
 
 }  // namespace dsi::kernels

@@ -210,7 +210,7 @@ void probs_from_logits_cuda(float* probs, const float* logits, int n_rows, int v
   if (!cut_k && !cut_p) {
     softmax_kernel<<<n_rows, kThreads, 0, stream>>>(probs, nullptr, nullptr, logits, vocab,
                                                     temperature);
-    CUDA_CHECK(cudaGetLastError());
+    CUDA_CHECK_LAUNCH("softmax_kernel");
     return;
   }
   int row_bits = 0;
@@ -234,15 +234,15 @@ void probs_from_logits_cuda(float* probs, const float* logits, int n_rows, int v
   try {
     softmax_kernel<<<n_rows, kThreads, 0, stream>>>(probs, keys_in, cols_in, logits, vocab,
                                                     temperature);
-    CUDA_CHECK(cudaGetLastError());
+    CUDA_CHECK_LAUNCH("softmax_kernel");
     CUDA_CHECK(cub::DeviceRadixSort::SortPairs(sort_tmp, sort_bytes, keys_in, keys_out, cols_in,
                                                cols_out, num, 0, end_bit, stream));
     cut_kernel<<<n_rows, kScanThreads, 0, stream>>>(probs, keys_out, cols_out, vocab,
                                                     cut_k ? top_k : vocab,
                                                     cut_p ? static_cast<double>(top_p) : INFINITY);
-    CUDA_CHECK(cudaGetLastError());
+    CUDA_CHECK_LAUNCH("cut_kernel");
   } catch (...) {
-    cudaFreeAsync(buf, stream);
+    (void)cudaFreeAsync(buf, stream);  // best effort: the error being thrown is the one to report
     throw;
   }
   CUDA_CHECK(cudaFreeAsync(buf, stream));
@@ -250,7 +250,7 @@ void probs_from_logits_cuda(float* probs, const float* logits, int n_rows, int v
 
 void sample_cdf_cuda(int32_t* out, const float* weights, int vocab, double u, cudaStream_t stream) {
   sample_cdf_kernel<<<1, kScanThreads, 0, stream>>>(out, weights, vocab, u);
-  CUDA_CHECK(cudaGetLastError());
+  CUDA_CHECK_LAUNCH("sample_cdf_kernel");
 }
 
 }  // namespace dsi::kernels

@@ -1,5 +1,6 @@
 // CUDA twin of kernels/cpu/softmax.cc: one block per row, max then sum, in place.
 #include "kernels/cuda/reduce.cuh"
+#include "kernels/cuda_check.h"
 #include "kernels/softmax_cuda.h"
 
 namespace dsi::kernels {
@@ -27,7 +28,9 @@ __global__ void softmax_kernel(float* x, int dim) {
 }  // namespace
 
 void softmax_cuda(float* x, int n, int dim, cudaStream_t stream) {
-  if (n > 0) softmax_kernel<<<n, kThreads, 0, stream>>>(x, dim);
+  if (n <= 0) return;
+  softmax_kernel<<<n, kThreads, 0, stream>>>(x, dim);
+  CUDA_CHECK_LAUNCH("softmax_kernel");
 }
 
 }  // namespace dsi::kernels

@@ -1,4 +1,5 @@
 // CUDA twin of kernels/cpu/swiglu.cc: elementwise, grid-stride.
+#include "kernels/cuda_check.h"
 #include "kernels/swiglu_cuda.h"
 
 namespace dsi::kernels {
@@ -20,6 +21,7 @@ void swiglu_cuda(float* out, const float* gate, const float* up, int64_t n, cuda
   const int64_t blocks = (n + kThreads - 1) / kThreads;
   swiglu_kernel<<<static_cast<unsigned>(blocks < 65536 ? blocks : 65536), kThreads, 0, stream>>>(
       out, gate, up, n);
+  CUDA_CHECK_LAUNCH("swiglu_kernel");
 }
 
 }  // namespace dsi::kernels

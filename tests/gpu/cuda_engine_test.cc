@@ -251,6 +251,19 @@ TEST_P(CudaEngineF32, GreedyEqualsCpuEngine) {
     }
     EXPECT_EQ(gpu.kv_len(), p + kSteps - 1);
   }
+  // The same verify with the tokens chosen on the device (what a greedy worker calls).
+  for (int block : {kSteps - 1, 8, 4}) {
+    gpu.truncate(p);
+    for (int at = 0; at < kSteps - 1; at += block) {
+      const int k = std::min(block, kSteps - 1 - at);
+      const std::vector<Token> ids = gpu.forward_argmax(std::span(cont).subspan(at, k), k, never);
+      ASSERT_EQ(ids.size(), static_cast<size_t>(k));
+      for (int i = 0; i < k; ++i) {
+        EXPECT_EQ(ids[i], want.tokens[at + i + 1]) << "block " << block << " row " << i;
+      }
+    }
+    EXPECT_EQ(gpu.kv_len(), p + kSteps - 1);
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, CudaEngineF32, ::testing::ValuesIn(kModels),
@@ -342,6 +355,32 @@ TEST(CudaEngine, TruncateAndReforward) {
   e.truncate(12);
   EXPECT_EQ(e.forward(next, 8, never).data, a.data);
   EXPECT_THROW(e.truncate(21), std::out_of_range);
+}
+
+// forward_argmax chooses on the device exactly the tokens the CPU's argmax chooses from
+// forward's logits (kernels/argmax_cuda.h: bit-exact, ties to the lowest index), in every
+// dtype, and moves the KV cache as forward does; n_logits 0 returns no token.
+TEST(CudaEngine, ForwardArgmaxIsArgmaxOfForward) {
+  SKIP_WITHOUT_GPU();
+  const auto m = model("random");
+  const auto seq = prompt_for(*m, 20);
+  const std::span<const Token> prompt = std::span(seq).first(12), next = std::span(seq).subspan(12);
+  CancelFlag never;
+  for (CudaDtype dtype : {CudaDtype::kF32, CudaDtype::kF16, CudaDtype::kBF16}) {
+    CudaEngine e(*m, gpu_opts(dtype));
+    EXPECT_TRUE(e.forward_argmax(prompt, 0, never).empty());
+    EXPECT_EQ(e.kv_len(), 12);
+    const Logits l = e.forward(next, 8, never);
+    e.truncate(12);
+    const std::vector<Token> ids = e.forward_argmax(next, 8, never);
+    EXPECT_EQ(e.kv_len(), 20);
+    EXPECT_EQ(ids, l.argmax()) << "dtype " << static_cast<int>(dtype);
+    // One-token decode, as the drafter calls it.
+    const Logits one = e.forward(std::vector<Token>{ids.back()}, 1, never);
+    e.truncate(20);
+    EXPECT_EQ(e.forward_argmax(std::vector<Token>{ids.back()}, 1, never), one.argmax());
+    EXPECT_EQ(e.kv_len(), 21);
+  }
 }
 
 // (c) export_kv from one engine, import_kv into a fresh one (whole, and in two pieces): the

@@ -14,11 +14,14 @@
 #include <cstdio>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <ostream>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "kernels/argmax.h"
+#include "kernels/argmax_cuda.h"
 #include "kernels/attention.h"
 #include "kernels/attention_cuda.h"
 #include "kernels/cuda_check.h"
@@ -215,6 +218,87 @@ Case swiglu_case(int64_t n) {
             const double e = nmse(dy.host(), ref);
             h.time(name, l);
             return e;
+          }};
+}
+
+// argmax must be bit-exact, not close: the GPU's greedy token is the CPU's (kernels/argmax.h).
+// The "nmse" of these cases is the number of rows whose index differs (tolerance 0). Kinds:
+//   random  normal logits (distinct values)
+//   ties    logits on a coarse grid, so the maximum repeats across threads; its lowest
+//           occurrence is often in a higher-numbered thread than a later one
+//   edges   hand-made rows: max at 255 and 256 (thread 255 vs thread 0), all equal, -0 then +0,
+//           all -inf, -inf at 0 then finite, NaN at 0 (the CPU keeps 0), NaNs elsewhere, all
+//           NaN, a single maximum at the last index, +inf twice
+Case argmax_case(int n, int vocab, const std::string& kind) {
+  return {"argmax_" + kind + "_n" + std::to_string(n) + "_v" + std::to_string(vocab), 0.0,
+          [=](std::mt19937& rng, Harness& h, const std::string& name) {
+            std::vector<float> x = randn(size_t(n) * vocab, rng, 3.0f);
+            const float inf = std::numeric_limits<float>::infinity();
+            const float nan = std::numeric_limits<float>::quiet_NaN();
+            if (kind == "ties") {
+              for (auto& v : x) v = std::round(v * 0.5f);  // few distinct values
+            } else if (kind == "edges") {
+              for (int r = 0; r < n; ++r) {
+                float* row = x.data() + size_t(r) * vocab;
+                auto fill = [&](float v) { std::fill(row, row + vocab, v); };
+                switch (r % 11) {
+                  case 0:
+                    row[255] = row[256] = 100.0f;
+                    break;
+                  case 1:
+                    fill(1.5f);
+                    break;
+                  case 2:
+                    fill(0.0f);
+                    row[0] = -0.0f;
+                    break;
+                  case 3:
+                    fill(-inf);
+                    break;
+                  case 4:
+                    row[0] = -inf;
+                    break;
+                  case 5:
+                    row[0] = nan;
+                    row[7] = 100.0f;
+                    break;
+                  case 6:
+                    for (int i = 1; i < vocab; i += 3) row[i] = nan;
+                    break;
+                  case 7:
+                    fill(nan);
+                    break;
+                  case 8:
+                    row[vocab - 1] = 100.0f;
+                    break;
+                  case 9:
+                    row[vocab / 2] = row[vocab - 2] = inf;
+                    break;
+                  case 10:
+                    fill(-inf);
+                    row[vocab - 1] = nan;
+                    row[vocab / 3] = -1e30f;
+                    break;
+                }
+              }
+            }
+            std::vector<int32_t> want(n);
+            argmax_cpu(want.data(), x.data(), n, vocab);
+            DevBuf<float> dx(x);
+            DevBuf<int32_t> dout(static_cast<size_t>(n));
+            Launch l{[&](cudaStream_t s) { argmax_cuda(dout.get(), dx.get(), n, vocab, s); },
+                     4.0 * x.size(), 1.0 * x.size()};
+            h.once(l);
+            const std::vector<int32_t> got = dout.host();
+            int mismatches = 0;
+            for (int r = 0; r < n; ++r) {
+              if (got[r] != want[r]) {
+                ++mismatches;
+                ADD_FAILURE() << name << ": row " << r << ": gpu " << got[r] << ", cpu " << want[r];
+              }
+            }
+            h.time(name, l);
+            return double(mismatches);
           }};
 }
 
@@ -644,6 +728,13 @@ std::vector<Case> all_cases() {
     c.push_back(softmax_case(n, d, false));
   }
   c.push_back(softmax_case(3, 777, true));
+  c.push_back(argmax_case(1, 10, "random"));
+  c.push_back(argmax_case(8, 32000, "random"));
+  c.push_back(argmax_case(3, 151936, "random"));
+  c.push_back(argmax_case(16, 32000, "ties"));
+  c.push_back(argmax_case(5, 300, "ties"));
+  c.push_back(argmax_case(22, 1000, "edges"));
+  c.push_back(argmax_case(11, 257, "edges"));
   for (auto t : {GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0, GgmlType::Q4_0,
                  GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q2_K, GgmlType::Q3_K,
                  GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K}) {

@@ -128,9 +128,10 @@ PY
       --set engine=llama --set model.path=/nonexistent/m.gguf ;;
   cuda_without_gpu)
     # device: cuda where there is no GPU (or no CUDA in the build): the engine build fails
-    # on the worker with the reason, every rank exits non-zero, nothing hangs.
+    # on the worker with the reason, naming the rank and host that raised it (common/error.h),
+    # every rank exits non-zero, nothing hangs.
     make_model m.gguf
-    expect_error 3 "device 'cuda' (asked for, but|is not supported)" run --config "$cfg" --set engine=llama \
+    expect_error 3 "rank [0-9]+ on [^ :]+: device 'cuda' (asked for, but|is not supported)" run --config "$cfg" --set engine=llama \
       --set model.path="$tmp/m.gguf" --set model.device=cuda ;;
   bad_device)
     expect_error 3 "key 'model.device' must be one of cpu, cuda, got 'tpu'" run --config "$cfg" \
@@ -139,7 +140,7 @@ PY
     # Cut after the header (about 24 kB) but shorter than the largest tensors (190-280 kB).
     make_model m.gguf
     head -c 150000 "$tmp/m.gguf" >"$tmp/cut.gguf"
-    expect_error 3 "cut.gguf: tensor .* cannot fit in the file" run --config "$cfg" --set engine=llama \
+    expect_error 3 "rank [0-9]+ on [^ :]+: .*cut.gguf: tensor .* cannot fit in the file" run --config "$cfg" --set engine=llama \
       --set model.path="$tmp/cut.gguf" --set generation.chat=false ;;
   corrupt_model)
     make_model bad.gguf

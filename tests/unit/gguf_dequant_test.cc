@@ -23,7 +23,7 @@
 #include "kernels/half.h"
 #include "model/gguf.h"
 #include "model/gguf_writer.h"
-#include "model/model_error.h"
+#include "common/error.h"
 
 namespace dsi {
 namespace {

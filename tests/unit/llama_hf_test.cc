@@ -16,8 +16,8 @@
 #include "engines/llama/llama_engine.h"
 #include "engines/llama/llama_hf_loader.h"
 #include "engines/llama/llama_loader.h"
+#include "common/error.h"
 #include "kernels/half.h"
-#include "model/model_error.h"
 
 namespace dsi {
 namespace {

@@ -15,9 +15,9 @@
 #include <vector>
 
 #include "../test_data.h"
+#include "common/error.h"
 #include "engines/llama/llama_engine.h"
 #include "engines/llama/llama_loader.h"
-#include "model/model_error.h"
 
 namespace dsi {
 namespace {

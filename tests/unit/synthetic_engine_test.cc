@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <limits>
 #include <thread>
 
 namespace dsi {
@@ -107,6 +108,29 @@ TEST(SyntheticEngine, KvExportImportReproducesPredictions) {
   b.import_kv(a.export_kv(0, 3));
   EXPECT_EQ(argmax_row(a.forward(std::vector<Token>{8}, 1, never), 0),
             argmax_row(b.forward(std::vector<Token>{8}, 1, never), 0));
+}
+
+// Engine::forward_argmax's default (what the CPU engines use): the rows' greedy tokens of the
+// same forward, the KV cache moved the same way; Logits::argmax breaks ties to the lowest
+// index (kernels/argmax.h), which the GPU engine's device argmax must match.
+TEST(SyntheticEngine, ForwardArgmaxIsArgmaxOfForward) {
+  SyntheticParams p{.seed = 5, .vocab = 40, .ttft_ms = 0, .forward_ms = 0};
+  SyntheticEngine a(p), b(p);
+  CancelFlag never;
+  const std::vector<Token> ctx{3, 1, 4, 1, 5};
+  const Logits l = a.forward(ctx, 3, never);
+  const std::vector<Token> ids = b.forward_argmax(ctx, 3, never);
+  EXPECT_EQ(b.kv_len(), a.kv_len());
+  ASSERT_EQ(ids.size(), 3u);
+  for (int r = 0; r < 3; ++r) EXPECT_EQ(ids[r], argmax_row(l, r)) << r;
+  EXPECT_EQ(ids, l.argmax());
+  EXPECT_TRUE(b.forward_argmax(std::vector<Token>{9}, 0, never).empty());
+  EXPECT_EQ(b.kv_len(), 6);
+
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const float inf = std::numeric_limits<float>::infinity();
+  const Logits ties{4, 3, {1, 2, 2, /**/ -inf, -inf, -inf, /**/ nan, 5, 6, /**/ 0, nan, 7}};
+  EXPECT_EQ(ties.argmax(), (std::vector<Token>{1, 0, 0, 2}));
 }
 
 }  // namespace
