@@ -1,6 +1,33 @@
 #include "core/spans.h"
 
+#include <chrono>
+
 namespace dsi {
+
+double steady_now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+void WorkLog::start(double origin_s) {
+  origin_s_ = origin_s;
+  last_end_s_ = 0;
+  busy_s_ = wasted_s_ = 0;
+  spans_.clear();
+}
+
+void WorkLog::record(Span s, double t0, double t1) {
+  if (t0 - last_end_s_ > 1e-3 && last_end_s_ > 0) {
+    spans_.push_back(Span{.kind = SpanKind::kIdle,
+                          .ts_us = (last_end_s_ - origin_s_) * 1e6,
+                          .dur_us = (t0 - last_end_s_) * 1e6});
+  }
+  s.ts_us = (t0 - origin_s_) * 1e6;
+  s.dur_us = (t1 - t0) * 1e6;
+  spans_.push_back(s);
+  last_end_s_ = t1;
+  busy_s_ += t1 - t0;
+  if (s.kind == SpanKind::kVerify && s.cancelled) wasted_s_ += t1 - t0;
+}
 
 nlohmann::json span_trace_event(const Span& s) {
   using json = nlohmann::json;

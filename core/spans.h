@@ -1,11 +1,13 @@
-// Trace spans: what a worker rank spent its time on during a run. Workers send them in their
-// Stopped report (core/protocol.h); the coordinator turns them into Chrome / Perfetto trace
-// events (span_trace_event).
+// Trace spans: what a worker rank spent its time on during a run. A worker records them in a
+// WorkLog and sends them in its Stopped report (core/protocol.h); the coordinator turns them
+// into Chrome / Perfetto trace events (span_trace_event).
 #pragma once
 
 #include <array>
 #include <cstdint>
 #include <nlohmann/json.hpp>
+#include <utility>
+#include <vector>
 
 #include "core/wire.h"
 
@@ -66,5 +68,30 @@ void wire_fields(S& s, V&& v) {
 
 // The span as a Chrome trace event without ph/pid/tid: {name, ts, dur, args}.
 nlohmann::json span_trace_event(const Span& s);
+
+// What a worker did during one run: its spans, with the idle gaps between them, and the time
+// they took. Times are seconds on the steady clock; spans are stamped from the run's origin.
+class WorkLog {
+ public:
+  // Starts a new run whose clock origin is origin_s; forgets the last one.
+  void start(double origin_s);
+  // Records s from t0 to t1 (after an idle span when the worker was idle for more than a
+  // millisecond) and counts its time as busy; a preempted verification's time as wasted too.
+  void record(Span s, double t0, double t1);
+  double busy_s() const { return busy_s_; }
+  double wasted_s() const { return wasted_s_; }
+  // The spans recorded since start(), handed over once.
+  std::vector<Span> take_spans() { return std::exchange(spans_, {}); }
+
+ private:
+  double origin_s_ = 0;
+  double last_end_s_ = 0;
+  double busy_s_ = 0;
+  double wasted_s_ = 0;
+  std::vector<Span> spans_;
+};
+
+// Seconds on the steady clock (the time base of WorkLog and of Configure's origin_s).
+double steady_now_s();
 
 }  // namespace dsi

@@ -141,7 +141,9 @@ TEST(Protocol, EveryMessageRoundTripsWithEveryField) {
     Message blank{.run = m.run};
     blank.body = m.body;
     std::visit([](auto& b) { b = std::decay_t<decltype(b)>{}; }, blank.body);
-    if (!m.is<msg::Heartbeat>() && !m.is<msg::Stop>()) EXPECT_NE(blank, m) << name;
+    if (!m.is<msg::Heartbeat>() && !m.is<msg::Stop>()) {
+      EXPECT_NE(blank, m) << name;
+    }
   }
   const auto all = filled_messages();
   EXPECT_TRUE(std::holds_alternative<LlamaSpec>(all.front().as<msg::Configure>().spec.engine));
