@@ -26,37 +26,15 @@ TargetKv target_kv(const std::map<int, Message>& ready, int first_target) {
   std::set<std::string> devices;
   for (const auto& [r, m] : ready) {
     if (r < first_target) continue;
-    if (t.bytes_per_token < 0) t.bytes_per_token = m.x;
-    t.can = t.can && m.b == 1 && m.x > 0 && m.x == t.bytes_per_token;
-    if (!devices.insert(m.text).second) t.shared_device = true;
+    const auto& rd = m.as<msg::Ready>();
+    const double bytes = static_cast<double>(rd.kv_bytes_per_token);
+    if (t.bytes_per_token < 0) t.bytes_per_token = bytes;
+    t.can = t.can && rd.has_data_channel && bytes > 0 && bytes == t.bytes_per_token;
+    if (!devices.insert(rd.device).second) t.shared_device = true;
   }
   return t;
 }
 }  // namespace
-
-json worker_spec(const RunConfig& cfg, bool drafter) {
-  json spec = {{"engine", cfg.engine}, {"role", drafter ? "drafter" : "target"},
-               {"seed", cfg.seed}, {"vocab", cfg.vocab}};
-  if (cfg.temperature > 0) {
-    spec["sampling"] = {{"temperature", cfg.temperature}, {"top_k", cfg.top_k},
-                        {"top_p", cfg.top_p},
-                        {"seed", cfg.sampling_seed >= 0 ? static_cast<uint64_t>(cfg.sampling_seed) : cfg.seed}};
-  }
-  if (cfg.engine == "llama") {
-    spec.update({{"model", drafter && !cfg.drafter_model_path.empty() ? cfg.drafter_model_path : cfg.model_path},
-                 {"threads", cfg.threads}, {"max_context", cfg.max_context},
-                 {"device", drafter ? cfg.drafter_device : cfg.device}});
-    if (drafter) spec["layers"] = cfg.drafter_layers;
-    if (spec["device"] == "cuda") spec["dtype"] = cfg.dtype;
-  } else if (drafter) {
-    spec.update({{"ttft_ms", cfg.c * cfg.ttft_ms}, {"forward_ms", cfg.c * cfg.t_ms},
-                 {"acceptance", cfg.a}, {"overlap", cfg.overlap}});
-  } else {
-    spec.update({{"ttft_ms", cfg.ttft_ms}, {"forward_ms", cfg.t_ms},
-                 {"per_token_ms", cfg.per_token_ms}});
-  }
-  return spec;
-}
 
 std::string role_of_rank(int rank, int n_drafters, int n_targets) {
   if (rank == 0) return "coordinator";
@@ -87,7 +65,8 @@ std::optional<Envelope> Coordinator::next(Clock::time_point deadline) {
   for (;;) {
     auto now = Clock::now();
     if (now >= next_hb_) {
-      for (int r = 1; r < ch_.size(); ++r) ch_.send(r, Message{.type = MsgType::kHeartbeat, .run = run_});
+      for (int r = 1; r < ch_.size(); ++r)
+        ch_.send(r, Message{.run = run_, .body = msg::Heartbeat{}});
       next_hb_ = now + heartbeat_;
     }
     for (int r = 1; r < ch_.size(); ++r) {
@@ -107,9 +86,9 @@ std::optional<Envelope> Coordinator::next(Clock::time_point deadline) {
       continue;
     }
     last_heard_[env->src] = Clock::now();
-    if (env->msg.type == MsgType::kHeartbeat) continue;
-    if (env->msg.type == MsgType::kError) {
-      throw PeerError(env->src, fmt::format("{}: {}", name(env->src), env->msg.text), false);
+    if (env->msg.is<msg::Heartbeat>()) continue;
+    if (const auto* e = std::get_if<msg::Error>(&env->msg.body)) {
+      throw PeerError(env->src, fmt::format("{}: {}", name(env->src), e->what), false);
     }
     if (env->msg.run != run_) continue;  // a straggler from an earlier run
     return env;
@@ -149,25 +128,26 @@ RunReport Coordinator::run(const RunConfig& cfg, int n_targets,
   // Configure every worker.
   for (int r : workers) {
     const bool drafter = r < first_target;
-    json spec = worker_spec(cfg, drafter);
+    WorkerSpec spec = worker_spec(cfg, drafter);
     if (drafter) {
-      std::vector<int> targets;  // where the drafter's probability vectors go
-      for (int t = 0; t < n_targets; ++t) targets.push_back(first_target + t);
-      spec["targets"] = targets;
+      // where the drafter's probability vectors go
+      for (int t = 0; t < n_targets; ++t) spec.targets.push_back(first_target + t);
     }
-    ch_.send(r, Message{.type = MsgType::kConfigure, .run = run_, .x = origin_s, .text = spec.dump()});
+    ch_.send(r, Message{.run = run_, .body = msg::Configure{.origin_s = origin_s, .spec = spec}});
   }
   // Every rank must share one vocabulary: a draft is a token id.
   int vocab_rank = -1, vocab = -1;
   const auto ready = wait_all(workers, MsgType::kReady);
   for (const auto& [r, m] : ready) {
+    const int v = m.as<msg::Ready>().vocab;
     if (vocab_rank < 0) {
       vocab_rank = r;
-      vocab = m.a;
-    } else if (m.a != vocab) {
-      throw ConfigError(fmt::format("the vocabulary of {} ({} tokens) differs from that of {} ({} tokens): "
-                                    "drafter and target must share one tokenizer",
-                                    name(r), m.a, name(vocab_rank), vocab));
+      vocab = v;
+    } else if (v != vocab) {
+      throw ConfigError(
+          fmt::format("the vocabulary of {} ({} tokens) differs from that of {} ({} tokens): "
+                      "drafter and target must share one tokenizer",
+                      name(r), v, name(vocab_rank), vocab));
     }
   }
   if (text && text->tokenizer().vocab_size() > vocab) {
@@ -186,10 +166,18 @@ RunReport Coordinator::run(const RunConfig& cfg, int n_targets,
     const uint64_t h = ++n_handoffs;
     std::vector<Token> head(seq.begin(), seq.begin() + end);
     const int a = static_cast<int32_t>(begin), b = static_cast<int32_t>(end);
-    ch_.send(first_target + src, Message{.type = MsgType::kKvSend, .run = run_, .id = h, .a = a,
-                                         .b = b, .c = first_target + dst, .tokens = head});
-    ch_.send(first_target + dst, Message{.type = MsgType::kKvExpect, .run = run_, .id = h, .a = a,
-                                         .b = b, .c = first_target + src, .tokens = head});
+    ch_.send(
+        first_target + src,
+        Message{
+            .run = run_,
+            .body = msg::KvSend{
+                .handoff = h, .begin = a, .end = b, .dst = first_target + dst, .tokens = head}});
+    ch_.send(
+        first_target + dst,
+        Message{
+            .run = run_,
+            .body = msg::KvExpect{
+                .handoff = h, .begin = a, .end = b, .src = first_target + src, .tokens = head}});
     kv_seq[dst] = std::move(head);
     ++rep.kv.planned;
   };
@@ -203,12 +191,13 @@ RunReport Coordinator::run(const RunConfig& cfg, int n_targets,
     first_wave.assign(workers.begin(), workers.begin() + n_drafters + 1);
     second_wave.assign(workers.begin() + n_drafters + 1, workers.end());
   }
-  for (int r : first_wave) ch_.send(r, Message{.type = MsgType::kPrefill, .run = run_, .tokens = prefix});
+  for (int r : first_wave)
+    ch_.send(r, Message{.run = run_, .body = msg::Prefill{.tokens = prefix}});
   wait_all(first_wave, MsgType::kPrefillDone);
   // A Prefill after the import finds the prefix cached and only computes what is missing.
   for (int r : second_wave) {
     send_handoff(0, r - first_target, 0, prefix.size(), prefix);
-    ch_.send(r, Message{.type = MsgType::kPrefill, .run = run_, .tokens = prefix});
+    ch_.send(r, Message{.run = run_, .body = msg::Prefill{.tokens = prefix}});
   }
   wait_all(second_wave, MsgType::kPrefillDone);
   for (auto& s : kv_seq) s = prefix;
@@ -246,18 +235,26 @@ RunReport Coordinator::run(const RunConfig& cfg, int n_targets,
     for (const Action& a : acts) {
       switch (a.kind) {
         case Action::kStartChain:
-          ch_.send(1, Message{.type = MsgType::kStartChain, .run = run_, .id = a.id,
-                              .a = a.window, .b = a.stop_len, .tokens = a.seq});
+          ch_.send(1, Message{.run = run_,
+                              .body = msg::StartChain{.chain = a.id,
+                                                      .committed = a.seq,
+                                                      .window = a.window,
+                                                      .stop_len = a.stop_len}});
           break;
         case Action::kVerify:
           tasks[a.id] = Task{a.target, a.seq, a.n_logits};
           ch_.send(first_target + a.target,
-                   Message{.type = MsgType::kVerify, .run = run_, .id = a.id, .a = a.n_logits,
-                           .b = a.bonus_anchor, .c = a.bonus_period, .aux = a.chain, .tokens = a.seq});
+                   Message{.run = run_,
+                           .body = msg::Verify{.task = a.id,
+                                               .chain = a.chain,
+                                               .seq = a.seq,
+                                               .n_logits = a.n_logits,
+                                               .bonus_anchor = a.bonus_anchor,
+                                               .bonus_period = a.bonus_period}});
           break;
         case Action::kCancel:
           ch_.send(first_target + a.target,
-                   Message{.type = MsgType::kCancel, .run = run_, .id = a.id});
+                   Message{.run = run_, .body = msg::Cancel{.task = a.id}});
           rep.events.push_back({{"name", "cancel"}, {"ph", "i"}, {"s", "p"}, {"ts", stamp()},
                                 {"args", {{"task", a.id}, {"target", a.target}}}});
           break;
@@ -282,30 +279,26 @@ RunReport Coordinator::run(const RunConfig& cfg, int n_targets,
     auto env = next(Clock::now() + heartbeat_);
     if (!env) continue;
     const Message& m = env->msg;
-    switch (m.type) {
-      case MsgType::kDraft: execute(sched.on_draft(m.id, m.a, m.b)); break;
-      case MsgType::kResult: {
-        auto it = tasks.find(m.id);
-        if (it == tasks.end()) break;
-        const int src = it->second.target;
-        kv_seq[src] = std::move(it->second.seq);  // the worker caches the whole sequence
-        tasks.erase(it);
-        cost.observe(m.a, m.x);
-        execute(sched.on_result(m.id, m.tokens));
-        if (handoff && !sched.done()) hand_off_committed(src);
-        break;
-      }
-      case MsgType::kCancelled: {
-        auto it = tasks.find(m.id);
-        if (it == tasks.end()) break;
-        // If it had started, the worker rolled back to what it kept of the task's sequence.
-        auto& kv = kv_seq[it->second.target];
-        kv.resize(std::min(common_prefix(kv, it->second.seq), it->second.seq.size() - it->second.n_logits));
-        tasks.erase(it);
-        execute(sched.on_cancelled(m.id));
-        break;
-      }
-      default: break;
+    if (const auto* d = std::get_if<msg::Draft>(&m.body)) {
+      execute(sched.on_draft(d->chain, d->pos, d->token));
+    } else if (const auto* res = std::get_if<msg::Result>(&m.body)) {
+      auto it = tasks.find(res->task);
+      if (it == tasks.end()) continue;
+      const int src = it->second.target;
+      kv_seq[src] = std::move(it->second.seq);  // the worker caches the whole sequence
+      tasks.erase(it);
+      cost.observe(res->computed, res->busy_s);
+      execute(sched.on_result(res->task, res->tokens));
+      if (handoff && !sched.done()) hand_off_committed(src);
+    } else if (const auto* c = std::get_if<msg::Cancelled>(&m.body)) {
+      auto it = tasks.find(c->task);
+      if (it == tasks.end()) continue;
+      // If it had started, the worker rolled back to what it kept of the task's sequence.
+      auto& kv = kv_seq[it->second.target];
+      kv.resize(
+          std::min(common_prefix(kv, it->second.seq), it->second.seq.size() - it->second.n_logits));
+      tasks.erase(it);
+      execute(sched.on_cancelled(c->task));
     }
   }
   rep.elapsed_s = seconds(last_commit - t_start);
@@ -314,18 +307,16 @@ RunReport Coordinator::run(const RunConfig& cfg, int n_targets,
   if (text) rep.text = text->tokenizer().decode(rep.tokens);
   rep.stats = sched.stats();
 
-  for (int r : workers) ch_.send(r, Message{.type = MsgType::kStop, .run = run_});
+  for (int r : workers) ch_.send(r, Message{.run = run_, .body = msg::Stop{}});
   for (auto& [r, m] : wait_all(workers, MsgType::kStopped)) {
-    json j = json::parse(m.text);
-    rep.ranks.push_back(RankReport{r, roles_[r], j.at("busy_s").get<double>(),
-                                   j.at("wasted_s").get<double>(), j.at("spans")});
-    const json& kv = j.at("kv");
-    rep.kv.imported += kv.at("imported").get<int64_t>();
-    rep.kv.imported_tokens += kv.at("imported_tokens").get<int64_t>();
-    rep.kv.sent_bytes += kv.at("sent_bytes").get<int64_t>();
-    rep.kv.fallbacks += kv.at("fallbacks").get<int64_t>();
-    rep.kv.not_needed += kv.at("not_needed").get<int64_t>();
-    rep.kv.verified_on_imported += kv.at("verified_on_imported").get<int64_t>();
+    auto& st = m.as<msg::Stopped>();
+    rep.ranks.push_back(RankReport{r, roles_[r], st.busy_s, st.wasted_s, std::move(st.spans)});
+    rep.kv.imported += st.kv.imported;
+    rep.kv.imported_tokens += st.kv.imported_tokens;
+    rep.kv.sent_bytes += st.kv.sent_bytes;
+    rep.kv.fallbacks += st.kv.fallbacks;
+    rep.kv.not_needed += st.kv.not_needed;
+    rep.kv.verified_on_imported += st.kv.verified_on_imported;
   }
   return rep;
 }
@@ -335,7 +326,7 @@ std::map<int, Message> Coordinator::wait_all(const std::vector<int>& ranks, MsgT
   while (got.size() < ranks.size()) {
     auto env = next(Clock::now() + heartbeat_);
     // Anything else now (a late result of a cancelled task) is of no use.
-    if (env && env->msg.type == type) got.emplace(env->src, std::move(env->msg));
+    if (env && env->msg.type() == type) got.emplace(env->src, std::move(env->msg));
   }
   return got;
 }
@@ -347,7 +338,7 @@ std::shared_ptr<const TextModel> Coordinator::text_model(const std::string& path
 }
 
 void Coordinator::exit_all(int code) {
-  for (int r = 1; r < ch_.size(); ++r) ch_.send(r, Message{.type = MsgType::kExit, .a = code});
+  for (int r = 1; r < ch_.size(); ++r) ch_.send(r, Message{.body = msg::Exit{.code = code}});
 }
 
 json trace_json(const RunReport& r) {
@@ -364,7 +355,8 @@ json trace_json(const RunReport& r) {
   }
   for (const auto& rk : r.ranks) {
     meta(rk.rank, fmt::format("rank {} ({})", rk.rank, rk.role));
-    for (json s : rk.spans) {
+    for (const Span& sp : rk.spans) {
+      json s = span_trace_event(sp);
       s["ph"] = "X";
       s["pid"] = rk.rank;
       s["tid"] = 0;

@@ -2,12 +2,17 @@
 // caller's) receives control messages, raises the cancel flag of a preempted task at once,
 // and keeps the heartbeat; the compute thread runs the engine. Neither spins: the compute
 // thread sleeps on a condition variable, the communication thread in the channel's back-off.
+// The roles live in their own files: core/drafter_role.cc (draft chains), core/target_role.cc
+// (verifications), core/handoff_role.cc (KV handoff); core/spans.h keeps the trace.
 #pragma once
 
 #include <functional>
+#include <memory>
+#include <stdexcept>
 
 #include "common/error.h"
 #include "core/protocol.h"
+#include "engines/engine_factory.h"
 #include "transport/data_channel.h"
 
 namespace dsi {
@@ -15,16 +20,14 @@ namespace dsi {
 struct WorkerOptions {
   int heartbeat_ms = 200;
   double peer_timeout_s = 5;
-  // Fault injection for tests: after fault_after_ms, "exit" ends the process abruptly and
-  // "hang" stops it (SIGSTOP) as a wedged node would; "kv_corrupt" corrupts the KV this rank
-  // imports in handoffs (host engines).
-  std::string fault;
-  double fault_after_ms = 0;
+  // Builds the engine a Configure asks for; empty: make_engine.
+  std::function<std::unique_ptr<Engine>(const EngineSpec&)> engine_factory;
 };
 
 // Serves runs until the coordinator sends Exit; returns the exit code it carries. Throws
 // WorkerFatal when the coordinator falls silent for longer than peer_timeout_s.
-// `data` carries the drafter's probability vectors in sampling mode (may be null otherwise).
+// `data` carries the drafter's probability vectors in sampling mode and KV handoffs (may be
+// null otherwise).
 int run_worker(ControlChannel& ch, const WorkerOptions& opts, DataChannel* data = nullptr);
 
 }  // namespace dsi

@@ -9,6 +9,7 @@
 
 #include "common/error.h"
 #include "common/gpu_binding.h"
+#include "launch/faults.h"
 #include "transport/data_plane.h"
 #include "transport/mpi_check.h"
 
@@ -84,6 +85,13 @@ int session_body(const SessionOptions& common, const std::function<void(Session&
   } catch (const ConfigError& e) {
     return fail(std::string(e.message()), 2);
   }
+  if (common.fault_rank >= 0) {
+    try {
+      check_fault(common.fault);
+    } catch (const std::invalid_argument& e) {
+      return fail(e.what(), 2);
+    }
+  }
 
   // The data plane first: when it cannot be had, every rank fails alike before any other
   // channel exists.
@@ -123,12 +131,12 @@ int session_body(const SessionOptions& common, const std::function<void(Session&
     }
   } else {
     WorkerOptions wo{.heartbeat_ms = s.cfg.heartbeat_ms, .peer_timeout_s = s.cfg.peer_timeout_s};
+    std::unique_ptr<ControlChannel> faulty;  // testing: the rank that fails
     if (s.rank == common.fault_rank) {
-      wo.fault = common.fault;
-      wo.fault_after_ms = common.fault_after_ms;
+      faulty = apply_fault(common.fault, common.fault_after_ms, *s.channel, wo);
     }
     try {
-      rc = run_worker(*s.channel, wo, s.data.get());
+      rc = run_worker(faulty ? *faulty : *s.channel, wo, s.data.get());
     } catch (const WorkerFatal& e) {
       fmt::print(stderr, "dsi: error: {}\n", e.what());
       MPI_Abort(MPI_COMM_WORLD, 1);

@@ -19,7 +19,8 @@ namespace dsi {
 struct SessionOptions {
   std::string config_path;             // empty: built-in defaults
   std::vector<std::string> overrides;  // dotted.key=value
-  // Fault injection (tests): rank `fault_rank` exits or hangs after fault_after_ms.
+  // Fault injection (tests, launch/faults.h): worker rank `fault_rank` exits or hangs after
+  // fault_after_ms, or corrupts the KV it imports (kv_corrupt).
   int fault_rank = -1;
   std::string fault = "exit";
   double fault_after_ms = 0;

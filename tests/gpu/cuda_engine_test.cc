@@ -620,9 +620,12 @@ TEST(CudaEngine, LayerSkipDrafterEqualsCpuDrafter) {
 TEST(CudaEngine, FactoryBuildsItFromTheSpec) {
   SKIP_WITHOUT_GPU();
   const std::string path = written_file("tiny-f16");
-  const nlohmann::json spec = {{"engine", "llama"}, {"model", path},    {"device", "cuda"},
-                               {"dtype", "f32"},    {"gpu", 0},         {"layers", {0, 2}},
-                               {"max_context", 64}, {"role", "drafter"}};
+  const LlamaSpec spec{.model = path,
+                       .device = LlamaDevice::kCuda,
+                       .dtype = CudaDtype::kF32,
+                       .gpu = 0,
+                       .layers = {0, 2},
+                       .max_context = 64};
   auto gpu = make_engine(spec);
   const std::string name = gpu->device_name();
   EXPECT_EQ(name.rfind("cuda:", 0), 0u) << name;
@@ -630,8 +633,8 @@ TEST(CudaEngine, FactoryBuildsItFromTheSpec) {
   LlamaEngine cpu(model("tiny-f16"), cpu_opts({0, 2}, 64));
   const auto prompt = prompt_for(*model("tiny-f16"), 6);
   EXPECT_EQ(greedy(*gpu, prompt, 16).tokens, greedy(cpu, prompt, 16).tokens);
-  nlohmann::json bad = spec;
-  bad["gpu"] = 1000;
+  LlamaSpec bad = spec;
+  bad.gpu = 1000;
   EXPECT_THROW(make_engine(bad), GpuBindingError);
 }
 

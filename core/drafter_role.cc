@@ -1,0 +1,65 @@
+// The drafter role (core/worker_roles.h): drafts along the current chain.
+#include <cstring>
+
+#include "core/worker_roles.h"
+
+namespace dsi {
+
+void DrafterRole::configure(std::vector<int32_t> targets) {
+  targets_ = std::move(targets);
+  active_ = false;
+}
+
+void DrafterRole::start(const msg::StartChain& m) {
+  chain_ = m.chain;
+  seq_ = m.committed;
+  window_ = m.window;
+  stop_len_ = m.stop_len;
+  active_ = true;
+}
+
+void DrafterRole::step() {
+  uint64_t chain;
+  std::vector<Token> seq;
+  {
+    std::lock_guard lk(mu_);
+    chain = chain_;
+    seq = seq_;
+  }
+  const double t0 = steady_now_s();
+  const size_t keep = ctx_.reuse_prefix(seq, 1);
+  try {
+    const auto todo = std::span(seq).subspan(keep);
+    const int pos = static_cast<int>(seq.size());
+    Token tok;
+    if (ctx_.sampling.greedy()) {
+      tok = ctx_.engine->forward_argmax(todo, 1, ctx_.cancel)[0];
+      ctx_.cached = seq;
+    } else {
+      Logits l = ctx_.engine->forward(todo, 1, ctx_.cancel);
+      ctx_.cached = seq;
+      // Draw the draft from q and hand q to every target before announcing the draft.
+      const auto q = sampling_probs(l.row(0), ctx_.sampling);
+      tok = draft_sample(q, pos, ctx_.sampling);
+      std::vector<uint8_t> bytes(q.size() * sizeof(float));
+      std::memcpy(bytes.data(), q.data(), bytes.size());
+      for (int r : targets_) {
+        ctx_.data->send(r, DataKey{ctx_.run, DataKind::kDraftProbs, chain, pos}, bytes);
+      }
+    }
+    ctx_.log.record({.kind = SpanKind::kDraft, .id = chain, .pos = pos}, t0, steady_now_s());
+    std::lock_guard lk(mu_);
+    drafting_ = false;
+    if (chain == chain_ && active_) {
+      seq_.push_back(tok);
+      if (window_ > 0) --window_;
+      ctx_.reply(msg::Draft{.chain = chain, .pos = pos, .token = tok});
+    }
+  } catch (const Cancelled&) {
+    ctx_.log.record({.kind = SpanKind::kDraft, .id = chain, .cancelled = true}, t0, steady_now_s());
+    std::lock_guard lk(mu_);
+    drafting_ = false;
+  }
+}
+
+}  // namespace dsi

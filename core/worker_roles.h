@@ -1,0 +1,114 @@
+// The roles of a worker rank (core/worker.cc runs them on its compute thread) and what they
+// share: WorkerContext holds the engine and the tokens whose KV it holds, the data channel,
+// the run's sampling parameters, log and counters, and the way back to the coordinator.
+//   target    core/target_role.cc   verifies drafts (greedy or speculative sampling)
+//   drafter   core/drafter_role.cc  drafts along the chain the coordinator last started
+//   handoff   core/handoff_role.cc  sends or imports a range of KV for another target
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <climits>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <vector>
+
+#include "common/cancel.h"
+#include "core/protocol.h"
+#include "core/spans.h"
+#include "core/verify.h"
+#include "core/worker.h"
+#include "engines/engine.h"
+#include "transport/data_channel.h"
+
+namespace dsi {
+
+struct WorkerContext {
+  WorkerContext(ControlChannel& ch, WorkerOptions o, DataChannel* d)
+      : link(ch), opts(std::move(o)), data(d) {}
+
+  ControlLink link;  // thread-safe
+  const WorkerOptions opts;
+  DataChannel* data;             // may be null
+  std::atomic<uint32_t> run{0};  // the current run; read by the communication thread too
+  CancelFlag cancel;             // raised by the communication thread
+
+  std::unique_ptr<Engine> engine;
+  std::vector<Token> cached;  // the tokens whose KV the engine holds
+  // Lowest cache position holding imported KV (INT_MAX: none), to count the verifications
+  // that attend to handed-over KV.
+  int imported_from = INT_MAX;
+  SamplingParams sampling;
+  WorkLog log;
+  KvCounters kv;  // KV handoff counters of this run
+
+  // Sends a message of the current run to the coordinator (thread-safe).
+  void reply(Message::Body b) { link.send(0, Message{.run = run, .body = std::move(b)}); }
+
+  // When a peer must have answered by.
+  Clock::time_point peer_deadline() const {
+    return Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                              std::chrono::duration<double>(opts.peer_timeout_s));
+  }
+
+  // Truncates the engine to the longest cached prefix of `seq`, keeping at least `recompute`
+  // tokens to run again (their logits are wanted). Returns how many tokens are kept.
+  size_t reuse_prefix(std::span<const Token> seq, size_t recompute) {
+    const size_t keep = std::min(common_prefix(cached, seq), seq.size() - recompute);
+    truncate(keep);
+    return keep;
+  }
+  // Rolls the engine and `cached` back to n tokens.
+  void truncate(size_t n) {
+    engine->truncate(static_cast<int>(n));
+    cached.resize(n);
+    if (static_cast<int>(n) <= imported_from) imported_from = INT_MAX;
+  }
+};
+
+// Target: runs the verification and replies Result, or Cancelled when it was preempted.
+void verify(WorkerContext& ctx, const msg::Verify& m);
+
+// KV handoff source: sends the range (or word that it no longer holds it) to m.dst.
+void kv_send(WorkerContext& ctx, const msg::KvSend& m);
+// KV handoff destination: imports the range when the cache reaches its begin with the same
+// tokens; otherwise leaves it to the next forward to recompute.
+void kv_expect(WorkerContext& ctx, const msg::KvExpect& m);
+
+// Drafter: drafts one token at a time along the chain the coordinator last started, until its
+// window or stop length. Its state is guarded by the worker's mutex `mu`, which guards the
+// worker's inbox too, so that the compute thread waits for a message or a draft to make at
+// once; the methods marked so expect mu held.
+class DrafterRole {
+ public:
+  DrafterRole(WorkerContext& ctx, std::mutex& mu) : ctx_(ctx), mu_(mu) {}
+
+  // A new run: where the probability vectors go (sampling), no chain yet. mu held.
+  void configure(std::vector<int32_t> targets);
+  // mu held.
+  void start(const msg::StartChain& m);
+  void stop() { active_ = false; }  // mu held: no more drafts this run
+  bool can_draft() const {          // mu held
+    return active_ && window_ != 0 && static_cast<int>(seq_.size()) < stop_len_;
+  }
+  bool drafting() const { return drafting_; }  // mu held: a draft forward is running
+  // mu held: claims the next draft (drafting() until step() ends).
+  void begin_step() { drafting_ = true; }
+  // mu not held: one draft forward; replies Draft unless a new chain superseded it. The
+  // communication thread raises ctx.cancel to supersede it.
+  void step();
+
+ private:
+  WorkerContext& ctx_;
+  std::mutex& mu_;
+  std::vector<int32_t> targets_;
+  bool drafting_ = false;
+  bool active_ = false;
+  uint64_t chain_ = 0;
+  std::vector<Token> seq_;  // committed sequence + drafts of this chain
+  int window_ = -1;
+  int stop_len_ = 0;
+};
+
+}  // namespace dsi
