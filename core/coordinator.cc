@@ -174,83 +174,32 @@ RunReport Coordinator::run(const RunConfig& cfg, int n_targets,
     throw ConfigError(fmt::format("the tokenizer has {} tokens but the model's output has {}",
                                   text->tokenizer().vocab_size(), vocab));
   }
-  // KV handoff between targets: the coordinator keeps, per target, the sequence whose KV it
-  // believes the target holds. Workers check every handoff against their own cache, so a
-  // wrong belief costs a recomputation, never a wrong token.
+  // KV handoff between targets: the scheduler plans it from what the targets reported.
   const TargetKv tkv = target_kv(ready, first_target);
-  const bool handoff = cfg.kv_handoff != "never" && n_targets >= 2 && tkv.can;
-  KvCostModel cost(tkv.bytes_per_token, cfg.kv_gbps);
-  std::vector<std::vector<Token>> kv_seq(n_targets);
-  uint64_t n_handoffs = 0;
-  auto send_handoff = [&](int src, int dst, size_t begin, size_t end, std::span<const Token> seq) {
-    const uint64_t h = ++n_handoffs;
-    std::vector<Token> head(seq.begin(), seq.begin() + end);
-    const int a = static_cast<int32_t>(begin), b = static_cast<int32_t>(end);
-    ch_.send(first_target + src, Message{.type = MsgType::kKvSend, .run = run_, .id = h, .a = a,
-                                         .b = b, .c = first_target + dst, .tokens = head});
-    ch_.send(first_target + dst, Message{.type = MsgType::kKvExpect, .run = run_, .id = h, .a = a,
-                                         .b = b, .c = first_target + src, .tokens = head});
-    kv_seq[dst] = std::move(head);
-    ++rep.kv.planned;
-  };
-
-  // Prefill the prompt (all but its last token). Targets sharing a device (or every target
-  // with kv_handoff: always) take the first target's KV instead of computing it again.
-  std::vector<Token> prefix(rep.prompt.begin(), rep.prompt.end() - 1);
-  rep.kv.prompt = handoff && !prefix.empty() && (cfg.kv_handoff == "always" || tkv.shared_device);
-  std::vector<int> first_wave = workers, second_wave;
-  if (rep.kv.prompt) {
-    first_wave.assign(workers.begin(), workers.begin() + n_drafters + 1);
-    second_wave.assign(workers.begin() + n_drafters + 1, workers.end());
-  }
-  for (int r : first_wave) ch_.send(r, Message{.type = MsgType::kPrefill, .run = run_, .tokens = prefix});
-  wait_all(first_wave, MsgType::kPrefillDone);
-  // A Prefill after the import finds the prefix cached and only computes what is missing.
-  for (int r : second_wave) {
-    send_handoff(0, r - first_target, 0, prefix.size(), prefix);
-    ch_.send(r, Message{.type = MsgType::kPrefill, .run = run_, .tokens = prefix});
-  }
-  wait_all(second_wave, MsgType::kPrefillDone);
-  for (auto& s : kv_seq) s = prefix;
-  rep.setup_s = seconds(Clock::now() - origin);
-
+  const auto policy = parse_kv_policy(cfg.kv_handoff);
+  if (!policy) throw ConfigError(fmt::format("unknown runtime.kv_handoff '{}'", cfg.kv_handoff));
   SchedulerOptions so{.mode = cfg.mode, .lookahead = cfg.lookahead, .n_targets = n_targets,
                       .max_new_tokens = cfg.max_new_tokens, .queue = cfg.queue,
-                      .target_choice = cfg.target_choice, .stop_tokens = stop_tokens};
+                      .target_choice = cfg.target_choice, .stop_tokens = stop_tokens,
+                      .kv = {.policy = *policy, .bytes_per_token = tkv.can ? tkv.bytes_per_token : 0,
+                             .gbps = cfg.kv_gbps, .shared_device = tkv.shared_device}};
   Scheduler sched(so, rep.prompt);
-  struct Task {
-    int target;
-    std::vector<Token> seq;
-    int n_logits;
-  };
-  std::map<uint64_t, Task> tasks;  // verifications sent and not yet answered
-  // After target `src` finished a task: hand the committed KV it holds to the targets that
-  // lack it, when the cost model (or `always`) says so.
-  auto hand_off_committed = [&](int src) {
-    const auto& c = sched.committed();
-    const size_t end = common_prefix(kv_seq[src], c);
-    for (int t = 0; t < n_targets; ++t) {
-      const size_t have = common_prefix(kv_seq[t], c);
-      if (t == src || end <= have) continue;
-      const int gap = static_cast<int>(end - have);
-      if (cfg.kv_handoff == "auto" && !cost.prefer_transfer(gap)) continue;
-      send_handoff(src, t, have, end, c);
-    }
-  };
-  const auto t_start = Clock::now();
-  auto last_commit = t_start;
+
   size_t committed = sched.committed().size();
   int64_t rejected = 0;
-
+  auto t_start = Clock::now();
+  auto last_commit = t_start;
   auto execute = [&](const std::vector<Action>& acts) {
     for (const Action& a : acts) {
       switch (a.kind) {
+        case Action::kPrefill:
+          ch_.send(first_target + a.target, Message{.type = MsgType::kPrefill, .run = run_, .tokens = a.seq});
+          break;
         case Action::kStartChain:
           ch_.send(1, Message{.type = MsgType::kStartChain, .run = run_, .id = a.id,
                               .a = a.window, .b = a.stop_len, .tokens = a.seq});
           break;
         case Action::kVerify:
-          tasks[a.id] = Task{a.target, a.seq, a.n_logits};
           ch_.send(first_target + a.target,
                    Message{.type = MsgType::kVerify, .run = run_, .id = a.id, .a = a.n_logits,
                            .b = a.bonus_anchor, .c = a.bonus_period, .aux = a.chain, .tokens = a.seq});
@@ -260,6 +209,13 @@ RunReport Coordinator::run(const RunConfig& cfg, int n_targets,
                    Message{.type = MsgType::kCancel, .run = run_, .id = a.id});
           rep.events.push_back({{"name", "cancel"}, {"ph", "i"}, {"s", "p"}, {"ts", stamp()},
                                 {"args", {{"task", a.id}, {"target", a.target}}}});
+          break;
+        case Action::kKvHandoff:
+          ch_.send(first_target + a.target, Message{.type = MsgType::kKvSend, .run = run_, .id = a.id, .a = a.begin,
+                                                    .b = a.end, .c = first_target + a.dst, .tokens = a.seq});
+          ch_.send(first_target + a.dst, Message{.type = MsgType::kKvExpect, .run = run_, .id = a.id, .a = a.begin,
+                                                 .b = a.end, .c = first_target + a.target, .tokens = a.seq});
+          ++rep.kv.planned;
           break;
       }
     }
@@ -277,6 +233,26 @@ RunReport Coordinator::run(const RunConfig& cfg, int n_targets,
     }
   };
 
+  // Prefill the prompt (all but its last token) on the drafters and, as the scheduler says,
+  // on the targets.
+  std::vector<Token> prefix(rep.prompt.begin(), rep.prompt.end() - 1);
+  for (int r = 1; r < first_target; ++r) ch_.send(r, Message{.type = MsgType::kPrefill, .run = run_, .tokens = prefix});
+  execute(sched.prefill());
+  rep.kv.prompt = sched.prompt_handed_over();
+  int drafters_left = n_drafters;
+  while (drafters_left > 0 || !sched.prefilled()) {
+    auto env = next(Clock::now() + heartbeat_);
+    if (!env || env->msg.type != MsgType::kPrefillDone) continue;
+    if (env->src < first_target) {
+      --drafters_left;
+    } else {
+      execute(sched.on_prefilled(env->src - first_target));
+    }
+  }
+  rep.setup_s = seconds(Clock::now() - origin);
+
+  t_start = Clock::now();
+  last_commit = t_start;
   execute(sched.start());
   while (!sched.done()) {
     auto env = next(Clock::now() + heartbeat_);
@@ -284,27 +260,8 @@ RunReport Coordinator::run(const RunConfig& cfg, int n_targets,
     const Message& m = env->msg;
     switch (m.type) {
       case MsgType::kDraft: execute(sched.on_draft(m.id, m.a, m.b)); break;
-      case MsgType::kResult: {
-        auto it = tasks.find(m.id);
-        if (it == tasks.end()) break;
-        const int src = it->second.target;
-        kv_seq[src] = std::move(it->second.seq);  // the worker caches the whole sequence
-        tasks.erase(it);
-        cost.observe(m.a, m.x);
-        execute(sched.on_result(m.id, m.tokens));
-        if (handoff && !sched.done()) hand_off_committed(src);
-        break;
-      }
-      case MsgType::kCancelled: {
-        auto it = tasks.find(m.id);
-        if (it == tasks.end()) break;
-        // If it had started, the worker rolled back to what it kept of the task's sequence.
-        auto& kv = kv_seq[it->second.target];
-        kv.resize(std::min(common_prefix(kv, it->second.seq), it->second.seq.size() - it->second.n_logits));
-        tasks.erase(it);
-        execute(sched.on_cancelled(m.id));
-        break;
-      }
+      case MsgType::kResult: execute(sched.on_result(m.id, m.tokens, Forward{m.a, m.x})); break;
+      case MsgType::kCancelled: execute(sched.on_cancelled(m.id)); break;
       default: break;
     }
   }

@@ -31,18 +31,6 @@ struct RankReport {
   nlohmann::json spans = nlohmann::json::array();
 };
 
-// KV handoffs of a run (runtime.kv_handoff): planned by the coordinator, counted by workers.
-struct KvHandoffStats {
-  int64_t planned = 0;
-  int64_t imported = 0;
-  int64_t imported_tokens = 0;
-  int64_t sent_bytes = 0;
-  int64_t fallbacks = 0;   // the destination recomputed (its cache or the source's moved on)
-  int64_t not_needed = 0;  // the destination had computed the range itself meanwhile
-  int64_t verified_on_imported = 0;  // verifications that attended to handed-over KV
-  bool prompt = false;     // the prompt's KV was handed over instead of prefilled everywhere
-};
-
 struct RunReport {
   RunConfig cfg;
   int n_targets = 0;
