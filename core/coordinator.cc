@@ -26,37 +26,15 @@ TargetKv target_kv(const std::map<int, Message>& ready, int first_target) {
   std::set<std::string> devices;
   for (const auto& [r, m] : ready) {
     if (r < first_target) continue;
-    if (t.bytes_per_token < 0) t.bytes_per_token = m.x;
-    t.can = t.can && m.b == 1 && m.x > 0 && m.x == t.bytes_per_token;
-    if (!devices.insert(m.text).second) t.shared_device = true;
+    const auto& rd = m.as<msg::Ready>();
+    const double bytes = static_cast<double>(rd.kv_bytes_per_token);
+    if (t.bytes_per_token < 0) t.bytes_per_token = bytes;
+    t.can = t.can && rd.has_data_channel && bytes > 0 && bytes == t.bytes_per_token;
+    if (!devices.insert(rd.device).second) t.shared_device = true;
   }
   return t;
 }
 }  // namespace
-
-json worker_spec(const RunConfig& cfg, bool drafter) {
-  json spec = {{"engine", cfg.engine}, {"role", drafter ? "drafter" : "target"},
-               {"seed", cfg.seed}, {"vocab", cfg.vocab}};
-  if (cfg.temperature > 0) {
-    spec["sampling"] = {{"temperature", cfg.temperature}, {"top_k", cfg.top_k},
-                        {"top_p", cfg.top_p},
-                        {"seed", cfg.sampling_seed >= 0 ? static_cast<uint64_t>(cfg.sampling_seed) : cfg.seed}};
-  }
-  if (cfg.engine == "llama") {
-    spec.update({{"model", drafter && !cfg.drafter_model_path.empty() ? cfg.drafter_model_path : cfg.model_path},
-                 {"threads", cfg.threads}, {"max_context", cfg.max_context},
-                 {"device", drafter ? cfg.drafter_device : cfg.device}});
-    if (drafter) spec["layers"] = cfg.drafter_layers;
-    if (spec["device"] == "cuda") spec["dtype"] = cfg.dtype;
-  } else if (drafter) {
-    spec.update({{"ttft_ms", cfg.c * cfg.ttft_ms}, {"forward_ms", cfg.c * cfg.t_ms},
-                 {"acceptance", cfg.a}, {"overlap", cfg.overlap}});
-  } else {
-    spec.update({{"ttft_ms", cfg.ttft_ms}, {"forward_ms", cfg.t_ms},
-                 {"per_token_ms", cfg.per_token_ms}});
-  }
-  return spec;
-}
 
 std::string role_of_rank(int rank, int n_drafters, int n_targets) {
   if (rank == 0) return "coordinator";
@@ -87,7 +65,8 @@ std::optional<Envelope> Coordinator::next(Clock::time_point deadline) {
   for (;;) {
     auto now = Clock::now();
     if (now >= next_hb_) {
-      for (int r = 1; r < ch_.size(); ++r) ch_.send(r, Message{.type = MsgType::kHeartbeat, .run = run_});
+      for (int r = 1; r < ch_.size(); ++r)
+        ch_.send(r, Message{.run = run_, .body = msg::Heartbeat{}});
       next_hb_ = now + heartbeat_;
     }
     for (int r = 1; r < ch_.size(); ++r) {
@@ -107,9 +86,9 @@ std::optional<Envelope> Coordinator::next(Clock::time_point deadline) {
       continue;
     }
     last_heard_[env->src] = Clock::now();
-    if (env->msg.type == MsgType::kHeartbeat) continue;
-    if (env->msg.type == MsgType::kError) {
-      throw PeerError(env->src, fmt::format("{}: {}", name(env->src), env->msg.text), false);
+    if (env->msg.is<msg::Heartbeat>()) continue;
+    if (const auto* e = std::get_if<msg::Error>(&env->msg.body)) {
+      throw PeerError(env->src, fmt::format("{}: {}", name(env->src), e->what), false);
     }
     if (env->msg.run != run_) continue;  // a straggler from an earlier run
     return env;
@@ -149,25 +128,26 @@ RunReport Coordinator::run(const RunConfig& cfg, int n_targets,
   // Configure every worker.
   for (int r : workers) {
     const bool drafter = r < first_target;
-    json spec = worker_spec(cfg, drafter);
+    WorkerSpec spec = worker_spec(cfg, drafter);
     if (drafter) {
-      std::vector<int> targets;  // where the drafter's probability vectors go
-      for (int t = 0; t < n_targets; ++t) targets.push_back(first_target + t);
-      spec["targets"] = targets;
+      // where the drafter's probability vectors go
+      for (int t = 0; t < n_targets; ++t) spec.targets.push_back(first_target + t);
     }
-    ch_.send(r, Message{.type = MsgType::kConfigure, .run = run_, .x = origin_s, .text = spec.dump()});
+    ch_.send(r, Message{.run = run_, .body = msg::Configure{.origin_s = origin_s, .spec = spec}});
   }
   // Every rank must share one vocabulary: a draft is a token id.
   int vocab_rank = -1, vocab = -1;
   const auto ready = wait_all(workers, MsgType::kReady);
   for (const auto& [r, m] : ready) {
+    const int v = m.as<msg::Ready>().vocab;
     if (vocab_rank < 0) {
       vocab_rank = r;
-      vocab = m.a;
-    } else if (m.a != vocab) {
-      throw ConfigError(fmt::format("the vocabulary of {} ({} tokens) differs from that of {} ({} tokens): "
-                                    "drafter and target must share one tokenizer",
-                                    name(r), m.a, name(vocab_rank), vocab));
+      vocab = v;
+    } else if (v != vocab) {
+      throw ConfigError(
+          fmt::format("the vocabulary of {} ({} tokens) differs from that of {} ({} tokens): "
+                      "drafter and target must share one tokenizer",
+                      name(r), v, name(vocab_rank), vocab));
     }
   }
   if (text && text->tokenizer().vocab_size() > vocab) {
@@ -193,28 +173,32 @@ RunReport Coordinator::run(const RunConfig& cfg, int n_targets,
     for (const Action& a : acts) {
       switch (a.kind) {
         case Action::kPrefill:
-          ch_.send(first_target + a.target, Message{.type = MsgType::kPrefill, .run = run_, .tokens = a.seq});
+          ch_.send(first_target + a.target, Message{.run = run_, .body = msg::Prefill{.tokens = a.seq}});
           break;
         case Action::kStartChain:
-          ch_.send(1, Message{.type = MsgType::kStartChain, .run = run_, .id = a.id,
-                              .a = a.window, .b = a.stop_len, .tokens = a.seq});
+          ch_.send(1, Message{.run = run_, .body = msg::StartChain{.chain = a.id, .committed = a.seq,
+                                                                   .window = a.window,
+                                                                   .stop_len = a.stop_len}});
           break;
         case Action::kVerify:
           ch_.send(first_target + a.target,
-                   Message{.type = MsgType::kVerify, .run = run_, .id = a.id, .a = a.n_logits,
-                           .b = a.bonus_anchor, .c = a.bonus_period, .aux = a.chain, .tokens = a.seq});
+                   Message{.run = run_, .body = msg::Verify{.task = a.id, .chain = a.chain,
+                                                            .seq = a.seq, .n_logits = a.n_logits,
+                                                            .bonus_anchor = a.bonus_anchor,
+                                                            .bonus_period = a.bonus_period}});
           break;
         case Action::kCancel:
-          ch_.send(first_target + a.target,
-                   Message{.type = MsgType::kCancel, .run = run_, .id = a.id});
+          ch_.send(first_target + a.target, Message{.run = run_, .body = msg::Cancel{.task = a.id}});
           rep.events.push_back({{"name", "cancel"}, {"ph", "i"}, {"s", "p"}, {"ts", stamp()},
                                 {"args", {{"task", a.id}, {"target", a.target}}}});
           break;
         case Action::kKvHandoff:
-          ch_.send(first_target + a.target, Message{.type = MsgType::kKvSend, .run = run_, .id = a.id, .a = a.begin,
-                                                    .b = a.end, .c = first_target + a.dst, .tokens = a.seq});
-          ch_.send(first_target + a.dst, Message{.type = MsgType::kKvExpect, .run = run_, .id = a.id, .a = a.begin,
-                                                 .b = a.end, .c = first_target + a.target, .tokens = a.seq});
+          ch_.send(first_target + a.target,
+                   Message{.run = run_, .body = msg::KvSend{.handoff = a.id, .begin = a.begin, .end = a.end,
+                                                            .dst = first_target + a.dst, .tokens = a.seq}});
+          ch_.send(first_target + a.dst,
+                   Message{.run = run_, .body = msg::KvExpect{.handoff = a.id, .begin = a.begin, .end = a.end,
+                                                              .src = first_target + a.target, .tokens = a.seq}});
           ++rep.kv.planned;
           break;
       }
@@ -236,13 +220,13 @@ RunReport Coordinator::run(const RunConfig& cfg, int n_targets,
   // Prefill the prompt (all but its last token) on the drafters and, as the scheduler says,
   // on the targets.
   std::vector<Token> prefix(rep.prompt.begin(), rep.prompt.end() - 1);
-  for (int r = 1; r < first_target; ++r) ch_.send(r, Message{.type = MsgType::kPrefill, .run = run_, .tokens = prefix});
+  for (int r = 1; r < first_target; ++r) ch_.send(r, Message{.run = run_, .body = msg::Prefill{.tokens = prefix}});
   execute(sched.prefill());
   rep.kv.prompt = sched.prompt_handed_over();
   int drafters_left = n_drafters;
   while (drafters_left > 0 || !sched.prefilled()) {
     auto env = next(Clock::now() + heartbeat_);
-    if (!env || env->msg.type != MsgType::kPrefillDone) continue;
+    if (!env || !env->msg.is<msg::PrefillDone>()) continue;
     if (env->src < first_target) {
       --drafters_left;
     } else {
@@ -258,11 +242,12 @@ RunReport Coordinator::run(const RunConfig& cfg, int n_targets,
     auto env = next(Clock::now() + heartbeat_);
     if (!env) continue;
     const Message& m = env->msg;
-    switch (m.type) {
-      case MsgType::kDraft: execute(sched.on_draft(m.id, m.a, m.b)); break;
-      case MsgType::kResult: execute(sched.on_result(m.id, m.tokens, Forward{m.a, m.x})); break;
-      case MsgType::kCancelled: execute(sched.on_cancelled(m.id)); break;
-      default: break;
+    if (const auto* d = std::get_if<msg::Draft>(&m.body)) {
+      execute(sched.on_draft(d->chain, d->pos, d->token));
+    } else if (const auto* res = std::get_if<msg::Result>(&m.body)) {
+      execute(sched.on_result(res->task, res->tokens, Forward{res->computed, res->busy_s}));
+    } else if (const auto* c = std::get_if<msg::Cancelled>(&m.body)) {
+      execute(sched.on_cancelled(c->task));
     }
   }
   rep.elapsed_s = seconds(last_commit - t_start);
@@ -271,18 +256,16 @@ RunReport Coordinator::run(const RunConfig& cfg, int n_targets,
   if (text) rep.text = text->tokenizer().decode(rep.tokens);
   rep.stats = sched.stats();
 
-  for (int r : workers) ch_.send(r, Message{.type = MsgType::kStop, .run = run_});
+  for (int r : workers) ch_.send(r, Message{.run = run_, .body = msg::Stop{}});
   for (auto& [r, m] : wait_all(workers, MsgType::kStopped)) {
-    json j = json::parse(m.text);
-    rep.ranks.push_back(RankReport{r, roles_[r], j.at("busy_s").get<double>(),
-                                   j.at("wasted_s").get<double>(), j.at("spans")});
-    const json& kv = j.at("kv");
-    rep.kv.imported += kv.at("imported").get<int64_t>();
-    rep.kv.imported_tokens += kv.at("imported_tokens").get<int64_t>();
-    rep.kv.sent_bytes += kv.at("sent_bytes").get<int64_t>();
-    rep.kv.fallbacks += kv.at("fallbacks").get<int64_t>();
-    rep.kv.not_needed += kv.at("not_needed").get<int64_t>();
-    rep.kv.verified_on_imported += kv.at("verified_on_imported").get<int64_t>();
+    auto& st = m.as<msg::Stopped>();
+    rep.ranks.push_back(RankReport{r, roles_[r], st.busy_s, st.wasted_s, std::move(st.spans)});
+    rep.kv.imported += st.kv.imported;
+    rep.kv.imported_tokens += st.kv.imported_tokens;
+    rep.kv.sent_bytes += st.kv.sent_bytes;
+    rep.kv.fallbacks += st.kv.fallbacks;
+    rep.kv.not_needed += st.kv.not_needed;
+    rep.kv.verified_on_imported += st.kv.verified_on_imported;
   }
   return rep;
 }
@@ -292,7 +275,7 @@ std::map<int, Message> Coordinator::wait_all(const std::vector<int>& ranks, MsgT
   while (got.size() < ranks.size()) {
     auto env = next(Clock::now() + heartbeat_);
     // Anything else now (a late result of a cancelled task) is of no use.
-    if (env && env->msg.type == type) got.emplace(env->src, std::move(env->msg));
+    if (env && env->msg.type() == type) got.emplace(env->src, std::move(env->msg));
   }
   return got;
 }
@@ -304,7 +287,7 @@ std::shared_ptr<const TextModel> Coordinator::text_model(const std::string& path
 }
 
 void Coordinator::exit_all(int code) {
-  for (int r = 1; r < ch_.size(); ++r) ch_.send(r, Message{.type = MsgType::kExit, .a = code});
+  for (int r = 1; r < ch_.size(); ++r) ch_.send(r, Message{.body = msg::Exit{.code = code}});
 }
 
 json trace_json(const RunReport& r) {
@@ -321,7 +304,8 @@ json trace_json(const RunReport& r) {
   }
   for (const auto& rk : r.ranks) {
     meta(rk.rank, fmt::format("rank {} ({})", rk.rank, rk.role));
-    for (json s : rk.spans) {
+    for (const Span& sp : rk.spans) {
+      json s = span_trace_event(sp);
       s["ph"] = "X";
       s["pid"] = rk.rank;
       s["tid"] = 0;

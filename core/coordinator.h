@@ -11,6 +11,8 @@
 #include "core/protocol.h"
 #include "core/config.h"
 #include "core/scheduler.h"
+#include "core/spans.h"
+#include "core/worker_spec.h"
 #include "model/text_model.h"
 
 namespace dsi {
@@ -28,7 +30,7 @@ struct RankReport {
   std::string role;
   double busy_s = 0;
   double wasted_s = 0;
-  nlohmann::json spans = nlohmann::json::array();
+  std::vector<Span> spans;
 };
 
 struct RunReport {
@@ -50,9 +52,6 @@ struct RunReport {
   }
   double wasted_target_s() const;
 };
-
-// The JSON spec a worker builds its engine and sampler from (docs/protocol.md, Configure).
-nlohmann::json worker_spec(const RunConfig& cfg, bool drafter);
 
 // Rank layout: 0 coordinator, 1..D drafters, then the targets.
 std::string role_of_rank(int rank, int n_drafters, int n_targets);

@@ -20,6 +20,7 @@ struct SamplingParams {
   uint64_t seed = 1;
   uint64_t request = 0;
   bool greedy() const { return temperature <= 0; }
+  bool operator==(const SamplingParams&) const = default;
 };
 
 // The positions whose token is the target's own sample from p (the "bonus" kind) rather than

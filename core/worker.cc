@@ -8,17 +8,14 @@
 #include <csignal>
 #include <cstring>
 #include <deque>
-#include <nlohmann/json.hpp>
 #include <thread>
 
-#include "kernels/argmax.h"
-#include "engines/engine_factory.h"
 #include "core/verify.h"
+#include "engines/engine_factory.h"
+#include "kernels/argmax.h"
 
 namespace dsi {
 namespace {
-
-using json = nlohmann::json;
 
 double now_s() { return std::chrono::duration<double>(Clock::now().time_since_epoch()).count(); }
 
@@ -48,14 +45,14 @@ class Worker {
   void compute_loop();
   void handle(Message m);
   void route(Message m);  // communication thread
-  void configure(const Message& m);
-  void prefill(const Message& m);
-  void verify(const Message& m);
-  void start_chain(const Message& m);
+  void configure(const msg::Configure& m);
+  void prefill(const msg::Prefill& m);
+  void verify(const msg::Verify& m);
+  void start_chain(const msg::StartChain& m);
   void draft_step();
-  void stop(const Message& m);
-  void kv_send(const Message& m);    // KvSend: this target holds the range
-  void kv_expect(const Message& m);  // KvExpect: this target lacks it
+  void stop();
+  void kv_send(const msg::KvSend& m);      // this target holds the range
+  void kv_expect(const msg::KvExpect& m);  // this target lacks it
   // Fault injection (tests): imports junk in place of the blob, to show that the lossless
   // checks notice a wrong handoff.
   bool import_corrupted(const DataKey& key, int begin, int end);
@@ -66,14 +63,13 @@ class Worker {
   // Truncates the engine to the longest cached prefix of `seq`, keeping at least `recompute`
   // tokens to run again (their logits are wanted). Returns how many tokens are kept.
   size_t reuse_prefix(std::span<const Token> seq, size_t recompute);
-  void span(const char* name, double t0, double t1, json args);
-  void reply(Message m) {
-    m.run = run_;
-    ch_.send(0, m);
-  }
+  // Records a span of kind s.kind from t0 to t1 (s's other fields as given), after an idle
+  // span when the rank was idle for more than a millisecond.
+  void span(Span s, double t0, double t1);
+  void reply(Message::Body b) { ch_.send(0, Message{.run = run_, .body = std::move(b)}); }
 
   // Target side of speculative sampling: the decided tokens of a verification.
-  std::vector<Token> verify_sampling(const Message& m, const Logits& l);
+  std::vector<Token> verify_sampling(const msg::Verify& m, const Logits& l);
 
   ControlLink ch_;
   WorkerOptions opts_;
@@ -91,16 +87,12 @@ class Worker {
   int exit_code_ = 0;
 
   std::unique_ptr<Engine> engine_;
-  json spec_;
-  std::string role_;
+  WorkerSpec spec_;
   std::vector<Token> cached_;  // the tokens whose KV the engine holds
   double origin_s_ = 0;
-  json spans_ = json::array();
+  std::vector<Span> spans_;
   double busy_s_ = 0, wasted_s_ = 0, last_end_s_ = 0;
-  json kv_stats_;  // KV handoff counters of this run
-  void count_kv(const char* what, int64_t n = 1) {
-    kv_stats_[what] = kv_stats_[what].get<int64_t>() + n;
-  }
+  KvCounters kv_stats_;  // KV handoff counters of this run
   // Lowest cache position holding imported KV (INT_MAX: none), to count the verifications
   // that attend to handed-over KV.
   int imported_from_ = INT_MAX;
@@ -113,13 +105,15 @@ class Worker {
   int stop_len_ = 0;
 };
 
-void Worker::span(const char* name, double t0, double t1, json args) {
+void Worker::span(Span s, double t0, double t1) {
   if (t0 - last_end_s_ > 1e-3 && last_end_s_ > 0) {
-    spans_.push_back({{"name", "idle"}, {"ts", (last_end_s_ - origin_s_) * 1e6},
-                      {"dur", (t0 - last_end_s_) * 1e6}});
+    spans_.push_back(Span{.kind = SpanKind::kIdle,
+                          .ts_us = (last_end_s_ - origin_s_) * 1e6,
+                          .dur_us = (t0 - last_end_s_) * 1e6});
   }
-  spans_.push_back({{"name", name}, {"ts", (t0 - origin_s_) * 1e6}, {"dur", (t1 - t0) * 1e6},
-                    {"args", std::move(args)}});
+  s.ts_us = (t0 - origin_s_) * 1e6;
+  s.dur_us = (t1 - t0) * 1e6;
+  spans_.push_back(s);
   last_end_s_ = t1;
 }
 
@@ -131,46 +125,38 @@ size_t Worker::reuse_prefix(std::span<const Token> seq, size_t recompute) {
   return keep;
 }
 
-void Worker::configure(const Message& m) {
-  origin_s_ = m.x;
-  spans_ = json::array();
+void Worker::configure(const msg::Configure& m) {
+  origin_s_ = m.origin_s;
+  spans_.clear();
   busy_s_ = wasted_s_ = 0;
   last_end_s_ = 0;
-  kv_stats_ = {{"sent", 0}, {"sent_bytes", 0}, {"imported", 0}, {"imported_tokens", 0},
-               {"fallbacks", 0}, {"not_needed", 0}, {"verified_on_imported", 0}};
+  kv_stats_ = {};
   {
     std::lock_guard lk(mu_);
     chain_active_ = false;
   }
   try {
-    json spec = json::parse(m.text);
-    if (!engine_ || spec != spec_) {
+    if (!engine_ || m.spec != spec_) {
       engine_.reset();
-      engine_ = make_engine(spec);
-      spec_ = spec;
+      engine_ = make_engine(m.spec.engine);
+      spec_ = m.spec;
       cached_.clear();
       imported_from_ = INT_MAX;
     }
-    role_ = spec.at("role").get<std::string>();
-    sampling_ = SamplingParams{};
-    if (spec.contains("sampling")) {
-      const auto& j = spec["sampling"];
-      sampling_ = {j.at("temperature").get<float>(), j.at("top_k").get<int>(),
-                   j.at("top_p").get<float>(), j.at("seed").get<uint64_t>(),
-                   j.value("request", uint64_t{0})};
-    }
-    targets_ = spec.value("targets", std::vector<int>{});
+    sampling_ = m.spec.sampling;
+    targets_ = m.spec.targets;
     if (!sampling_.greedy() && !data_) throw std::runtime_error("sampling needs a data channel");
-    if (data_) data_->discard([&](const DataKey& k) { return k.run != m.run; });
-    reply(Message{.type = MsgType::kReady, .a = engine_->vocab_size(), .b = data_ ? 1 : 0,
-                  .x = static_cast<double>(engine_->kv_bytes_per_token()),
-                  .text = engine_->device_name()});
+    if (data_) data_->discard([&](const DataKey& k) { return k.run != run_; });
+    reply(msg::Ready{.vocab = engine_->vocab_size(),
+                     .has_data_channel = data_ != nullptr,
+                     .kv_bytes_per_token = engine_->kv_bytes_per_token(),
+                     .device = engine_->device_name()});
   } catch (const std::exception& e) {
-    reply(Message{.type = MsgType::kError, .text = fmt::format("building the engine: {}", e.what())});
+    reply(msg::Error{.what = fmt::format("building the engine: {}", e.what())});
   }
 }
 
-void Worker::prefill(const Message& m) {
+void Worker::prefill(const msg::Prefill& m) {
   const double t0 = now_s();
   const size_t keep = reuse_prefix(m.tokens, 0);
   CancelFlag never;
@@ -180,41 +166,47 @@ void Worker::prefill(const Message& m) {
   cached_ = m.tokens;
   const double t1 = now_s();
   busy_s_ += t1 - t0;
-  span("prefill", t0, t1, {{"tokens", m.tokens.size() - keep}});
-  reply(Message{.type = MsgType::kPrefillDone, .a = engine_->kv_len()});
+  span({.kind = SpanKind::kPrefill, .tokens = static_cast<int32_t>(m.tokens.size() - keep)}, t0,
+       t1);
+  reply(msg::PrefillDone{.kv_len = engine_->kv_len()});
 }
 
-void Worker::verify(const Message& m) {
+void Worker::verify(const msg::Verify& m) {
   const double t0 = now_s();
-  const size_t n_logits = static_cast<size_t>(m.a);
-  const size_t keep = reuse_prefix(m.tokens, n_logits);
-  const auto todo = std::span(m.tokens).subspan(keep);
+  const size_t n_logits = static_cast<size_t>(m.n_logits);
+  const size_t keep = reuse_prefix(m.seq, n_logits);
+  const auto todo = std::span(m.seq).subspan(keep);
+  const Span sp{.kind = SpanKind::kVerify, .id = m.task, .drafts = m.n_logits - 1};
   try {
     Logits l = engine_->forward(todo, static_cast<int>(n_logits), cancel_);
-    cached_ = m.tokens;
+    cached_ = m.seq;
     std::vector<Token> y = sampling_.greedy() ? argmax_rows(l) : verify_sampling(m, l);
-    if (imported_from_ < static_cast<int>(keep)) {
-      count_kv("verified_on_imported");
-    }
+    if (imported_from_ < static_cast<int>(keep)) ++kv_stats_.verified_on_imported;
     const double t1 = now_s();
     busy_s_ += t1 - t0;
-    span("verify", t0, t1, {{"task", m.id}, {"drafts", n_logits - 1}, {"tokens", todo.size()}});
-    reply(Message{.type = MsgType::kResult, .id = m.id, .a = static_cast<int32_t>(todo.size()),
-                  .x = t1 - t0, .tokens = std::move(y)});
+    Span done = sp;
+    done.tokens = static_cast<int32_t>(todo.size());
+    span(done, t0, t1);
+    reply(msg::Result{.task = m.task,
+                      .tokens = std::move(y),
+                      .computed = static_cast<int32_t>(todo.size()),
+                      .busy_s = t1 - t0});
   } catch (const Cancelled&) {
     const double t1 = now_s();
     busy_s_ += t1 - t0;
     wasted_s_ += t1 - t0;
-    span("verify (preempted)", t0, t1, {{"task", m.id}, {"drafts", n_logits - 1}, {"cancelled", true}});
-    reply(Message{.type = MsgType::kCancelled, .id = m.id, .x = t1 - t0});
+    Span cut = sp;
+    cut.cancelled = true;
+    span(cut, t0, t1);
+    reply(msg::Cancelled{.task = m.task, .busy_s = t1 - t0});
   }
 }
 
-std::vector<Token> Worker::verify_sampling(const Message& m, const Logits& l) {
-  const int end = static_cast<int>(m.tokens.size());
+std::vector<Token> Worker::verify_sampling(const msg::Verify& m, const Logits& l) {
+  const int end = static_cast<int>(m.seq.size());
   const int first = end - l.n + 1;
   // Probability vectors of older chains will never be asked for again.
-  data_->discard([&](const DataKey& k) { return k.run != m.run || k.stream < m.aux; });
+  data_->discard([&](const DataKey& k) { return k.run != run_ || k.stream < m.chain; });
   std::vector<float> p, q;
   auto p_at = [&](int pos) {
     p = sampling_probs(l.row(pos - first), sampling_);
@@ -222,14 +214,14 @@ std::vector<Token> Worker::verify_sampling(const Message& m, const Logits& l) {
   };
   auto q_at = [&](int pos) {
     std::vector<uint8_t> bytes;
-    const DataKey key{m.run, DataKind::kDraftProbs, m.aux, pos};
+    const DataKey key{run_, DataKind::kDraftProbs, m.chain, pos};
     const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
                                              std::chrono::duration<double>(opts_.peer_timeout_s));
     if (!data_->recv(key, bytes, deadline, &cancel_)) {
       if (cancel_.cancelled()) throw Cancelled();
       throw std::runtime_error(fmt::format(
           "the drafter's probabilities for position {} (chain {}) did not arrive within {} s", pos,
-          m.aux, opts_.peer_timeout_s));
+          m.chain, opts_.peer_timeout_s));
     }
     if (bytes.size() != l.row(0).size() * sizeof(float)) {
       throw std::runtime_error(fmt::format("drafter probabilities of {} bytes for a vocabulary of {}",
@@ -239,15 +231,16 @@ std::vector<Token> Worker::verify_sampling(const Message& m, const Logits& l) {
     std::memcpy(q.data(), bytes.data(), bytes.size());
     return std::span<const float>(q);
   };
-  return verify_sampled(m.tokens, first, p_at, q_at, BonusRule{m.b, m.c}, sampling_);
+  return verify_sampled(m.seq, first, p_at, q_at, BonusRule{m.bonus_anchor, m.bonus_period},
+                        sampling_);
 }
 
-void Worker::start_chain(const Message& m) {
+void Worker::start_chain(const msg::StartChain& m) {
   std::lock_guard lk(mu_);
-  chain_ = m.id;
-  seq_ = m.tokens;
-  window_ = m.a;
-  stop_len_ = m.b;
+  chain_ = m.chain;
+  seq_ = m.committed;
+  window_ = m.window;
+  stop_len_ = m.stop_len;
   chain_active_ = true;
 }
 
@@ -279,28 +272,27 @@ void Worker::draft_step() {
     }
     const double t1 = now_s();
     busy_s_ += t1 - t0;
-    span("draft", t0, t1, {{"chain", chain}, {"pos", seq.size()}});
+    span({.kind = SpanKind::kDraft, .id = chain, .pos = pos}, t0, t1);
     std::lock_guard lk(mu_);
     drafting_ = false;
     if (chain == chain_ && chain_active_) {
       seq_.push_back(tok);
       if (window_ > 0) --window_;
-      reply(Message{.type = MsgType::kDraft, .id = chain, .a = static_cast<int32_t>(seq.size()),
-                    .b = tok});
+      reply(msg::Draft{.chain = chain, .pos = pos, .token = tok});
     }
   } catch (const Cancelled&) {
     const double t1 = now_s();
     busy_s_ += t1 - t0;
-    span("draft (preempted)", t0, t1, {{"chain", chain}, {"cancelled", true}});
+    span({.kind = SpanKind::kDraft, .id = chain, .cancelled = true}, t0, t1);
     std::lock_guard lk(mu_);
     drafting_ = false;
   }
 }
 
-void Worker::kv_send(const Message& m) {
+void Worker::kv_send(const msg::KvSend& m) {
   if (!data_) throw std::runtime_error("a KV handoff needs a data channel");
   const double t0 = now_s();
-  const int begin = m.a, end = m.b;
+  const int begin = m.begin, end = m.end;
   // The range must still be in the cache, computed for the very tokens the coordinator
   // committed (a stale task since may have rolled it back).
   const bool ok = begin >= 0 && begin < end && static_cast<int>(m.tokens.size()) >= end &&
@@ -309,15 +301,16 @@ void Worker::kv_send(const Message& m) {
   const KvHeader h{ok ? 1u : 0u, 0, ok ? (end - begin) * engine_->kv_bytes_per_token() : 0};
   std::vector<uint8_t> hb(sizeof h);
   std::memcpy(hb.data(), &h, sizeof h);
-  data_->send(m.c, DataKey{run_, DataKind::kKvHeader, m.id, 0}, std::move(hb));
+  data_->send(m.dst, DataKey{run_, DataKind::kKvHeader, m.handoff, 0}, std::move(hb));
   if (ok) {
-    engine_->send_kv(*data_, m.c, DataKey{run_, DataKind::kKvCache, m.id, 0}, begin, end);
-    count_kv("sent");
-    count_kv("sent_bytes", static_cast<int64_t>(h.bytes));
+    engine_->send_kv(*data_, m.dst, DataKey{run_, DataKind::kKvCache, m.handoff, 0}, begin, end);
+    ++kv_stats_.sent;
+    kv_stats_.sent_bytes += static_cast<int64_t>(h.bytes);
   }
   const double t1 = now_s();
   busy_s_ += t1 - t0;
-  span("kv send", t0, t1, {{"handoff", m.id}, {"to", m.c}, {"tokens", end - begin}, {"ok", ok}});
+  span({.kind = SpanKind::kKvSend, .id = m.handoff, .tokens = end - begin, .peer = m.dst, .ok = ok},
+       t0, t1);
 }
 
 bool Worker::import_corrupted(const DataKey& key, int begin, int end) {
@@ -331,88 +324,96 @@ bool Worker::import_corrupted(const DataKey& key, int begin, int end) {
   return true;
 }
 
-void Worker::kv_expect(const Message& m) {
+void Worker::kv_expect(const msg::KvExpect& m) {
   if (!data_) throw std::runtime_error("a KV handoff needs a data channel");
   const double t0 = now_s();
-  const int begin = m.a, end = m.b;
+  const int begin = m.begin, end = m.end;
   // Handoffs are numbered in the order the coordinator plans them: older ones that were not
   // needed will not be asked for again.
-  data_->discard([&](const DataKey& k) { return is_kv(k) && k.stream < m.id; });
+  data_->discard([&](const DataKey& k) { return is_kv(k) && k.stream < m.handoff; });
   const size_t have = common_prefix(cached_, m.tokens);
-  std::string outcome = "imported";
+  KvOutcome outcome = KvOutcome::kImported;
   if (have >= static_cast<size_t>(end)) {
-    outcome = "not needed";
-    count_kv("not_needed");
+    outcome = KvOutcome::kNotNeeded;
+    ++kv_stats_.not_needed;
   } else if (have < static_cast<size_t>(begin) || static_cast<int>(m.tokens.size()) < end) {
-    outcome = "cache behind the range";  // the next forward recomputes
-    count_kv("fallbacks");
+    outcome = KvOutcome::kCacheBehind;  // the next forward recomputes
+    ++kv_stats_.fallbacks;
   } else {
     std::vector<uint8_t> hb;
-    if (!data_->recv(DataKey{run_, DataKind::kKvHeader, m.id, 0}, hb, peer_deadline()) ||
+    if (!data_->recv(DataKey{run_, DataKind::kKvHeader, m.handoff, 0}, hb, peer_deadline()) ||
         hb.size() != sizeof(KvHeader)) {
       throw std::runtime_error(fmt::format("KV handoff {} from rank {} did not arrive within {} s",
-                                           m.id, m.c, opts_.peer_timeout_s));
+                                           m.handoff, m.src, opts_.peer_timeout_s));
     }
     KvHeader h;
     std::memcpy(&h, hb.data(), sizeof h);
     const uint64_t want = (end - begin) * engine_->kv_bytes_per_token();
     if (!h.ok) {
-      outcome = "source no longer held it";
-      count_kv("fallbacks");
+      outcome = KvOutcome::kSourceDropped;
+      ++kv_stats_.fallbacks;
     } else if (h.bytes != want) {
       throw std::runtime_error(fmt::format(
           "KV handoff {} from rank {} carries {} bytes for {} tokens, this engine expects {} "
-          "(different model or kept layers?)", m.id, m.c, h.bytes, end - begin, want));
+          "(different model or kept layers?)",
+          m.handoff, m.src, h.bytes, end - begin, want));
     } else {
       engine_->truncate(begin);
       cached_.resize(begin);
       if (begin <= imported_from_) imported_from_ = INT_MAX;
-      const DataKey key{run_, DataKind::kKvCache, m.id, 0};
+      const DataKey key{run_, DataKind::kKvCache, m.handoff, 0};
       if (!(opts_.fault == "kv_corrupt" ? import_corrupted(key, begin, end)
                                         : engine_->recv_kv(*data_, key, begin, end, peer_deadline(), nullptr))) {
-        throw std::runtime_error(fmt::format("the KV of handoff {} from rank {} did not arrive within {} s",
-                                             m.id, m.c, opts_.peer_timeout_s));
+        throw std::runtime_error(
+            fmt::format("the KV of handoff {} from rank {} did not arrive within {} s", m.handoff,
+                        m.src, opts_.peer_timeout_s));
       }
       cached_.assign(m.tokens.begin(), m.tokens.begin() + end);
       imported_from_ = std::min(imported_from_, begin);
-      count_kv("imported");
-      count_kv("imported_tokens", end - begin);
+      ++kv_stats_.imported;
+      kv_stats_.imported_tokens += end - begin;
     }
-    data_->discard([&](const DataKey& k) { return is_kv(k) && k.stream == m.id; });
+    data_->discard([&](const DataKey& k) { return is_kv(k) && k.stream == m.handoff; });
   }
   const double t1 = now_s();
   busy_s_ += t1 - t0;
-  span("kv import", t0, t1, {{"handoff", m.id}, {"from", m.c}, {"tokens", end - begin}, {"outcome", outcome}});
+  span({.kind = SpanKind::kKvImport,
+        .id = m.handoff,
+        .tokens = end - begin,
+        .peer = m.src,
+        .outcome = outcome},
+       t0, t1);
 }
 
-void Worker::stop(const Message&) {
+void Worker::stop() {
   {
     std::lock_guard lk(mu_);
     chain_active_ = false;
   }
-  json report = {{"busy_s", busy_s_}, {"wasted_s", wasted_s_}, {"role", role_},
-                 {"kv", kv_stats_}, {"spans", std::move(spans_)}};
-  spans_ = json::array();
-  reply(Message{.type = MsgType::kStopped, .text = report.dump()});
+  reply(msg::Stopped{.busy_s = busy_s_,
+                     .wasted_s = wasted_s_,
+                     .kv = kv_stats_,
+                     .spans = std::exchange(spans_, {})});
 }
 
 void Worker::handle(Message m) {
-  if (m.type == MsgType::kConfigure) run_ = m.run;
-  if (m.run != run_ && m.type != MsgType::kExit) return;  // left over from an earlier run
+  if (m.is<msg::Configure>()) run_ = m.run;
+  if (m.run != run_ && !m.is<msg::Exit>()) return;  // left over from an earlier run
   try {
-    switch (m.type) {
-      case MsgType::kConfigure: configure(m); break;
-      case MsgType::kPrefill: prefill(m); break;
-      case MsgType::kVerify: verify(m); break;
-      case MsgType::kStartChain: start_chain(m); break;
-      case MsgType::kStop: stop(m); break;
-      case MsgType::kKvSend: kv_send(m); break;
-      case MsgType::kKvExpect: kv_expect(m); break;
-      default: break;
-    }
+    std::visit(
+        [&](const auto& b) {
+          using T = std::decay_t<decltype(b)>;
+          if constexpr (std::is_same_v<T, msg::Configure>) configure(b);
+          if constexpr (std::is_same_v<T, msg::Prefill>) prefill(b);
+          if constexpr (std::is_same_v<T, msg::Verify>) verify(b);
+          if constexpr (std::is_same_v<T, msg::StartChain>) start_chain(b);
+          if constexpr (std::is_same_v<T, msg::Stop>) stop();
+          if constexpr (std::is_same_v<T, msg::KvSend>) kv_send(b);
+          if constexpr (std::is_same_v<T, msg::KvExpect>) kv_expect(b);
+        },
+        m.body);
   } catch (const std::exception& e) {
-    reply(Message{.type = MsgType::kError,
-                  .text = fmt::format("{} failed: {}", msg_type_name(m.type), e.what())});
+    reply(msg::Error{.what = fmt::format("{} failed: {}", msg_type_name(m.type()), e.what())});
   }
   std::lock_guard lk(mu_);
   current_task_ = 0;
@@ -436,13 +437,13 @@ void Worker::compute_loop() {
       }
       m = std::move(inbox_.front());
       inbox_.pop_front();
-      if (m.type == MsgType::kVerify) {
-        current_task_ = m.id;
+      if (const auto* v = std::get_if<msg::Verify>(&m.body)) {
+        current_task_ = v->task;
         cancel_.reset();
       }
     }
-    if (m.type == MsgType::kExit) {
-      exit_code_ = m.a;
+    if (const auto* e = std::get_if<msg::Exit>(&m.body)) {
+      exit_code_ = e->code;
       exited_ = true;
       return;
     }
@@ -451,32 +452,33 @@ void Worker::compute_loop() {
 }
 
 void Worker::route(Message m) {
-  if (m.type == MsgType::kHeartbeat) return;
+  if (m.is<msg::Heartbeat>()) return;
   std::lock_guard lk(mu_);
-  if (m.type == MsgType::kCancel) {
+  if (const auto* c = std::get_if<msg::Cancel>(&m.body)) {
     if (m.run != run_) return;
-    if (current_task_ == m.id) {
+    if (current_task_ == c->task) {
       cancel_.cancel();
       return;
     }
     for (auto it = inbox_.begin(); it != inbox_.end(); ++it) {
-      if (it->type == MsgType::kVerify && it->id == m.id) {
+      const auto* v = std::get_if<msg::Verify>(&it->body);
+      if (v && v->task == c->task) {
         inbox_.erase(it);
-        ch_.send(0, Message{.type = MsgType::kCancelled, .run = run_, .id = m.id});
+        reply(msg::Cancelled{.task = c->task});
         return;
       }
     }
     return;  // already finished: its Result is on its way
   }
   // A new chain, the end of the run or of the process supersedes the forward in progress.
-  if (m.type == MsgType::kStartChain || m.type == MsgType::kStop || m.type == MsgType::kExit) {
+  if (m.is<msg::StartChain>() || m.is<msg::Stop>() || m.is<msg::Exit>()) {
     if (drafting_ || current_task_ != 0) cancel_.cancel();
   }
-  if (m.type == MsgType::kKvSend) {
+  if (m.is<msg::KvSend>()) {
     // Serving a handoff takes a copy and another target may be waiting for it: it goes
     // ahead of queued work (behind earlier handoffs, in order).
     auto it = std::find_if(inbox_.begin(), inbox_.end(),
-                           [](const Message& q) { return q.type != MsgType::kKvSend; });
+                           [](const Message& q) { return !q.is<msg::KvSend>(); });
     inbox_.insert(it, std::move(m));
     cv_.notify_one();
     return;
@@ -498,7 +500,7 @@ int Worker::serve() {
     {
       std::lock_guard lk(mu_);
       cancel_.cancel();
-      inbox_.push_front(Message{.type = MsgType::kExit, .a = 1});
+      inbox_.push_front(Message{.body = msg::Exit{.code = 1}});
     }
     cv_.notify_one();
     compute.join();
@@ -511,7 +513,7 @@ int Worker::serve() {
       if (opts_.fault == "hang") raise(SIGSTOP);
     }
     if (now >= next_hb) {
-      ch_.send(0, Message{.type = MsgType::kHeartbeat, .run = run_});
+      ch_.send(0, Message{.run = run_, .body = msg::Heartbeat{}});
       next_hb = now + hb;
     }
     auto deadline = next_hb;
@@ -534,7 +536,7 @@ int Worker::serve() {
       continue;
     }
     last_heard = now;
-    const bool exit_msg = env->msg.type == MsgType::kExit;
+    const bool exit_msg = env->msg.is<msg::Exit>();
     route(std::move(env->msg));
     if (exit_msg) break;
   }

@@ -21,6 +21,7 @@ struct SyntheticParams {
   double per_token_ms = 0;    // plus this for each token in the forward
   bool drafter = false;
   double overlap = 0.5;       // drafter only: how much of the target's logit noise it shares
+  bool operator==(const SyntheticParams&) const = default;
 };
 
 // The synthetic model as pure functions of the context hash, so the coordinator and tests

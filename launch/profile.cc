@@ -13,13 +13,13 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "core/config.h"
+#include "core/verify.h"
+#include "core/worker_spec.h"
+#include "engines/engine_factory.h"
 #include "kernels/argmax.h"
 #include "launch/commands.h"
-#include "core/coordinator.h"
-#include "core/config.h"
 #include "sim/simulator.h"
-#include "engines/engine_factory.h"
-#include "core/verify.h"
 
 namespace dsi::cli {
 namespace {
@@ -60,28 +60,22 @@ double sampled_acceptance(const Logits& target, const Logits& drafter, const Sam
   return s;
 }
 
-// The sampling parameters of an engine spec ("sampling" block); temperature 0 without one.
-SamplingParams spec_sampling(const json& spec) {
-  SamplingParams sp;
-  if (spec.contains("sampling")) {
-    const json& s = spec["sampling"];
-    sp.temperature = s.value("temperature", 0.0f);
-    sp.top_k = s.value("top_k", 0);
-    sp.top_p = s.value("top_p", 1.0f);
-    sp.seed = s.value("seed", uint64_t{1});
-  }
-  return sp;
-}
-
-// The worker specs a run config gives its drafter and targets (as the coordinator builds them).
-json parse_spec(const std::string& text, const char* what) {
+// A user-given worker spec (JSON, core/worker_spec.h).
+WorkerSpec parse_spec(const std::string& text, const char* what) {
+  json j;
   try {
-    json j = json::parse(text);
-    if (!j.is_object() || !j.contains("engine")) throw UsageError("");
-    return j;
-  } catch (const std::exception&) {
+    j = json::parse(text);
+  } catch (const json::exception&) {
+    j = nullptr;
+  }
+  if (!j.is_object() || !j.contains("engine")) {
     throw UsageError(fmt::format("{} must be a JSON object with an \"engine\" field, got '{}'",
                                  what, text));
+  }
+  try {
+    return worker_spec_from_json(j);
+  } catch (const SpecError& e) {
+    throw UsageError(fmt::format("{}: {}", what, e.what()));
   }
 }
 
@@ -115,7 +109,7 @@ int cmd_profile(const ProfileOptions& o) {
     if (o.tokens < 2 || o.max_draft < 1 || o.repeats < 1 || o.prompts < 1) {
       throw UsageError("--tokens must be >= 2, --max-draft, --repeats and --prompts >= 1");
     }
-    json tspec, dspec;
+    WorkerSpec tspec, dspec;
     uint64_t seed = 1;
     int prompt_tokens = 16;
     if (!o.target_spec.empty() || !o.drafter_spec.empty()) {
@@ -139,16 +133,20 @@ int cmd_profile(const ProfileOptions& o) {
       } catch (const ConfigError& e) {
         throw UsageError(e.what());
       }
-      tspec = worker_spec(cfg, false);
-      dspec = worker_spec(cfg, true);
+      try {
+        tspec = worker_spec(cfg, false);
+        dspec = worker_spec(cfg, true);
+      } catch (const std::exception& e) {
+        throw UsageError(e.what());
+      }
       seed = cfg.seed;
       prompt_tokens = cfg.prompt_tokens;
     }
 
     std::unique_ptr<Engine> target, drafter;
     try {
-      target = make_engine(tspec);
-      drafter = make_engine(dspec);
+      target = make_engine(tspec.engine);
+      drafter = make_engine(dspec.engine);
     } catch (const std::exception& e) {
       throw UsageError(fmt::format("cannot build the engines: {}", e.what()));
     }
@@ -164,7 +162,7 @@ int cmd_profile(const ProfileOptions& o) {
       for (int i = 0; i < o.prompts; ++i) prompts.push_back(synthetic_prompt(seed + i, prompt_tokens, vocab));
     }
 
-    const SamplingParams sp = spec_sampling(tspec);
+    const SamplingParams sp = tspec.sampling;
     const bool sampling = !sp.greedy();
     double sampled_sum = 0;
     std::vector<double> ttft, decode, d_ttft, d_decode;
@@ -259,12 +257,18 @@ int cmd_profile(const ProfileOptions& o) {
     const double a = sampling ? (compared ? sampled_sum / compared : 0) : a_greedy;
     const double c_ms = median(d_decode);
     json out = {
-        {"format", "dsi-profile"}, {"version", 1},
-        {"target_spec", tspec}, {"drafter_spec", dspec},
-        {"prompts", prompts.size()}, {"tokens_per_prompt", o.tokens}, {"repeats", o.repeats},
-        {"target", {{"ttft_ms", median(ttft)}, {"decode_ms", median(decode)},
-                    {"forward_ms_by_tokens", by_tokens},
-                    {"fit", {{"t0_ms", t0}, {"per_token_ms", slope}}}}},
+        {"format", "dsi-profile"},
+        {"version", 1},
+        {"target_spec", worker_spec_json(tspec)},
+        {"drafter_spec", worker_spec_json(dspec)},
+        {"prompts", prompts.size()},
+        {"tokens_per_prompt", o.tokens},
+        {"repeats", o.repeats},
+        {"target",
+         {{"ttft_ms", median(ttft)},
+          {"decode_ms", median(decode)},
+          {"forward_ms_by_tokens", by_tokens},
+          {"fit", {{"t0_ms", t0}, {"per_token_ms", slope}}}}},
         {"drafter", {{"ttft_ms", median(d_ttft)}, {"c_ms", c_ms}}},
         {"acceptance_rate", a},
         {"acceptance_rate_greedy", a_greedy},

@@ -31,12 +31,12 @@ int main(int argc, char** argv) {
         // Let the peer settle into its longest back-off before each ping, as an idle rank is.
         std::this_thread::sleep_for(std::chrono::milliseconds(pause_ms));
         const auto t0 = dsi::Clock::now();
-        ch.send(1, dsi::Message{.type = dsi::MsgType::kHeartbeat});
+        ch.send(1, dsi::Message{.body = dsi::msg::Heartbeat{}});
         ch.recv(dsi::Clock::now() + std::chrono::seconds(5));
         rtt.push_back(std::chrono::duration<double, std::micro>(dsi::Clock::now() - t0).count());
       } else if (ch.rank() == 1) {
         ch.recv(dsi::Clock::now() + std::chrono::seconds(5));
-        ch.send(0, dsi::Message{.type = dsi::MsgType::kHeartbeat});
+        ch.send(0, dsi::Message{.body = dsi::msg::Heartbeat{}});
       }
     }
     if (ch.rank() == 0) {

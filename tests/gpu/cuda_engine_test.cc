@@ -542,9 +542,12 @@ TEST(CudaEngine, LayerSkipDrafterEqualsCpuDrafter) {
 TEST(CudaEngine, FactoryBuildsItFromTheSpec) {
   SKIP_WITHOUT_GPU();
   const std::string path = kTestData + "/tiny-llama-spm-f16.gguf";
-  const nlohmann::json spec = {{"engine", "llama"}, {"model", path},    {"device", "cuda"},
-                               {"dtype", "f32"},    {"gpu", 0},         {"layers", {0, 2}},
-                               {"max_context", 64}, {"role", "drafter"}};
+  const LlamaSpec spec{.model = path,
+                       .device = LlamaDevice::kCuda,
+                       .dtype = CudaDtype::kF32,
+                       .gpu = 0,
+                       .layers = {0, 2},
+                       .max_context = 64};
   auto gpu = make_engine(spec);
   const std::string name = gpu->device_name();
   EXPECT_EQ(name.rfind("cuda:", 0), 0u) << name;
@@ -552,8 +555,8 @@ TEST(CudaEngine, FactoryBuildsItFromTheSpec) {
   LlamaEngine cpu(model("tiny-llama-spm-f16"), cpu_opts({0, 2}, 64));
   const auto prompt = prompt_for(*model("tiny-llama-spm-f16"), 6);
   EXPECT_EQ(greedy(*gpu, prompt, 16).tokens, greedy(cpu, prompt, 16).tokens);
-  nlohmann::json bad = spec;
-  bad["gpu"] = 1000;
+  LlamaSpec bad = spec;
+  bad.gpu = 1000;
   EXPECT_THROW(make_engine(bad), GpuBindingError);
 }
 

@@ -1,6 +1,7 @@
-// The engine factory's device and dtype keys (engines/engine_factory.h) on a machine without a
-// GPU: "device: cuda" fails with a message saying why, bad values are refused by name, and the
-// CPU engine is what "device: cpu" (or no device) builds.
+// The engine factory's device and dtype keys (engines/engine_factory.h), given as the JSON
+// worker spec users write (core/worker_spec.h), on a machine without a GPU: "device: cuda"
+// fails with a message saying why, bad values are refused by name, and the CPU engine is what
+// "device: cpu" (or no device) builds.
 #include "engines/engine_factory.h"
 
 #include <gtest/gtest.h>
@@ -8,6 +9,7 @@
 #include <string>
 
 #include "common/gpu_binding.h"
+#include "core/worker_spec.h"
 #include "engines/llama/cuda_engine.h"
 #include "engines/llama/llama_engine.h"
 
@@ -18,6 +20,10 @@ const std::string kModel = std::string(DSI_TESTDATA_DIR) + "/tiny-llama-spm-f16.
 
 nlohmann::json llama_spec() {
   return {{"engine", "llama"}, {"model", kModel}, {"role", "target"}, {"max_context", 32}};
+}
+
+std::unique_ptr<Engine> make_engine(const nlohmann::json& spec) {
+  return dsi::make_engine(worker_spec_from_json(spec).engine);
 }
 
 // The text of the exception `f` throws as E ("" and a test failure when it throws nothing).
