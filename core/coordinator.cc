@@ -14,39 +14,63 @@ using json = nlohmann::json;
 namespace {
 double seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
-// What the coordinator knows of the target ranks for KV handoff (from their Ready messages).
-struct TargetKv {
-  bool can = false;          // every target has a data channel and the same KV layout size
+// What the targets' Ready messages say about KV handoff between them.
+KvHandoffOptions kv_options(const RunConfig& cfg, const std::map<int, Message>& ready,
+                            int first_target) {
+  const auto policy = parse_kv_policy(cfg.kv_handoff);
+  if (!policy) {
+    throw ConfigError(fmt::format("runtime.kv_handoff must be one of auto, always, never, got '{}'",
+                                  cfg.kv_handoff));
+  }
+  // Handoff needs every target to have a data channel and the same KV layout size.
+  bool can = true;
+  double bytes_per_token = -1;
   bool shared_device = false;  // two targets compute on the same device
-  double bytes_per_token = 0;
-};
-
-TargetKv target_kv(const std::map<int, Message>& ready, int first_target) {
-  TargetKv t{true, false, -1};
   std::set<std::string> devices;
   for (const auto& [r, m] : ready) {
     if (r < first_target) continue;
     const auto& rd = m.as<msg::Ready>();
     const double bytes = static_cast<double>(rd.kv_bytes_per_token);
-    if (t.bytes_per_token < 0) t.bytes_per_token = bytes;
-    t.can = t.can && rd.has_data_channel && bytes > 0 && bytes == t.bytes_per_token;
-    if (!devices.insert(rd.device).second) t.shared_device = true;
+    if (bytes_per_token < 0) bytes_per_token = bytes;
+    can = can && rd.has_data_channel && bytes > 0 && bytes == bytes_per_token;
+    if (!devices.insert(rd.device).second) shared_device = true;
   }
-  return t;
+  return KvHandoffOptions{.policy = *policy,
+                          .bytes_per_token = can ? bytes_per_token : 0,
+                          .gbps = cfg.kv_gbps,
+                          .shared_device = shared_device};
 }
 }  // namespace
+
+// One run: its layout, the scheduler, and the report it fills.
+struct Coordinator::Run {
+  int n_drafters = 0;
+  int first_target = 0;  // rank of target 0
+  std::vector<int> workers;
+  std::shared_ptr<const TextModel> text;  // real models
+  OnCommit on_commit;
+  Clock::time_point origin;  // configure; spans and events are timed from it
+  std::unique_ptr<Scheduler> sched;
+  RunReport rep;
+  // Generation: progress seen so far, for on_commit and the trace events.
+  Clock::time_point t_start, last_commit;
+  size_t committed = 0;  // the prompt, then what on_commit has seen
+  int64_t rejected = 0;
+
+  int rank(int target) const { return first_target + target; }
+  double stamp_us() const { return seconds(Clock::now() - origin) * 1e6; }
+  void event(const char* name, json args = nullptr) {
+    json e = {{"name", name}, {"ph", "i"}, {"s", "p"}, {"ts", stamp_us()}};
+    if (!args.is_null()) e["args"] = std::move(args);
+    rep.events.push_back(std::move(e));
+  }
+};
 
 std::string role_of_rank(int rank, int n_drafters, int n_targets) {
   if (rank == 0) return "coordinator";
   if (rank <= n_drafters) return n_drafters == 1 ? "drafter" : fmt::format("drafter {}", rank - 1);
   if (rank <= n_drafters + n_targets) return fmt::format("target {}", rank - 1 - n_drafters);
   return "idle";
-}
-
-double RunReport::wasted_target_s() const {
-  double w = 0;
-  for (const auto& r : ranks) w += r.wasted_s;
-  return w;
 }
 
 Coordinator::Coordinator(ControlChannel& ch, int heartbeat_ms, double peer_timeout_s)
@@ -79,7 +103,7 @@ std::optional<Envelope> Coordinator::next(Clock::time_point deadline) {
     try {
       env = ch_.recv(std::min(deadline, next_hb_));
     } catch (const ProtocolError& e) {
-      throw PeerError(-1, fmt::format("bad control message: {}", e.what()), false);
+      throw PeerError(-1, fmt::format("bad control message: {}", error_message(e)), false);
     }
     if (!env) {
       if (Clock::now() >= deadline) return std::nullopt;
@@ -95,222 +119,197 @@ std::optional<Envelope> Coordinator::next(Clock::time_point deadline) {
   }
 }
 
-RunReport Coordinator::run(const RunConfig& cfg, int n_targets,
-                           const std::function<void(std::span<const Token>)>& on_commit) {
-  ++run_;
-  const int n_drafters = cfg.n_drafters();
-  if (1 + n_drafters + n_targets > ch_.size()) {
-    throw ConfigError(fmt::format("{} targets and {} drafters need {} ranks, the world has {}",
-                                  n_targets, n_drafters, 1 + n_drafters + n_targets, ch_.size()));
-  }
-  for (int r = 0; r < ch_.size(); ++r) roles_[r] = role_of_rank(r, n_drafters, n_targets);
-  std::vector<int> workers;
-  for (int r = 1; r <= n_drafters + n_targets; ++r) workers.push_back(r);
-  const int first_target = 1 + n_drafters;
+RunReport Coordinator::run(const RunConfig& cfg, int n_targets, const OnCommit& on_commit) {
+  auto r = configure(cfg, n_targets, on_commit);
+  prefill(*r);
+  generate(*r);
+  return finish(*r);
+}
 
-  RunReport rep;
-  rep.cfg = cfg;
-  rep.n_targets = n_targets;
-  std::shared_ptr<const TextModel> text;
+std::unique_ptr<Coordinator::Run> Coordinator::configure(const RunConfig& cfg, int n_targets,
+                                                         const OnCommit& on_commit) {
+  ++run_;
+  auto run = std::make_unique<Run>();
+  Run& r = *run;
+  r.on_commit = on_commit;
+  r.n_drafters = cfg.n_drafters();
+  r.first_target = 1 + r.n_drafters;
+  if (r.first_target + n_targets > ch_.size()) {
+    throw ConfigError(fmt::format("{} targets and {} drafters need {} ranks, the world has {}",
+                                  n_targets, r.n_drafters, r.first_target + n_targets, ch_.size()));
+  }
+  for (int k = 0; k < ch_.size(); ++k) roles_[k] = role_of_rank(k, r.n_drafters, n_targets);
+  for (int k = 1; k < r.first_target + n_targets; ++k) r.workers.push_back(k);
+  r.rep.cfg = cfg;
+  r.rep.n_targets = n_targets;
   std::vector<Token> stop_tokens;
   if (cfg.engine == "llama") {
-    text = text_model(cfg.model_path);
-    rep.prompt = text->prompt_tokens(cfg.prompt, cfg.chat);
-    stop_tokens = text->stop_tokens();
-    if (rep.prompt.empty()) throw ConfigError("the prompt encodes to no tokens");
+    r.text = text_model(cfg.model_path);
+    r.rep.prompt = r.text->prompt_tokens(cfg.prompt, cfg.chat);
+    stop_tokens = r.text->stop_tokens();
+    if (r.rep.prompt.empty()) throw ConfigError("the prompt encodes to no tokens");
   } else {
-    rep.prompt = synthetic_prompt(cfg.seed, cfg.prompt_tokens, cfg.vocab);
+    r.rep.prompt = synthetic_prompt(cfg.seed, cfg.prompt_tokens, cfg.vocab);
   }
-  const auto origin = Clock::now();
-  const double origin_s = std::chrono::duration<double>(origin.time_since_epoch()).count();
-  auto stamp = [&] { return seconds(Clock::now() - origin) * 1e6; };
+  r.origin = Clock::now();
+  const double origin_s = std::chrono::duration<double>(r.origin.time_since_epoch()).count();
 
-  // Configure every worker.
-  for (int r : workers) {
-    const bool drafter = r < first_target;
+  for (int w : r.workers) {
+    const bool drafter = w < r.first_target;
     WorkerSpec spec = worker_spec(cfg, drafter);
     if (drafter) {
       // where the drafter's probability vectors go
-      for (int t = 0; t < n_targets; ++t) spec.targets.push_back(first_target + t);
+      for (int t = 0; t < n_targets; ++t) spec.targets.push_back(r.rank(t));
     }
-    ch_.send(r, Message{.run = run_, .body = msg::Configure{.origin_s = origin_s, .spec = spec}});
+    ch_.send(w, Message{.run = run_, .body = msg::Configure{.origin_s = origin_s, .spec = spec}});
   }
+  const auto ready = wait_all(r.workers, MsgType::kReady);
+  check_vocabulary(ready, r.text.get());
+  SchedulerOptions so{.mode = cfg.mode,
+                      .lookahead = cfg.lookahead,
+                      .n_targets = n_targets,
+                      .max_new_tokens = cfg.max_new_tokens,
+                      .queue = cfg.queue,
+                      .target_choice = cfg.target_choice,
+                      .stop_tokens = stop_tokens,
+                      .kv = kv_options(cfg, ready, r.first_target)};
+  r.sched = std::make_unique<Scheduler>(so, r.rep.prompt);
+  r.committed = r.sched->committed().size();
+  return run;
+}
+
+void Coordinator::check_vocabulary(const std::map<int, Message>& ready, const TextModel* text) const {
   // Every rank must share one vocabulary: a draft is a token id.
   int vocab_rank = -1, vocab = -1;
-  const auto ready = wait_all(workers, MsgType::kReady);
-  for (const auto& [r, m] : ready) {
+  for (const auto& [w, m] : ready) {
     const int v = m.as<msg::Ready>().vocab;
     if (vocab_rank < 0) {
-      vocab_rank = r;
+      vocab_rank = w;
       vocab = v;
     } else if (v != vocab) {
       throw ConfigError(
           fmt::format("the vocabulary of {} ({} tokens) differs from that of {} ({} tokens): "
                       "drafter and target must share one tokenizer",
-                      name(r), v, name(vocab_rank), vocab));
+                      name(w), v, name(vocab_rank), vocab));
     }
   }
   if (text && text->tokenizer().vocab_size() > vocab) {
     throw ConfigError(fmt::format("the tokenizer has {} tokens but the model's output has {}",
                                   text->tokenizer().vocab_size(), vocab));
   }
-  // KV handoff between targets: the coordinator keeps, per target, the sequence whose KV it
-  // believes the target holds. Workers check every handoff against their own cache, so a
-  // wrong belief costs a recomputation, never a wrong token.
-  const TargetKv tkv = target_kv(ready, first_target);
-  const bool handoff = cfg.kv_handoff != "never" && n_targets >= 2 && tkv.can;
-  KvCostModel cost(tkv.bytes_per_token, cfg.kv_gbps);
-  std::vector<std::vector<Token>> kv_seq(n_targets);
-  uint64_t n_handoffs = 0;
-  auto send_handoff = [&](int src, int dst, size_t begin, size_t end, std::span<const Token> seq) {
-    const uint64_t h = ++n_handoffs;
-    std::vector<Token> head(seq.begin(), seq.begin() + end);
-    const int a = static_cast<int32_t>(begin), b = static_cast<int32_t>(end);
-    ch_.send(
-        first_target + src,
-        Message{
-            .run = run_,
-            .body = msg::KvSend{
-                .handoff = h, .begin = a, .end = b, .dst = first_target + dst, .tokens = head}});
-    ch_.send(
-        first_target + dst,
-        Message{
-            .run = run_,
-            .body = msg::KvExpect{
-                .handoff = h, .begin = a, .end = b, .src = first_target + src, .tokens = head}});
-    kv_seq[dst] = std::move(head);
-    ++rep.kv.planned;
-  };
+}
 
-  // Prefill the prompt (all but its last token). Targets sharing a device (or every target
-  // with kv_handoff: always) take the first target's KV instead of computing it again.
-  std::vector<Token> prefix(rep.prompt.begin(), rep.prompt.end() - 1);
-  rep.kv.prompt = handoff && !prefix.empty() && (cfg.kv_handoff == "always" || tkv.shared_device);
-  std::vector<int> first_wave = workers, second_wave;
-  if (rep.kv.prompt) {
-    first_wave.assign(workers.begin(), workers.begin() + n_drafters + 1);
-    second_wave.assign(workers.begin() + n_drafters + 1, workers.end());
+void Coordinator::prefill(Run& r) {
+  // The prompt but its last token: the drafters compute it, the targets as the scheduler
+  // says (each its own, or target 0's handed over to the others).
+  const std::vector<Token> prefix(r.rep.prompt.begin(), r.rep.prompt.end() - 1);
+  std::set<int> pending;  // drafter ranks still prefilling
+  for (int w = 1; w < r.first_target; ++w) {
+    ch_.send(w, Message{.run = run_, .body = msg::Prefill{.tokens = prefix}});
+    pending.insert(w);
   }
-  for (int r : first_wave)
-    ch_.send(r, Message{.run = run_, .body = msg::Prefill{.tokens = prefix}});
-  wait_all(first_wave, MsgType::kPrefillDone);
-  // A Prefill after the import finds the prefix cached and only computes what is missing.
-  for (int r : second_wave) {
-    send_handoff(0, r - first_target, 0, prefix.size(), prefix);
-    ch_.send(r, Message{.run = run_, .body = msg::Prefill{.tokens = prefix}});
+  execute(r, r.sched->prefill());
+  while (!pending.empty() || !r.sched->prefilled()) {
+    auto env = next(Clock::now() + heartbeat_);
+    if (!env || !env->msg.is<msg::PrefillDone>()) continue;
+    if (env->src < r.first_target) {
+      pending.erase(env->src);
+    } else {
+      execute(r, r.sched->on_prefilled(env->src - r.first_target));
+    }
   }
-  wait_all(second_wave, MsgType::kPrefillDone);
-  for (auto& s : kv_seq) s = prefix;
-  rep.setup_s = seconds(Clock::now() - origin);
+  r.rep.kv.prompt = r.sched->prompt_handed_over();
+  r.rep.setup_s = seconds(Clock::now() - r.origin);
+}
 
-  SchedulerOptions so{.mode = cfg.mode, .lookahead = cfg.lookahead, .n_targets = n_targets,
-                      .max_new_tokens = cfg.max_new_tokens, .queue = cfg.queue,
-                      .target_choice = cfg.target_choice, .stop_tokens = stop_tokens};
-  Scheduler sched(so, rep.prompt);
-  struct Task {
-    int target;
-    std::vector<Token> seq;
-    int n_logits;
-  };
-  std::map<uint64_t, Task> tasks;  // verifications sent and not yet answered
-  // After target `src` finished a task: hand the committed KV it holds to the targets that
-  // lack it, when the cost model (or `always`) says so.
-  auto hand_off_committed = [&](int src) {
-    const auto& c = sched.committed();
-    const size_t end = common_prefix(kv_seq[src], c);
-    for (int t = 0; t < n_targets; ++t) {
-      const size_t have = common_prefix(kv_seq[t], c);
-      if (t == src || end <= have) continue;
-      const int gap = static_cast<int>(end - have);
-      if (cfg.kv_handoff == "auto" && !cost.prefer_transfer(gap)) continue;
-      send_handoff(src, t, have, end, c);
-    }
-  };
-  const auto t_start = Clock::now();
-  auto last_commit = t_start;
-  size_t committed = sched.committed().size();
-  int64_t rejected = 0;
-
-  auto execute = [&](const std::vector<Action>& acts) {
-    for (const Action& a : acts) {
-      switch (a.kind) {
-        case Action::kStartChain:
-          ch_.send(1, Message{.run = run_,
-                              .body = msg::StartChain{.chain = a.id,
-                                                      .committed = a.seq,
-                                                      .window = a.window,
-                                                      .stop_len = a.stop_len}});
-          break;
-        case Action::kVerify:
-          tasks[a.id] = Task{a.target, a.seq, a.n_logits};
-          ch_.send(first_target + a.target,
-                   Message{.run = run_,
-                           .body = msg::Verify{.task = a.id,
-                                               .chain = a.chain,
-                                               .seq = a.seq,
-                                               .n_logits = a.n_logits,
-                                               .bonus_anchor = a.bonus_anchor,
-                                               .bonus_period = a.bonus_period}});
-          break;
-        case Action::kCancel:
-          ch_.send(first_target + a.target,
-                   Message{.run = run_, .body = msg::Cancel{.task = a.id}});
-          rep.events.push_back({{"name", "cancel"}, {"ph", "i"}, {"s", "p"}, {"ts", stamp()},
-                                {"args", {{"task", a.id}, {"target", a.target}}}});
-          break;
-      }
-    }
-    if (sched.committed().size() != committed) {
-      const auto& c = sched.committed();
-      if (on_commit) on_commit(std::span(c).subspan(committed));
-      rep.events.push_back({{"name", "commit"}, {"ph", "i"}, {"s", "p"}, {"ts", stamp()},
-                            {"args", {{"tokens", c.size() - committed}}}});
-      committed = c.size();
-      last_commit = Clock::now();
-    }
-    if (sched.stats().drafts_rejected != rejected) {
-      rejected = sched.stats().drafts_rejected;
-      rep.events.push_back({{"name", "reject"}, {"ph", "i"}, {"s", "p"}, {"ts", stamp()}});
-    }
-  };
-
-  execute(sched.start());
+void Coordinator::generate(Run& r) {
+  Scheduler& sched = *r.sched;
+  r.t_start = r.last_commit = Clock::now();
+  execute(r, sched.start());
   while (!sched.done()) {
     auto env = next(Clock::now() + heartbeat_);
     if (!env) continue;
     const Message& m = env->msg;
     if (const auto* d = std::get_if<msg::Draft>(&m.body)) {
-      execute(sched.on_draft(d->chain, d->pos, d->token));
+      execute(r, sched.on_draft(d->chain, d->pos, d->token));
     } else if (const auto* res = std::get_if<msg::Result>(&m.body)) {
-      auto it = tasks.find(res->task);
-      if (it == tasks.end()) continue;
-      const int src = it->second.target;
-      kv_seq[src] = std::move(it->second.seq);  // the worker caches the whole sequence
-      tasks.erase(it);
-      cost.observe(res->computed, res->busy_s);
-      execute(sched.on_result(res->task, res->tokens));
-      if (handoff && !sched.done()) hand_off_committed(src);
+      execute(r, sched.on_result(res->task, res->tokens, Forward{res->computed, res->busy_s}));
     } else if (const auto* c = std::get_if<msg::Cancelled>(&m.body)) {
-      auto it = tasks.find(c->task);
-      if (it == tasks.end()) continue;
-      // If it had started, the worker rolled back to what it kept of the task's sequence.
-      auto& kv = kv_seq[it->second.target];
-      kv.resize(
-          std::min(common_prefix(kv, it->second.seq), it->second.seq.size() - it->second.n_logits));
-      tasks.erase(it);
-      execute(sched.on_cancelled(c->task));
+      execute(r, sched.on_cancelled(c->task));
     }
   }
-  rep.elapsed_s = seconds(last_commit - t_start);
+}
+
+void Coordinator::execute(Run& r, const std::vector<Action>& acts) {
+  for (const Action& a : acts) {
+    switch (a.kind) {
+      case Action::kPrefill:
+        ch_.send(r.rank(a.target), Message{.run = run_, .body = msg::Prefill{.tokens = a.seq}});
+        break;
+      case Action::kStartChain:
+        ch_.send(1, Message{.run = run_,
+                            .body = msg::StartChain{.chain = a.id,
+                                                    .committed = a.seq,
+                                                    .window = a.window,
+                                                    .stop_len = a.stop_len}});
+        break;
+      case Action::kVerify:
+        ch_.send(r.rank(a.target), Message{.run = run_,
+                                           .body = msg::Verify{.task = a.id,
+                                                               .chain = a.chain,
+                                                               .seq = a.seq,
+                                                               .n_logits = a.n_logits,
+                                                               .bonus_anchor = a.bonus_anchor,
+                                                               .bonus_period = a.bonus_period}});
+        break;
+      case Action::kCancel:
+        ch_.send(r.rank(a.target), Message{.run = run_, .body = msg::Cancel{.task = a.id}});
+        r.event("cancel", {{"task", a.id}, {"target", a.target}});
+        break;
+      case Action::kKvHandoff:
+        // The source's KvSend goes first: the destination may wait for it (docs/design.md).
+        ch_.send(r.rank(a.target), Message{.run = run_,
+                                           .body = msg::KvSend{.handoff = a.id,
+                                                               .begin = a.begin,
+                                                               .end = a.end,
+                                                               .dst = r.rank(a.dst),
+                                                               .tokens = a.seq}});
+        ch_.send(r.rank(a.dst), Message{.run = run_,
+                                        .body = msg::KvExpect{.handoff = a.id,
+                                                              .begin = a.begin,
+                                                              .end = a.end,
+                                                              .src = r.rank(a.target),
+                                                              .tokens = a.seq}});
+        ++r.rep.kv.planned;
+        break;
+    }
+  }
+  const auto& c = r.sched->committed();
+  if (c.size() != r.committed) {
+    if (r.on_commit) r.on_commit(std::span(c).subspan(r.committed));
+    r.event("commit", {{"tokens", c.size() - r.committed}});
+    r.committed = c.size();
+    r.last_commit = Clock::now();
+  }
+  if (r.sched->stats().drafts_rejected != r.rejected) {
+    r.rejected = r.sched->stats().drafts_rejected;
+    r.event("reject");
+  }
+}
+
+RunReport Coordinator::finish(Run& r) {
+  const Scheduler& sched = *r.sched;
+  RunReport& rep = r.rep;
+  rep.elapsed_s = seconds(r.last_commit - r.t_start);
   rep.tokens.assign(sched.committed().begin() + sched.prompt_len(), sched.committed().end());
   rep.latency_per_token_ms = rep.tokens.empty() ? 0 : rep.elapsed_s * 1e3 / rep.tokens.size();
-  if (text) rep.text = text->tokenizer().decode(rep.tokens);
+  if (r.text) rep.text = r.text->tokenizer().decode(rep.tokens);
   rep.stats = sched.stats();
 
-  for (int r : workers) ch_.send(r, Message{.run = run_, .body = msg::Stop{}});
-  for (auto& [r, m] : wait_all(workers, MsgType::kStopped)) {
+  for (int w : r.workers) ch_.send(w, Message{.run = run_, .body = msg::Stop{}});
+  for (auto& [w, m] : wait_all(r.workers, MsgType::kStopped)) {
     auto& st = m.as<msg::Stopped>();
-    rep.ranks.push_back(RankReport{r, roles_[r], st.busy_s, st.wasted_s, std::move(st.spans)});
+    rep.ranks.push_back(RankReport{w, roles_[w], st.busy_s, st.wasted_s, std::move(st.spans)});
     rep.kv.imported += st.kv.imported;
     rep.kv.imported_tokens += st.kv.imported_tokens;
     rep.kv.sent_bytes += st.kv.sent_bytes;
@@ -318,7 +317,7 @@ RunReport Coordinator::run(const RunConfig& cfg, int n_targets,
     rep.kv.not_needed += st.kv.not_needed;
     rep.kv.verified_on_imported += st.kv.verified_on_imported;
   }
-  return rep;
+  return std::move(rep);
 }
 
 std::map<int, Message> Coordinator::wait_all(const std::vector<int>& ranks, MsgType type) {
@@ -339,92 +338,6 @@ std::shared_ptr<const TextModel> Coordinator::text_model(const std::string& path
 
 void Coordinator::exit_all(int code) {
   for (int r = 1; r < ch_.size(); ++r) ch_.send(r, Message{.body = msg::Exit{.code = code}});
-}
-
-json trace_json(const RunReport& r) {
-  json ev = json::array();
-  auto meta = [&](int pid, const std::string& name) {
-    ev.push_back({{"name", "process_name"}, {"ph", "M"}, {"pid", pid}, {"args", {{"name", name}}}});
-    ev.push_back({{"name", "process_sort_index"}, {"ph", "M"}, {"pid", pid}, {"args", {{"sort_index", pid}}}});
-  };
-  meta(0, "rank 0 (coordinator)");
-  for (json e : r.events) {
-    e["pid"] = 0;
-    e["tid"] = 0;
-    ev.push_back(std::move(e));
-  }
-  for (const auto& rk : r.ranks) {
-    meta(rk.rank, fmt::format("rank {} ({})", rk.rank, rk.role));
-    for (const Span& sp : rk.spans) {
-      json s = span_trace_event(sp);
-      s["ph"] = "X";
-      s["pid"] = rk.rank;
-      s["tid"] = 0;
-      ev.push_back(std::move(s));
-    }
-  }
-  return json{{"traceEvents", ev}, {"displayTimeUnit", "ms"}};
-}
-
-json summary_json(const RunReport& r) {
-  json ranks = json::array();
-  for (const auto& rk : r.ranks) {
-    ranks.push_back({{"rank", rk.rank}, {"role", rk.role}, {"busy_s", rk.busy_s}, {"wasted_s", rk.wasted_s}});
-  }
-  const auto& s = r.stats;
-  return {
-      {"mode", mode_name(r.cfg.mode)},
-      {"sp", r.n_targets},
-      {"lookahead", r.cfg.lookahead},
-      {"engine", r.cfg.engine},
-      {"temperature", r.cfg.temperature},
-      {"prompt_ids", r.prompt},
-      {"generated_ids", r.tokens},
-      {"text", r.text},
-      {"tokens", r.tokens.size()},
-      {"setup_s", r.setup_s},
-      {"elapsed_s", r.elapsed_s},
-      {"latency_per_token_ms", r.latency_per_token_ms},
-      {"acceptance_rate", r.acceptance_rate()},
-      {"chains", s.chains},
-      {"drafts", {{"received", s.drafts_received}, {"accepted", s.drafts_accepted}, {"rejected", s.drafts_rejected}}},
-      {"tasks", {{"launched", s.tasks_launched}, {"completed", s.tasks_completed},
-                 {"preempted", s.tasks_preempted}, {"cancelled_queued", s.tasks_cancelled_queued}}},
-      {"wasted_target_s", r.wasted_target_s()},
-      {"kv_handoff", {{"mode", r.cfg.kv_handoff}, {"prompt", r.kv.prompt}, {"planned", r.kv.planned},
-                      {"imported", r.kv.imported}, {"imported_tokens", r.kv.imported_tokens},
-                      {"sent_bytes", r.kv.sent_bytes}, {"fallbacks", r.kv.fallbacks},
-                      {"not_needed", r.kv.not_needed},
-                      {"verified_on_imported", r.kv.verified_on_imported}}},
-      {"ranks", ranks},
-  };
-}
-
-std::string summary_text(const RunReport& r) {
-  const auto& s = r.stats;
-  std::string out = fmt::format(
-      "mode {}  SP {}  k {}  engine {}  temperature {}\n"
-      "tokens {}  latency/token {:.3f} ms  elapsed {:.3f} s  (setup {:.3f} s not counted)\n"
-      "acceptance rate {:.3f}  ({} drafts accepted, {} rejected, {} chains)\n"
-      "tasks: launched {}  completed {}  preempted {}  cancelled while queued {}\n"
-      "wasted (preempted) target time {:.3f} s\n",
-      mode_name(r.cfg.mode), r.n_targets, r.cfg.lookahead, r.cfg.engine, r.cfg.temperature, r.tokens.size(),
-      r.latency_per_token_ms, r.elapsed_s, r.setup_s, r.acceptance_rate(), s.drafts_accepted,
-      s.drafts_rejected, s.chains, s.tasks_launched, s.tasks_completed, s.tasks_preempted,
-      s.tasks_cancelled_queued, r.wasted_target_s());
-  if (r.kv.planned > 0) {
-    out += fmt::format(
-        "kv handoff: {} planned{}, {} imported ({} tokens, {:.2f} MB), {} fell back to "
-        "recomputing, {} not needed; {} verifications attended to imported KV\n",
-        r.kv.planned, r.kv.prompt ? " (prompt included)" : "", r.kv.imported, r.kv.imported_tokens,
-        r.kv.sent_bytes / 1e6, r.kv.fallbacks, r.kv.not_needed, r.kv.verified_on_imported);
-  }
-  for (const auto& rk : r.ranks) {
-    out += fmt::format("  rank {:3} {:12} busy {:8.3f} s ({:5.1f}%)  wasted {:.3f} s\n", rk.rank,
-                       rk.role, rk.busy_s, r.elapsed_s > 0 ? 100 * rk.busy_s / (r.elapsed_s + r.setup_s) : 0,
-                       rk.wasted_s);
-  }
-  return out;
 }
 
 }  // namespace dsi

@@ -1,78 +1,52 @@
 // The coordinator (rank 0): configures the worker ranks for a run, drives the Scheduler with
-// the drafts and verification results they send, executes its actions, keeps every peer's
+// the prefills, drafts and verification results they report, executes its actions (the KV
+// handoffs among them: it keeps no model of the targets' caches), keeps every peer's
 // liveness, and collects the per-rank reports (busy time, trace spans) at the end of a run.
 #pragma once
 
 #include <functional>
 #include <map>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 
 #include "common/error.h"
-#include "core/protocol.h"
 #include "core/config.h"
+#include "core/protocol.h"
+#include "core/report.h"
 #include "core/scheduler.h"
-#include "core/spans.h"
-#include "core/worker_spec.h"
 #include "model/text_model.h"
 
 namespace dsi {
-
-struct RankReport {
-  int rank = 0;
-  std::string role;
-  double busy_s = 0;
-  double wasted_s = 0;
-  std::vector<Span> spans;
-};
-
-// KV handoffs of a run (runtime.kv_handoff): planned by the coordinator, counted by workers.
-struct KvHandoffStats {
-  int64_t planned = 0;
-  int64_t imported = 0;
-  int64_t imported_tokens = 0;
-  int64_t sent_bytes = 0;
-  int64_t fallbacks = 0;   // the destination recomputed (its cache or the source's moved on)
-  int64_t not_needed = 0;  // the destination had computed the range itself meanwhile
-  int64_t verified_on_imported = 0;  // verifications that attended to handed-over KV
-  bool prompt = false;     // the prompt's KV was handed over instead of prefilled everywhere
-};
-
-struct RunReport {
-  RunConfig cfg;
-  int n_targets = 0;
-  std::vector<Token> prompt;
-  std::vector<Token> tokens;  // generated
-  std::string text;           // generated text (real models)
-  double setup_s = 0;         // configure + prefill
-  double elapsed_s = 0;       // first scheduler action to last commit
-  double latency_per_token_ms = 0;
-  SchedulerStats stats;
-  std::vector<RankReport> ranks;
-  KvHandoffStats kv;
-  nlohmann::json events = nlohmann::json::array();  // coordinator instants for the trace
-  double acceptance_rate() const {
-    const double n = static_cast<double>(stats.drafts_accepted + stats.drafts_rejected);
-    return n > 0 ? stats.drafts_accepted / n : 0;
-  }
-  double wasted_target_s() const;
-};
 
 // Rank layout: 0 coordinator, 1..D drafters, then the targets.
 std::string role_of_rank(int rank, int n_drafters, int n_targets);
 
 class Coordinator {
  public:
+  using OnCommit = std::function<void(std::span<const Token>)>;
+
   Coordinator(ControlChannel& ch, int heartbeat_ms, double peer_timeout_s);
   // Runs one generation with n_targets target ranks. on_commit sees tokens as they commit.
-  RunReport run(const RunConfig& cfg, int n_targets,
-                const std::function<void(std::span<const Token>)>& on_commit = {});
+  RunReport run(const RunConfig& cfg, int n_targets, const OnCommit& on_commit = {});
   // The tokenizer side of a model (cached by path).
   std::shared_ptr<const TextModel> text_model(const std::string& path);
   // Tells every worker to leave its loop with `code`.
   void exit_all(int code);
 
  private:
+  struct Run;  // one run's state (coordinator.cc)
+  // The phases of run(): configure the workers and build the scheduler; prefill the prompt;
+  // drive the scheduler until generation is done; stop the workers and collect the report.
+  std::unique_ptr<Run> configure(const RunConfig& cfg, int n_targets, const OnCommit& on_commit);
+  void prefill(Run& r);
+  void generate(Run& r);
+  RunReport finish(Run& r);
+  // Every worker's Ready names one vocabulary, which covers the tokenizer's.
+  void check_vocabulary(const std::map<int, Message>& ready, const TextModel* text) const;
+  // Sends what the scheduler decided; records commits and rejections for the trace.
+  void execute(Run& r, const std::vector<Action>& acts);
+
   std::optional<Envelope> next(Clock::time_point deadline);
   std::map<int, Message> wait_all(const std::vector<int>& ranks, MsgType type);
 
@@ -86,12 +60,5 @@ class Coordinator {
   std::map<std::string, std::shared_ptr<const TextModel>> text_models_;  // by path
   std::string name(int rank) const;
 };
-
-// Chrome / Perfetto trace JSON of a run: one process per rank.
-nlohmann::json trace_json(const RunReport& r);
-// The machine-readable summary (`--json`).
-nlohmann::json summary_json(const RunReport& r);
-// The human summary printed at the end of a run.
-std::string summary_text(const RunReport& r);
 
 }  // namespace dsi

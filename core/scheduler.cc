@@ -35,11 +35,60 @@ Scheduler::Scheduler(SchedulerOptions opts, std::vector<Token> prompt)
     : opts_(std::move(opts)),
       prompt_len_(static_cast<int>(prompt.size())),
       committed_(std::move(prompt)),
-      target_task_(opts_.n_targets, 0),
-      target_seq_(opts_.n_targets) {
+      target_task_(std::max(opts_.n_targets, 0), 0),
+      kv_(std::max(opts_.n_targets, 0), opts_.kv),
+      prefilled_(std::max(opts_.n_targets, 0), false) {
   if (opts_.n_targets < 1) throw std::invalid_argument("scheduler needs at least one target");
   if (opts_.lookahead < 1) throw std::invalid_argument("lookahead must be at least 1");
   if (prompt_len_ < 1) throw std::invalid_argument("prompt must hold at least one token");
+}
+
+std::vector<Action> Scheduler::prefill() {
+  std::vector<Action> out;
+  std::vector<Token> prefix(committed_.begin(), committed_.begin() + (prompt_len_ - 1));
+  prompt_handoff_ = kv_.hand_over_prompt(prefix.size());
+  // With the prompt handed over, the others wait for the first target (on_prefilled).
+  const int n = prompt_handoff_ ? 1 : opts_.n_targets;
+  for (int t = 0; t < n; ++t)
+    out.push_back(Action{.kind = Action::kPrefill, .target = t, .seq = prefix});
+  return out;
+}
+
+std::vector<Action> Scheduler::on_prefilled(int target) {
+  std::vector<Action> out;
+  if (target < 0 || target >= opts_.n_targets) {
+    throw std::invalid_argument("prefill reported by a target the scheduler does not have");
+  }
+  const std::span<const Token> prefix(committed_.data(), prompt_len_ - 1);
+  kv_.computed(target, prefix);
+  if (prefilled_[target]) return out;
+  prefilled_[target] = true;
+  if (prompt_handoff_ && target == 0) {
+    // A Prefill after the import finds the prefix cached and only computes what is missing.
+    for (int t = 1; t < opts_.n_targets; ++t) {
+      const KvRange r{0, t, 0, static_cast<int>(prefix.size())};
+      kv_.handed_over(r, committed_);
+      hand_over(r, out);
+      out.push_back(
+          Action{.kind = Action::kPrefill, .target = t, .seq = {prefix.begin(), prefix.end()}});
+    }
+  }
+  return out;
+}
+
+bool Scheduler::prefilled() const {
+  return std::all_of(prefilled_.begin(), prefilled_.end(), [](bool b) { return b; });
+}
+
+void Scheduler::hand_over(const KvRange& r, std::vector<Action>& out) {
+  ++stats_.kv_handoffs;
+  out.push_back(Action{.kind = Action::kKvHandoff,
+                       .target = r.src,
+                       .id = next_handoff_++,
+                       .seq = {committed_.begin(), committed_.begin() + r.end},
+                       .dst = r.dst,
+                       .begin = r.begin,
+                       .end = r.end});
 }
 
 std::vector<Action> Scheduler::start() {
@@ -76,7 +125,6 @@ void Scheduler::submit(std::vector<Token> seq, int n_logits, std::vector<Action>
     // does not; drop it.
     for (auto it = queue_.begin(); it != queue_.end();) {
       if (common_prefix(it->seq, t.seq) == it->seq.size()) {
-        cancelled_[it->id] = true;
         ++stats_.tasks_cancelled_queued;
         it = queue_.erase(it);
       } else {
@@ -102,7 +150,7 @@ void Scheduler::launch_queued(std::vector<Action>& out) {
       size_t best_len = 0;
       for (int i = 0; i < opts_.n_targets; ++i) {
         if (target_task_[i] != 0) continue;
-        const size_t l = common_prefix(target_seq_[i], t.seq);
+        const size_t l = common_prefix(kv_.cached(i), t.seq);
         if (best < 0 || l > best_len) {
           best = i;
           best_len = l;
@@ -113,7 +161,6 @@ void Scheduler::launch_queued(std::vector<Action>& out) {
     last_target_ = best;
     t.target = best;
     target_task_[best] = t.id;
-    target_seq_[best] = t.seq;
     ++stats_.tasks_launched;
     Action a{.kind = Action::kVerify, .target = best, .id = t.id, .seq = t.seq,
              .n_logits = t.n_logits, .chain = t.chain};
@@ -159,7 +206,7 @@ void Scheduler::apply(const Task& t, std::span<const Token> y) {
   const int first = s - t.n_logits + 1;  // position predicted by y[0]
   int p = static_cast<int>(committed_.size());
   if (static_cast<int>(y.size()) != t.n_logits) {
-    throw std::runtime_error("verification result has the wrong number of tokens");
+    throw Error("verification result has the wrong number of tokens");
   }
   if (p < first || p > s) return;
   for (int q = first; q < p; ++q) {
@@ -202,7 +249,6 @@ void Scheduler::reconcile(std::vector<Action>& out) {
   for (auto& [id, t] : running_) {
     if (!t.cancelling && (done_ || !useful(t))) {
       t.cancelling = true;
-      cancelled_[id] = true;
       if (!done_) {
         ++stats_.tasks_preempted;
         out.push_back(Action{.kind = Action::kCancel, .target = t.target, .id = id});
@@ -211,7 +257,6 @@ void Scheduler::reconcile(std::vector<Action>& out) {
   }
   for (auto it = queue_.begin(); it != queue_.end();) {
     if (done_ || !useful(*it)) {
-      cancelled_[it->id] = true;
       ++stats_.tasks_cancelled_queued;
       it = queue_.erase(it);
     } else {
@@ -254,31 +299,35 @@ void Scheduler::free_target(uint64_t task) {
   running_.erase(it);
 }
 
-std::vector<Action> Scheduler::on_result(uint64_t task, std::span<const Token> y) {
+std::vector<Action> Scheduler::on_result(uint64_t task, std::span<const Token> y, Forward f) {
   std::vector<Action> out;
   auto it = running_.find(task);
   if (it == running_.end()) return out;
   Task t = std::move(it->second);
   free_target(task);
   ++stats_.tasks_completed;
+  kv_.computed(t.target, t.seq);  // the worker caches the whole sequence
+  kv_.observe(f.tokens, f.seconds);
   const size_t before = committed_.size();
   if (!done_) apply(t, y);
   if (t.cancelling && committed_.size() == before) ++stats_.stale_results;
-  if (!done_) reconcile(out);
+  if (done_) return out;
+  reconcile(out);
+  // The targets launched above run first; then hand what t committed to the targets that
+  // lack it (a busy one imports after its forward, or finds it needs nothing).
+  for (const KvRange& r : kv_.plan_committed(t.target, committed_)) hand_over(r, out);
   return out;
 }
 
 std::vector<Action> Scheduler::on_cancelled(uint64_t task) {
   std::vector<Action> out;
-  if (running_.find(task) == running_.end()) return out;
+  auto it = running_.find(task);
+  if (it == running_.end()) return out;
+  // If it had started, the worker rolled back to what it kept of the task's sequence.
+  kv_.cancelled(it->second.target, it->second.seq, it->second.n_logits);
   free_target(task);
   if (!done_) reconcile(out);
   return out;
-}
-
-bool Scheduler::was_cancelled(uint64_t task) const {
-  auto it = cancelled_.find(task);
-  return it != cancelled_.end() && it->second;
 }
 
 }  // namespace dsi

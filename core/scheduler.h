@@ -1,8 +1,11 @@
-// The DSI / SI / non-SI scheduler as a pure state machine: events in (a draft arrived, a
-// verification finished or was cancelled), actions out (start a drafting chain, launch or
-// cancel a verification on a target). No clocks, no I/O: the coordinator drives it over a
-// ControlChannel, the simulator drives it in virtual time, and unit tests drive it by hand.
-// Greedy verification: a result carries the target's own token at each checked position.
+// The DSI / SI / non-SI scheduler as a pure state machine: events in (a target prefilled the
+// prompt, a draft arrived, a verification finished or was cancelled), actions out (prefill a
+// target, start a drafting chain, launch or cancel a verification on a target, hand KV from
+// one target to another). No clocks, no I/O: the coordinator drives it over a ControlChannel,
+// the simulator drives it in virtual time, and unit tests drive it by hand. It holds the one
+// model of each target's KV cache (KvPlanner, core/kv_handoff.h) that both target choice and
+// KV handoff planning read. Greedy verification: a result carries the target's own token at
+// each checked position.
 #pragma once
 
 #include <cstdint>
@@ -13,7 +16,8 @@
 #include <string>
 #include <vector>
 
-#include "engines/engine.h"
+#include "common/token.h"
+#include "core/kv_handoff.h"
 
 namespace dsi {
 
@@ -43,19 +47,37 @@ struct SchedulerOptions {
   QueuePolicy queue = QueuePolicy::kNewest;
   TargetChoice target_choice = TargetChoice::kCache;
   std::vector<Token> stop_tokens;  // committing one ends generation (EOS)
+  KvHandoffOptions kv;             // KV handoff between targets (default: none)
 };
 
 struct Action {
-  enum Kind { kStartChain, kVerify, kCancel } kind;
-  int target = -1;         // kVerify, kCancel: target index in [0, n_targets)
-  uint64_t id = 0;         // chain id (kStartChain) or task id
-  std::vector<Token> seq;  // kStartChain: committed sequence; kVerify: sequence S to verify
+  enum Kind {
+    kPrefill,     // target caches seq (the prompt but its last token); report on_prefilled
+    kStartChain,  // the drafter drafts from seq
+    kVerify,      // target verifies seq
+    kCancel,      // target drops task id (running or queued)
+    kKvHandoff,   // target (the source) sends the KV of [begin, end) of seq to target dst
+  } kind;
+  int target = -1;         // target index in [0, n_targets); kKvHandoff: the source
+  uint64_t id = 0;         // chain id (kStartChain), task id, or handoff id (kKvHandoff)
+  std::vector<Token> seq;  // kPrefill: prefix to cache; kStartChain: committed sequence;
+                           // kVerify: sequence S to verify; kKvHandoff: committed[0, end)
   int n_logits = 0;        // kVerify: positions to check (m = drafts + 1)
   int window = -1;         // kStartChain: drafts allowed in this chain (-1 = unlimited)
   int stop_len = 0;        // kStartChain: do not draft a position >= stop_len
   uint64_t chain = 0;      // kVerify: the chain its drafts come from
   int bonus_anchor = -1;   // kVerify: sampling decides anchor + i * period from p (BonusRule)
   int bonus_period = 0;
+  int dst = -1;            // kKvHandoff: destination target
+  int begin = 0, end = 0;  // kKvHandoff: token range; handoffs are numbered from 1 in plan
+                           // order, which workers rely on (a destination drops older ones)
+};
+
+// What a target reported with a verification result: the forward's length and time (the
+// KV cost model's observations).
+struct Forward {
+  int tokens = 0;      // tokens computed (the forward's length)
+  double seconds = 0;  // the target's busy time on the task
 };
 
 struct SchedulerStats {
@@ -68,16 +90,26 @@ struct SchedulerStats {
   int64_t drafts_rejected = 0;  // first mismatching draft of each rejection
   int64_t chains = 0;
   int64_t stale_results = 0;  // results that arrived after their cancel and added nothing
+  int64_t kv_handoffs = 0;    // KV handoffs planned (the prompt's included)
 };
 
 class Scheduler {
  public:
   Scheduler(SchedulerOptions opts, std::vector<Token> prompt);
 
+  // Prefill: every target caches the prompt but its last token. Targets sharing a device
+  // (or all, with kv_handoff: always) take the first target's KV once it has reported,
+  // instead of computing it again. Call before start(); prefilled() says when it is done.
+  std::vector<Action> prefill();
+  std::vector<Action> on_prefilled(int target);
+  bool prefilled() const;
+  bool prompt_handed_over() const { return prompt_handoff_; }
+
   std::vector<Action> start();
   std::vector<Action> on_draft(uint64_t chain, int pos, Token token);
-  // y: the target's tokens at positions |S|-m+1 .. |S| of the task's sequence S.
-  std::vector<Action> on_result(uint64_t task, std::span<const Token> y);
+  // y: the target's tokens at positions |S|-m+1 .. |S| of the task's sequence S. After it,
+  // KV handoffs of what the task committed to the targets that lack it.
+  std::vector<Action> on_result(uint64_t task, std::span<const Token> y, Forward f);
   std::vector<Action> on_cancelled(uint64_t task);
 
   bool done() const { return done_; }
@@ -88,8 +120,8 @@ class Scheduler {
   // Tasks running (or being cancelled) on targets, queued, and the target each runs on.
   int running() const { return static_cast<int>(running_.size()); }
   int queued() const { return static_cast<int>(queue_.size()); }
-  // Whether `task` was cancelled by the scheduler (its span is wasted work).
-  bool was_cancelled(uint64_t task) const;
+  // The model of each target's KV cache.
+  const KvPlanner& kv() const { return kv_; }
 
  private:
   struct Task {
@@ -108,7 +140,7 @@ class Scheduler {
   // Commits the target tokens a result proves (it ignores a stale result).
   void apply(const Task& t, std::span<const Token> y);
   void reconcile(std::vector<Action>& out);
-  void finish(std::vector<Action>& out);
+  void hand_over(const KvRange& r, std::vector<Action>& out);  // emits a kKvHandoff
   bool useful(const Task& t) const;
   int goal_len() const { return prompt_len_ + opts_.max_new_tokens; }
   void free_target(uint64_t task);
@@ -129,8 +161,10 @@ class Scheduler {
   std::deque<Task> queue_;
   std::vector<uint64_t> target_task_;           // 0 = idle
   int last_target_ = -1;                        // round robin
-  std::vector<std::vector<Token>> target_seq_;  // last sequence each target verified
-  std::map<uint64_t, bool> cancelled_;
+  KvPlanner kv_;                                // what each target caches, KV handoffs
+  uint64_t next_handoff_ = 1;
+  std::vector<bool> prefilled_;  // targets that reported their prefill
+  bool prompt_handoff_ = false;
   SchedulerStats stats_;
 };
 

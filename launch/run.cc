@@ -7,6 +7,7 @@
 
 #include "model/tokenizer/tokenizer.h"
 
+#include "core/report.h"
 #include "launch/commands.h"
 #include "launch/session.h"
 

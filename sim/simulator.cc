@@ -1,6 +1,8 @@
 #include "sim/simulator.h"
 
 #include <algorithm>
+#include <climits>
+#include <deque>
 #include <functional>
 #include <map>
 #include <queue>
@@ -95,6 +97,11 @@ SimConfig sim_config(const RunConfig& cfg, int sp) {
   sc.drafter = {.seed = cfg.seed, .vocab = cfg.vocab, .acceptance = cfg.a,
                 .forward_ms = cfg.c * cfg.t_ms, .drafter = true, .overlap = cfg.overlap};
   sc.prompt = synthetic_prompt(cfg.seed, cfg.prompt_tokens, cfg.vocab);
+  // Synthetic engines hold no KV that can be handed over (kv_bytes_per_token 0): a real run
+  // plans no handoff, and neither does its simulation.
+  sc.sched.kv = {.policy = parse_kv_policy(cfg.kv_handoff).value_or(KvPolicy::kNever),
+                 .bytes_per_token = 0,
+                 .gbps = cfg.kv_gbps};
   sc.sampling = {.temperature = static_cast<float>(cfg.temperature), .top_k = cfg.top_k,
                  .top_p = static_cast<float>(cfg.top_p),
                  .seed = cfg.sampling_seed >= 0 ? static_cast<uint64_t>(cfg.sampling_seed) : cfg.seed};
@@ -140,14 +147,30 @@ SimResult simulate(const SimConfig& cfg) {
   std::map<std::pair<uint64_t, int>, std::vector<float>> q_store;  // (chain, pos) -> q
   const double d_cost = cfg.drafter.forward_ms + cfg.drafter.per_token_ms;
 
-  // Targets: the sequence each one's KV cache holds, and its running task.
+  // Targets: like a worker's compute thread, each runs one piece of work at a time from its
+  // inbox: a prefill, a verification, or one side of a KV handoff. A handoff's source sends
+  // ahead of queued work (behind earlier sends); the destination waits for the KV.
+  struct Work {
+    Action a;
+    bool send = false;  // kKvHandoff: the source's side
+  };
+  struct SimTarget {
+    std::vector<Token> cache;     // the tokens whose KV its engine holds
+    int imported_from = INT_MAX;  // lowest cache position holding imported KV
+    std::deque<Work> inbox;
+    bool busy = false;
+    uint64_t task = 0;     // the verification running (0: none)
+    uint64_t waiting = 0;  // the handoff whose KV it waits for (0: none)
+    int n = 0;             // tokens the running verification computes
+    double start = 0;
+  };
   const int n_targets = cfg.sched.n_targets;
-  std::vector<std::vector<Token>> t_cache(n_targets, cfg.prompt);
-  std::vector<uint64_t> t_task(n_targets, 0);
-  std::vector<double> t_start(n_targets, 0);
-  std::map<uint64_t, int> task_target;
+  std::vector<SimTarget> tg(n_targets);
+  std::map<uint64_t, bool> served;  // handoff -> whether its source held the range
+  const double kv_bytes = cfg.sched.kv.bytes_per_token;
 
   std::function<void(const std::vector<Action>&)> run_actions;
+  std::function<void(int)> kick;
   std::function<void(uint64_t)> draft_step = [&](uint64_t gen) {
     if (gen != d_gen) return;
     if (d_window == 0 || static_cast<int>(d_seq.size()) >= d_stop) return;
@@ -169,6 +192,128 @@ SimResult simulate(const SimConfig& cfg) {
     });
   };
 
+  auto done_work = [&](int t) {
+    tg[t].busy = false;
+    kick(t);
+  };
+  // The destination of handoff `a` has its KV (or learnt that the source lacked it).
+  auto import = [&](int t, const Action& a) {
+    SimTarget& d = tg[t];
+    d.waiting = 0;
+    if (served.at(a.id)) {
+      d.cache.assign(a.seq.begin(), a.seq.begin() + a.end);
+      d.imported_from = std::min(d.imported_from, a.begin);
+      ++res.kv.imported;
+      res.kv.imported_tokens += a.end - a.begin;
+    } else {
+      ++res.kv.fallbacks;
+    }
+    done_work(t);
+  };
+
+  auto verify = [&](int t, const Action& a) {
+    SimTarget& w = tg[t];
+    const size_t keep = std::min(common_prefix(w.cache, a.seq), a.seq.size() - a.n_logits);
+    if (static_cast<int>(keep) <= w.imported_from) w.imported_from = INT_MAX;
+    w.n = static_cast<int>(a.seq.size() - keep);
+    w.cache.assign(a.seq.begin(), a.seq.begin() + keep);
+    w.task = a.id;
+    w.start = now;
+    const double cost = cfg.target.forward_ms + w.n * cfg.target.per_token_ms;
+    at(now + cost, [&, t, a, keep] {
+      SimTarget& w = tg[t];
+      if (w.task != a.id) return;  // cancelled meanwhile
+      w.task = 0;
+      const double busy = now - w.start;
+      res.target_busy_ms += busy;
+      const auto& seq = a.seq;
+      w.cache = seq;
+      if (w.imported_from < static_cast<int>(keep)) ++res.kv.verified_on_imported;
+      std::vector<Token> y;
+      const size_t first = seq.size() - a.n_logits + 1;
+      if (sampling) {
+        std::vector<float> p;
+        auto p_at = [&](int pos) {
+          p = synthetic_probs(cfg.target, std::vector<Token>(seq.begin(), seq.begin() + pos),
+                              cfg.sampling);
+          return std::span<const float>(p);
+        };
+        auto q_at = [&](int pos) { return std::span<const float>(q_store.at({a.chain, pos})); };
+        y = verify_sampled(seq, static_cast<int>(first), p_at, q_at,
+                           BonusRule{a.bonus_anchor, a.bonus_period}, cfg.sampling, cfg.verifier);
+      } else {
+        for (size_t p = first; p <= seq.size(); ++p) y.push_back(target_at(seq, p));
+      }
+      w.busy = false;
+      run_actions(sched.on_result(a.id, y, Forward{w.n, busy / 1e3}));
+      kick(t);
+    });
+  };
+
+  kick = [&](int t) {
+    SimTarget& w = tg[t];
+    if (w.busy || w.inbox.empty()) return;
+    Work work = std::move(w.inbox.front());
+    w.inbox.pop_front();
+    w.busy = true;
+    const Action& a = work.a;
+    if (a.kind == Action::kVerify) {
+      verify(t, a);
+    } else if (a.kind == Action::kPrefill) {
+      // Setup: a prefill computes what the cache lacks (a handed-over prompt: nothing).
+      const size_t keep = common_prefix(w.cache, a.seq);
+      const int n = static_cast<int>(a.seq.size() - keep);
+      const double cost = n == 0 ? 0
+                                 : (keep == 0 ? cfg.target.ttft_ms : cfg.target.forward_ms) +
+                                       n * cfg.target.per_token_ms;
+      at(now + cost, [&, t, seq = a.seq] {
+        tg[t].cache = seq;
+        tg[t].busy = false;
+        run_actions(sched.on_prefilled(t));
+        kick(t);
+      });
+    } else if (work.send) {
+      // The source checks it holds the range for exactly these tokens, then sends it.
+      const bool ok = a.begin >= 0 && a.begin < a.end &&
+                      common_prefix(w.cache, a.seq) >= static_cast<size_t>(a.end);
+      const int n = a.end - a.begin;
+      const double cost = ok ? sched.kv().cost().transfer_s(n) * 1e3 : 0;
+      if (ok) res.kv.sent_bytes += static_cast<int64_t>(n * kv_bytes);
+      at(now + cost, [&, t, a, ok] {
+        served[a.id] = ok;
+        const auto waiter = std::find_if(tg.begin(), tg.end(),
+                                         [&](const SimTarget& d) { return d.waiting == a.id; });
+        if (waiter != tg.end()) import(static_cast<int>(waiter - tg.begin()), a);
+        done_work(t);
+      });
+    } else {
+      // The destination imports only where its cache reaches the range's start.
+      const size_t have = common_prefix(w.cache, a.seq);
+      if (have >= static_cast<size_t>(a.end)) {
+        ++res.kv.not_needed;
+        done_work(t);
+      } else if (have < static_cast<size_t>(a.begin)) {
+        ++res.kv.fallbacks;  // the next forward recomputes
+        done_work(t);
+      } else if (served.count(a.id)) {
+        import(t, a);
+      } else {
+        w.waiting = a.id;  // the source's send completes it
+      }
+    }
+  };
+
+  auto deliver = [&](int t, Work w) {
+    auto& inbox = tg[t].inbox;
+    if (w.send) {
+      inbox.insert(std::find_if(inbox.begin(), inbox.end(), [](const Work& q) { return !q.send; }),
+                   std::move(w));
+    } else {
+      inbox.push_back(std::move(w));
+    }
+    kick(t);
+  };
+
   run_actions = [&](const std::vector<Action>& acts) {
     for (const Action& a : acts) {
       if (a.kind == Action::kStartChain) {
@@ -178,53 +323,46 @@ SimResult simulate(const SimConfig& cfg) {
         d_window = a.window;
         d_stop = a.stop_len;
         draft_step(d_gen);
-      } else if (a.kind == Action::kVerify) {
-        const int tg = a.target;
-        auto& cache = t_cache[tg];
-        const size_t keep = std::min(common_prefix(cache, a.seq), a.seq.size() - a.n_logits);
-        const int n = static_cast<int>(a.seq.size() - keep);
-        cache.assign(a.seq.begin(), a.seq.begin() + keep);
-        t_task[tg] = a.id;
-        t_start[tg] = now;
-        task_target[a.id] = tg;
-        const double cost = cfg.target.forward_ms + n * cfg.target.per_token_ms;
-        at(now + cost, [&, tg, a] {
-          if (t_task[tg] != a.id) return;  // cancelled meanwhile
-          t_task[tg] = 0;
-          res.target_busy_ms += now - t_start[tg];
-          const auto& seq = a.seq;
-          t_cache[tg] = seq;
-          std::vector<Token> y;
-          const size_t first = seq.size() - a.n_logits + 1;
-          if (sampling) {
-            std::vector<float> p;
-            auto p_at = [&](int pos) {
-              p = synthetic_probs(cfg.target, std::vector<Token>(seq.begin(), seq.begin() + pos),
-                                  cfg.sampling);
-              return std::span<const float>(p);
-            };
-            auto q_at = [&](int pos) { return std::span<const float>(q_store.at({a.chain, pos})); };
-            y = verify_sampled(seq, static_cast<int>(first), p_at, q_at,
-                               BonusRule{a.bonus_anchor, a.bonus_period}, cfg.sampling,
-                               cfg.verifier);
-          } else {
-            for (size_t p = first; p <= seq.size(); ++p) y.push_back(target_at(seq, p));
-          }
-          run_actions(sched.on_result(a.id, y));
-        });
+      } else if (a.kind == Action::kVerify || a.kind == Action::kPrefill) {
+        deliver(a.target, Work{a});
+      } else if (a.kind == Action::kKvHandoff) {
+        ++res.kv.planned;
+        deliver(a.target, Work{a, true});
+        deliver(a.dst, Work{a, false});
       } else if (a.kind == Action::kCancel) {
-        const int tg = a.target;
-        if (t_task[tg] != a.id) continue;
-        t_task[tg] = 0;
-        res.target_busy_ms += now - t_start[tg];
-        res.wasted_ms += now - t_start[tg];
+        SimTarget& w = tg[a.target];
+        if (w.task == a.id) {
+          w.task = 0;
+          res.target_busy_ms += now - w.start;
+          res.wasted_ms += now - w.start;
+          at(now, [&, id = a.id] { run_actions(sched.on_cancelled(id)); });
+          done_work(a.target);
+          continue;
+        }
+        auto it = std::find_if(w.inbox.begin(), w.inbox.end(), [&](const Work& q) {
+          return q.a.kind == Action::kVerify && q.a.id == a.id;
+        });
+        if (it == w.inbox.end()) continue;  // finished: its result is on its way
+        w.inbox.erase(it);
         at(now, [&, id = a.id] { run_actions(sched.on_cancelled(id)); });
       }
     }
   };
 
+  // Setup (prefill, the prompt's handoff) is simulated but not counted, as in a real run.
+  run_actions(sched.prefill());
+  while (!events.empty() && !sched.prefilled()) {
+    Event e = events.top();
+    events.pop();
+    now = e.time;
+    e.fire();
+  }
+  if (!sched.prefilled()) throw std::logic_error("simulation ran out of events during prefill");
+  res.setup_ms = now;
+  res.kv.prompt = sched.prompt_handed_over();
+
   run_actions(sched.start());
-  double last_commit = 0;
+  double last_commit = now;
   size_t committed = sched.committed().size();
   while (!events.empty() && !sched.done()) {
     Event e = events.top();
@@ -238,8 +376,8 @@ SimResult simulate(const SimConfig& cfg) {
   }
   if (!sched.done()) throw std::logic_error("simulation ran out of events before finishing");
   res.tokens.assign(sched.committed().begin() + sched.prompt_len(), sched.committed().end());
-  res.total_ms = last_commit;
-  res.latency_per_token_ms = res.tokens.empty() ? 0 : last_commit / res.tokens.size();
+  res.total_ms = last_commit - res.setup_ms;
+  res.latency_per_token_ms = res.tokens.empty() ? 0 : res.total_ms / res.tokens.size();
   res.stats = sched.stats();
   return res;
 }

@@ -24,7 +24,7 @@ enum class TokenModel {
 };
 
 struct SimConfig {
-  SchedulerOptions sched;
+  SchedulerOptions sched;   // sched.kv: KV handoff between the simulated targets
   SyntheticParams target;   // latency: forward_ms + per_token_ms * tokens (ttft unused)
   SyntheticParams drafter;  // same, per draft forward; acceptance a
   std::vector<Token> prompt;
@@ -36,11 +36,14 @@ struct SimConfig {
 
 struct SimResult {
   std::vector<Token> tokens;   // generated tokens (committed minus prompt)
+  double setup_ms = 0;         // prefill (and the prompt's KV handoff): not in total_ms
   double total_ms = 0;         // from the first scheduler action to the last commit
   double latency_per_token_ms = 0;
   SchedulerStats stats;
   double target_busy_ms = 0;   // summed over targets
   double wasted_ms = 0;        // target time spent on tasks that were then cancelled
+  KvHandoffStats kv;           // handoffs: a transfer costs the cost model's transfer time on
+                               // the source; the destination then holds the range
 };
 
 SimResult simulate(const SimConfig& cfg);

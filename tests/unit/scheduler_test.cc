@@ -1,7 +1,9 @@
 // Scheduler tests in virtual time (sim/simulator): losslessness over the acceptance
-// grid, and the ideal latencies of docs/dsi.md ("Ideal latencies") when servers are ample.
+// grid, the ideal latencies of docs/dsi.md ("Ideal latencies") when servers are ample, and KV handoff; and the
+// scheduler driven by hand: which handoffs it plans, and its model of the targets' caches.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "sim/simulator.h"
@@ -96,6 +98,227 @@ TEST(Scheduler, ShortSpQueuesButStaysLossless) {
   SimResult r = simulate(cfg);
   EXPECT_EQ(r.tokens, synthetic_reference(cfg.target, cfg.prompt, 100));
   EXPECT_GT(r.stats.tasks_cancelled_queued, 0);
+}
+
+// KV handoff in virtual time: a transfer costs the source the cost model's transfer time,
+// then the destination holds the range.
+SimConfig with_kv(SimConfig cfg, KvPolicy policy, bool shared_device = false) {
+  cfg.sched.kv = {
+      .policy = policy, .bytes_per_token = 46e3, .gbps = 5, .shared_device = shared_device};
+  return cfg;
+}
+
+TEST(Scheduler, KvHandoffStaysLosslessAndIsImported) {
+  for (int sp : {2, 3, 5}) {
+    for (double a : {0.3, 0.9}) {
+      // CPU-like targets: 10 ms + 3 ms per token computed.
+      SimConfig cfg = make(Mode::kDsi, sp, 2, a, 10, 2, 60, 11);
+      cfg.target.per_token_ms = 3;
+      for (KvPolicy policy : {KvPolicy::kAlways, KvPolicy::kAuto}) {
+        const SimResult r = simulate(with_kv(cfg, policy));
+        const std::string what = std::string(kv_policy_name(policy)) + " sp=" + std::to_string(sp) +
+                                 " a=" + std::to_string(a);
+        EXPECT_EQ(r.tokens, synthetic_reference(cfg.target, cfg.prompt, 60)) << what;
+        EXPECT_EQ(r.kv.planned, r.stats.kv_handoffs) << what;
+        // Handoffs still under way when the last token commits are not counted.
+        EXPECT_GE(r.kv.planned, r.kv.imported + r.kv.fallbacks + r.kv.not_needed) << what;
+        EXPECT_GT(r.kv.imported, 0) << what;
+        EXPECT_GT(r.kv.verified_on_imported, 0) << what;
+        // The targets have their own devices: only `always` hands the prompt over.
+        EXPECT_EQ(r.kv.prompt, policy == KvPolicy::kAlways) << what;
+      }
+    }
+  }
+}
+
+TEST(Scheduler, KvHandoffNeverPlansNothing) {
+  SimConfig cfg = make(Mode::kDsi, 4, 2, 0.7, 10, 2, 60, 11);
+  cfg.target.per_token_ms = 3;
+  const SimResult r = simulate(with_kv(cfg, KvPolicy::kNever, true));
+  EXPECT_EQ(r.tokens, synthetic_reference(cfg.target, cfg.prompt, 60));
+  EXPECT_EQ(r.kv.planned, 0);
+  EXPECT_EQ(r.stats.kv_handoffs, 0);
+  EXPECT_FALSE(r.kv.prompt);
+}
+
+TEST(Scheduler, KvHandoffAutoFollowsTheCostOfRecomputing) {
+  // Forwards whose cost grows with their length make transfers worth it; flat forwards (a
+  // memory-bound GPU) do not, once the cost model has seen forwards of different lengths.
+  SimConfig cpu = make(Mode::kDsi, 4, 3, 0.8, 10, 1, 200, 13);
+  cpu.target.per_token_ms = 3;
+  SimConfig gpu = make(Mode::kDsi, 4, 3, 0.8, 10, 1, 200, 13);
+  const SimResult on_cpu = simulate(with_kv(cpu, KvPolicy::kAuto));
+  const SimResult on_gpu = simulate(with_kv(gpu, KvPolicy::kAuto));
+  const SimResult always = simulate(with_kv(gpu, KvPolicy::kAlways));
+  EXPECT_EQ(on_gpu.tokens, synthetic_reference(gpu.target, gpu.prompt, 200));
+  EXPECT_GT(on_cpu.kv.planned, 20);
+  EXPECT_LT(on_gpu.kv.planned * 4, on_cpu.kv.planned);
+  EXPECT_LT(on_gpu.kv.planned * 4, always.kv.planned);
+}
+
+TEST(Scheduler, PromptIsHandedOverOnASharedDevice) {
+  SimConfig cfg = make(Mode::kDsi, 3, 2, 0.7, 10, 2, 40, 12);
+  const SimResult r = simulate(with_kv(cfg, KvPolicy::kAuto, true));
+  EXPECT_EQ(r.tokens, synthetic_reference(cfg.target, cfg.prompt, 40));
+  EXPECT_TRUE(r.kv.prompt);
+  EXPECT_GE(r.kv.imported_tokens, 2 * static_cast<int64_t>(cfg.prompt.size() - 1));
+  // Target 0 prefills, then the others import: setup is one prefill plus a transfer.
+  EXPECT_GT(r.setup_ms, cfg.target.ttft_ms);
+  const SimResult own = simulate(with_kv(cfg, KvPolicy::kAuto, false));
+  EXPECT_FALSE(own.kv.prompt);
+  EXPECT_DOUBLE_EQ(own.setup_ms, cfg.target.ttft_ms);  // in parallel on their own devices
+}
+
+// The scheduler driven by hand.
+const std::vector<Token> kPrompt = {3, 1, 4, 1};  // prefix: {3, 1, 4}
+
+SchedulerOptions hand_options(Mode mode, KvPolicy policy, bool shared_device = false) {
+  return SchedulerOptions{
+      .mode = mode,
+      .lookahead = 1,
+      .n_targets = 2,
+      .max_new_tokens = 10,
+      .target_choice = TargetChoice::kRoundRobin,
+      .kv = {.policy = policy, .bytes_per_token = 1e3, .gbps = 10, .shared_device = shared_device}};
+}
+
+std::vector<Action> of_kind(const std::vector<Action>& acts, Action::Kind k) {
+  std::vector<Action> out;
+  std::copy_if(acts.begin(), acts.end(), std::back_inserter(out),
+               [&](const Action& a) { return a.kind == k; });
+  return out;
+}
+
+void prefill_all(Scheduler& s) {
+  std::vector<Action> todo = s.prefill();
+  for (size_t i = 0; i < todo.size(); ++i) {
+    if (todo[i].kind != Action::kPrefill) continue;
+    for (Action& a : s.on_prefilled(todo[i].target)) todo.push_back(std::move(a));
+  }
+  ASSERT_TRUE(s.prefilled());
+}
+
+TEST(Scheduler, PromptHandoffActions) {
+  const std::vector<Token> prefix = {3, 1, 4};
+  for (bool shared : {false, true}) {
+    for (KvPolicy policy : {KvPolicy::kAuto, KvPolicy::kAlways, KvPolicy::kNever}) {
+      Scheduler s(hand_options(Mode::kDsi, policy, shared), kPrompt);
+      const bool handed = policy == KvPolicy::kAlways || (policy == KvPolicy::kAuto && shared);
+      auto first = s.prefill();
+      EXPECT_EQ(s.prompt_handed_over(), handed);
+      ASSERT_EQ(first.size(), handed ? 1u : 2u);
+      for (const Action& a : first) {
+        EXPECT_EQ(a.kind, Action::kPrefill);
+        EXPECT_EQ(a.seq, prefix);
+      }
+      auto after0 = s.on_prefilled(0);
+      EXPECT_FALSE(s.prefilled());
+      if (handed) {
+        // The first target's KV goes to the second, whose Prefill then computes nothing.
+        ASSERT_EQ(after0.size(), 2u);
+        EXPECT_EQ(after0[0].kind, Action::kKvHandoff);
+        EXPECT_EQ(
+            (std::vector<int>{after0[0].target, after0[0].dst, after0[0].begin, after0[0].end}),
+            (std::vector<int>{0, 1, 0, 3}));
+        EXPECT_EQ(after0[0].id, 1u);
+        EXPECT_EQ(after0[0].seq, prefix);
+        EXPECT_EQ(after0[1].kind, Action::kPrefill);
+        EXPECT_EQ(after0[1].target, 1);
+        EXPECT_EQ(s.stats().kv_handoffs, 1);
+      } else {
+        EXPECT_TRUE(after0.empty());
+        EXPECT_EQ(s.stats().kv_handoffs, 0);
+      }
+      EXPECT_TRUE(s.on_prefilled(1).empty());
+      EXPECT_TRUE(s.prefilled());
+      EXPECT_EQ(s.kv().cached(0), prefix);
+      EXPECT_EQ(s.kv().cached(1), prefix);
+    }
+  }
+}
+
+TEST(Scheduler, AutoTransfersWhenRecomputingCostsMore) {
+  // Non-SI on two targets: target 0 verifies the prompt and commits one token; target 1 lacks
+  // the prompt's last token. A forward of 10 ms per token makes the transfer (200 us) worth it;
+  // one of 10 us does not. `always` transfers either way, `never` never.
+  struct Case {
+    KvPolicy policy;
+    double seconds;
+    bool handoff;
+  };
+  for (Case c : {Case{KvPolicy::kAuto, 0.010, true}, Case{KvPolicy::kAuto, 1e-5, false},
+                 Case{KvPolicy::kAlways, 1e-5, true}, Case{KvPolicy::kNever, 0.010, false}}) {
+    Scheduler s(hand_options(Mode::kNonSi, c.policy), kPrompt);
+    prefill_all(s);
+    auto acts = s.start();
+    ASSERT_EQ(acts.size(), 1u);
+    ASSERT_EQ(acts[0].kind, Action::kVerify);
+    EXPECT_EQ(acts[0].target, 0);
+    acts = s.on_result(acts[0].id, std::vector<Token>{5}, Forward{1, c.seconds});
+    EXPECT_EQ(s.committed(), (std::vector<Token>{3, 1, 4, 1, 5}));
+    // The next verification first (to target 1, round robin), then the handoff.
+    ASSERT_FALSE(acts.empty());
+    EXPECT_EQ(acts[0].kind, Action::kVerify);
+    const auto h = of_kind(acts, Action::kKvHandoff);
+    ASSERT_EQ(h.size(), c.handoff ? 1u : 0u) << kv_policy_name(c.policy) << " " << c.seconds;
+    if (c.handoff) {
+      EXPECT_EQ(acts.back().kind, Action::kKvHandoff);
+      EXPECT_EQ((std::vector<int>{h[0].target, h[0].dst, h[0].begin, h[0].end}),
+                (std::vector<int>{0, 1, 3, 4}));
+      EXPECT_EQ(h[0].seq, kPrompt);
+      EXPECT_EQ(s.kv().cached(1), kPrompt);
+    } else {
+      EXPECT_EQ(s.kv().cached(1), (std::vector<Token>{3, 1, 4}));
+    }
+    EXPECT_EQ(s.kv().cached(0), kPrompt);  // the result: the sequence it verified
+  }
+}
+
+TEST(Scheduler, CancelTrimsTheCacheModelAndHandoffsFillIt) {
+  // DSI, k = 1, two targets taken in turn, kv_handoff: always.
+  Scheduler s(hand_options(Mode::kDsi, KvPolicy::kAlways), kPrompt);
+  prefill_all(s);  // the prompt was handed over: handoff 1
+  const std::vector<Token> p = kPrompt;
+  auto acts = s.start();
+  ASSERT_EQ(of_kind(acts, Action::kStartChain).size(), 1u);
+  const uint64_t chain = of_kind(acts, Action::kStartChain)[0].id;
+  const auto v1 = of_kind(acts, Action::kVerify);
+  ASSERT_EQ(v1.size(), 1u);
+  EXPECT_EQ(v1[0].target, 0);
+  // Draft 20 at position 4: task 2 verifies p + [20] on target 1.
+  acts = s.on_draft(chain, 4, 20);
+  const auto v2 = of_kind(acts, Action::kVerify);
+  ASSERT_EQ(v2.size(), 1u);
+  EXPECT_EQ(v2[0].target, 1);
+  // Task 1 commits 20: target 0 holds p, target 1 only p's prefix: handoff [3, 4).
+  acts = s.on_result(v1[0].id, std::vector<Token>{20}, Forward{1, 0.01});
+  auto h = of_kind(acts, Action::kKvHandoff);
+  ASSERT_EQ(h.size(), 1u);
+  EXPECT_EQ(h[0].id, 2u);
+  EXPECT_EQ((std::vector<int>{h[0].target, h[0].dst, h[0].begin, h[0].end}),
+            (std::vector<int>{0, 1, 3, 4}));
+  // Draft 21 at position 5: task 3 verifies p + [20, 21] on target 0.
+  acts = s.on_draft(chain, 5, 21);
+  const auto v3 = of_kind(acts, Action::kVerify);
+  ASSERT_EQ(v3.size(), 1u);
+  EXPECT_EQ(v3[0].target, 0);
+  // Task 2 says 22, not 21: task 3 is cancelled, a new chain starts, and target 1's KV of
+  // position 4 goes to target 0.
+  acts = s.on_result(v2[0].id, std::vector<Token>{20, 22}, Forward{2, 0.01});
+  EXPECT_EQ(s.committed(), (std::vector<Token>{3, 1, 4, 1, 20, 22}));
+  const auto cancel = of_kind(acts, Action::kCancel);
+  ASSERT_EQ(cancel.size(), 1u);
+  EXPECT_EQ(cancel[0].id, v3[0].id);
+  h = of_kind(acts, Action::kKvHandoff);
+  ASSERT_EQ(h.size(), 1u);
+  EXPECT_EQ((std::vector<int>{h[0].target, h[0].dst, h[0].begin, h[0].end}),
+            (std::vector<int>{1, 0, 4, 5}));
+  EXPECT_EQ(s.kv().cached(0), (std::vector<Token>{3, 1, 4, 1, 20}));
+  // The cancelled verification of p + [20, 21] had the worker keep only p[0, 4): the model
+  // forgets the handed-over token.
+  s.on_cancelled(v3[0].id);
+  EXPECT_EQ(s.kv().cached(0), p);
+  EXPECT_EQ(s.stats().kv_handoffs, 3);
 }
 
 }  // namespace
