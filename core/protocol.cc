@@ -58,7 +58,10 @@ std::vector<uint8_t> encode(const Message& m) {
            static_cast<uint32_t>(m.text.size())};
   std::vector<uint8_t> out(sizeof(Header) + m.tokens.size() * sizeof(Token) + m.text.size());
   std::memcpy(out.data(), &h, sizeof h);
-  std::memcpy(out.data() + sizeof h, m.tokens.data(), m.tokens.size() * sizeof(Token));
+  // An empty vector's data() may be null, and memcpy from null is undefined even for 0 bytes.
+  if (!m.tokens.empty()) {
+    std::memcpy(out.data() + sizeof h, m.tokens.data(), m.tokens.size() * sizeof(Token));
+  }
   std::memcpy(out.data() + sizeof h + m.tokens.size() * sizeof(Token), m.text.data(),
               m.text.size());
   return out;
@@ -95,7 +98,9 @@ Message decode(std::span<const uint8_t> bytes) {
   m.aux = h.aux;
   m.x = h.x;
   m.tokens.resize(h.n_tokens);
-  std::memcpy(m.tokens.data(), bytes.data() + sizeof h, h.n_tokens * sizeof(Token));
+  if (h.n_tokens > 0) {
+    std::memcpy(m.tokens.data(), bytes.data() + sizeof h, h.n_tokens * sizeof(Token));
+  }
   m.text.assign(reinterpret_cast<const char*>(bytes.data()) + sizeof h + h.n_tokens * sizeof(Token),
                 h.n_text);
   return m;
