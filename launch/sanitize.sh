@@ -37,6 +37,8 @@ case $mode in
             "-L ^mpi$ -LE ^plain$ -E ^mpi\.cli\.idle_no_spin$")
     unwind=(1 0)
     unset_env=("" DSI_SMOLLM2_GGUF)
+    # Nor does it load the opt-in Qwen2.5-Coder pair (gigabytes of float32 weights).
+    unset DSI_QWEN_CODER_1_5B_GGUF DSI_QWEN_CODER_0_5B_GGUF
     # DSI_FUZZ=ON as in tests/fuzz/run.sh, so that both configure the tree alike.
     extra=(-DDSI_FUZZ=ON)
     export ASAN_OPTIONS="check_initialization_order=1:detect_leaks=1:${ASAN_OPTIONS:-}"

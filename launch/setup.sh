@@ -11,8 +11,7 @@ cd "$(dirname "$0")/.."
 packages=(g++ cmake ninja-build pkg-config python3 openmpi-bin libopenmpi-dev libyaml-cpp-dev
           libopenblas-dev libcli11-dev nlohmann-json3-dev libfmt-dev libgtest-dev googletest
           python3-numpy python3-yaml python3-pip clang libclang-rt-14-dev clang-format
-          python3-matplotlib
-          slurmctld slurmd slurm-client munge)
+          python3-matplotlib slurmctld slurmd slurm-client munge)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
