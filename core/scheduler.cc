@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <stdexcept>
 
+#include "common/error.h"
+
 namespace dsi {
 
 const char* mode_name(Mode m) {

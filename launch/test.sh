@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Sets up, builds and runs every test (unit, MPI, Slurm, fuzz; GPU tests skip without a
-# device). The default model is fetched too, so its tests run; they skip if it cannot be.
+# Sets up, builds and runs every test (unit, MPI, Slurm, the clang-format check, the ASan+UBSan
+# and TSan jobs, fuzz; GPU tests skip without a device). The default model is fetched too, so
+# its tests run; they skip if it cannot be.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 launch/setup.sh

@@ -43,6 +43,7 @@ def main():
               % unicodedata.unidata_version)
     out.write("// Do not edit by hand. Ranges are sorted, disjoint and inclusive.\n")
     out.write('#include "model/tokenizer/unicode.h"\n\nnamespace dsi::unicode {\n\n')
+    out.write("// One range per line, as generated:\n// clang-format off\n")
     out.write("const CategoryRange kCategoryRanges[] = {\n")
     for a, b, f in ranges:
         out.write("    {0x%X, 0x%X, %d},\n" % (a, b, f))

@@ -4,6 +4,8 @@
 
 namespace dsi::unicode {
 
+// One range per line, as generated:
+// clang-format off
 const CategoryRange kCategoryRanges[] = {
     {0x9, 0xD, 4},
     {0x20, 0x20, 4},

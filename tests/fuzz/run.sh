@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds the fuzzers (clang + libFuzzer + ASan) in their own build folder and runs each for a
-# bounded time. Exits non-zero when a fuzzer finds a crash, a leak, an uncaught exception
+# Builds the fuzzers in the ASan+UBSan tree (clang, DSI_SANITIZE=address: the tree the CI's
+# sanitizer job uses too, see launch/sanitize.sh) and runs each for a bounded time. Exits
+# non-zero when a fuzzer finds a crash, a leak, undefined behaviour, an uncaught exception
 # other than ModelError, a timeout or an out-of-memory; the input is left in
 # $BUILD/fuzz-artifacts/.
 #
@@ -9,10 +10,11 @@
 #
 # Debian 12 packages, besides the project's usual build dependencies:
 #   apt-get install -y clang libclang-rt-14-dev python3
-# ("clang" brings clang-14; libclang-rt-14-dev holds libFuzzer and the ASan runtime.)
-# Override the compilers with CC/CXX, the build folder with DSI_FUZZ_BUILD_DIR and the test
-# data with DSI_TESTDATA_DIR. The outside test data (reference vocab files and models) only
-# adds seeds and vocabularies: without it the fuzzers run on inputs built here.
+# ("clang" brings clang-14; libclang-rt-14-dev holds libFuzzer and the sanitizer runtimes.)
+# Override the compilers with CC/CXX, the build folder (default build-asan) with
+# DSI_FUZZ_BUILD_DIR and the test data with DSI_TESTDATA_DIR. The outside test data (reference
+# vocab files and models) only adds seeds and vocabularies: without it the fuzzers run on
+# inputs built here.
 set -euo pipefail
 
 seconds=${1:-60}
@@ -22,16 +24,14 @@ targets=("$@")
 [[ ${targets[0]} == all ]] && targets=(gguf tokenizer safetensors)
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
-build=${DSI_FUZZ_BUILD_DIR:-$root/build-fuzz}
+build=${DSI_FUZZ_BUILD_DIR:-$root/build-asan}
 cc=${CC:-$(command -v clang || command -v clang-14)}
 cxx=${CXX:-$(command -v clang++ || command -v clang++-14)}
 testdata=${DSI_TESTDATA_DIR:-$root/../shared/testdata}
 
 cmake -S "$root" -B "$build" -G Ninja \
   -DCMAKE_C_COMPILER="$cc" -DCMAKE_CXX_COMPILER="$cxx" \
-  -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDSI_CUDA=OFF -DDSI_FUZZ=ON \
-  -DCMAKE_CXX_FLAGS="-fsanitize=address,fuzzer-no-link -fno-omit-frame-pointer" \
-  -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=address" >/dev/null
+  -DCMAKE_BUILD_TYPE=Release -DDSI_CUDA=OFF -DDSI_SANITIZE=address -DDSI_FUZZ=ON >/dev/null
 cmake --build "$build" --target "${targets[@]/%/_fuzz}" -j2
 
 artifacts="$build/fuzz-artifacts"
@@ -44,10 +44,15 @@ for t in "${targets[@]}"; do
     gguf) python3 "$root/tests/fuzz/make_seeds.py" "$testdata" "$seeds" ;;
     tokenizer)
       printf 'Hello, world! 1314151 \xe5\xa4\xa9\xef\xbd\x9e \xf0\x9f\xa6\x99\n\t  x' >"$seeds/text.txt"
-      if [[ -f $testdata/ggml-vocab-gpt-2.gguf.inp ]]; then
-        cp "$testdata"/ggml-vocab-gpt-2.gguf.inp "$seeds/"
+      inp=$testdata/ggml-vocab-gpt-2.gguf.inp
+      if [[ -f $inp ]]; then
+        # One seed per test string of the vocabulary's test cases (short inputs run fast).
+        python3 -c '
+import sys
+for i, t in enumerate(open(sys.argv[1], "rb").read().split(b"\n__ggml_vocab_test__\n")):
+    open("%s/inp-%03d" % (sys.argv[2], i), "wb").write(t)' "$inp" "$seeds"
       else
-        echo "test data missing: $testdata/ggml-vocab-gpt-2.gguf.inp (seed not used)"
+        echo "test data missing: $inp (seeds not used)"
       fi ;;
     safetensors) printf '\x40\x00\x00\x00\x00\x00\x00\x00{"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}          \x00\x00\x80\x3f\x00\x00\x00\x40' \
                    > "$seeds/small.safetensors" ;;

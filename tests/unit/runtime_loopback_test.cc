@@ -12,7 +12,7 @@ namespace dsi {
 namespace {
 
 struct World {
-  explicit World(int n, WorkerOptions wo = {}) : hub(n), data_hub(n) {
+  explicit World(int n, WorkerOptions wo = {}) : hub(n), data_hub(n), codes(n) {
     for (int r = 1; r < n; ++r) {
       threads.emplace_back([this, r, wo] {
         auto ch = hub.channel(r);
@@ -33,7 +33,7 @@ struct World {
   LoopbackDataHub data_hub;
   std::unique_ptr<ControlChannel> coord_ch;
   std::vector<std::thread> threads;
-  std::map<int, int> codes;
+  std::vector<int> codes;  // one slot per worker thread (a shared map would race)
 };
 
 RunConfig fast_config(Mode mode, double a, int k) {
