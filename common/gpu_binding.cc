@@ -49,8 +49,12 @@ LocalRank local_rank_from_env(const std::function<const char*(const char*)>& get
   return {};
 }
 
-void set_local_rank(int rank) { g_local_rank = rank; }
-int local_rank() { return g_local_rank; }
+void set_local_rank(int rank) {
+  g_local_rank = rank;
+}
+int local_rank() {
+  return g_local_rank;
+}
 
 int choose_gpu(int requested, int local_rank, int device_count) {
   if (device_count <= 0) throw GpuBindingError("no CUDA device is visible");

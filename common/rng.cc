@@ -31,10 +31,11 @@ Block philox4x32_10(Block ctr, std::array<uint32_t, 2> key) {
 
 double rng_uniform(uint64_t seed, uint64_t request, uint64_t position, RngPurpose purpose) {
   // Counter: (position, request low bits, purpose); key: the seed.
-  const Block out = philox4x32_10(
-      {static_cast<uint32_t>(position), static_cast<uint32_t>(position >> 32),
-       static_cast<uint32_t>(request), static_cast<uint32_t>(purpose) ^ static_cast<uint32_t>(request >> 32) << 8},
-      {static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32)});
+  const Block out =
+      philox4x32_10({static_cast<uint32_t>(position), static_cast<uint32_t>(position >> 32),
+                     static_cast<uint32_t>(request),
+                     static_cast<uint32_t>(purpose) ^ static_cast<uint32_t>(request >> 32) << 8},
+                    {static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32)});
   const uint64_t bits = (static_cast<uint64_t>(out[0]) << 32 | out[1]) >> 11;
   return static_cast<double>(bits) * 0x1.0p-53;
 }

@@ -1,5 +1,7 @@
 #include "common/version.h"
 
 namespace dsi {
-const char* version_string() { return "dsi 0.1.0"; }
+const char* version_string() {
+  return "dsi 0.1.0";
+}
 }  // namespace dsi

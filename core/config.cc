@@ -45,7 +45,8 @@ int integer(const YAML::Node& n, const std::string& key, long lo, long hi) {
   return static_cast<int>(v);
 }
 
-std::string one_of(const YAML::Node& n, const std::string& key, std::initializer_list<const char*> allowed) {
+std::string one_of(const YAML::Node& n, const std::string& key,
+                   std::initializer_list<const char*> allowed) {
   const std::string v = scalar<std::string>(n, key, "a string");
   std::string list;
   for (const char* a : allowed) {
@@ -60,7 +61,9 @@ const std::vector<Key>& keys() {
       {"mode", "dsi | si | nonsi",
        [](RunConfig& c, const YAML::Node& n, const std::string& key) {
          auto m = parse_mode(scalar<std::string>(n, key, "a string"));
-         if (!m) throw ConfigError(fmt::format("key '{}' must be dsi, si or nonsi, got '{}'", key, n.Scalar()));
+         if (!m)
+           throw ConfigError(
+               fmt::format("key '{}' must be dsi, si or nonsi, got '{}'", key, n.Scalar()));
          c.mode = *m;
        }},
       {"roles.drafters", "drafter ranks (1; ignored by nonsi)",
@@ -81,7 +84,8 @@ const std::vector<Key>& keys() {
        }},
       {"generation.seed", "seed of the synthetic model and prompt",
        [](RunConfig& c, const YAML::Node& n, const std::string& key) {
-         c.seed = static_cast<uint64_t>(scalar<unsigned long long>(n, key, "a non-negative integer"));
+         c.seed =
+             static_cast<uint64_t>(scalar<unsigned long long>(n, key, "a non-negative integer"));
        }},
       {"generation.prompt_tokens", "length of the synthetic prompt",
        [](RunConfig& c, const YAML::Node& n, const std::string& key) {
@@ -94,19 +98,23 @@ const std::vector<Key>& keys() {
       {"dsi.queue", "newest | fifo: which queued task a freed target takes",
        [](RunConfig& c, const YAML::Node& n, const std::string& key) {
          auto q = parse_queue_policy(scalar<std::string>(n, key, "a string"));
-         if (!q) throw ConfigError(fmt::format("key '{}' must be newest or fifo, got '{}'", key, n.Scalar()));
+         if (!q)
+           throw ConfigError(
+               fmt::format("key '{}' must be newest or fifo, got '{}'", key, n.Scalar()));
          c.queue = *q;
        }},
       {"dsi.target_choice", "cache | round_robin: which idle target takes a task",
        [](RunConfig& c, const YAML::Node& n, const std::string& key) {
-         c.target_choice = one_of(n, key, {"cache", "round_robin"}) == "cache" ? TargetChoice::kCache
-                                                                             : TargetChoice::kRoundRobin;
+         c.target_choice = one_of(n, key, {"cache", "round_robin"}) == "cache"
+                               ? TargetChoice::kCache
+                               : TargetChoice::kRoundRobin;
        }},
       {"engine", "synthetic | llama",
        [](RunConfig& c, const YAML::Node& n, const std::string& key) {
          c.engine = scalar<std::string>(n, key, "a string");
          if (c.engine != "synthetic" && c.engine != "llama") {
-           throw ConfigError(fmt::format("key '{}': unknown engine '{}' (known: synthetic, llama)", key, c.engine));
+           throw ConfigError(fmt::format("key '{}': unknown engine '{}' (known: synthetic, llama)",
+                                         key, c.engine));
          }
        }},
       {"model.path", "llama: GGUF file or Hugging Face folder of the target",
@@ -127,15 +135,26 @@ const std::vector<Key>& keys() {
          }
        }},
       {"model.threads", "llama: compute threads per worker rank",
-       [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.threads = integer(n, key, 1, 1024); }},
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) {
+         c.threads = integer(n, key, 1, 1024);
+       }},
       {"model.max_context", "llama: KV cache length (0 = the model's)",
-       [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.max_context = integer(n, key, 0, 1 << 24); }},
-      {"model.device", "llama: where the targets compute: cpu | cuda (GPU = node-local rank % GPUs)",
-       [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.device = one_of(n, key, {"cpu", "cuda"}); }},
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) {
+         c.max_context = integer(n, key, 0, 1 << 24);
+       }},
+      {"model.device",
+       "llama: where the targets compute: cpu | cuda (GPU = node-local rank % GPUs)",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) {
+         c.device = one_of(n, key, {"cpu", "cuda"});
+       }},
       {"model.drafter_device", "llama: where the drafter computes (default: model.device)",
-       [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.drafter_device = one_of(n, key, {"cpu", "cuda"}); }},
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) {
+         c.drafter_device = one_of(n, key, {"cpu", "cuda"});
+       }},
       {"model.dtype", "llama on cuda: weight type f32 | f16 | bf16",
-       [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.dtype = one_of(n, key, {"f32", "f16", "bf16"}); }},
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) {
+         c.dtype = one_of(n, key, {"f32", "f16", "bf16"});
+       }},
       {"generation.prompt", "llama: the prompt text",
        [](RunConfig& c, const YAML::Node& n, const std::string& key) {
          c.prompt = scalar<std::string>(n, key, "a string");
@@ -145,53 +164,89 @@ const std::vector<Key>& keys() {
          c.chat = scalar<bool>(n, key, "true or false");
        }},
       {"synthetic.t_ms", "t: target forward latency (ms)",
-       [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.t_ms = number(n, key, 0, 1e6); }},
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) {
+         c.t_ms = number(n, key, 0, 1e6);
+       }},
       {"synthetic.c", "c: drafter latency per token as a fraction of t",
-       [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.c = number(n, key, 0, 1e3); }},
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) {
+         c.c = number(n, key, 0, 1e3);
+       }},
       {"synthetic.a", "a: probability that a draft equals the target's token",
-       [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.a = number(n, key, 0, 1); }},
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) {
+         c.a = number(n, key, 0, 1);
+       }},
       {"synthetic.ttft_ms", "first forward (prefill) of a target (ms; default t_ms)",
-       [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.ttft_ms = number(n, key, 0, 1e6); }},
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) {
+         c.ttft_ms = number(n, key, 0, 1e6);
+       }},
       {"synthetic.per_token_ms", "extra target latency per token in a forward (ms)",
-       [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.per_token_ms = number(n, key, 0, 1e6); }},
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) {
+         c.per_token_ms = number(n, key, 0, 1e6);
+       }},
       {"synthetic.vocab", "vocabulary size of the synthetic model",
-       [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.vocab = integer(n, key, 2, 1 << 24); }},
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) {
+         c.vocab = integer(n, key, 2, 1 << 24);
+       }},
       {"synthetic.overlap", "how much of the target's logit noise the drafter shares (0..1)",
-       [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.overlap = number(n, key, 0, 1); }},
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) {
+         c.overlap = number(n, key, 0, 1);
+       }},
       {"sampling.temperature", "0 = greedy; > 0 samples (speculative sampling, lossless)",
-       [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.temperature = number(n, key, 0, 100); }},
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) {
+         c.temperature = number(n, key, 0, 100);
+       }},
       {"sampling.top_k", "keep the k most likely tokens (0 = all)",
-       [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.top_k = integer(n, key, 0, 1 << 24); }},
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) {
+         c.top_k = integer(n, key, 0, 1 << 24);
+       }},
       {"sampling.top_p", "keep the smallest set of tokens whose mass reaches p",
-       [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.top_p = number(n, key, 1e-6, 1); }},
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) {
+         c.top_p = number(n, key, 1e-6, 1);
+       }},
       {"sampling.seed", "seed of the sampling draws (default: generation.seed)",
        [](RunConfig& c, const YAML::Node& n, const std::string& key) {
-         c.sampling_seed = static_cast<int64_t>(scalar<unsigned long long>(n, key, "a non-negative integer"));
+         c.sampling_seed =
+             static_cast<int64_t>(scalar<unsigned long long>(n, key, "a non-negative integer"));
        }},
       {"runtime.peer_timeout_s", "a silent peer is declared dead after this (s)",
-       [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.peer_timeout_s = number(n, key, 0.1, 3600); }},
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) {
+         c.peer_timeout_s = number(n, key, 0.1, 3600);
+       }},
       {"runtime.heartbeat_ms", "liveness message period (ms)",
-       [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.heartbeat_ms = integer(n, key, 1, 60000); }},
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) {
+         c.heartbeat_ms = integer(n, key, 1, 60000);
+       }},
       {"runtime.poll_min_us", "probe period of a rank that heard or sent within poll_hot_ms (us)",
-       [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.poll_min_us = integer(n, key, 1, 100000); }},
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) {
+         c.poll_min_us = integer(n, key, 1, 100000);
+       }},
       {"runtime.poll_max_us", "longest back-off sleep of an idle rank (us)",
-       [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.poll_max_us = integer(n, key, 1, 1000000); }},
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) {
+         c.poll_max_us = integer(n, key, 1, 1000000);
+       }},
       {"runtime.poll_hot_ms", "how long after a message a rank keeps probing every poll_min_us",
-       [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.poll_hot_ms = integer(n, key, 0, 100000); }},
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) {
+         c.poll_hot_ms = integer(n, key, 0, 100000);
+       }},
       {"runtime.kv_handoff", "auto | always | never: hand committed KV to targets that lack it",
-       [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.kv_handoff = one_of(n, key, {"auto", "always", "never"}); }},
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) {
+         c.kv_handoff = one_of(n, key, {"auto", "always", "never"});
+       }},
       {"runtime.kv_gbps", "data-plane bandwidth the KV cost model assumes (GB/s)",
-       [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.kv_gbps = number(n, key, 1e-3, 1e5); }},
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) {
+         c.kv_gbps = number(n, key, 1e-3, 1e5);
+       }},
       {"runtime.data_plane", "auto | mpi | nccl: how KV and probabilities move between workers",
-       [](RunConfig& c, const YAML::Node& n, const std::string& key) { c.data_plane = one_of(n, key, {"auto", "mpi", "nccl"}); }},
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) {
+         c.data_plane = one_of(n, key, {"auto", "mpi", "nccl"});
+       }},
   };
   return k;
 }
 
 // Flattens a YAML mapping into dotted keys, rejecting anything that is not a known key.
-void walk(const YAML::Node& node, const std::string& prefix,
-          std::map<std::string, YAML::Node>& out, const std::set<std::string>& known,
-          const std::set<std::string>& sections) {
+void walk(const YAML::Node& node, const std::string& prefix, std::map<std::string, YAML::Node>& out,
+          const std::set<std::string>& known, const std::set<std::string>& sections) {
   if (!node.IsMap()) {
     throw ConfigError(prefix.empty() ? "the config must be a YAML mapping of keys"
                                      : fmt::format("key '{}' must be a mapping", prefix));
@@ -215,7 +270,8 @@ std::vector<int> parse_layer_list(const std::string& text, const std::string& ke
   std::vector<int> out;
   size_t i = 0;
   auto bad = [&] {
-    return ConfigError(fmt::format("key '{}' must list layers like \"0-11,19-29\", got '{}'", key, text));
+    return ConfigError(
+        fmt::format("key '{}' must list layers like \"0-11,19-29\", got '{}'", key, text));
   };
   while (i < text.size()) {
     size_t used = 0;
@@ -255,7 +311,9 @@ std::string expand_path(const std::string& path) {
       const bool braced = j < path.size() && path[j] == '{';
       if (braced) ++j;
       size_t k = j;
-      while (k < path.size() && (std::isalnum(static_cast<unsigned char>(path[k])) || path[k] == '_')) ++k;
+      while (k < path.size() &&
+             (std::isalnum(static_cast<unsigned char>(path[k])) || path[k] == '_'))
+        ++k;
       const char* v = std::getenv(path.substr(j, k - j).c_str());
       out += v ? v : "";
       i = braced && k < path.size() && path[k] == '}' ? k : k - 1;
@@ -308,7 +366,8 @@ RunConfig parse_config(const std::string& yaml_text, const std::string& origin,
         throw ConfigError(fmt::format("override '{}' must read key=value", o));
       }
       const std::string key = o.substr(0, eq);
-      if (!known.count(key)) throw ConfigError(fmt::format("unknown key '{}' (in an override)", key));
+      if (!known.count(key))
+        throw ConfigError(fmt::format("unknown key '{}' (in an override)", key));
       values[key] = YAML::Load(o.substr(eq + 1));
     }
     RunConfig cfg;
@@ -319,11 +378,13 @@ RunConfig parse_config(const std::string& yaml_text, const std::string& origin,
     if (cfg.ttft_ms < 0) cfg.ttft_ms = cfg.t_ms;
     if (cfg.drafter_device.empty()) cfg.drafter_device = cfg.device;
     if (cfg.engine == "llama" && cfg.model_path.empty()) {
-      throw ConfigError("engine llama needs key 'model.path' (a GGUF file or a Hugging Face folder)");
+      throw ConfigError(
+          "engine llama needs key 'model.path' (a GGUF file or a Hugging Face folder)");
     }
     if (cfg.poll_min_us > cfg.poll_max_us) {
-      throw ConfigError(fmt::format("runtime.poll_min_us ({}) must not exceed runtime.poll_max_us ({})",
-                                    cfg.poll_min_us, cfg.poll_max_us));
+      throw ConfigError(
+          fmt::format("runtime.poll_min_us ({}) must not exceed runtime.poll_max_us ({})",
+                      cfg.poll_min_us, cfg.poll_max_us));
     }
     if (cfg.heartbeat_ms * 1e-3 * 2 > cfg.peer_timeout_s) {
       throw ConfigError(fmt::format(

@@ -29,16 +29,16 @@ struct RunConfig {
   // engine
   std::string engine = "synthetic";  // synthetic | llama
   // llama engine
-  std::string model_path;          // GGUF file or Hugging Face folder (~ and $VARS expanded)
-  std::string drafter_model_path;  // empty: the target's file (layer-skip self-drafting)
+  std::string model_path;           // GGUF file or Hugging Face folder (~ and $VARS expanded)
+  std::string drafter_model_path;   // empty: the target's file (layer-skip self-drafting)
   std::vector<int> drafter_layers;  // kept layers of the drafter; empty: all
-  int threads = 1;                 // per worker rank
-  int max_context = 0;             // 0: the model's
-  std::string device = "cpu";      // where targets compute: cpu | cuda
-  std::string drafter_device;      // where the drafter computes; empty: as `device`
-  std::string dtype = "f16";       // cuda weights: f32 | f16 | bf16
+  int threads = 1;                  // per worker rank
+  int max_context = 0;              // 0: the model's
+  std::string device = "cpu";       // where targets compute: cpu | cuda
+  std::string drafter_device;       // where the drafter computes; empty: as `device`
+  std::string dtype = "f16";        // cuda weights: f32 | f16 | bf16
   std::string prompt = "Tell me a short story about a robot who learns to paint.";
-  bool chat = true;                // wrap the prompt in the model's chat template if it has one
+  bool chat = true;  // wrap the prompt in the model's chat template if it has one
   // synthetic engine (DSI paper notation: t, c as a fraction of t, a)
   double t_ms = 20;
   double c = 0.1;
@@ -61,8 +61,8 @@ struct RunConfig {
   // KV handoff between targets (docs/design.md): auto decides by a cost model, always hands
   // every gap over, never recomputes.
   std::string kv_handoff = "auto";
-  double kv_gbps = 10;               // the data plane's bandwidth, for the cost model
-  std::string data_plane = "auto";   // auto | mpi | nccl
+  double kv_gbps = 10;              // the data plane's bandwidth, for the cost model
+  std::string data_plane = "auto";  // auto | mpi | nccl
 
   // Ranks used by this config in a world of `world` ranks (coordinator + drafters +
   // targets); throws ConfigError naming the counts when it does not fit.

@@ -12,7 +12,9 @@ namespace dsi {
 using json = nlohmann::json;
 
 namespace {
-double seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+double seconds(Clock::duration d) {
+  return std::chrono::duration<double>(d).count();
+}
 
 // What the targets' Ready messages say about KV handoff between them.
 KvHandoffOptions kv_options(const RunConfig& cfg, const std::map<int, Message>& ready,
@@ -82,7 +84,8 @@ Coordinator::Coordinator(ControlChannel& ch, int heartbeat_ms, double peer_timeo
       roles_(ch.size(), "worker") {}
 
 std::string Coordinator::name(int rank) const {
-  return fmt::format("rank {} ({})", rank, rank < static_cast<int>(roles_.size()) ? roles_[rank] : "?");
+  return fmt::format("rank {} ({})", rank,
+                     rank < static_cast<int>(roles_.size()) ? roles_[rank] : "?");
 }
 
 std::optional<Envelope> Coordinator::next(Clock::time_point deadline) {
@@ -95,8 +98,10 @@ std::optional<Envelope> Coordinator::next(Clock::time_point deadline) {
     }
     for (int r = 1; r < ch_.size(); ++r) {
       if (now - last_heard_[r] > timeout_) {
-        throw PeerError(r, fmt::format("{} has not been heard from for {:.1f} s (it died or hangs)",
-                                       name(r), seconds(now - last_heard_[r])), true);
+        throw PeerError(r,
+                        fmt::format("{} has not been heard from for {:.1f} s (it died or hangs)",
+                                    name(r), seconds(now - last_heard_[r])),
+                        true);
       }
     }
     std::optional<Envelope> env;
@@ -178,7 +183,8 @@ std::unique_ptr<Coordinator::Run> Coordinator::configure(const RunConfig& cfg, i
   return run;
 }
 
-void Coordinator::check_vocabulary(const std::map<int, Message>& ready, const TextModel* text) const {
+void Coordinator::check_vocabulary(const std::map<int, Message>& ready,
+                                   const TextModel* text) const {
   // Every rank must share one vocabulary: a draft is a token id.
   int vocab_rank = -1, vocab = -1;
   for (const auto& [w, m] : ready) {

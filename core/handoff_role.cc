@@ -68,8 +68,8 @@ void kv_expect(WorkerContext& ctx, const msg::KvExpect& m) {
     std::vector<uint8_t> hb;
     if (!ctx.data->recv(DataKey{run, DataKind::kKvHeader, m.handoff, 0}, hb, ctx.peer_deadline()) ||
         hb.size() != sizeof(KvHeader)) {
-      throw Error(fmt::format("KV handoff {} from rank {} did not arrive within {} s",
-                                           m.handoff, m.src, ctx.opts.peer_timeout_s));
+      throw Error(fmt::format("KV handoff {} from rank {} did not arrive within {} s", m.handoff,
+                              m.src, ctx.opts.peer_timeout_s));
     }
     KvHeader h;
     std::memcpy(&h, hb.data(), sizeof h);
@@ -86,9 +86,8 @@ void kv_expect(WorkerContext& ctx, const msg::KvExpect& m) {
       ctx.truncate(begin);
       const DataKey key{run, DataKind::kKvCache, m.handoff, 0};
       if (!ctx.engine->recv_kv(*ctx.data, key, begin, end, ctx.peer_deadline(), nullptr)) {
-        throw Error(
-            fmt::format("the KV of handoff {} from rank {} did not arrive within {} s", m.handoff,
-                        m.src, ctx.opts.peer_timeout_s));
+        throw Error(fmt::format("the KV of handoff {} from rank {} did not arrive within {} s",
+                                m.handoff, m.src, ctx.opts.peer_timeout_s));
       }
       ctx.cached.assign(m.tokens.begin(), m.tokens.begin() + end);
       ctx.imported_from = std::min(ctx.imported_from, begin);

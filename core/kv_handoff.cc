@@ -21,8 +21,8 @@ double KvCostModel::recompute_s(int tokens) const {
   if (n_ == 0) return 0;
   const double var = sxx_ / n_ - (sx_ / n_) * (sx_ / n_);
   // Lengths that differ by less than a token on average say nothing about the slope.
-  const double per_token = n_ >= 4 && var >= 0.25 ? (sxy_ / n_ - (sx_ / n_) * (sy_ / n_)) / var
-                                                   : sy_ / sx_;
+  const double per_token =
+      n_ >= 4 && var >= 0.25 ? (sxy_ / n_ - (sx_ / n_) * (sy_ / n_)) / var : sy_ / sx_;
   return std::max(0.0, per_token) * tokens;
 }
 

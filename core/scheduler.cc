@@ -9,9 +9,12 @@ namespace dsi {
 
 const char* mode_name(Mode m) {
   switch (m) {
-    case Mode::kNonSi: return "nonsi";
-    case Mode::kSi: return "si";
-    case Mode::kDsi: return "dsi";
+    case Mode::kNonSi:
+      return "nonsi";
+    case Mode::kSi:
+      return "si";
+    case Mode::kDsi:
+      return "dsi";
   }
   return "?";
 }
@@ -164,8 +167,12 @@ void Scheduler::launch_queued(std::vector<Action>& out) {
     t.target = best;
     target_task_[best] = t.id;
     ++stats_.tasks_launched;
-    Action a{.kind = Action::kVerify, .target = best, .id = t.id, .seq = t.seq,
-             .n_logits = t.n_logits, .chain = t.chain};
+    Action a{.kind = Action::kVerify,
+             .target = best,
+             .id = t.id,
+             .seq = t.seq,
+             .n_logits = t.n_logits,
+             .chain = t.chain};
     if (opts_.mode == Mode::kDsi) {
       // DSI tasks end on the grid chain start + i*k; the bonus rule keeps every position on
       // it a target sample whichever task decides it (core/verify.h).

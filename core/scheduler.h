@@ -41,8 +41,8 @@ enum class TargetChoice {
 
 struct SchedulerOptions {
   Mode mode = Mode::kDsi;
-  int lookahead = 5;       // k: a task after every k-th draft of a chain
-  int n_targets = 1;       // SP degree (SI and non-SI use the first target only)
+  int lookahead = 5;  // k: a task after every k-th draft of a chain
+  int n_targets = 1;  // SP degree (SI and non-SI use the first target only)
   int max_new_tokens = 64;
   QueuePolicy queue = QueuePolicy::kNewest;
   TargetChoice target_choice = TargetChoice::kCache;
@@ -159,9 +159,9 @@ class Scheduler {
   uint64_t next_task_ = 1;
   std::map<uint64_t, Task> running_;  // by task id
   std::deque<Task> queue_;
-  std::vector<uint64_t> target_task_;           // 0 = idle
-  int last_target_ = -1;                        // round robin
-  KvPlanner kv_;                                // what each target caches, KV handoffs
+  std::vector<uint64_t> target_task_;  // 0 = idle
+  int last_target_ = -1;               // round robin
+  KvPlanner kv_;                       // what each target caches, KV handoffs
   uint64_t next_handoff_ = 1;
   std::vector<bool> prefilled_;  // targets that reported their prefill
   bool prompt_handoff_ = false;

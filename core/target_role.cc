@@ -31,8 +31,8 @@ std::vector<Token> decide_sampled(WorkerContext& ctx, const msg::Verify& m, cons
           m.chain, ctx.opts.peer_timeout_s));
     }
     if (bytes.size() != l.row(0).size() * sizeof(float)) {
-      throw Error(fmt::format(
-          "drafter probabilities of {} bytes for a vocabulary of {}", bytes.size(), l.vocab));
+      throw Error(fmt::format("drafter probabilities of {} bytes for a vocabulary of {}",
+                              bytes.size(), l.vocab));
     }
     q.resize(l.vocab);
     std::memcpy(q.data(), bytes.data(), bytes.size());

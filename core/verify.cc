@@ -2,8 +2,8 @@
 
 #include <cmath>
 
-#include "kernels/sampling.h"
 #include "common/rng.h"
+#include "kernels/sampling.h"
 
 namespace dsi {
 
@@ -55,9 +55,15 @@ std::vector<Token> verify_sampled(std::span<const Token> seq, int first,
         for (size_t i = 0; i < w.size(); ++i) {
           const float d = pp[i] - qq[i];
           switch (variant) {
-            case VerifierVariant::kResidualFromP: w[i] = pp[i]; break;
-            case VerifierVariant::kResidualNoClamp: w[i] = std::fabs(d); break;
-            default: w[i] = d > 0 ? d : 0; break;
+            case VerifierVariant::kResidualFromP:
+              w[i] = pp[i];
+              break;
+            case VerifierVariant::kResidualNoClamp:
+              w[i] = std::fabs(d);
+              break;
+            default:
+              w[i] = d > 0 ? d : 0;
+              break;
           }
           mass += w[i];
         }

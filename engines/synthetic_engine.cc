@@ -21,8 +21,12 @@ constexpr uint64_t kDrawSalt = 0x6472617700000000ULL;
 constexpr uint64_t kWrongSalt = 0x77726f6e67000000ULL;
 }  // namespace
 
-uint64_t start_hash(uint64_t seed) { return mix(seed ^ 0x5eed5eed5eed5eedULL); }
-uint64_t extend_hash(uint64_t h, Token t) { return mix(h ^ mix(static_cast<uint64_t>(t) + 1)); }
+uint64_t start_hash(uint64_t seed) {
+  return mix(seed ^ 0x5eed5eed5eed5eedULL);
+}
+uint64_t extend_hash(uint64_t h, Token t) {
+  return mix(h ^ mix(static_cast<uint64_t>(t) + 1));
+}
 
 Token target_next(uint64_t seed, uint64_t h, int vocab) {
   return static_cast<Token>(mix(h ^ seed ^ kTargetSalt) % static_cast<uint64_t>(vocab));
@@ -45,8 +49,8 @@ void logits(const SyntheticParams& p, uint64_t h, float* out) {
     out[i] = w * noise(kTargetSalt, i);
     if (p.drafter) out[i] += (1 - w) * noise(kWrongSalt, i);
   }
-  const Token peak = p.drafter ? drafter_next(p.seed, h, p.vocab, p.acceptance)
-                               : target_next(p.seed, h, p.vocab);
+  const Token peak =
+      p.drafter ? drafter_next(p.seed, h, p.vocab, p.acceptance) : target_next(p.seed, h, p.vocab);
   out[peak] += kPeak;
 }
 }  // namespace synthetic

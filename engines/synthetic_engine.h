@@ -15,12 +15,12 @@ namespace dsi {
 struct SyntheticParams {
   uint64_t seed = 1;
   int vocab = 64;
-  double acceptance = 0.9;    // a: drafter only
-  double ttft_ms = 20;        // first forward of a sequence (prefill)
-  double forward_ms = 20;     // every later forward
-  double per_token_ms = 0;    // plus this for each token in the forward
+  double acceptance = 0.9;  // a: drafter only
+  double ttft_ms = 20;      // first forward of a sequence (prefill)
+  double forward_ms = 20;   // every later forward
+  double per_token_ms = 0;  // plus this for each token in the forward
   bool drafter = false;
-  double overlap = 0.5;       // drafter only: how much of the target's logit noise it shares
+  double overlap = 0.5;  // drafter only: how much of the target's logit noise it shares
   bool operator==(const SyntheticParams&) const = default;
 };
 

@@ -31,7 +31,8 @@ std::vector<Point> parse_grid(const std::string& s) {
     std::stringstream is(item);
     if (!(is >> p.c >> x >> p.a >> y >> p.k) || x != ':' || y != ':' || p.k < 1 || p.a < 0 ||
         p.a > 1 || p.c < 0) {
-      throw ConfigError(fmt::format("--grid item '{}' must read c:a:k (c >= 0, 0 <= a <= 1, k >= 1)", item));
+      throw ConfigError(
+          fmt::format("--grid item '{}' must read c:a:k (c >= 0, 0 <= a <= 1, k >= 1)", item));
     }
     out.push_back(p);
   }
@@ -51,7 +52,8 @@ int cmd_bench(const CommonOptions& common, const BenchOptions& opts) {
         for (int sp : opts.sp) {
           if (sp < 1) throw ConfigError("--sp values must be at least 1");
           if (2 + sp > s.world) {
-            throw ConfigError(fmt::format("--sp {} needs {} ranks (coordinator + drafter + {} targets), the world has {} (mpirun -np {})",
+            throw ConfigError(fmt::format("--sp {} needs {} ranks (coordinator + drafter + {} "
+                                          "targets), the world has {} (mpirun -np {})",
                                           sp, 2 + sp, sp, s.world, 2 + sp));
           }
           sps.push_back(sp);
@@ -71,14 +73,17 @@ int cmd_bench(const CommonOptions& common, const BenchOptions& opts) {
         } else {
           // A real model: the grid's c and a are properties of the model pair; k from the config.
           fmt::print("dsi bench: {} (drafter {} layers), k = {}, {} tokens per run, {} ranks\n",
-                     s.cfg.model_path, s.cfg.drafter_layers.empty() ? std::string("all") : std::to_string(s.cfg.drafter_layers.size()),
+                     s.cfg.model_path,
+                     s.cfg.drafter_layers.empty() ? std::string("all")
+                                                  : std::to_string(s.cfg.drafter_layers.size()),
                      s.cfg.lookahead, opts.tokens, s.world);
           grid = {Point{0, 0, s.cfg.lookahead}};
         }
-        const std::string head = fmt::format(
-            "{:>5} {:>4} {:>2} {:>4} {:>6} {:>3} {:>10} {:>10} {:>10} {:>6} {:>6} {:>8} {:>8} {:>6} {:>7} {:>8}",
-            "c", "a", "k", "T", "mode", "SP", "meas_ms", "ideal_ms", "sched_ms", "eff", "eff_f",
-            "vs_SI", "vs_nonSI", "acc", "preempt", "lossless");
+        const std::string head =
+            fmt::format("{:>5} {:>4} {:>2} {:>4} {:>6} {:>3} {:>10} {:>10} {:>10} {:>6} {:>6} "
+                        "{:>8} {:>8} {:>6} {:>7} {:>8}",
+                        "c", "a", "k", "T", "mode", "SP", "meas_ms", "ideal_ms", "sched_ms", "eff",
+                        "eff_f", "vs_SI", "vs_nonSI", "acc", "preempt", "lossless");
         fmt::print("{}\n{}\n", head, std::string(head.size(), '-'));
         bool all_ok = true;
         for (const Point& p : grid) {
@@ -110,7 +115,8 @@ int cmd_bench(const CommonOptions& common, const BenchOptions& opts) {
               std::string check = "n/a";
               bool ok = true;
               if (synthetic) {
-                id = ideal_latency_ms(m, {.t_ms = opts.t_ms, .c_ms = p.c * opts.t_ms, .a = p.a}, p.k);
+                id = ideal_latency_ms(m, {.t_ms = opts.t_ms, .c_ms = p.c * opts.t_ms, .a = p.a},
+                                      p.k);
                 const SimResult sr = simulate(sim_config(cfg, sp));
                 sim = sr.latency_per_token_ms;
                 ok = temp > 0 ? r.tokens == sr.tokens : r.tokens == ref;
@@ -127,21 +133,32 @@ int cmd_bench(const CommonOptions& common, const BenchOptions& opts) {
               const double lat = r.latency_per_token_ms;
               const double eff = synthetic ? sim / lat : 0, eff_f = synthetic ? id / lat : 0;
               const double vs_si = m == Mode::kNonSi ? 0.0 : lat_si / lat;
-              fmt::print("{:5.2f} {:4.2f} {:2} {:4.2f} {:>6} {:3} {:10.3f} {:10.3f} {:10.3f} {:6.3f} {:6.3f} {:8.2f} {:8.2f} {:6.3f} {:7} {:>8}\n",
+              fmt::print("{:5.2f} {:4.2f} {:2} {:4.2f} {:>6} {:3} {:10.3f} {:10.3f} {:10.3f} "
+                         "{:6.3f} {:6.3f} {:8.2f} {:8.2f} {:6.3f} {:7} {:>8}\n",
                          p.c, p.a, p.k, temp, mode_name(m), sp, lat, id, sim, eff, eff_f, vs_si,
                          lat_non / lat, r.acceptance_rate(), r.stats.tasks_preempted, check);
               std::fflush(stdout);
-              rows.push_back({{"c", p.c}, {"a", p.a}, {"k", p.k}, {"temperature", temp},
-                              {"mode", mode_name(m)}, {"sp", sp}, {"engine", cfg.engine},
-                              {"t_ms", synthetic ? opts.t_ms : 0.0}, {"tokens", r.tokens.size()},
-                              {"latency_ms", lat}, {"ideal_formula_ms", id},
-                              {"ideal_schedule_ms", sim}, {"efficiency", eff},
-                              {"efficiency_formula", eff_f}, {"speedup_vs_si", vs_si},
+              rows.push_back({{"c", p.c},
+                              {"a", p.a},
+                              {"k", p.k},
+                              {"temperature", temp},
+                              {"mode", mode_name(m)},
+                              {"sp", sp},
+                              {"engine", cfg.engine},
+                              {"t_ms", synthetic ? opts.t_ms : 0.0},
+                              {"tokens", r.tokens.size()},
+                              {"latency_ms", lat},
+                              {"ideal_formula_ms", id},
+                              {"ideal_schedule_ms", sim},
+                              {"efficiency", eff},
+                              {"efficiency_formula", eff_f},
+                              {"speedup_vs_si", vs_si},
                               {"speedup_vs_nonsi", lat_non / lat},
                               {"acceptance_rate", r.acceptance_rate()},
                               {"tasks_preempted", r.stats.tasks_preempted},
                               {"tasks_cancelled_queued", r.stats.tasks_cancelled_queued},
-                              {"wasted_target_s", r.wasted_target_s()}, {"check", check}});
+                              {"wasted_target_s", r.wasted_target_s()},
+                              {"check", check}});
             };
             one(Mode::kNonSi, 1);
             one(Mode::kSi, 1);

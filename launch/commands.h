@@ -32,8 +32,8 @@ struct BenchOptions {
 struct SimulateOptions {
   std::string profile_path;  // dsi profile JSON: t, c, a, per-token cost
   double t_ms = 20;
-  double c = 0.1;      // drafter latency as a fraction of t
-  double c_ms = -1;    // or in ms (wins over c)
+  double c = 0.1;    // drafter latency as a fraction of t
+  double c_ms = -1;  // or in ms (wins over c)
   double a = 0.9;
   double per_token_ms = 0;
   std::vector<int> k = {5};
@@ -58,9 +58,9 @@ struct ProfileOptions {
   std::string drafter_spec;
   std::string prompts_path;  // one prompt per line: token ids; default: synthetic prompts
   int prompts = 4;
-  int tokens = 32;     // greedy target tokens per prompt (acceptance, decode latency)
-  int max_draft = 8;   // verification forwards of 1 .. max_draft + 1 tokens
-  int repeats = 3;     // each verification size measured this many times (median)
+  int tokens = 32;    // greedy target tokens per prompt (acceptance, decode latency)
+  int max_draft = 8;  // verification forwards of 1 .. max_draft + 1 tokens
+  int repeats = 3;    // each verification size measured this many times (median)
   std::string out_path;
   bool json = false;
 };

@@ -1,16 +1,16 @@
 // The `dsi` command line: parses arguments (before MPI starts, so --help needs no mpirun)
-// and hands over to a subcommand. simulate, profile and make-model never start MPI: they run as plain
-// processes.
-#include <CLI/CLI.hpp>
+// and hands over to a subcommand. simulate, profile and make-model never start MPI: they run as
+// plain processes.
 #include <fmt/format.h>
+#include <CLI/CLI.hpp>
 
 #include <fstream>
 #include <iterator>
 #include <nlohmann/json.hpp>
 
-#include "launch/commands.h"
-#include "core/config.h"
 #include "common/version.h"
+#include "core/config.h"
+#include "launch/commands.h"
 
 namespace {
 
@@ -41,10 +41,13 @@ int main(int argc, char** argv) {
     sub->add_option("--config", common.config_path, "YAML config file (see configs/)")
         ->check(CLI::ExistingFile);
     sub->add_option("--set", common.overrides, "override a config key: --set synthetic.a=0.5");
-    sub->add_option("--fault-rank", common.fault_rank, "testing: rank that fails")->group("Testing");
+    sub->add_option("--fault-rank", common.fault_rank, "testing: rank that fails")
+        ->group("Testing");
     sub->add_option("--fault", common.fault, "testing: exit | hang | kv_corrupt")
-        ->check(CLI::IsMember({"exit", "hang", "kv_corrupt"}))->group("Testing");
-    sub->add_option("--fault-after-ms", common.fault_after_ms, "testing: when it fails")->group("Testing");
+        ->check(CLI::IsMember({"exit", "hang", "kv_corrupt"}))
+        ->group("Testing");
+    sub->add_option("--fault-after-ms", common.fault_after_ms, "testing: when it fails")
+        ->group("Testing");
   };
 
   dsi::cli::RunOptions run_opts;
@@ -59,7 +62,8 @@ int main(int argc, char** argv) {
   run->add_option("-k,--lookahead", k, "drafts per verification task");
   run->add_option("--seed", seed, "seed");
   run->add_option("--prompt", prompt, "prompt text (llama engine)");
-  run->add_option("--prompt-file", prompt_file, "read the prompt from a file")->check(CLI::ExistingFile);
+  run->add_option("--prompt-file", prompt_file, "read the prompt from a file")
+      ->check(CLI::ExistingFile);
   run->add_option("--temperature", run_opts.temperature, "sampling temperature (0 = greedy)");
   run->add_flag("--json", run_opts.json, "print the summary as one JSON object");
   run->add_option("--json-file", run_opts.json_path, "also write the JSON summary to a file");
@@ -72,14 +76,19 @@ int main(int argc, char** argv) {
       "bench", "non-SI, SI and DSI over a (c, a, k, SP) grid with the synthetic engine, or over "
                "SP and temperatures for the model of --config");
   add_common(bench);
-  bench->add_option("--t-ms", bench_opts.t_ms, "target forward latency t (ms)")->capture_default_str();
-  bench->add_option("--grid", bench_opts.grid, "c:a:k points, comma separated")->capture_default_str();
+  bench->add_option("--t-ms", bench_opts.t_ms, "target forward latency t (ms)")
+      ->capture_default_str();
+  bench->add_option("--grid", bench_opts.grid, "c:a:k points, comma separated")
+      ->capture_default_str();
   bench->add_option("--sp", bench_opts.sp, "SP degrees for DSI (needs SP+2 ranks)")
-      ->delimiter(',')->capture_default_str();
+      ->delimiter(',')
+      ->capture_default_str();
   bench->add_option("--tokens", bench_opts.tokens, "tokens per run")->capture_default_str();
-  bench->add_option("--temperatures", bench_opts.temperatures,
-                    "sampling temperatures to run every point at (0 = greedy)")
-      ->delimiter(',')->capture_default_str();
+  bench
+      ->add_option("--temperatures", bench_opts.temperatures,
+                   "sampling temperatures to run every point at (0 = greedy)")
+      ->delimiter(',')
+      ->capture_default_str();
   bench->add_option("--json-file", bench_opts.json_path, "write the JSON results here");
 
   dsi::cli::SimulateOptions sim;
@@ -89,25 +98,33 @@ int main(int argc, char** argv) {
   simulate->add_option("--profile", sim.profile_path, "dsi profile JSON giving t, c, a")
       ->check(CLI::ExistingFile);
   auto* o_t = simulate->add_option("--t-ms,-t", sim.t_ms, "target forward latency t (ms)")
-      ->capture_default_str();
+                  ->capture_default_str();
   auto* o_c = simulate->add_option("--c", sim.c, "drafter latency per token, fraction of t")
-      ->capture_default_str();
+                  ->capture_default_str();
   auto* o_cms = simulate->add_option("--c-ms", sim.c_ms, "drafter latency per token (ms)");
   auto* o_a = simulate->add_option("--a,-a", sim.a, "acceptance rate")->capture_default_str();
-  auto* o_pt = simulate->add_option("--per-token-ms", sim.per_token_ms,
-                                    "target cost per token in a forward (ms)")->capture_default_str();
-  simulate->add_option("-k,--lookahead", sim.k, "lookaheads for the table")->delimiter(',')
+  auto* o_pt = simulate
+                   ->add_option("--per-token-ms", sim.per_token_ms,
+                                "target cost per token in a forward (ms)")
+                   ->capture_default_str();
+  simulate->add_option("-k,--lookahead", sim.k, "lookaheads for the table")
+      ->delimiter(',')
       ->capture_default_str();
-  simulate->add_option("--sp", sim.sp, "SP degrees for the table")->delimiter(',')
+  simulate->add_option("--sp", sim.sp, "SP degrees for the table")
+      ->delimiter(',')
       ->capture_default_str();
   simulate->add_option("--tokens", sim.tokens, "tokens per simulated run")->capture_default_str();
-  simulate->add_option("--runs", sim.runs, "simulated runs (seeds) averaged")->capture_default_str();
+  simulate->add_option("--runs", sim.runs, "simulated runs (seeds) averaged")
+      ->capture_default_str();
   simulate->add_option("--seed", sim.seed, "seed of the acceptance draws")->capture_default_str();
   simulate->add_option("--queue", sim.queue, "newest | fifo")->capture_default_str();
-  simulate->add_option("--max-k", sim.max_k, "recommendation: scan k = 1..max")->capture_default_str();
-  simulate->add_option("--max-sp", sim.max_sp, "recommendation: scan SP = 1..max")->capture_default_str();
-  simulate->add_option("--tolerance", sim.tolerance,
-                       "recommend the smallest SP within this fraction of the best")
+  simulate->add_option("--max-k", sim.max_k, "recommendation: scan k = 1..max")
+      ->capture_default_str();
+  simulate->add_option("--max-sp", sim.max_sp, "recommendation: scan SP = 1..max")
+      ->capture_default_str();
+  simulate
+      ->add_option("--tolerance", sim.tolerance,
+                   "recommend the smallest SP within this fraction of the best")
       ->capture_default_str();
   simulate->add_flag("--json", sim.json, "print one JSON object instead of the table");
   simulate->add_option("--json-file", sim.json_path, "also write the JSON here");
@@ -139,16 +156,20 @@ int main(int argc, char** argv) {
   profile->add_option("--config", prof.config_path, "run config whose engines to profile")
       ->check(CLI::ExistingFile);
   profile->add_option("--set", prof.overrides, "override a config key: --set synthetic.a=0.5");
-  profile->add_option("--target-spec", prof.target_spec, "target engine spec (JSON), instead of a config");
+  profile->add_option("--target-spec", prof.target_spec,
+                      "target engine spec (JSON), instead of a config");
   profile->add_option("--drafter-spec", prof.drafter_spec, "drafter engine spec (JSON)");
-  profile->add_option("--prompts-file", prof.prompts_path,
-                      "prompts, one a line as token ids (default: synthetic prompts)")
+  profile
+      ->add_option("--prompts-file", prof.prompts_path,
+                   "prompts, one a line as token ids (default: synthetic prompts)")
       ->check(CLI::ExistingFile);
-  profile->add_option("--prompts", prof.prompts, "number of synthetic prompts")->capture_default_str();
+  profile->add_option("--prompts", prof.prompts, "number of synthetic prompts")
+      ->capture_default_str();
   profile->add_option("--tokens", prof.tokens, "greedy tokens per prompt")->capture_default_str();
   profile->add_option("--max-draft", prof.max_draft, "verify forwards of 1..max+1 tokens")
       ->capture_default_str();
-  profile->add_option("--repeats", prof.repeats, "timings per verify size (median)")->capture_default_str();
+  profile->add_option("--repeats", prof.repeats, "timings per verify size (median)")
+      ->capture_default_str();
   profile->add_option("--out,-o", prof.out_path, "write the profile JSON here");
   profile->add_flag("--json", prof.json, "print the profile JSON instead of the summary");
 
@@ -166,7 +187,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   sweep->add_option("--sim-runs", sw.sim_runs, "i.i.d. simulations averaged per point")
       ->capture_default_str();
-  sweep->add_option("--plot-script", sw.plot_script, "plotting script (default: launch/plot_sweep.py)");
+  sweep->add_option("--plot-script", sw.plot_script,
+                    "plotting script (default: launch/plot_sweep.py)");
   sweep->add_option("--python", sw.python, "Python with matplotlib")->capture_default_str();
   sweep->add_flag("--no-plot", sw.no_plot, "write CSV and JSON only");
 
@@ -185,7 +207,8 @@ int main(int argc, char** argv) {
 
   if (run->parsed()) {
     if (!mode.empty()) common.overrides.push_back("mode=" + mode);
-    if (max_new >= 0) common.overrides.push_back(fmt::format("generation.max_new_tokens={}", max_new));
+    if (max_new >= 0)
+      common.overrides.push_back(fmt::format("generation.max_new_tokens={}", max_new));
     if (k >= 0) common.overrides.push_back(fmt::format("dsi.lookahead={}", k));
     if (seed >= 0) common.overrides.push_back(fmt::format("generation.seed={}", seed));
     if (run_opts.temperature >= 0) {

@@ -38,11 +38,10 @@ int cmd_make_model(const MakeModelOptions& o) {
     w.write(o.out_path);
     const double secs =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    fmt::print(
-        "wrote {}: llama dim {} layers {} heads {}/{} ffn {} vocab {} {} ({:.1f} M params, "
-        "{} tensors, seed {}) in {:.1f} s\n",
-        o.out_path, s.dim, s.n_layers, s.n_heads, s.n_kv_heads, s.ffn_dim, s.n_vocab,
-        ggml_type_name(s.type), random_model_params(s) / 1e6, w.n_tensors(), s.seed, secs);
+    fmt::print("wrote {}: llama dim {} layers {} heads {}/{} ffn {} vocab {} {} ({:.1f} M params, "
+               "{} tensors, seed {}) in {:.1f} s\n",
+               o.out_path, s.dim, s.n_layers, s.n_heads, s.n_kv_heads, s.ffn_dim, s.n_vocab,
+               ggml_type_name(s.type), random_model_params(s) / 1e6, w.n_tensors(), s.seed, secs);
     return 0;
   } catch (const std::exception& e) {
     fmt::print(stderr, "dsi make-model: {}\n", e.what());

@@ -3,8 +3,8 @@
 // its forward latency as a function of the tokens verified (draft length + 1), the drafter's
 // latency per token, and the acceptance rate on the target's own continuation over a prompt
 // set: greedy (the drafter's argmax equals the target's), and with sampling (the spec has a
-// "sampling" block) the expected speculative-sampling acceptance sum_x min(p(x), q(x)). Writes the JSON `dsi simulate` reads
-// (format in docs/benchmarks.md). A plain process: no MPI.
+// "sampling" block) the expected speculative-sampling acceptance sum_x min(p(x), q(x)). Writes the
+// JSON `dsi simulate` reads (format in docs/benchmarks.md). A plain process: no MPI.
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -65,8 +65,8 @@ WorkerSpec parse_spec(const std::string& text, const char* what) {
     j = nullptr;
   }
   if (!j.is_object() || !j.contains("engine")) {
-    throw UsageError(fmt::format("{} must be a JSON object with an \"engine\" field, got '{}'",
-                                 what, text));
+    throw UsageError(
+        fmt::format("{} must be a JSON object with an \"engine\" field, got '{}'", what, text));
   }
   try {
     return worker_spec_from_json(j);
@@ -87,7 +87,8 @@ std::vector<std::vector<Token>> read_prompts(const std::string& path, int vocab)
     long v;
     while (ss >> v) {
       if (v < 0 || v >= vocab) {
-        throw UsageError(fmt::format("{}:{}: token id {} outside the vocabulary [0, {})", path, no, v, vocab));
+        throw UsageError(
+            fmt::format("{}:{}: token id {} outside the vocabulary [0, {})", path, no, v, vocab));
       }
       p.push_back(static_cast<Token>(v));
     }
@@ -155,7 +156,8 @@ int cmd_profile(const ProfileOptions& o) {
     if (!o.prompts_path.empty()) {
       prompts = read_prompts(o.prompts_path, vocab);
     } else {
-      for (int i = 0; i < o.prompts; ++i) prompts.push_back(synthetic_prompt(seed + i, prompt_tokens, vocab));
+      for (int i = 0; i < o.prompts; ++i)
+        prompts.push_back(synthetic_prompt(seed + i, prompt_tokens, vocab));
     }
 
     const SamplingParams sp = tspec.sampling;
@@ -177,8 +179,8 @@ int cmd_profile(const ProfileOptions& o) {
       g.push_back(timed_forward(*target, prompt, 1, ms, &tl[0])[0]);
       ttft.push_back(ms);
       for (int i = 1; i < o.tokens; ++i) {
-        g.push_back(timed_forward(*target, std::span(&g[i - 1], 1), 1, ms,
-                                  sampling ? &tl[i] : nullptr)[0]);
+        g.push_back(
+            timed_forward(*target, std::span(&g[i - 1], 1), 1, ms, sampling ? &tl[i] : nullptr)[0]);
         decode.push_back(ms);
       }
       // The drafter on the same context, fed the target's tokens (greedy acceptance; with
@@ -243,7 +245,8 @@ int cmd_profile(const ProfileOptions& o) {
     mx /= xs.size();
     my /= ys.size();
     double sxy = 0, sxx = 0;
-    for (size_t i = 0; i < xs.size(); ++i) sxy += (xs[i] - mx) * (ys[i] - my), sxx += (xs[i] - mx) * (xs[i] - mx);
+    for (size_t i = 0; i < xs.size(); ++i)
+      sxy += (xs[i] - mx) * (ys[i] - my), sxx += (xs[i] - mx) * (xs[i] - mx);
     double slope = sxx > 0 ? sxy / sxx : 0;
     if (slope < 0) slope = 0;
     double t0 = my - slope * mx;
@@ -278,7 +281,8 @@ int cmd_profile(const ProfileOptions& o) {
       fmt::print("target: TTFT {:.3f} ms, decode {:.3f} ms/token, verify forward of n tokens: "
                  "{:.3f} + {:.4f} n ms\n",
                  median(ttft), median(decode), t0, slope);
-      for (const auto& b : by_tokens) fmt::print("  n = {:2}: {:8.3f} ms\n", b["tokens"].get<int>(), b["ms"].get<double>());
+      for (const auto& b : by_tokens)
+        fmt::print("  n = {:2}: {:8.3f} ms\n", b["tokens"].get<int>(), b["ms"].get<double>());
       fmt::print("drafter: TTFT {:.3f} ms, c = {:.3f} ms/token ({:.3f} t)\nacceptance rate a = "
                  "{:.3f} ({}) over {} prompts x {} tokens\n",
                  median(d_ttft), c_ms, t0 + slope > 0 ? c_ms / (t0 + slope) : 0, a,
@@ -291,7 +295,8 @@ int cmd_profile(const ProfileOptions& o) {
       std::ofstream f(o.out_path);
       if (!f) throw UsageError(fmt::format("cannot write '{}'", o.out_path));
       f << out.dump(1) << "\n";
-      if (!o.json) fmt::print("profile written to {} (dsi simulate --profile {})\n", o.out_path, o.out_path);
+      if (!o.json)
+        fmt::print("profile written to {} (dsi simulate --profile {})\n", o.out_path, o.out_path);
     }
     return 0;
   } catch (const UsageError& e) {

@@ -27,7 +27,8 @@ void check_model_paths(const RunConfig& cfg) {
                                   std::pair{"model.drafter_path", cfg.drafter_model_path}}) {
     if (!path.empty() && !std::filesystem::exists(path)) {
       throw ConfigError(fmt::format("{} '{}' does not exist (for the default model run "
-                                    "launch/fetch_model.sh)", key, path));
+                                    "launch/fetch_model.sh)",
+                                    key, path));
     }
   }
 }
@@ -59,7 +60,8 @@ int cmd_run(const CommonOptions& common, const RunOptions& opts) {
         });
         const auto summary = summary_json(rep);
         if (opts.json) {
-          fmt::print("{}\n", summary.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+          fmt::print("{}\n",
+                     summary.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
         } else {
           if (stream) {
             fmt::print("{}\n---\n", stream->flush());

@@ -10,9 +10,9 @@
 
 #include "core/config.h"
 #include "core/coordinator.h"
+#include "core/worker.h"
 #include "transport/data_channel.h"
 #include "transport/mpi_channel.h"
-#include "core/worker.h"
 
 namespace dsi {
 

@@ -18,7 +18,9 @@ using json = nlohmann::json;
 
 // The model pair's latencies: a profile first, then whatever the command line sets.
 LatencyInputs inputs(const SimulateOptions& o, json& source) {
-  LatencyInputs in{.t_ms = o.t_ms, .c_ms = o.c_ms >= 0 ? o.c_ms : o.c * o.t_ms, .a = o.a,
+  LatencyInputs in{.t_ms = o.t_ms,
+                   .c_ms = o.c_ms >= 0 ? o.c_ms : o.c * o.t_ms,
+                   .a = o.a,
                    .per_token_ms = o.per_token_ms};
   source = {{"kind", "command line"}};
   if (!o.profile_path.empty()) {
@@ -49,7 +51,8 @@ LatencyInputs inputs(const SimulateOptions& o, json& source) {
   if (o.c_set && o.c_ms < 0) in.c_ms = o.c * in.t_ms;  // --c is a fraction of the final t
   if (!(in.t_ms > 0)) throw UsageError(fmt::format("t must be > 0 ms, got {}", in.t_ms));
   if (!(in.c_ms >= 0)) throw UsageError(fmt::format("c must be >= 0, got {} ms", in.c_ms));
-  if (!(in.a >= 0 && in.a <= 1)) throw UsageError(fmt::format("a must lie in [0, 1], got {}", in.a));
+  if (!(in.a >= 0 && in.a <= 1))
+    throw UsageError(fmt::format("a must lie in [0, 1], got {}", in.a));
   if (!(in.per_token_ms >= 0)) {
     throw UsageError(fmt::format("per-token cost must be >= 0, got {}", in.per_token_ms));
   }
@@ -62,29 +65,32 @@ int cmd_simulate(const SimulateOptions& o) {
   try {
     json source;
     const LatencyInputs in = inputs(o, source);
-    for (int k : o.k) if (k < 1) throw UsageError(fmt::format("-k {}: a lookahead must be >= 1", k));
-    for (int sp : o.sp) if (sp < 1) throw UsageError(fmt::format("--sp {}: SP must be >= 1", sp));
+    for (int k : o.k)
+      if (k < 1) throw UsageError(fmt::format("-k {}: a lookahead must be >= 1", k));
+    for (int sp : o.sp)
+      if (sp < 1) throw UsageError(fmt::format("--sp {}: SP must be >= 1", sp));
     if (o.tokens < 1 || o.runs < 1) throw UsageError("--tokens and --runs must be >= 1");
     if (o.max_k < 1 || o.max_sp < 1) throw UsageError("--max-k and --max-sp must be >= 1");
     const auto queue = parse_queue_policy(o.queue);
     if (!queue) throw UsageError(fmt::format("--queue {}: must be newest or fifo", o.queue));
-    const PlanOptions po{.tokens = o.tokens, .runs = o.runs, .seed = static_cast<uint64_t>(o.seed),
-                         .queue = *queue};
+    const PlanOptions po{
+        .tokens = o.tokens, .runs = o.runs, .seed = static_cast<uint64_t>(o.seed), .queue = *queue};
 
     json rows = json::array();
     const double non_f = ideal_latency_ms(Mode::kNonSi, in, 1);
     const double non_s = simulate_iid(Mode::kNonSi, in, 1, 1, po).latency_ms;
-    const std::string head = fmt::format(
-        "{:>3} {:>4} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6} {:>7} {:>7} {:>8}", "k", "SP",
-        "nonsi_f", "si_f", "dsi_f", "nonsi_sim", "si_sim", "dsi_sim", "sim/f", "SPneed",
-        "slowdn", "vs_SI", "vs_nonSI");
+    const std::string head =
+        fmt::format("{:>3} {:>4} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6} {:>7} {:>7} {:>8}",
+                    "k", "SP", "nonsi_f", "si_f", "dsi_f", "nonsi_sim", "si_sim", "dsi_sim",
+                    "sim/f", "SPneed", "slowdn", "vs_SI", "vs_nonSI");
     if (!o.json) {
       fmt::print("dsi simulate: t = {:.3f} ms (+{:.4f} ms per token), c = {:.3f} ms ({:.3f} t), "
                  "a = {:.3f}; {} runs x {} tokens, i.i.d. acceptance{}\n",
                  in.t_ms, in.per_token_ms, in.c_ms, in.c_ms / in.t_ms, in.a, o.runs, o.tokens,
                  o.profile_path.empty() ? "" : ", from " + o.profile_path);
       fmt::print("latencies in ms per token; _f closed form (enough servers), _sim simulated "
-                 "scheduler\n{}\n{}\n", head, std::string(head.size(), '-'));
+                 "scheduler\n{}\n{}\n",
+                 head, std::string(head.size(), '-'));
     }
     for (int k : o.k) {
       const double si_f = ideal_latency_ms(Mode::kSi, in, k);
@@ -104,10 +110,17 @@ int cmd_simulate(const SimulateOptions& o) {
                      need >= 1 << 20 ? std::string("inf") : std::to_string(need), slow,
                      si_s / e.latency_ms, non_s / e.latency_ms);
         }
-        rows.push_back({{"k", k}, {"sp", sp}, {"nonsi_formula_ms", non_f}, {"si_formula_ms", si_f},
-                        {"dsi_formula_ms", dsi_f}, {"nonsi_sim_ms", non_s}, {"si_sim_ms", si_s},
-                        {"dsi_sim_ms", e.latency_ms}, {"dsi_sim_ample_ms", dsi_ample},
-                        {"sp_needed", need}, {"queue_slowdown", slow},
+        rows.push_back({{"k", k},
+                        {"sp", sp},
+                        {"nonsi_formula_ms", non_f},
+                        {"si_formula_ms", si_f},
+                        {"dsi_formula_ms", dsi_f},
+                        {"nonsi_sim_ms", non_s},
+                        {"si_sim_ms", si_s},
+                        {"dsi_sim_ms", e.latency_ms},
+                        {"dsi_sim_ample_ms", dsi_ample},
+                        {"sp_needed", need},
+                        {"queue_slowdown", slow},
                         {"speedup_vs_si", si_s / e.latency_ms},
                         {"speedup_vs_nonsi", non_s / e.latency_ms},
                         {"preempted_per_token", e.preempted_per_token},
@@ -121,14 +134,23 @@ int cmd_simulate(const SimulateOptions& o) {
     PlanOptions scan = po;
     scan.runs = std::max(1, o.runs / 4);
     const Recommendation r = recommend(in, o.max_k, o.max_sp, o.tolerance, scan);
-    const double rec_ms = simulate_iid(Mode::kDsi, in, r.recommended.k, r.recommended.sp, po).latency_ms;
+    const double rec_ms =
+        simulate_iid(Mode::kDsi, in, r.recommended.k, r.recommended.sp, po).latency_ms;
     const double best_ms = simulate_iid(Mode::kDsi, in, r.best.k, r.best.sp, po).latency_ms;
     const double si_best = simulate_iid(Mode::kSi, in, r.si_k, 1, po).latency_ms;
-    json rec = {{"k", r.recommended.k}, {"sp", r.recommended.sp}, {"ranks", r.recommended.sp + 2},
-                {"dsi_ms", rec_ms}, {"best_k", r.best.k}, {"best_sp", r.best.sp},
-                {"best_dsi_ms", best_ms}, {"si_k", r.si_k}, {"si_ms", si_best},
-                {"nonsi_ms", non_s}, {"speedup_vs_si", si_best / rec_ms},
-                {"speedup_vs_nonsi", non_s / rec_ms}, {"tolerance", o.tolerance},
+    json rec = {{"k", r.recommended.k},
+                {"sp", r.recommended.sp},
+                {"ranks", r.recommended.sp + 2},
+                {"dsi_ms", rec_ms},
+                {"best_k", r.best.k},
+                {"best_sp", r.best.sp},
+                {"best_dsi_ms", best_ms},
+                {"si_k", r.si_k},
+                {"si_ms", si_best},
+                {"nonsi_ms", non_s},
+                {"speedup_vs_si", si_best / rec_ms},
+                {"speedup_vs_nonsi", non_s / rec_ms},
+                {"tolerance", o.tolerance},
                 {"scanned", {{"max_k", o.max_k}, {"max_sp", o.max_sp}, {"runs", scan.runs}}}};
     if (!o.json) {
       fmt::print("\nrecommendation (scan k = 1..{}, SP = 1..{}, smallest SP within {:.1f}% of the "
@@ -136,8 +158,8 @@ int cmd_simulate(const SimulateOptions& o) {
                  "SP = {}: {:.3f}\n  SI at its best k = {}: {:.3f} ms/token; non-SI {:.3f}; "
                  "speedup {:.2f}x vs SI, {:.2f}x vs non-SI\n",
                  o.max_k, o.max_sp, 100 * o.tolerance, r.recommended.k, r.recommended.sp,
-                 r.recommended.sp + 2, rec_ms, r.best.k, r.best.sp, best_ms, r.si_k, si_best,
-                 non_s, si_best / rec_ms, non_s / rec_ms);
+                 r.recommended.sp + 2, rec_ms, r.best.k, r.best.sp, best_ms, r.si_k, si_best, non_s,
+                 si_best / rec_ms, non_s / rec_ms);
       if (rec_ms > 0.99 * std::min(non_s, si_best)) {
         fmt::print("  note: DSI gains less than 1% here over {}; the extra ranks buy nothing\n",
                    non_s <= si_best ? "non-SI" : "SI");
@@ -152,17 +174,32 @@ int cmd_simulate(const SimulateOptions& o) {
         if (p.sp == sp && (!b || p.dsi_ms < b->dsi_ms)) b = &p;
       }
       if (!b) continue;
-      frontier.push_back({{"sp", sp}, {"k", b->k}, {"dsi_sim_ms", b->dsi_ms},
+      frontier.push_back({{"sp", sp},
+                          {"k", b->k},
+                          {"dsi_sim_ms", b->dsi_ms},
                           {"vs_best", b->dsi_ms / r.best.dsi_ms}});
-      frontier_text += fmt::format("{}SP {}: k {} {:.3f}", sp == 1 ? "" : ", ", sp, b->k, b->dsi_ms);
+      frontier_text +=
+          fmt::format("{}SP {}: k {} {:.3f}", sp == 1 ? "" : ", ", sp, b->k, b->dsi_ms);
     }
     if (!o.json) fmt::print("  best k per SP (ms/token, {} runs): {}\n", scan.runs, frontier_text);
     json grid = json::array();
-    for (const PlanPoint& p : r.grid) grid.push_back({{"k", p.k}, {"sp", p.sp}, {"dsi_sim_ms", p.dsi_ms}});
-    json out = {{"inputs", {{"t_ms", in.t_ms}, {"c_ms", in.c_ms}, {"a", in.a},
-                            {"per_token_ms", in.per_token_ms}, {"source", source}}},
-                {"tokens", o.tokens}, {"runs", o.runs}, {"seed", o.seed}, {"queue", o.queue},
-                {"model", "iid"}, {"rows", rows}, {"recommendation", rec}, {"frontier", frontier}, {"scan", grid}};
+    for (const PlanPoint& p : r.grid)
+      grid.push_back({{"k", p.k}, {"sp", p.sp}, {"dsi_sim_ms", p.dsi_ms}});
+    json out = {{"inputs",
+                 {{"t_ms", in.t_ms},
+                  {"c_ms", in.c_ms},
+                  {"a", in.a},
+                  {"per_token_ms", in.per_token_ms},
+                  {"source", source}}},
+                {"tokens", o.tokens},
+                {"runs", o.runs},
+                {"seed", o.seed},
+                {"queue", o.queue},
+                {"model", "iid"},
+                {"rows", rows},
+                {"recommendation", rec},
+                {"frontier", frontier},
+                {"scan", grid}};
     if (o.json) fmt::print("{}\n", out.dump());
     if (!o.json_path.empty()) {
       std::ofstream f(o.json_path);

@@ -36,12 +36,15 @@ std::vector<int> parse_ranks(const std::vector<std::string>& items) {
       hi = lo;
     }
     if (!ok || item.empty()) {
-      throw ConfigError(fmt::format("--ranks item '{}' must be a number or a range like 2-10", item));
+      throw ConfigError(
+          fmt::format("--ranks item '{}' must be a number or a range like 2-10", item));
     }
-    if (lo > hi) throw ConfigError(fmt::format("--ranks range '{}' is empty ({} > {})", item, lo, hi));
+    if (lo > hi)
+      throw ConfigError(fmt::format("--ranks range '{}' is empty ({} > {})", item, lo, hi));
     if (lo < 2) {
       throw ConfigError(fmt::format("--ranks {}: a run needs at least 2 ranks (coordinator + "
-                                    "1 target for non-SI; 3 for SI and DSI)", lo));
+                                    "1 target for non-SI; 3 for SI and DSI)",
+                                    lo));
     }
     for (int r = lo; r <= hi; ++r) out.push_back(r);
   }
@@ -58,9 +61,9 @@ std::string find_plot_script(const std::string& given) {
   std::error_code ec;
   const auto exe = std::filesystem::read_symlink("/proc/self/exe", ec);
   if (!ec) {
-    for (const auto& p : {exe.parent_path() / "../launch/plot_sweep.py",
-                          exe.parent_path() / "plot_sweep.py",
-                          exe.parent_path() / "../share/dsi/plot_sweep.py"}) {
+    for (const auto& p :
+         {exe.parent_path() / "../launch/plot_sweep.py", exe.parent_path() / "plot_sweep.py",
+          exe.parent_path() / "../share/dsi/plot_sweep.py"}) {
       if (std::filesystem::exists(p)) return std::filesystem::weakly_canonical(p).string();
     }
   }
@@ -83,7 +86,8 @@ int cmd_sweep(const CommonOptions& common, const SweepOptions& opts) {
       common,
       [&](Session& s) {
         if (s.cfg.engine != "synthetic") {
-          throw ConfigError(fmt::format("dsi sweep drives the synthetic engine (engine: {})", s.cfg.engine));
+          throw ConfigError(
+              fmt::format("dsi sweep drives the synthetic engine (engine: {})", s.cfg.engine));
         }
         if (s.cfg.temperature > 0) {
           throw ConfigError(fmt::format(
@@ -91,7 +95,8 @@ int cmd_sweep(const CommonOptions& common, const SweepOptions& opts) {
               "check and its simulations are greedy); set sampling.temperature=0",
               s.cfg.temperature));
         }
-        if (!opts.ranks.empty() && !opts.sp.empty()) throw ConfigError("give --ranks or --sp, not both");
+        if (!opts.ranks.empty() && !opts.sp.empty())
+          throw ConfigError("give --ranks or --sp, not both");
         std::vector<int> ranks;
         if (!opts.sp.empty()) {
           for (int sp : opts.sp) {
@@ -116,29 +121,37 @@ int cmd_sweep(const CommonOptions& common, const SweepOptions& opts) {
         }
         if (s.world < 3) {
           throw ConfigError(fmt::format("dsi sweep runs SI and DSI: it needs at least 3 ranks, the "
-                                        "world has {} (launch with mpirun -np 3 or more)", s.world));
+                                        "world has {} (launch with mpirun -np 3 or more)",
+                                        s.world));
         }
         ks = opts.k.empty() ? std::vector<int>{s.cfg.lookahead} : opts.k;
         for (int k : ks) {
-          if (k < 1 || k > 1024) throw ConfigError(fmt::format("-k {}: a lookahead must lie in [1, 1024]", k));
+          if (k < 1 || k > 1024)
+            throw ConfigError(fmt::format("-k {}: a lookahead must lie in [1, 1024]", k));
         }
         if (opts.tokens == 0 || opts.tokens < -1) {
           throw ConfigError(fmt::format("--tokens {}: must be at least 1", opts.tokens));
         }
-        if (opts.sim_runs < 1) throw ConfigError(fmt::format("--sim-runs {}: must be at least 1", opts.sim_runs));
+        if (opts.sim_runs < 1)
+          throw ConfigError(fmt::format("--sim-runs {}: must be at least 1", opts.sim_runs));
         const std::string dir = std::filesystem::path(opts.out_prefix).parent_path().string();
         if (!dir.empty() && !std::filesystem::is_directory(dir)) {
-          throw ConfigError(fmt::format("--out {}: folder '{}' does not exist", opts.out_prefix, dir));
+          throw ConfigError(
+              fmt::format("--out {}: folder '{}' does not exist", opts.out_prefix, dir));
         }
       },
       [&](Session& s, Coordinator& coord) {
         coordinator = true;
         const RunConfig& base = s.cfg;
         const int tokens = opts.tokens > 0 ? opts.tokens : base.max_new_tokens;
-        const LatencyInputs in{.t_ms = base.t_ms, .c_ms = base.c * base.t_ms, .a = base.a,
+        const LatencyInputs in{.t_ms = base.t_ms,
+                               .c_ms = base.c * base.t_ms,
+                               .a = base.a,
                                .per_token_ms = base.per_token_ms};
-        const PlanOptions po{.tokens = std::max(tokens, 200), .runs = opts.sim_runs,
-                             .seed = base.seed, .queue = base.queue};
+        const PlanOptions po{.tokens = std::max(tokens, 200),
+                             .runs = opts.sim_runs,
+                             .seed = base.seed,
+                             .queue = base.queue};
         const int n_runs = 1 + static_cast<int>(ks.size() * (1 + sps.size()));
         fmt::print("dsi sweep: synthetic engine, t = {} ms, c = {} t, a = {}, {} tokens per run, "
                    "k in {{{}}}, SP in {{{}}}, world {} ranks; {} runs\n",
@@ -176,11 +189,18 @@ int cmd_sweep(const CommonOptions& common, const SweepOptions& opts) {
                      sched / meas, lat_non / meas, r.acceptance_rate(),
                      lossless ? "lossless" : "NOT LOSSLESS");
           std::fflush(stdout);
-          rows.push_back({{"mode", mode_name(m)}, {"k", m == Mode::kNonSi ? 0 : k}, {"sp", sp},
-                          {"ranks", ranks}, {"gpus", ranks - 1}, {"tokens", r.tokens.size()},
-                          {"latency_ms", meas}, {"formula_ms", formula},
-                          {"sim_same_tokens_ms", sched}, {"sim_iid_ms", iid},
-                          {"efficiency", sched / meas}, {"efficiency_formula", formula / meas},
+          rows.push_back({{"mode", mode_name(m)},
+                          {"k", m == Mode::kNonSi ? 0 : k},
+                          {"sp", sp},
+                          {"ranks", ranks},
+                          {"gpus", ranks - 1},
+                          {"tokens", r.tokens.size()},
+                          {"latency_ms", meas},
+                          {"formula_ms", formula},
+                          {"sim_same_tokens_ms", sched},
+                          {"sim_iid_ms", iid},
+                          {"efficiency", sched / meas},
+                          {"efficiency_formula", formula / meas},
                           {"speedup_vs_nonsi", lat_non / meas},
                           {"speedup_vs_si", lat_si > 0 ? lat_si / meas : 1.0},
                           {"sp_needed", m == Mode::kDsi ? dsi_sp_needed(in, k) : 1},
@@ -188,7 +208,8 @@ int cmd_sweep(const CommonOptions& common, const SweepOptions& opts) {
                           {"tasks_launched", r.stats.tasks_launched},
                           {"tasks_preempted", r.stats.tasks_preempted},
                           {"tasks_cancelled_queued", r.stats.tasks_cancelled_queued},
-                          {"wasted_target_s", r.wasted_target_s()}, {"lossless", lossless}});
+                          {"wasted_target_s", r.wasted_target_s()},
+                          {"lossless", lossless}});
           return meas;
         };
         one(Mode::kNonSi, ks.front(), 1, 0);
@@ -205,29 +226,59 @@ int cmd_sweep(const CommonOptions& common, const SweepOptions& opts) {
           if (r["mode"] != "dsi") continue;
           for (const auto& top : rows) {
             if (top["mode"] == "dsi" && top["k"] == r["k"] && top["sp"] == sps.back()) {
-              r["slowdown_measured"] = r["latency_ms"].get<double>() / top["latency_ms"].get<double>();
-              r["slowdown_sim"] = r["sim_same_tokens_ms"].get<double>() / top["sim_same_tokens_ms"].get<double>();
+              r["slowdown_measured"] =
+                  r["latency_ms"].get<double>() / top["latency_ms"].get<double>();
+              r["slowdown_sim"] =
+                  r["sim_same_tokens_ms"].get<double>() / top["sim_same_tokens_ms"].get<double>();
             }
           }
         }
-        json out = {{"format", "dsi-sweep"}, {"version", 1},
-                    {"config", {{"path", common.config_path.empty() ? "defaults" : common.config_path},
-                                {"overrides", common.overrides}, {"engine", base.engine},
-                                {"t_ms", base.t_ms}, {"c", base.c}, {"c_ms", in.c_ms},
-                                {"a", base.a}, {"per_token_ms", base.per_token_ms},
-                                {"queue", queue_policy_name(base.queue)}, {"seed", base.seed},
-                                {"tokens", tokens}}},
-                    {"world", s.world}, {"lookaheads", ks}, {"sp", sps}, {"rows", rows}};
-        const std::string json_path = opts.out_prefix + ".json", csv_path = opts.out_prefix + ".csv";
+        json out = {{"format", "dsi-sweep"},
+                    {"version", 1},
+                    {"config",
+                     {{"path", common.config_path.empty() ? "defaults" : common.config_path},
+                      {"overrides", common.overrides},
+                      {"engine", base.engine},
+                      {"t_ms", base.t_ms},
+                      {"c", base.c},
+                      {"c_ms", in.c_ms},
+                      {"a", base.a},
+                      {"per_token_ms", base.per_token_ms},
+                      {"queue", queue_policy_name(base.queue)},
+                      {"seed", base.seed},
+                      {"tokens", tokens}}},
+                    {"world", s.world},
+                    {"lookaheads", ks},
+                    {"sp", sps},
+                    {"rows", rows}};
+        const std::string json_path = opts.out_prefix + ".json",
+                          csv_path = opts.out_prefix + ".csv";
         std::ofstream jf(json_path);
         jf << out.dump(1) << "\n";
         std::ofstream cf(csv_path);
-        const std::vector<std::string> cols = {
-            "mode", "k", "sp", "ranks", "gpus", "tokens", "latency_ms", "formula_ms",
-            "sim_same_tokens_ms", "sim_iid_ms", "efficiency", "efficiency_formula",
-            "speedup_vs_nonsi", "speedup_vs_si", "sp_needed", "acceptance_rate", "tasks_launched",
-            "tasks_preempted", "tasks_cancelled_queued", "wasted_target_s", "slowdown_measured",
-            "slowdown_sim", "lossless"};
+        const std::vector<std::string> cols = {"mode",
+                                               "k",
+                                               "sp",
+                                               "ranks",
+                                               "gpus",
+                                               "tokens",
+                                               "latency_ms",
+                                               "formula_ms",
+                                               "sim_same_tokens_ms",
+                                               "sim_iid_ms",
+                                               "efficiency",
+                                               "efficiency_formula",
+                                               "speedup_vs_nonsi",
+                                               "speedup_vs_si",
+                                               "sp_needed",
+                                               "acceptance_rate",
+                                               "tasks_launched",
+                                               "tasks_preempted",
+                                               "tasks_cancelled_queued",
+                                               "wasted_target_s",
+                                               "slowdown_measured",
+                                               "slowdown_sim",
+                                               "lossless"};
         cf << fmt::format("{}\n", fmt::join(cols, ","));
         for (const auto& r : rows) {
           std::vector<std::string> v;
@@ -249,14 +300,16 @@ int cmd_sweep(const CommonOptions& common, const SweepOptions& opts) {
 
   // MPI is finished: the plot runs in a child process without MPI around it.
   const std::string script = find_plot_script(opts.plot_script);
-  const std::string cmd = fmt::format("{} {} {} {}", shell_quote(opts.python), shell_quote(script),
-                                      shell_quote(opts.out_prefix + ".json"),
-                                      shell_quote(opts.out_prefix + ".png"));
+  const std::string cmd =
+      fmt::format("{} {} {} {}", shell_quote(opts.python), shell_quote(script),
+                  shell_quote(opts.out_prefix + ".json"), shell_quote(opts.out_prefix + ".png"));
   std::fflush(stdout);
   const int st = std::system(cmd.c_str());
   if (st != 0) {
-    fmt::print(stderr, "dsi sweep: the plot failed ({}); CSV and JSON are written. Install "
-                       "python3-matplotlib or pass --python / --plot-script, or --no-plot\n", cmd);
+    fmt::print(stderr,
+               "dsi sweep: the plot failed ({}); CSV and JSON are written. Install "
+               "python3-matplotlib or pass --python / --plot-script, or --no-plot\n",
+               cmd);
     return 3;
   }
   return 0;

@@ -13,7 +13,8 @@ std::shared_ptr<const TextModel> TextModel::load(const std::string& path) {
   auto m = std::make_shared<TextModel>();
   if (!fs::exists(path)) {
     throw ModelError(fmt::format("model '{}' does not exist (for the default model run "
-                                 "launch/fetch_model.sh)", path));
+                                 "launch/fetch_model.sh)",
+                                 path));
   }
   if (fs::is_directory(path)) {
     const auto cfg = fs::path(path) / "tokenizer_config.json";

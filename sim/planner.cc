@@ -14,14 +14,22 @@ SimEstimate simulate_iid(Mode mode, const LatencyInputs& in, int k, int sp,
   double total_ms = 0, tokens = 0;
   for (int run = 0; run < opts.runs; ++run) {
     SimConfig sc;
-    sc.sched = {.mode = mode, .lookahead = k, .n_targets = mode == Mode::kDsi ? sp : 1,
-                .max_new_tokens = opts.tokens, .queue = opts.queue};
+    sc.sched = {.mode = mode,
+                .lookahead = k,
+                .n_targets = mode == Mode::kDsi ? sp : 1,
+                .max_new_tokens = opts.tokens,
+                .queue = opts.queue};
     // Vocabulary and seed only shape token ids, which the i.i.d. model keeps independent of
     // the acceptance draws.
-    sc.target = {.seed = opts.seed + run, .vocab = 1024, .forward_ms = in.t_ms,
+    sc.target = {.seed = opts.seed + run,
+                 .vocab = 1024,
+                 .forward_ms = in.t_ms,
                  .per_token_ms = in.per_token_ms};
-    sc.drafter = {.seed = opts.seed + run, .vocab = 1024, .acceptance = in.a,
-                  .forward_ms = in.c_ms, .drafter = true};
+    sc.drafter = {.seed = opts.seed + run,
+                  .vocab = 1024,
+                  .acceptance = in.a,
+                  .forward_ms = in.c_ms,
+                  .drafter = true};
     sc.prompt = synthetic_prompt(opts.seed + run, 4, 1024);
     sc.model = TokenModel::kIid;
     sc.iid_seed = opts.seed * 1000003 + run;
@@ -49,7 +57,8 @@ Recommendation recommend(const LatencyInputs& in, int max_k, int max_sp, double 
   rec.si_ms = std::numeric_limits<double>::infinity();
   rec.nonsi_ms = simulate_iid(Mode::kNonSi, in, 1, 1, opts).latency_ms;
   // best_at[sp]: the best k at that SP.
-  std::vector<PlanPoint> best_at(max_sp + 1, PlanPoint{0, 0, std::numeric_limits<double>::infinity()});
+  std::vector<PlanPoint> best_at(max_sp + 1,
+                                 PlanPoint{0, 0, std::numeric_limits<double>::infinity()});
   for (int k = 1; k <= max_k; ++k) {
     const double si = simulate_iid(Mode::kSi, in, k, 1, opts).latency_ms;
     if (si < rec.si_ms) {

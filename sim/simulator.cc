@@ -22,16 +22,14 @@ struct Event {
   double time;
   uint64_t order;  // FIFO among equal times, so runs are deterministic
   std::function<void()> fire;
-  bool operator>(const Event& o) const {
-    return time != o.time ? time > o.time : order > o.order;
-  }
+  bool operator>(const Event& o) const { return time != o.time ? time > o.time : order > o.order; }
 };
 
 // The i.i.d. model's target token at position p: independent of the context, so a task's
 // predictions after a wrong draft are still well defined (and ignored by the scheduler).
 Token iid_target(uint64_t seed, size_t p, int vocab) {
-  return synthetic::target_next(seed, synthetic::extend_hash(synthetic::start_hash(seed),
-                                                             static_cast<Token>(p)), vocab);
+  return synthetic::target_next(
+      seed, synthetic::extend_hash(synthetic::start_hash(seed), static_cast<Token>(p)), vocab);
 }
 
 }  // namespace
@@ -73,15 +71,15 @@ std::vector<float> synthetic_probs(const SyntheticParams& model, const std::vect
 }
 
 std::vector<Token> synthetic_sampled_reference(const SyntheticParams& target,
-                                               const std::vector<Token>& prompt,
-                                               int max_new_tokens, const SamplingParams& sp) {
+                                               const std::vector<Token>& prompt, int max_new_tokens,
+                                               const SamplingParams& sp) {
   std::vector<Token> ctx = prompt;
   for (int i = 0; i < max_new_tokens; ++i) {
     // Non-SI is verification with no drafts: every position is the target's own sample.
     const auto p = synthetic_probs(target, ctx, sp);
-    const Token t = verify_sampled(ctx, static_cast<int>(ctx.size()),
-                                   [&](int) { return std::span<const float>(p); }, nullptr,
-                                   BonusRule{}, sp)[0];
+    const Token t = verify_sampled(
+        ctx, static_cast<int>(ctx.size()), [&](int) { return std::span<const float>(p); }, nullptr,
+        BonusRule{}, sp)[0];
     ctx.push_back(t);
   }
   return std::vector<Token>(ctx.begin() + prompt.size(), ctx.end());
@@ -89,22 +87,33 @@ std::vector<Token> synthetic_sampled_reference(const SyntheticParams& target,
 
 SimConfig sim_config(const RunConfig& cfg, int sp) {
   SimConfig sc;
-  sc.sched = {.mode = cfg.mode, .lookahead = cfg.lookahead, .n_targets = sp,
-              .max_new_tokens = cfg.max_new_tokens, .queue = cfg.queue,
+  sc.sched = {.mode = cfg.mode,
+              .lookahead = cfg.lookahead,
+              .n_targets = sp,
+              .max_new_tokens = cfg.max_new_tokens,
+              .queue = cfg.queue,
               .target_choice = cfg.target_choice};
-  sc.target = {.seed = cfg.seed, .vocab = cfg.vocab, .forward_ms = cfg.t_ms,
+  sc.target = {.seed = cfg.seed,
+               .vocab = cfg.vocab,
+               .forward_ms = cfg.t_ms,
                .per_token_ms = cfg.per_token_ms};
-  sc.drafter = {.seed = cfg.seed, .vocab = cfg.vocab, .acceptance = cfg.a,
-                .forward_ms = cfg.c * cfg.t_ms, .drafter = true, .overlap = cfg.overlap};
+  sc.drafter = {.seed = cfg.seed,
+                .vocab = cfg.vocab,
+                .acceptance = cfg.a,
+                .forward_ms = cfg.c * cfg.t_ms,
+                .drafter = true,
+                .overlap = cfg.overlap};
   sc.prompt = synthetic_prompt(cfg.seed, cfg.prompt_tokens, cfg.vocab);
   // Synthetic engines hold no KV that can be handed over (kv_bytes_per_token 0): a real run
   // plans no handoff, and neither does its simulation.
   sc.sched.kv = {.policy = parse_kv_policy(cfg.kv_handoff).value_or(KvPolicy::kNever),
                  .bytes_per_token = 0,
                  .gbps = cfg.kv_gbps};
-  sc.sampling = {.temperature = static_cast<float>(cfg.temperature), .top_k = cfg.top_k,
-                 .top_p = static_cast<float>(cfg.top_p),
-                 .seed = cfg.sampling_seed >= 0 ? static_cast<uint64_t>(cfg.sampling_seed) : cfg.seed};
+  sc.sampling = {
+      .temperature = static_cast<float>(cfg.temperature),
+      .top_k = cfg.top_k,
+      .top_p = static_cast<float>(cfg.top_p),
+      .seed = cfg.sampling_seed >= 0 ? static_cast<uint64_t>(cfg.sampling_seed) : cfg.seed};
   return sc;
 }
 
@@ -119,7 +128,8 @@ SimResult simulate(const SimConfig& cfg) {
   // The token model: the target's token after seq[0..p), and the drafter's next draft.
   const bool iid = cfg.model == TokenModel::kIid;
   if (iid && !cfg.sampling.greedy()) {
-    throw std::invalid_argument("the i.i.d. token model is greedy: sampling needs the synthetic model");
+    throw std::invalid_argument(
+        "the i.i.d. token model is greedy: sampling needs the synthetic model");
   }
   std::mt19937_64 rng(cfg.iid_seed);
   std::uniform_real_distribution<double> uniform(0.0, 1.0);
@@ -134,8 +144,7 @@ SimResult simulate(const SimConfig& cfg) {
       if (uniform(rng) < cfg.drafter.acceptance || cfg.target.vocab < 2) return right;
       return static_cast<Token>((right + 1) % cfg.target.vocab);
     }
-    return synthetic::drafter_next(cfg.drafter.seed,
-                                   hash_of(cfg.drafter.seed, seq, seq.size()),
+    return synthetic::drafter_next(cfg.drafter.seed, hash_of(cfg.drafter.seed, seq, seq.size()),
                                    cfg.drafter.vocab, cfg.drafter.acceptance);
   };
 

@@ -11,8 +11,8 @@
 
 #include "core/config.h"
 #include "core/scheduler.h"
-#include "engines/synthetic_engine.h"
 #include "core/verify.h"
+#include "engines/synthetic_engine.h"
 
 namespace dsi {
 
@@ -35,15 +35,15 @@ struct SimConfig {
 };
 
 struct SimResult {
-  std::vector<Token> tokens;   // generated tokens (committed minus prompt)
-  double setup_ms = 0;         // prefill (and the prompt's KV handoff): not in total_ms
-  double total_ms = 0;         // from the first scheduler action to the last commit
+  std::vector<Token> tokens;  // generated tokens (committed minus prompt)
+  double setup_ms = 0;        // prefill (and the prompt's KV handoff): not in total_ms
+  double total_ms = 0;        // from the first scheduler action to the last commit
   double latency_per_token_ms = 0;
   SchedulerStats stats;
-  double target_busy_ms = 0;   // summed over targets
-  double wasted_ms = 0;        // target time spent on tasks that were then cancelled
-  KvHandoffStats kv;           // handoffs: a transfer costs the cost model's transfer time on
-                               // the source; the destination then holds the range
+  double target_busy_ms = 0;  // summed over targets
+  double wasted_ms = 0;       // target time spent on tasks that were then cancelled
+  KvHandoffStats kv;          // handoffs: a transfer costs the cost model's transfer time on
+                              // the source; the destination then holds the range
 };
 
 SimResult simulate(const SimConfig& cfg);
@@ -62,12 +62,11 @@ std::vector<Token> simulated_reference(const SimConfig& cfg);
 
 // Target-only sampling of the synthetic model (non-SI with `sp`).
 std::vector<Token> synthetic_sampled_reference(const SyntheticParams& target,
-                                               const std::vector<Token>& prompt,
-                                               int max_new_tokens, const SamplingParams& sp);
+                                               const std::vector<Token>& prompt, int max_new_tokens,
+                                               const SamplingParams& sp);
 
 // Probabilities the synthetic model samples from after `context` (sampling params applied).
 std::vector<float> synthetic_probs(const SyntheticParams& model, const std::vector<Token>& context,
                                    const SamplingParams& sp);
-
 
 }  // namespace dsi

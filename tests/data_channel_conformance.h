@@ -40,7 +40,8 @@ inline std::vector<std::string> receive_all(DataChannel& ch) {
   const auto deadline = Clock::now() + std::chrono::seconds(30);
   std::vector<uint8_t> got;
   for (int i = kMany - 1; i >= 0; --i) {  // reverse order
-    if (!ch.recv(DataKey{1, DataKind::kTest, 2, i}, got, deadline) || got != pattern(64, 1000 + i)) {
+    if (!ch.recv(DataKey{1, DataKind::kTest, 2, i}, got, deadline) ||
+        got != pattern(64, 1000 + i)) {
       fails.push_back(fmt::format("small transfer {} missing or damaged", i));
       break;
     }
@@ -52,9 +53,11 @@ inline std::vector<std::string> receive_all(DataChannel& ch) {
     }
   }
   // A received transfer stays available until discarded; then it is gone.
-  if (!ch.recv(DataKey{1, DataKind::kTest, 2, 5}, got, deadline)) fails.push_back("second read failed");
+  if (!ch.recv(DataKey{1, DataKind::kTest, 2, 5}, got, deadline))
+    fails.push_back("second read failed");
   ch.discard([](const DataKey& k) { return k.stream == 2; });
-  if (ch.recv(DataKey{1, DataKind::kTest, 2, 5}, got, Clock::now() + std::chrono::milliseconds(20))) {
+  if (ch.recv(DataKey{1, DataKind::kTest, 2, 5}, got,
+              Clock::now() + std::chrono::milliseconds(20))) {
     fails.push_back("discarded transfer still readable");
   }
   // Waiting for a transfer that never comes: the deadline, and a cancel raised meanwhile.
@@ -69,10 +72,12 @@ inline std::vector<std::string> receive_all(DataChannel& ch) {
     cancel.cancel();
   });
   t0 = Clock::now();
-  const bool r = ch.recv(DataKey{9, DataKind::kTest, 9, 9}, got, t0 + std::chrono::seconds(20), &cancel);
+  const bool r =
+      ch.recv(DataKey{9, DataKind::kTest, 9, 9}, got, t0 + std::chrono::seconds(20), &cancel);
   raiser.join();
   if (r) fails.push_back("cancelled recv succeeded");
-  if (Clock::now() - t0 > std::chrono::seconds(2)) fails.push_back("cancel not seen promptly while pending");
+  if (Clock::now() - t0 > std::chrono::seconds(2))
+    fails.push_back("cancel not seen promptly while pending");
   return fails;
 }
 

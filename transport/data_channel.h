@@ -1,6 +1,6 @@
 // DataChannel: the data plane, for payloads that are too big or too frequent for the control
-// plane (the drafter's probability vectors for speculative sampling, KV handoff between targets). Keyed
-// transfers: a receiver asks for a key and gets it whenever it arrived, in any order. The
+// plane (the drafter's probability vectors for speculative sampling, KV handoff between targets).
+// Keyed transfers: a receiver asks for a key and gets it whenever it arrived, in any order. The
 // interface and an in-process loopback live here; MPI host buffers (transport/mpi_data_channel.h)
 // and NCCL between GPU ranks (transport/nccl_data_channel.h) implement it.
 #pragma once
@@ -57,7 +57,8 @@ class DataChannel {
   //     makes the bytes land in `dst` before any work queued on `stream` after the call.
   //     `bytes` must equal the size sent.
   virtual bool moves_device_memory() const { return false; }
-  virtual void send_device(int dst, const DataKey& key, const void* src, size_t bytes, void* stream);
+  virtual void send_device(int dst, const DataKey& key, const void* src, size_t bytes,
+                           void* stream);
   virtual bool recv_device(const DataKey& key, void* dst, size_t bytes, void* stream,
                            Clock::time_point deadline, const CancelFlag* cancel = nullptr);
 };

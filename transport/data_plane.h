@@ -18,8 +18,8 @@ namespace dsi {
 struct DataPlaneOptions {
   std::string mode = "auto";  // auto | mpi | nccl (runtime.data_plane)
   bool gpu_ranks = false;     // every worker rank computes on a GPU (model.device, drafter_device)
-  int device = -1;           // requested CUDA device; -1: bound by node-local rank
-  int poll_us = 20;          // MPI probe interval
+  int device = -1;            // requested CUDA device; -1: bound by node-local rank
+  int poll_us = 20;           // MPI probe interval
 };
 
 // What one worker rank reports about itself.

@@ -44,7 +44,11 @@ std::unique_ptr<ControlChannel> LoopbackHub::channel(int rank) {
   return std::make_unique<LoopbackChannel>(this, rank);
 }
 
-void LoopbackHub::kill(int rank) { dead_.at(rank).store(true); }
-bool LoopbackHub::dead(int rank) const { return dead_.at(rank).load(); }
+void LoopbackHub::kill(int rank) {
+  dead_.at(rank).store(true);
+}
+bool LoopbackHub::dead(int rank) const {
+  return dead_.at(rank).load();
+}
 
 }  // namespace dsi

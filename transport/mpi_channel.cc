@@ -17,7 +17,10 @@ constexpr int kLivenessTag = 20;
 }  // namespace
 
 namespace {
-int64_t now_ns() { return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count(); }
+int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch())
+      .count();
+}
 }  // namespace
 
 MpiChannel::MpiChannel(MPI_Comm comm, Polling polling) : poll_(polling) {
@@ -107,7 +110,8 @@ std::optional<Frame> MpiChannel::recv(Clock::time_point deadline) {
     const bool hot = idle_ns < int64_t{poll_.hot_ms} * 1000000;
     const bool cold = idle_ns > int64_t{poll_.cold_ms} * 1000000;
     const int us = hot ? poll_.min_us : sleep_us;
-    std::this_thread::sleep_for(std::min<Clock::duration>(std::chrono::microseconds(us), deadline - now));
+    std::this_thread::sleep_for(
+        std::min<Clock::duration>(std::chrono::microseconds(us), deadline - now));
     if (!hot) sleep_us = std::min(sleep_us * 2, cold ? 10 * poll_.max_us : poll_.max_us);
   }
 }

@@ -56,7 +56,8 @@ class MpiDataChannel final : public DataChannel {
     if (bytes.size() > static_cast<size_t>(std::numeric_limits<int>::max())) {
       throw std::length_error("a data transfer of 2 GiB or more");
     }
-    const DataHeader h{key.run, static_cast<uint32_t>(key.kind), key.stream, key.index, bytes.size()};
+    const DataHeader h{key.run, static_cast<uint32_t>(key.kind), key.stream, key.index,
+                       bytes.size()};
     std::vector<uint8_t> hb(sizeof h);
     std::memcpy(hb.data(), &h, sizeof h);
     std::lock_guard lk(mu_);

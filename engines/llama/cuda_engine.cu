@@ -19,6 +19,7 @@
 #include <string>
 #include <utility>
 
+#include "engines/llama/llama_engine.h"
 #include "kernels/argmax_cuda.h"
 #include "kernels/attention_cuda.h"
 #include "kernels/cuda_check.h"
@@ -28,7 +29,6 @@
 #include "kernels/rope_cuda.h"
 #include "kernels/swiglu_cuda.h"
 #include "transport/data_channel.h"
-#include "engines/llama/llama_engine.h"
 
 namespace dsi {
 namespace {
@@ -162,8 +162,8 @@ struct CudaEngine::State {
 
   int scratch_n = 0;
   DeviceBuffer x, xb, q, att, gate, up, xh, ids;  // xh: GEMM input in the weight dtype
-  int logits_n = 0;    // rows `logits` and `argmax` hold
-  int h_logits_n = 0;  // rows `h_logits` holds
+  int logits_n = 0;                               // rows `logits` and `argmax` hold
+  int h_logits_n = 0;                             // rows `h_logits` holds
   DeviceBuffer logits, argmax;
   PinnedBuffer h_ids, h_logits, h_argmax;
   DeviceBuffer send_buf, recv_buf;  // KV handoff staging, in the blob layout
@@ -302,8 +302,8 @@ std::vector<Token> CudaEngine::forward_argmax(std::span<const Token> tokens, int
   enqueue_forward(tokens, n_logits, cancel);
   State& s = *s_;
   if (n_logits > 0) {
-    kernels::argmax_cuda(s.argmax.get<int32_t>(), s.logits.get<float>(), n_logits,
-                         config_.n_vocab, s.s());
+    kernels::argmax_cuda(s.argmax.get<int32_t>(), s.logits.get<float>(), n_logits, config_.n_vocab,
+                         s.s());
     CUDA_CHECK(cudaMemcpyAsync(s.h_argmax.get<int32_t>(), s.argmax.get(),
                                static_cast<size_t>(n_logits) * sizeof(int32_t),
                                cudaMemcpyDeviceToHost, s.s()));

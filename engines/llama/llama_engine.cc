@@ -9,14 +9,14 @@
 #include <string>
 #include <utility>
 
+#include "engines/llama/llama_hf_loader.h"
+#include "engines/llama/llama_loader.h"
 #include "kernels/attention.h"
 #include "kernels/embedding.h"
 #include "kernels/matmul.h"
 #include "kernels/rmsnorm.h"
 #include "kernels/rope.h"
 #include "kernels/swiglu.h"
-#include "engines/llama/llama_hf_loader.h"
-#include "engines/llama/llama_loader.h"
 
 namespace dsi {
 namespace {

@@ -8,9 +8,9 @@
 #include <string>
 #include <vector>
 
+#include "common/thread_pool.h"
 #include "engines/engine.h"
 #include "engines/llama/llama_model.h"
-#include "common/thread_pool.h"
 
 namespace dsi {
 

@@ -115,10 +115,9 @@ std::unique_ptr<Tokenizer> Tokenizer::from_hf_json(const std::string& path,
   v.model = "gpt2";
   v.pre = j.contains("pre_tokenizer") ? pre_name(j["pre_tokenizer"]) : "";
   if (v.pre.empty()) {
-    fail(
-        fmt::format("pre_tokenizer {} is not supported (ByteLevel; Digits + ByteLevel; Split with "
-                    "the GPT-2, Llama 3 or Qwen2 pattern + ByteLevel)",
-                    brief(j.value("pre_tokenizer", json()))));
+    fail(fmt::format("pre_tokenizer {} is not supported (ByteLevel; Digits + ByteLevel; Split with "
+                     "the GPT-2, Llama 3 or Qwen2 pattern + ByteLevel)",
+                     brief(j.value("pre_tokenizer", json()))));
   }
 
   if (!model.contains("vocab") || !model["vocab"].is_object()) fail("model.vocab is not an object");

@@ -41,8 +41,10 @@ int main(int argc, char** argv) {
     }
     if (ch.rank() == 0) {
       std::sort(rtt.begin(), rtt.end());
-      fmt::print("poll {}-{} us, hot {} ms, pause {} ms: round trip median {:.1f} us, p90 {:.1f} us, max {:.1f} us\n",
-                 poll.min_us, poll.max_us, poll.hot_ms, pause_ms, rtt[n / 2], rtt[n * 9 / 10], rtt.back());
+      fmt::print("poll {}-{} us, hot {} ms, pause {} ms: round trip median {:.1f} us, p90 {:.1f} "
+                 "us, max {:.1f} us\n",
+                 poll.min_us, poll.max_us, poll.hot_ms, pause_ms, rtt[n / 2], rtt[n * 9 / 10],
+                 rtt.back());
     }
     mpi.flush(dsi::Clock::now() + std::chrono::seconds(1));
   }

@@ -16,8 +16,8 @@
 #include <string>
 #include <vector>
 
-#include "transport/mpi_data_channel.h"
 #include "common/gpu_binding.h"
+#include "transport/mpi_data_channel.h"
 #include "transport/nccl_data_channel.h"
 
 #ifdef DSI_WITH_CUDA

@@ -24,10 +24,10 @@
 #include <thread>
 #include <vector>
 
-#include "kernels/argmax.h"
 #include "engines/llama/cuda_engine.h"
 #include "engines/llama/llama_engine.h"
 #include "engines/llama/llama_loader.h"
+#include "kernels/argmax.h"
 #include "model/tokenizer/tokenizer.h"
 
 namespace {

@@ -22,15 +22,15 @@
 #include <thread>
 #include <vector>
 
-#include "kernels/argmax.h"
-#include "kernels/cuda_check.h"
-#include "transport/data_channel.h"
 #include "common/gpu_binding.h"
-#include "engines/llama/cuda_engine.h"
 #include "engines/engine_factory.h"
+#include "engines/llama/cuda_engine.h"
 #include "engines/llama/llama_engine.h"
 #include "engines/llama/llama_loader.h"
+#include "kernels/argmax.h"
+#include "kernels/cuda_check.h"
 #include "model/random_model.h"
+#include "transport/data_channel.h"
 
 #include "../llama_test_model.h"
 #include "../test_data.h"

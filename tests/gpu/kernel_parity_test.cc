@@ -628,10 +628,9 @@ Case sampling_probs_case(int rows, int vocab, float temperature, int top_k, floa
           ++excused;
         }
         if (excused > 0) {
-          std::printf(
-              "[ INFO ] %s: %d of %d rows differ in support within rounding of the "
-              "cut (left out of the nmse)\n",
-              name.c_str(), excused, rows);
+          std::printf("[ INFO ] %s: %d of %d rows differ in support within rounding of the "
+                      "cut (left out of the nmse)\n",
+                      name.c_str(), excused, rows);
         }
         h.time(name, l);
         return ref_exact.empty() ? 0.0 : nmse(got_exact, ref_exact);

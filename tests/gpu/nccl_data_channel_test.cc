@@ -13,8 +13,8 @@
 #include <cstring>
 
 #include "../data_channel_conformance.h"
-#include "kernels/cuda_check.h"
 #include "common/gpu_binding.h"
+#include "kernels/cuda_check.h"
 #include "transport/nccl_data_channel.h"
 
 namespace dsi {

@@ -89,7 +89,8 @@ int main(int argc, char** argv) {
         fmt::print("FAIL {}\n", f);
         ++failed;
       }
-      fmt::print("data channel conformance over MPI: {} passed, {} failed\n", failed ? 0 : 1, failed);
+      fmt::print("data channel conformance over MPI: {} passed, {} failed\n", failed ? 0 : 1,
+                 failed);
     }
     MPI_Barrier(MPI_COMM_WORLD);
   }

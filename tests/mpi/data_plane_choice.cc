@@ -5,8 +5,8 @@
 #include <fmt/format.h>
 #include <mpi.h>
 
-#include "transport/data_plane.h"
 #include "common/gpu_binding.h"
+#include "transport/data_plane.h"
 
 int main(int argc, char** argv) {
   int provided;

@@ -50,10 +50,12 @@ int main(int argc, char** argv) {
     opts.fault = "kv_corrupt";
     opts.fault_rank = 3;
   }
-  opts.overrides = {"engine=llama", "model.path=" + model,
+  opts.overrides = {"engine=llama",
+                    "model.path=" + model,
                     fmt::format("model.drafter_layers=\"{}\"", argv[2]),
                     fmt::format("generation.max_new_tokens={}", argv[4]),
-                    "model.max_context=512", "runtime.peer_timeout_s=60",
+                    "model.max_context=512",
+                    "runtime.peer_timeout_s=60",
                     "runtime.kv_handoff=" + (corrupt ? std::string("always") : kv)};
   if (corrupt || kv == "always") opts.overrides.push_back("dsi.target_choice=round_robin");
 
@@ -112,8 +114,9 @@ int main(int argc, char** argv) {
           fmt::print("prompt {}: {} tokens, checked\n", i, ref.size());
           std::fflush(stdout);
         }
-        fmt::print("world {}: {} passed, {} failed; {} runs verified on imported KV ({} tokens imported)\n", s.world,
-                   passed, failed, handed, imported_tokens);
+        fmt::print("world {}: {} passed, {} failed; {} runs verified on imported KV ({} tokens "
+                   "imported)\n",
+                   s.world, passed, failed, handed, imported_tokens);
         if (corrupt) {
           if (failed > 0) return 0;
           fmt::print("FAIL: corrupted KV handoffs went unnoticed\n");

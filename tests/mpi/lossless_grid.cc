@@ -25,7 +25,8 @@ int main() {
             // The non-SI run itself must match the synthetic model decoded directly.
             dsi::SyntheticParams target{.seed = cfg.seed, .vocab = cfg.vocab};
             const auto direct = dsi::synthetic_reference(
-                target, dsi::synthetic_prompt(cfg.seed, cfg.prompt_tokens, cfg.vocab), cfg.max_new_tokens);
+                target, dsi::synthetic_prompt(cfg.seed, cfg.prompt_tokens, cfg.vocab),
+                cfg.max_new_tokens);
             if (ref != direct) {
               ++failed;
               fmt::print("FAIL nonsi differs from direct decoding a={} k={}\n", a, k);

@@ -16,8 +16,9 @@ std::vector<dsi::Token> predicted(const dsi::RunConfig& cfg, int sp) {
 
 int main() {
   dsi::SessionOptions opts;
-  opts.overrides = {"synthetic.t_ms=2", "synthetic.c=0.2", "synthetic.a=0.7",
-                    "generation.max_new_tokens=40", "generation.seed=17", "dsi.lookahead=3",
+  opts.overrides = {"synthetic.t_ms=2",         "synthetic.c=0.2",
+                    "synthetic.a=0.7",          "generation.max_new_tokens=40",
+                    "generation.seed=17",       "dsi.lookahead=3",
                     "runtime.peer_timeout_s=10"};
   return dsi::with_session(
       opts, [](dsi::Session& s) { (void)s.cfg.n_targets(s.world); },
@@ -40,10 +41,12 @@ int main() {
                 if (first.empty()) {
                   first = r.tokens;
                   check(r.tokens == predicted(cfg, sp),
-                        fmt::format("{} T={} differs from the simulator", dsi::mode_name(mode), temp));
+                        fmt::format("{} T={} differs from the simulator", dsi::mode_name(mode),
+                                    temp));
                 }
-                check(r.tokens == first, fmt::format("{} T={} sp={} run {} differs from the first run",
-                                                     dsi::mode_name(mode), temp, sp, rep));
+                check(r.tokens == first,
+                      fmt::format("{} T={} sp={} run {} differs from the first run",
+                                  dsi::mode_name(mode), temp, sp, rep));
               }
             }
           }

@@ -29,14 +29,18 @@ TEST(Config, ShippedSyntheticConfigParses) {
 }
 
 TEST(Config, ErrorsNameTheKey) {
-  EXPECT_NE(error_of("synthetic: {tt_ms: 3}").find("unknown key 'synthetic.tt_ms'"), std::string::npos);
-  EXPECT_NE(error_of("mode: fast").find("key 'mode' must be dsi, si or nonsi, got 'fast'"), std::string::npos);
-  EXPECT_NE(error_of("synthetic: {a: high}").find("key 'synthetic.a' must be a number, got 'high'"), std::string::npos);
+  EXPECT_NE(error_of("synthetic: {tt_ms: 3}").find("unknown key 'synthetic.tt_ms'"),
+            std::string::npos);
+  EXPECT_NE(error_of("mode: fast").find("key 'mode' must be dsi, si or nonsi, got 'fast'"),
+            std::string::npos);
+  EXPECT_NE(error_of("synthetic: {a: high}").find("key 'synthetic.a' must be a number, got 'high'"),
+            std::string::npos);
   EXPECT_NE(error_of("dsi: {lookahead: 0}").find("key 'dsi.lookahead' is 0"), std::string::npos);
   EXPECT_NE(error_of("synthetic: 3").find("key 'synthetic' must be a mapping"), std::string::npos);
   EXPECT_NE(error_of("mode: [dsi").find("test.yaml: malformed YAML at line"), std::string::npos);
   EXPECT_NE(error_of("", {"synthetic.x=1"}).find("unknown key 'synthetic.x'"), std::string::npos);
-  EXPECT_NE(error_of("", {"nokey"}).find("override 'nokey' must read key=value"), std::string::npos);
+  EXPECT_NE(error_of("", {"nokey"}).find("override 'nokey' must read key=value"),
+            std::string::npos);
   EXPECT_EQ(error_of("", {"synthetic.a=0.25"}), "");
   EXPECT_DOUBLE_EQ(parse_config("", "x", {"synthetic.a=0.25"}).a, 0.25);
 }
@@ -74,19 +78,23 @@ TEST(Config, DevicesHandoffAndDataPlane) {
   EXPECT_EQ(c.target_choice, TargetChoice::kCache);
   c = parse_config("model: {device: cuda, drafter_device: cpu, dtype: bf16}\n"
                    "runtime: {kv_handoff: never, data_plane: nccl, kv_gbps: 25}\n"
-                   "dsi: {target_choice: round_robin}\n", "t.yaml");
+                   "dsi: {target_choice: round_robin}\n",
+                   "t.yaml");
   EXPECT_EQ(c.drafter_device, "cpu");
   EXPECT_EQ(c.dtype, "bf16");
   EXPECT_EQ(c.kv_handoff, "never");
   EXPECT_EQ(c.data_plane, "nccl");
   EXPECT_DOUBLE_EQ(c.kv_gbps, 25);
   EXPECT_EQ(c.target_choice, TargetChoice::kRoundRobin);
-  EXPECT_NE(error_of("runtime: {kv_handoff: sometimes}\n")
-                .find("key 'runtime.kv_handoff' must be one of auto, always, never, got 'sometimes'"),
+  EXPECT_NE(
+      error_of("runtime: {kv_handoff: sometimes}\n")
+          .find("key 'runtime.kv_handoff' must be one of auto, always, never, got 'sometimes'"),
+      std::string::npos);
+  EXPECT_NE(
+      error_of("model: {dtype: fp8}\n").find("key 'model.dtype' must be one of f32, f16, bf16"),
+      std::string::npos);
+  EXPECT_NE(error_of("", {"runtime.data_plane=gloo"}).find("'runtime.data_plane'"),
             std::string::npos);
-  EXPECT_NE(error_of("model: {dtype: fp8}\n").find("key 'model.dtype' must be one of f32, f16, bf16"),
-            std::string::npos);
-  EXPECT_NE(error_of("", {"runtime.data_plane=gloo"}).find("'runtime.data_plane'"), std::string::npos);
 }
 
 }  // namespace

@@ -18,12 +18,12 @@
 #include <string>
 #include <vector>
 
+#include "common/error.h"
 #include "engines/llama/llama_loader.h"
 #include "kernels/dequant.h"
 #include "kernels/half.h"
 #include "model/gguf.h"
 #include "model/gguf_writer.h"
-#include "common/error.h"
 
 namespace dsi {
 namespace {

@@ -13,9 +13,9 @@
 #include <string>
 #include <vector>
 
-#include "kernels/dequant.h"
 #include "engines/llama/llama_engine.h"
 #include "engines/llama/llama_loader.h"
+#include "kernels/dequant.h"
 #include "model/gguf.h"
 #include "model/random_model.h"
 #include "model/tokenizer/tokenizer.h"

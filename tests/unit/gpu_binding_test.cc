@@ -22,8 +22,8 @@ TEST(GpuBinding, LocalRankFromLaunchers) {
   EXPECT_EQ(local_rank_from_env(env_of({{"SLURM_LOCALID", "3"}})).rank, 3);
   EXPECT_EQ(local_rank_from_env(env_of({{"SLURM_LOCALID", "3"}})).source, "SLURM_LOCALID");
   // mpirun inside a Slurm allocation sets both; Open MPI's own is the right one.
-  const auto both = local_rank_from_env(
-      env_of({{"SLURM_LOCALID", "0"}, {"OMPI_COMM_WORLD_LOCAL_RANK", "5"}}));
+  const auto both =
+      local_rank_from_env(env_of({{"SLURM_LOCALID", "0"}, {"OMPI_COMM_WORLD_LOCAL_RANK", "5"}}));
   EXPECT_EQ(both.rank, 5);
   EXPECT_EQ(both.source, "OMPI_COMM_WORLD_LOCAL_RANK");
   // Garbage is ignored rather than read as 0.

@@ -13,10 +13,10 @@
 #include <vector>
 
 #include "../test_data.h"
+#include "common/error.h"
 #include "engines/llama/llama_engine.h"
 #include "engines/llama/llama_hf_loader.h"
 #include "engines/llama/llama_loader.h"
-#include "common/error.h"
 #include "kernels/half.h"
 
 namespace dsi {

@@ -48,8 +48,9 @@ double p_value(const Dists& d, const SamplingParams& base, VerifierVariant v, in
     std::vector<Token> seq = prompt;
     seq.push_back(draft_sample(d.q, pos, sp));
     // SI-style: the draft at `pos` is accept-tested; the next position is the bonus.
-    const auto y = verify_sampled(seq, pos, [&](int) { return std::span<const float>(d.p); },
-                                  [&](int) { return std::span<const float>(d.q); }, BonusRule{}, sp, v);
+    const auto y = verify_sampled(
+        seq, pos, [&](int) { return std::span<const float>(d.p); },
+        [&](int) { return std::span<const float>(d.q); }, BonusRule{}, sp, v);
     ++counts[y[0]];
     rejected += y[0] != seq[pos];
   }

@@ -35,7 +35,8 @@ TEST(IidSimulator, LosslessAndSeeded) {
         sc.model = TokenModel::kIid;
         sc.iid_seed = 7;
         const SimResult r = simulate(sc);
-        ASSERT_EQ(r.tokens, simulated_reference(sc)) << mode_name(mode) << " sp=" << sp << " a=" << a;
+        ASSERT_EQ(r.tokens, simulated_reference(sc))
+            << mode_name(mode) << " sp=" << sp << " a=" << a;
         EXPECT_EQ(simulate(sc).total_ms, r.total_ms);  // same seed, same run
         if (mode != Mode::kNonSi && a > 0 && a < 1) {
           const double acc = static_cast<double>(r.stats.drafts_accepted) /
@@ -82,7 +83,10 @@ TEST(IidSimulator, AcceptanceRateIsAWithinBinomialError) {
 
 // Over 40 x 1000 tokens the simulated latency agrees with the closed forms within 2%.
 TEST(IidSimulator, AgreesWithClosedFormsWhenSpIsAmple) {
-  struct Case { double c, a; int k; };
+  struct Case {
+    double c, a;
+    int k;
+  };
   const PlanOptions opts{.tokens = 1000, .runs = 40, .seed = 3};
   for (Case cs : {Case{0.1, 0.9, 5}, Case{0.05, 0.8, 5}, Case{0.2, 0.5, 2}, Case{0.3, 0.3, 3},
                   Case{0.1, 0.7, 1}}) {

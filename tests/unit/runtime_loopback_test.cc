@@ -5,8 +5,8 @@
 #include <thread>
 
 #include "core/coordinator.h"
-#include "sim/simulator.h"
 #include "core/worker.h"
+#include "sim/simulator.h"
 
 namespace dsi {
 namespace {
@@ -84,10 +84,15 @@ TEST(RuntimeLoopback, SamplingOutputIsTheSimulatorsForEverySp) {
       cfg.top_k = 20;
       RunReport r = coord.run(cfg, sp);
       SimConfig sc;
-      sc.sched = {.mode = mode, .lookahead = 3, .n_targets = sp, .max_new_tokens = cfg.max_new_tokens};
+      sc.sched = {
+          .mode = mode, .lookahead = 3, .n_targets = sp, .max_new_tokens = cfg.max_new_tokens};
       sc.target = {.seed = cfg.seed, .vocab = cfg.vocab, .forward_ms = 1};
-      sc.drafter = {.seed = cfg.seed, .vocab = cfg.vocab, .acceptance = cfg.a, .forward_ms = 0.1,
-                    .drafter = true, .overlap = cfg.overlap};
+      sc.drafter = {.seed = cfg.seed,
+                    .vocab = cfg.vocab,
+                    .acceptance = cfg.a,
+                    .forward_ms = 0.1,
+                    .drafter = true,
+                    .overlap = cfg.overlap};
       sc.prompt = r.prompt;
       sc.sampling = {.temperature = 0.9f, .top_k = 20, .seed = cfg.seed};
       EXPECT_EQ(r.tokens, simulate(sc).tokens) << mode_name(mode) << " sp=" << sp;

@@ -8,9 +8,9 @@
 #include <cstdio>
 #include <map>
 
+#include "common/rng.h"
 #include "kernels/sampling.h"
 #include "sim/simulator.h"
-#include "common/rng.h"
 
 namespace dsi {
 namespace {
@@ -65,8 +65,12 @@ SimConfig config_for(const Case& s, uint64_t sample_seed) {
   SimConfig cfg;
   cfg.sched = {.mode = s.mode, .lookahead = s.k, .n_targets = s.sp, .max_new_tokens = 2};
   cfg.target = {.seed = 42, .vocab = kVocab, .forward_ms = 10};
-  cfg.drafter = {.seed = 42, .vocab = kVocab, .acceptance = 0.3, .forward_ms = 1,
-                 .drafter = true, .overlap = 0.1};
+  cfg.drafter = {.seed = 42,
+                 .vocab = kVocab,
+                 .acceptance = 0.3,
+                 .forward_ms = 1,
+                 .drafter = true,
+                 .overlap = 0.1};
   cfg.prompt = {1, 2, 3};
   cfg.sampling = s.sampling;
   cfg.sampling.seed = sample_seed;
@@ -113,9 +117,10 @@ TEST(Sampling, DsiAndSiMatchTargetDistribution) {
   const SamplingParams t1{.temperature = 1.0f};
   const SamplingParams t07{.temperature = 0.7f, .top_k = 4, .top_p = 0.9f};
   for (const Case& s : {Case{Mode::kDsi, 3, 4, t1}, Case{Mode::kSi, 2, 1, t1},
-                         Case{Mode::kDsi, 2, 2, t07}, Case{Mode::kNonSi, 1, 1, t1}}) {
+                        Case{Mode::kDsi, 2, 2, t07}, Case{Mode::kNonSi, 1, 1, t1}}) {
     const double pv = first_tokens_p_value(s, kRuns);
-    std::printf("  %s k=%d T=%.1f: p-value %.4g\n", mode_name(s.mode), s.k, s.sampling.temperature, pv);
+    std::printf("  %s k=%d T=%.1f: p-value %.4g\n", mode_name(s.mode), s.k, s.sampling.temperature,
+                pv);
     EXPECT_GT(pv, kAlpha) << mode_name(s.mode) << " k=" << s.k << " T=" << s.sampling.temperature;
   }
 }
@@ -156,7 +161,11 @@ TEST(Sampling, PerfectDrafterReproducesNonSiText) {
     SimConfig cfg;
     cfg.sched = {.mode = mode, .lookahead = 4, .n_targets = 3, .max_new_tokens = 50};
     cfg.target = {.seed = 3, .vocab = 32, .forward_ms = 10};
-    cfg.drafter = {.seed = 3, .vocab = 32, .acceptance = 1.0, .forward_ms = 1, .drafter = true,
+    cfg.drafter = {.seed = 3,
+                   .vocab = 32,
+                   .acceptance = 1.0,
+                   .forward_ms = 1,
+                   .drafter = true,
                    .overlap = 1.0};
     cfg.prompt = {7};
     cfg.sampling = {.temperature = 1.0f, .seed = 11};

@@ -1,6 +1,7 @@
 // Scheduler tests in virtual time (sim/simulator): losslessness over the acceptance
-// grid, the ideal latencies of docs/dsi.md ("Ideal latencies") when servers are ample, and KV handoff; and the
-// scheduler driven by hand: which handoffs it plans, and its model of the targets' caches.
+// grid, the ideal latencies of docs/dsi.md ("Ideal latencies") when servers are ample, and KV
+// handoff; and the scheduler driven by hand: which handoffs it plans, and its model of the targets'
+// caches.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -18,8 +19,8 @@ SimConfig make(Mode mode, int sp, int k, double a, double t, double c, int n, ui
   cfg.sched.lookahead = k;
   cfg.sched.max_new_tokens = n;
   cfg.target = SyntheticParams{.seed = seed, .vocab = 64, .ttft_ms = t, .forward_ms = t};
-  cfg.drafter = SyntheticParams{.seed = seed, .vocab = 64, .acceptance = a, .ttft_ms = c,
-                                .forward_ms = c, .drafter = true};
+  cfg.drafter = SyntheticParams{
+      .seed = seed, .vocab = 64, .acceptance = a, .ttft_ms = c, .forward_ms = c, .drafter = true};
   cfg.prompt = synthetic_prompt(seed, 8, 64);
   return cfg;
 }
@@ -33,8 +34,8 @@ TEST(Scheduler, LosslessForEveryModeSpLookaheadAndAcceptance) {
             SimConfig cfg = make(mode, sp, k, a, 20, 2 + seed, 60, seed);
             const auto ref = synthetic_reference(cfg.target, cfg.prompt, 60);
             const SimResult r = simulate(cfg);
-            ASSERT_EQ(r.tokens, ref) << mode_name(mode) << " sp=" << sp << " k=" << k
-                                     << " a=" << a << " seed=" << seed;
+            ASSERT_EQ(r.tokens, ref)
+                << mode_name(mode) << " sp=" << sp << " k=" << k << " a=" << a << " seed=" << seed;
           }
         }
       }
@@ -70,7 +71,10 @@ double dsi_ideal(double t, double c, double a, int k) {
 }
 
 TEST(Scheduler, MatchesClosedFormsWhenServersAreAmple) {
-  struct Case { double c, a; int k; };
+  struct Case {
+    double c, a;
+    int k;
+  };
   for (Case cs : {Case{0.1, 0.9, 5}, Case{0.05, 0.8, 5}, Case{0.2, 0.5, 2}, Case{0.3, 0.3, 3}}) {
     const double t = 20, c = cs.c * t;
     const int n = 4000;
