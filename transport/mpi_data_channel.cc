@@ -40,8 +40,14 @@ class MpiDataChannel final : public DataChannel {
   ~MpiDataChannel() override {
     const auto deadline = Clock::now() + std::chrono::milliseconds(500);
     for (;;) {
-      std::lock_guard lk(mu_);
-      if (!reap_locked(/*may_throw=*/false) || pending_.empty() || Clock::now() >= deadline) break;
+      {
+        std::lock_guard lk(mu_);
+        if (!reap_locked(/*may_throw=*/false) || pending_.empty() || Clock::now() >= deadline) {
+          break;
+        }
+      }
+      // Waiting for the peers to take the last sends: no need to spin a shared core.
+      std::this_thread::sleep_for(std::chrono::microseconds(100));
     }
     std::lock_guard lk(mu_);
     for (auto& [req, buf] : pending_) {
