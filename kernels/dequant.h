@@ -14,8 +14,26 @@ namespace dsi {
 // Throws std::invalid_argument for an unsupported type or n not a multiple of the block.
 void dequantize_row(GgmlType type, const void* src, float* dst, int64_t n);
 
+// The factored form of a row of a quantized type, which the products of kernels/qmatmul.h
+// compute with. Elements fall in groups of `group` consecutive ones; element i of group g is
+// a[g] * q[i] + b[g] with q[i] a small integer (held as a float) and, for every element,
+// fma(a[g], q[i], b[g]) equal bit for bit to dequantize_row's value (each product of a scale
+// and a code is exact in float). `affine` is false for the types whose b is always 0.
+struct QuantGroups {
+  int64_t group = 0;  // 32, or 16 for Q2_K, Q3_K and Q6_K; 0 for the float types
+  bool affine = false;  // Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q4_K, Q5_K (Q4_0: b = -8a, Q5_0: -16a)
+};
+QuantGroups quant_groups(GgmlType type);
+
+// Writes the n codes of the row at src to q and its n / group scales and offsets to a and b.
+// Throws std::invalid_argument for a float or unsupported type, or n not a multiple of the block.
+void factor_row(GgmlType type, const void* src, int64_t n, float* q, float* a, float* b);
+
 namespace kernels {
 using dsi::dequantize_row;
+using dsi::factor_row;
+using dsi::quant_groups;
+using dsi::QuantGroups;
 using dsi::ggml_row_size;
 }  // namespace kernels
 

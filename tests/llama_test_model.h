@@ -28,28 +28,31 @@ inline void fill_random_llama(LlamaModel& m, uint32_t seed) {
   };
   const float s = 1.0f / std::sqrt(static_cast<float>(c.dim));
   LlamaWeights& w = m.weights;
-  w.token_embd = fill(static_cast<size_t>(c.n_vocab) * c.dim, 0, 0.5f);
+  w.token_embd = w.own(fill(static_cast<size_t>(c.n_vocab) * c.dim, 0, 0.5f), c.n_vocab, c.dim);
   for (int l = 0; l < c.n_layers; ++l) {
     LlamaLayerWeights L;
     L.attn_norm = fill(c.dim, 1, 0.1f);
-    L.wq = fill(static_cast<size_t>(c.q_dim()) * c.dim, 0, s);
-    L.wk = fill(static_cast<size_t>(c.kv_dim()) * c.dim, 0, s);
-    L.wv = fill(static_cast<size_t>(c.kv_dim()) * c.dim, 0, s);
+    L.wq = w.own(fill(static_cast<size_t>(c.q_dim()) * c.dim, 0, s), c.q_dim(), c.dim);
+    L.wk = w.own(fill(static_cast<size_t>(c.kv_dim()) * c.dim, 0, s), c.kv_dim(), c.dim);
+    L.wv = w.own(fill(static_cast<size_t>(c.kv_dim()) * c.dim, 0, s), c.kv_dim(), c.dim);
     if (c.qkv_bias) {
       L.bq = fill(c.q_dim(), 0, 0.1f);
       L.bk = fill(c.kv_dim(), 0, 0.1f);
       L.bv = fill(c.kv_dim(), 0, 0.1f);
     }
-    L.wo = fill(static_cast<size_t>(c.dim) * c.q_dim(), 0, s);
+    L.wo = w.own(fill(static_cast<size_t>(c.dim) * c.q_dim(), 0, s), c.dim, c.q_dim());
     L.ffn_norm = fill(c.dim, 1, 0.1f);
-    L.w_gate = fill(static_cast<size_t>(c.ffn_dim) * c.dim, 0, s);
-    L.w_up = fill(static_cast<size_t>(c.ffn_dim) * c.dim, 0, s);
-    L.w_down = fill(static_cast<size_t>(c.dim) * c.ffn_dim, 0,
-                    1.0f / std::sqrt(static_cast<float>(c.ffn_dim)));
+    L.w_gate = w.own(fill(static_cast<size_t>(c.ffn_dim) * c.dim, 0, s), c.ffn_dim, c.dim);
+    L.w_up = w.own(fill(static_cast<size_t>(c.ffn_dim) * c.dim, 0, s), c.ffn_dim, c.dim);
+    L.w_down = w.own(fill(static_cast<size_t>(c.dim) * c.ffn_dim, 0,
+                          1.0f / std::sqrt(static_cast<float>(c.ffn_dim))),
+                     c.dim, c.ffn_dim);
     w.layers.push_back(std::move(L));
   }
   w.output_norm = fill(c.dim, 1, 0.1f);
-  if (!c.tied_head) w.output = fill(static_cast<size_t>(c.n_vocab) * c.dim, 0, 0.3f);
+  if (!c.tied_head) {
+    w.output = w.own(fill(static_cast<size_t>(c.n_vocab) * c.dim, 0, 0.3f), c.n_vocab, c.dim);
+  }
 }
 
 // A cancel raised by another thread between two layers, after the layer the test chooses,

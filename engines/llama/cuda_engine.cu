@@ -192,28 +192,32 @@ CudaEngine::CudaEngine(const LlamaModel& model, const CudaEngineOptions& o)
   const LlamaWeights& w = model.weights;
   const GemmType gt = gemm_type(dtype_);
 
-  // Matrices go up as FP32 through one staging buffer and are rounded on the device; all
-  // copies and conversions are ordered on the stream, which is synchronised once at the end.
-  DeviceBuffer staging;
-  size_t largest = w.token_embd.size();
-  if (!w.output.empty()) largest = std::max(largest, w.output.size());
+  // Matrices go up in their file types through one staging buffer and are dequantized on the
+  // device (kernels/dequant_cuda.h, the CPU reference's twin), then rounded to the GEMM dtype;
+  // all copies and conversions are ordered on the stream, which is synchronised once at the end.
+  DeviceBuffer raw, staging;
+  size_t largest = 0, largest_bytes = 0;
+  auto consider = [&](const kernels::WeightMatrix& m) {
+    largest = std::max(largest, static_cast<size_t>(m.rows * m.cols));
+    largest_bytes = std::max(largest_bytes, m.bytes());
+  };
+  consider(w.token_embd);
+  if (!w.output.empty()) consider(w.output);
   for (int l : layers_) {
     const LlamaLayerWeights& L = w.layers[l];
-    for (const auto* m : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) {
-      largest = std::max(largest, m->size());
-    }
+    for (const auto* m : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) consider(*m);
   }
+  raw.reserve(largest_bytes);
   if (gt != GemmType::kF32) staging.reserve(largest * sizeof(float));
-  auto matrix = [&](const std::vector<float>& h) {
-    DeviceBuffer d(h.size() * dtype_size(dtype_));
+  auto matrix = [&](const kernels::WeightMatrix& h) {
+    const auto n = static_cast<int64_t>(h.rows * h.cols);
+    DeviceBuffer d(static_cast<size_t>(n) * dtype_size(dtype_));
+    CUDA_CHECK(cudaMemcpyAsync(raw.get(), h.data, h.bytes(), cudaMemcpyHostToDevice, s.s()));
     if (gt == GemmType::kF32) {
-      CUDA_CHECK(cudaMemcpyAsync(d.get(), h.data(), h.size() * sizeof(float),
-                                 cudaMemcpyHostToDevice, s.s()));
+      kernels::dequantize_cuda(h.type, raw.get(), d.get<float>(), n, s.s());
     } else {
-      CUDA_CHECK(cudaMemcpyAsync(staging.get(), h.data(), h.size() * sizeof(float),
-                                 cudaMemcpyHostToDevice, s.s()));
-      kernels::convert_f32_cuda(d.get(), gt, staging.get<float>(), static_cast<int64_t>(h.size()),
-                                s.s());
+      kernels::dequantize_cuda(h.type, raw.get(), staging.get<float>(), n, s.s());
+      kernels::convert_f32_cuda(d.get(), gt, staging.get<float>(), n, s.s());
     }
     return d;
   };

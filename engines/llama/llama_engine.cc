@@ -12,8 +12,7 @@
 #include "engines/llama/llama_hf_loader.h"
 #include "engines/llama/llama_loader.h"
 #include "kernels/attention.h"
-#include "kernels/embedding.h"
-#include "kernels/matmul.h"
+#include "kernels/qmatmul.h"
 #include "kernels/rmsnorm.h"
 #include "kernels/rope.h"
 #include "kernels/swiglu.h"
@@ -31,6 +30,8 @@ void add_inplace(float* x, const float* y, size_t n) {
 const float* or_null(const std::vector<float>& v) {
   return v.empty() ? nullptr : v.data();
 }
+
+using kernels::MatmulJob;
 
 }  // namespace
 
@@ -126,12 +127,14 @@ Logits LlamaEngine::forward(std::span<const Token> tokens, int n_logits, const C
   check_llama_forward(tokens, n_logits, kv_len_, max_ctx_, c.n_vocab);
   Logits out{n_logits, c.n_vocab, {}};
   if (n == 0) return out;
-  kernels::set_blas_threads(threads_);
   ensure_scratch(n);
+  ThreadPool* pool = threads_ > 1 ? &pool_ : nullptr;
   const int start = kv_len_;
   const size_t nd = static_cast<size_t>(n) * c.dim;
   for (int i = 0; i < n; ++i) pos_[i] = start + i;
-  kernels::embedding_cpu(x_.data(), w.token_embd.data(), tokens.data(), n, c.dim);
+  for (int i = 0; i < n; ++i) {
+    kernels::weight_row(w.token_embd, tokens[i], x_.data() + static_cast<size_t>(i) * c.dim);
+  }
 
   // K and V of the new tokens are written straight into the cache rows [start, start+n);
   // kv_len_ moves only once every layer is done, so a cancelled forward leaves rows beyond
@@ -142,9 +145,10 @@ Logits LlamaEngine::forward(std::span<const Token> tokens, int n_logits, const C
     float* kc = k_cache(static_cast<int>(slot), start);
     float* vc = v_cache(static_cast<int>(slot), start);
     kernels::rmsnorm_cpu(xb_.data(), x_.data(), L.attn_norm.data(), n, c.dim, c.norm_eps);
-    kernels::matmul_cpu(q_.data(), xb_.data(), L.wq.data(), or_null(L.bq), n, c.dim, c.q_dim());
-    kernels::matmul_cpu(kc, xb_.data(), L.wk.data(), or_null(L.bk), n, c.dim, c.kv_dim());
-    kernels::matmul_cpu(vc, xb_.data(), L.wv.data(), or_null(L.bv), n, c.dim, c.kv_dim());
+    const MatmulJob qkv[] = {{q_.data(), &L.wq, or_null(L.bq)},
+                             {kc, &L.wk, or_null(L.bk)},
+                             {vc, &L.wv, or_null(L.bv)}};
+    kernels::qmatmul(qkv, xb_.data(), n, c.dim, pool);
     kernels::rope_cpu(q_.data(), pos_.data(), n, c.n_heads, c.head_dim, c.rope_dim, c.rope_base,
                       c.rope_layout);
     kernels::rope_cpu(kc, pos_.data(), n, c.n_kv_heads, c.head_dim, c.rope_dim, c.rope_base,
@@ -161,15 +165,15 @@ Logits LlamaEngine::forward(std::span<const Token> tokens, int n_logits, const C
     } else {
       pool_.parallel_for(c.n_heads, heads);
     }
-    kernels::matmul_cpu(xb_.data(), att_.data(), L.wo.data(), nullptr, n, c.q_dim(), c.dim);
+    kernels::qmatmul(xb_.data(), att_.data(), L.wo, nullptr, n, pool);
     add_inplace(x_.data(), xb_.data(), nd);
 
     kernels::rmsnorm_cpu(xb_.data(), x_.data(), L.ffn_norm.data(), n, c.dim, c.norm_eps);
-    kernels::matmul_cpu(gate_.data(), xb_.data(), L.w_gate.data(), nullptr, n, c.dim, c.ffn_dim);
-    kernels::matmul_cpu(up_.data(), xb_.data(), L.w_up.data(), nullptr, n, c.dim, c.ffn_dim);
+    const MatmulJob gate_up[] = {{gate_.data(), &L.w_gate, nullptr}, {up_.data(), &L.w_up, nullptr}};
+    kernels::qmatmul(gate_up, xb_.data(), n, c.dim, pool);
     kernels::swiglu_cpu(gate_.data(), gate_.data(), up_.data(),
                         static_cast<int64_t>(n) * c.ffn_dim);
-    kernels::matmul_cpu(xb_.data(), gate_.data(), L.w_down.data(), nullptr, n, c.ffn_dim, c.dim);
+    kernels::qmatmul(xb_.data(), gate_.data(), L.w_down, nullptr, n, pool);
     add_inplace(x_.data(), xb_.data(), nd);
     if (after_layer_) after_layer_(static_cast<int>(slot));
   }
@@ -179,7 +183,7 @@ Logits LlamaEngine::forward(std::span<const Token> tokens, int n_logits, const C
     const float* last = x_.data() + static_cast<size_t>(n - n_logits) * c.dim;
     kernels::rmsnorm_cpu(xb_.data(), last, w.output_norm.data(), n_logits, c.dim, c.norm_eps);
     out.data.resize(static_cast<size_t>(n_logits) * c.n_vocab);
-    kernels::matmul_cpu(out.data.data(), xb_.data(), w.head(), nullptr, n_logits, c.dim, c.n_vocab);
+    kernels::qmatmul(out.data.data(), xb_.data(), w.head(), nullptr, n_logits, pool);
   }
   kv_len_ = start + n;
   return out;

@@ -1,6 +1,9 @@
 // The llama engine on the CPU: dsi::Engine over a LlamaModel with a float32 KV cache. The
 // same class is the layer-skip self-drafter (Draft & Verify) when it is given a subset of the
-// model's layers. Matmuls go through OpenBLAS; attention heads are split over a thread pool.
+// model's layers. Products read the weights in their file types (kernels/qmatmul.h) with
+// rows split over a thread pool, as are attention heads; every kernel computes a position's
+// values with the same arithmetic whatever the batch or thread count, so decode, verify and
+// prefill give bit-identical logits.
 #pragma once
 
 #include <functional>
@@ -16,7 +19,7 @@ namespace dsi {
 
 struct LlamaEngineOptions {
   std::string model_path;  // GGUF file, or a Hugging Face folder (config.json + safetensors)
-  int threads = 1;         // OpenBLAS threads and the engine's own pool
+  int threads = 1;         // threads of the engine's own pool, the caller's included
   std::vector<int> layers; /* kept layers for the layer-skip drafter; empty = all */
   int max_context = 0;     /* 0 = model's */
   // Test hook: called on the forward's thread each time a layer is done, with its slot (0 ..

@@ -1,10 +1,11 @@
 // GGUF -> LlamaModel (engines/llama/llama_loader.h). A GGUF 2-D weight with ne = [in, out]
-// is row-major (out, in), which is the layout the engine's matmul takes, so rows are copied
-// (dequantized) as they are.
+// is row-major (out, in), which is the layout the engine's matmul takes, so matrices are used
+// where they lie in the mapping, in their own types.
 #include "engines/llama/llama_loader.h"
 
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 #include "common/error.h"
 
@@ -27,8 +28,9 @@ class TensorReader {
  public:
   explicit TensorReader(const GgufFile& f) : f_(f) {}
 
-  // The tensor `name` as floats; `ne` is the expected shape in GGUF order (ne[0] contiguous).
-  std::vector<float> read(const std::string& name, std::vector<int64_t> ne) const {
+  // The tensor `name`, checked against `ne`, the expected shape in GGUF order (ne[0]
+  // contiguous).
+  const GgufTensor& find(const std::string& name, std::vector<int64_t> ne) const {
     const GgufTensor* t = f_.find(name);
     if (t == nullptr) {
       throw ModelError(f_.path() + ": tensor '" + name + "' is missing (expected shape " +
@@ -38,7 +40,28 @@ class TensorReader {
       throw ModelError(f_.path() + ": tensor '" + name + "' has shape " + shape_str(t->ne) +
                        ", expected " + shape_str(ne) + " (GGUF order, ne[0] contiguous)");
     }
-    return f_.dequantize(*t);
+    if (!ggml_type_supported(t->type)) {
+      throw ModelError(f_.path() + ": tensor '" + name + "' has unsupported type " +
+                       ggml_type_describe(t->type) + " (the llama engine computes with " +
+                       ggml_supported_types() + ")");
+    }
+    return *t;
+  }
+
+  // A small tensor (norm, bias) as float32.
+  std::vector<float> floats(const std::string& name, std::vector<int64_t> ne) const {
+    return f_.dequantize(find(name, std::move(ne)));
+  }
+
+  // A matrix [cols, rows] (GGUF order) used where it lies in the file.
+  kernels::WeightMatrix matrix(const std::string& name, int64_t cols, int64_t rows) const {
+    const GgufTensor& t = find(name, {cols, rows});
+    const kernels::WeightMatrix m = kernels::weight_matrix(t.type, t.data, rows, cols);
+    if (m.bytes() != t.nbytes) {
+      throw ModelError(f_.path() + ": tensor '" + name + "' holds " + std::to_string(t.nbytes) +
+                       " bytes, expected " + std::to_string(m.bytes()));
+    }
+    return m;
   }
 
  private:
@@ -108,7 +131,9 @@ LlamaConfig llama_config_from_gguf(const GgufFile& f) {
   return c;
 }
 
-std::shared_ptr<LlamaModel> load_llama_gguf(const GgufFile& f, const std::vector<int>& layers) {
+std::shared_ptr<LlamaModel> load_llama_gguf(std::shared_ptr<const GgufFile> file,
+                                            const std::vector<int>& layers) {
+  const GgufFile& f = *file;
   auto m = std::make_shared<LlamaModel>();
   LlamaConfig& c = m->config;
   c = llama_config_from_gguf(f);
@@ -123,35 +148,36 @@ std::shared_ptr<LlamaModel> load_llama_gguf(const GgufFile& f, const std::vector
   const TensorReader r(f);
   const int64_t dim = c.dim, q = c.q_dim(), kv = c.kv_dim(), ff = c.ffn_dim, nv = c.n_vocab;
   LlamaWeights& w = m->weights;
-  w.token_embd = r.read("token_embd.weight", {dim, nv});
-  w.output_norm = r.read("output_norm.weight", {dim});
-  if (!c.tied_head) w.output = r.read("output.weight", {dim, nv});
+  w.token_embd = r.matrix("token_embd.weight", dim, nv);
+  w.output_norm = r.floats("output_norm.weight", {dim});
+  if (!c.tied_head) w.output = r.matrix("output.weight", dim, nv);
   w.layers.resize(c.n_layers);
   for (int l = 0; l < c.n_layers; ++l) {
     if (!keep[l]) continue;
     const std::string b = "blk." + std::to_string(l) + ".";
     LlamaLayerWeights& L = w.layers[l];
-    L.attn_norm = r.read(b + "attn_norm.weight", {dim});
-    L.wq = r.read(b + "attn_q.weight", {dim, q});
-    L.wk = r.read(b + "attn_k.weight", {dim, kv});
-    L.wv = r.read(b + "attn_v.weight", {dim, kv});
+    L.attn_norm = r.floats(b + "attn_norm.weight", {dim});
+    L.wq = r.matrix(b + "attn_q.weight", dim, q);
+    L.wk = r.matrix(b + "attn_k.weight", dim, kv);
+    L.wv = r.matrix(b + "attn_v.weight", dim, kv);
     if (c.qkv_bias) {
-      L.bq = r.read(b + "attn_q.bias", {q});
-      L.bk = r.read(b + "attn_k.bias", {kv});
-      L.bv = r.read(b + "attn_v.bias", {kv});
+      L.bq = r.floats(b + "attn_q.bias", {q});
+      L.bk = r.floats(b + "attn_k.bias", {kv});
+      L.bv = r.floats(b + "attn_v.bias", {kv});
     }
-    L.wo = r.read(b + "attn_output.weight", {q, dim});
-    L.ffn_norm = r.read(b + "ffn_norm.weight", {dim});
-    L.w_gate = r.read(b + "ffn_gate.weight", {dim, ff});
-    L.w_up = r.read(b + "ffn_up.weight", {dim, ff});
-    L.w_down = r.read(b + "ffn_down.weight", {ff, dim});
+    L.wo = r.matrix(b + "attn_output.weight", q, dim);
+    L.ffn_norm = r.floats(b + "ffn_norm.weight", {dim});
+    L.w_gate = r.matrix(b + "ffn_gate.weight", dim, ff);
+    L.w_up = r.matrix(b + "ffn_up.weight", dim, ff);
+    L.w_down = r.matrix(b + "ffn_down.weight", ff, dim);
   }
+  w.storage.push_back(std::move(file));  // the matrices point into its mapping
   return m;
 }
 
 std::shared_ptr<LlamaModel> load_llama_gguf(const std::string& path,
                                             const std::vector<int>& layers) {
-  return load_llama_gguf(*GgufFile::open(path), layers);
+  return load_llama_gguf(std::shared_ptr<const GgufFile>(GgufFile::open(path)), layers);
 }
 
 }  // namespace dsi

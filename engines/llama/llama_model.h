@@ -1,11 +1,15 @@
-// Hyperparameters and float32 weights of a Llama-architecture decoder (Llama 2/3, SmolLM2,
-// TinyLlama, Mistral, Qwen2 with QKV bias). Quantized files are dequantized at load time;
-// this is plain data, filled by a loader (llama_loader.h) or by tests.
+// Hyperparameters and weights of a Llama-architecture decoder (Llama 2/3, SmolLM2, TinyLlama,
+// Mistral, Qwen2 with QKV bias). Weight matrices stay in the file's types, where the file lies
+// (a read-only mapping shared by every rank on the node); this is plain data, filled by a loader
+// (llama_loader.h) or by tests.
 #pragma once
 
+#include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "kernels/qmatmul.h"
 #include "kernels/rope.h"
 
 namespace dsi {
@@ -31,34 +35,49 @@ struct LlamaConfig {
   int kv_dim() const { return n_kv_heads * head_dim; }
 };
 
-// Weights of one decoder block; an empty attn_norm marks a layer that was not loaded (the
-// layer-skip drafter loads only the layers it runs).
+// Weights of one decoder block. The matrices are used in place, in the file's types
+// (kernels/qmatmul.h); norms and biases are small and held as float32. An empty attn_norm marks
+// a layer that was not loaded (the layer-skip drafter loads only the layers it runs).
 struct LlamaLayerWeights {
-  std::vector<float> attn_norm;  // (dim)
-  std::vector<float> wq;         // (n_heads*head_dim, dim)
-  std::vector<float> wk;         // (n_kv_heads*head_dim, dim)
-  std::vector<float> wv;         // (n_kv_heads*head_dim, dim)
-  std::vector<float> bq;         // (n_heads*head_dim) or empty
-  std::vector<float> bk;         // (n_kv_heads*head_dim) or empty
-  std::vector<float> bv;         // (n_kv_heads*head_dim) or empty
-  std::vector<float> wo;         // (dim, n_heads*head_dim)
-  std::vector<float> ffn_norm;   // (dim)
-  std::vector<float> w_gate;     // (ffn_dim, dim)
-  std::vector<float> w_up;       // (ffn_dim, dim)
-  std::vector<float> w_down;     // (dim, ffn_dim)
+  std::vector<float> attn_norm;   // (dim)
+  kernels::WeightMatrix wq;       // (n_heads*head_dim, dim)
+  kernels::WeightMatrix wk;       // (n_kv_heads*head_dim, dim)
+  kernels::WeightMatrix wv;       // (n_kv_heads*head_dim, dim)
+  std::vector<float> bq;          // (n_heads*head_dim) or empty
+  std::vector<float> bk;          // (n_kv_heads*head_dim) or empty
+  std::vector<float> bv;          // (n_kv_heads*head_dim) or empty
+  kernels::WeightMatrix wo;       // (dim, n_heads*head_dim)
+  std::vector<float> ffn_norm;    // (dim)
+  kernels::WeightMatrix w_gate;   // (ffn_dim, dim)
+  kernels::WeightMatrix w_up;     // (ffn_dim, dim)
+  kernels::WeightMatrix w_down;   // (dim, ffn_dim)
 
   bool loaded() const { return !attn_norm.empty(); }
 };
 
 struct LlamaWeights {
-  std::vector<float> token_embd;          // (n_vocab, dim)
+  kernels::WeightMatrix token_embd;       // (n_vocab, dim)
   std::vector<LlamaLayerWeights> layers;  // n_layers entries, indexed by the file's layer number
   std::vector<float> output_norm;         // (dim)
-  std::vector<float> output;              // (n_vocab, dim); empty when the head is tied
+  kernels::WeightMatrix output;           // (n_vocab, dim); empty when the head is tied
 
-  const float* head() const { return output.empty() ? token_embd.data() : output.data(); }
-  size_t bytes() const;  // float storage held, for reports
+  // What the matrices point into (a mapped model file, or buffers made by `own`); shared by
+  // every engine that shares the model, so the mapping lives as long as one of them.
+  std::vector<std::shared_ptr<const void>> storage;
+
+  const kernels::WeightMatrix& head() const { return output.empty() ? token_embd : output; }
+  // Bytes of matrix data a forward through every loaded layer reads (norms and biases are
+  // included; they are float32).
+  size_t bytes() const;
+  // A float32 (rows, cols) matrix over `values`, which the weights then keep alive.
+  kernels::WeightMatrix own(std::vector<float> values, int64_t rows, int64_t cols);
+  // A matrix of `type` over raw bytes (ggml_row_size(type, cols) per row), kept alive likewise.
+  kernels::WeightMatrix own(GgmlType type, std::vector<uint8_t> bytes, int64_t rows,
+                            int64_t cols);
 };
+
+// The matrix as float32, row after row (tests and conversions; a forward never does this).
+std::vector<float> to_floats(const kernels::WeightMatrix& w);
 
 struct LlamaModel {
   LlamaConfig config;

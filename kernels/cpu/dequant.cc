@@ -253,6 +253,105 @@ void blocks(const uint8_t* p, float* dst, int64_t n, int64_t block) {
   }
 }
 
+// The factored forms (kernels/dequant.h): per block, codes to q and per group scale and offset
+// to a and b. Each a * q is exact (scales have at most 19 significant bits, codes at most 7).
+
+void f_q8_0(const BlockQ8_0& b, float* q, float* a, float* o) {
+  a[0] = fp16_to_fp32(b.d);
+  o[0] = 0.0f;
+  for (int i = 0; i < 32; ++i) q[i] = b.qs[i];
+}
+
+void f_q4_0(const BlockQ4_0& b, float* q, float* a, float* o) {
+  a[0] = fp16_to_fp32(b.d);
+  o[0] = -8.0f * a[0];
+  for (int e = 0; e < 32; ++e) q[e] = static_cast<float>(nibble32(b.qs, e));
+}
+
+void f_q4_1(const BlockQ4_1& b, float* q, float* a, float* o) {
+  a[0] = fp16_to_fp32(b.d);
+  o[0] = fp16_to_fp32(b.m);
+  for (int e = 0; e < 32; ++e) q[e] = static_cast<float>(nibble32(b.qs, e));
+}
+
+void f_q5_0(const BlockQ5_0& b, float* q, float* a, float* o) {
+  a[0] = fp16_to_fp32(b.d);
+  o[0] = -16.0f * a[0];
+  const uint32_t qh = le32(b.qh);
+  for (int e = 0; e < 32; ++e) q[e] = static_cast<float>(code5(b.qs, qh, e));
+}
+
+void f_q5_1(const BlockQ5_1& b, float* q, float* a, float* o) {
+  a[0] = fp16_to_fp32(b.d);
+  o[0] = fp16_to_fp32(b.m);
+  const uint32_t qh = le32(b.qh);
+  for (int e = 0; e < 32; ++e) q[e] = static_cast<float>(code5(b.qs, qh, e));
+}
+
+void f_q2_k(const BlockQ2_K& b, float* q, float* a, float* o) {
+  const float d = fp16_to_fp32(b.d);
+  const float dmin = fp16_to_fp32(b.dmin);
+  for (int s = 0; s < 16; ++s) {
+    a[s] = d * static_cast<float>(b.scales[s] & 0x0f);
+    o[s] = -(dmin * static_cast<float>(b.scales[s] >> 4));
+  }
+  for (int e = 0; e < 256; ++e) q[e] = static_cast<float>(code2(b.qs, e));
+}
+
+void f_q3_k(const BlockQ3_K& b, float* q, float* a, float* o) {
+  const float d = fp16_to_fp32(b.d);
+  for (int s = 0; s < 16; ++s) {
+    const int lo = s < 8 ? (b.scales[s] & 0x0f) : (b.scales[s - 8] >> 4);
+    const int hi = (b.scales[8 + s % 4] >> (2 * (s / 4))) & 3;
+    a[s] = d * static_cast<float>((lo | (hi << 4)) - 32);
+    o[s] = 0.0f;
+  }
+  for (int e = 0; e < 256; ++e) {
+    const bool hbit = (b.hmask[e % 32] >> (e / 32)) & 1;
+    q[e] = static_cast<float>(code2(b.qs, e) - (hbit ? 0 : 4));
+  }
+}
+
+template <typename Block, bool kFifthBit>
+void f_q45_k(const Block& b, float* q, float* a, float* o) {
+  const float d = fp16_to_fp32(b.d);
+  const float dmin = fp16_to_fp32(b.dmin);
+  for (int s = 0; s < 8; ++s) {
+    int scale = 0, min = 0;
+    scale_min_k4(b.scales, s, &scale, &min);
+    a[s] = d * static_cast<float>(scale);
+    o[s] = -(dmin * static_cast<float>(min));
+  }
+  for (int e = 0; e < 256; ++e) {
+    int c = code4k(b.qs, e);
+    if constexpr (kFifthBit) c |= ((b.qh[e % 32] >> (e / 32)) & 1) << 4;
+    q[e] = static_cast<float>(c);
+  }
+}
+
+void f_q6_k(const BlockQ6_K& b, float* q, float* a, float* o) {
+  const float d = fp16_to_fp32(b.d);
+  for (int s = 0; s < 16; ++s) {
+    a[s] = d * static_cast<float>(b.scales[s]);
+    o[s] = 0.0f;
+  }
+  for (int e = 0; e < 256; ++e) {
+    const int h = e / 128, r = e % 128;
+    const int lo = (b.ql[64 * h + r % 64] >> (4 * (r / 64))) & 0x0f;
+    const int hi = (b.qh[32 * h + r % 32] >> (2 * (r / 32))) & 3;
+    q[e] = static_cast<float>((lo | (hi << 4)) - 32);
+  }
+}
+
+template <typename Block, void (*kFn)(const Block&, float*, float*, float*)>
+void factor_blocks(const uint8_t* p, int64_t n, int64_t block, int64_t group, float* q, float* a,
+                   float* o) {
+  const int64_t groups = block / group;
+  for (int64_t i = 0; i < n / block; ++i) {
+    kFn(block_at<Block>(p + i * sizeof(Block)), q + i * block, a + i * groups, o + i * groups);
+  }
+}
+
 }  // namespace
 
 void dequantize_row(GgmlType type, const void* src, float* dst, int64_t n) {
@@ -288,6 +387,58 @@ void dequantize_row(GgmlType type, const void* src, float* dst, int64_t n) {
       return blocks<BlockQ5_K, q45_k<BlockQ5_K, true>>(p, dst, n, kSuperBlock);
     case GgmlType::Q6_K:
       return blocks<BlockQ6_K, q6_k>(p, dst, n, kSuperBlock);
+  }
+}
+
+QuantGroups quant_groups(GgmlType type) {
+  switch (type) {
+    case GgmlType::Q8_0:
+      return {32, false};
+    case GgmlType::Q4_0:
+    case GgmlType::Q4_1:
+    case GgmlType::Q5_0:
+    case GgmlType::Q5_1:
+    case GgmlType::Q4_K:
+    case GgmlType::Q5_K:
+      return {32, true};
+    case GgmlType::Q2_K:
+      return {16, true};
+    case GgmlType::Q3_K:
+    case GgmlType::Q6_K:
+      return {16, false};
+    default:
+      return {};
+  }
+}
+
+void factor_row(GgmlType type, const void* src, int64_t n, float* q, float* a, float* b) {
+  ggml_row_size(type, n);  // validates type and n
+  const auto* p = static_cast<const uint8_t*>(src);
+  const int64_t g = quant_groups(type).group;
+  switch (type) {
+    case GgmlType::Q8_0:
+      return factor_blocks<BlockQ8_0, f_q8_0>(p, n, kQuantBlock, g, q, a, b);
+    case GgmlType::Q4_0:
+      return factor_blocks<BlockQ4_0, f_q4_0>(p, n, kQuantBlock, g, q, a, b);
+    case GgmlType::Q4_1:
+      return factor_blocks<BlockQ4_1, f_q4_1>(p, n, kQuantBlock, g, q, a, b);
+    case GgmlType::Q5_0:
+      return factor_blocks<BlockQ5_0, f_q5_0>(p, n, kQuantBlock, g, q, a, b);
+    case GgmlType::Q5_1:
+      return factor_blocks<BlockQ5_1, f_q5_1>(p, n, kQuantBlock, g, q, a, b);
+    case GgmlType::Q2_K:
+      return factor_blocks<BlockQ2_K, f_q2_k>(p, n, kSuperBlock, g, q, a, b);
+    case GgmlType::Q3_K:
+      return factor_blocks<BlockQ3_K, f_q3_k>(p, n, kSuperBlock, g, q, a, b);
+    case GgmlType::Q4_K:
+      return factor_blocks<BlockQ4_K, f_q45_k<BlockQ4_K, false>>(p, n, kSuperBlock, g, q, a, b);
+    case GgmlType::Q5_K:
+      return factor_blocks<BlockQ5_K, f_q45_k<BlockQ5_K, true>>(p, n, kSuperBlock, g, q, a, b);
+    case GgmlType::Q6_K:
+      return factor_blocks<BlockQ6_K, f_q6_k>(p, n, kSuperBlock, g, q, a, b);
+    default:
+      throw std::invalid_argument(std::string("factor_row: ") + ggml_type_name(type) +
+                                  " is not a quantized type");
   }
 }
 

@@ -114,7 +114,7 @@ double decode_weight_bytes(const dsi::LlamaModel& m, size_t elt) {
   double b = 0;
   for (const auto& L : m.weights.layers) {
     for (const auto* w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) {
-      b += double(w->size()) * elt;
+      b += double(w->rows) * double(w->cols) * elt;
     }
     for (const auto* v : {&L.attn_norm, &L.ffn_norm, &L.bq, &L.bk, &L.bv}) {
       b += double(v->size()) * sizeof(float);
@@ -302,7 +302,7 @@ int main(int argc, char** argv) {
   // Weight bytes streamed per decode step: every matrix once (an untied embedding table is
   // only gathered from, a tied one is read whole as the LM head).
   const double step_bytes = model->weights.bytes() -
-                            (c.tied_head ? 0.0 : model->weights.token_embd.size() * sizeof(float));
+                            (c.tied_head ? 0.0 : model->weights.token_embd.bytes());
   std::printf("\n%-8s %8s %14s %14s %12s %12s %12s %11s\n", "threads", "prompt", "prefill tok/s",
               "decode tok/s", "decode ms", "CPU ms/tok", "weight GB/s", "idle CPU %");
   for (int th : threads) {

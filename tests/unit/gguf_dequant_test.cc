@@ -257,7 +257,7 @@ TEST(GgufDequant, FileWithNewTypes) {
 TEST(GgufDequant, LoaderNamesUnsupportedTensorType) {
   auto bytes = read_bytes(kTestData + "/tiny-llama-spm-q8_0.gguf");
   ASSERT_FALSE(bytes.empty());
-  EXPECT_NO_THROW(load_llama_gguf(*GgufFile::parse(bytes.data(), bytes.size(), "ok.gguf")));
+  EXPECT_NO_THROW(load_llama_gguf(GgufFile::parse(bytes.data(), bytes.size(), "ok.gguf")));
   // The tensor info is: name, u32 n_dims, u64 ne[n_dims], u32 type, u64 offset.
   const std::string name = "blk.2.ffn_up.weight";
   const auto it = std::search(bytes.begin(), bytes.end(), name.begin(), name.end());
@@ -270,9 +270,9 @@ TEST(GgufDequant, LoaderNamesUnsupportedTensorType) {
   ASSERT_EQ(type, 8u);  // q8_0
   const uint32_t iq4_xs = 23;
   std::memcpy(&bytes[at + 4 + 8 * n_dims], &iq4_xs, 4);
-  const auto f = GgufFile::parse(bytes.data(), bytes.size(), "iq4.gguf");
+  auto f = GgufFile::parse(bytes.data(), bytes.size(), "iq4.gguf");
   try {
-    load_llama_gguf(*f);
+    load_llama_gguf(std::move(f));
     ADD_FAILURE() << "loaded a model with an iq4_xs tensor";
   } catch (const ModelError& e) {
     const std::string msg = e.what();

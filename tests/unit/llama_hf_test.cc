@@ -115,23 +115,23 @@ fs::path write_hf_folder(const LlamaModel& m, const std::string& tag,
     if (name != drop) st.add(name, std::move(shape), v);
   };
   const int64_t dim = c.dim, q = c.q_dim(), kv = c.kv_dim(), ff = c.ffn_dim;
-  add("model.embed_tokens.weight", {c.n_vocab, dim}, m.weights.token_embd);
+  add("model.embed_tokens.weight", {c.n_vocab, dim}, to_floats(m.weights.token_embd));
   add("model.norm.weight", {dim}, m.weights.output_norm);
-  if (!c.tied_head) add("lm_head.weight", {c.n_vocab, dim}, m.weights.output);
+  if (!c.tied_head) add("lm_head.weight", {c.n_vocab, dim}, to_floats(m.weights.output));
   for (int l = 0; l < c.n_layers; ++l) {
     const LlamaLayerWeights& L = m.weights.layers[l];
     const std::string b = "model.layers." + std::to_string(l) + ".";
     add(b + "input_layernorm.weight", {dim}, L.attn_norm);
     add(b + "self_attn.q_proj.weight", {q, dim},
-        unpermute_rows(L.wq, c.n_heads, c.head_dim, c.dim));
+        unpermute_rows(to_floats(L.wq), c.n_heads, c.head_dim, c.dim));
     add(b + "self_attn.k_proj.weight", {kv, dim},
-        unpermute_rows(L.wk, c.n_kv_heads, c.head_dim, c.dim));
-    add(b + "self_attn.v_proj.weight", {kv, dim}, L.wv);
-    add(b + "self_attn.o_proj.weight", {dim, q}, L.wo);
+        unpermute_rows(to_floats(L.wk), c.n_kv_heads, c.head_dim, c.dim));
+    add(b + "self_attn.v_proj.weight", {kv, dim}, to_floats(L.wv));
+    add(b + "self_attn.o_proj.weight", {dim, q}, to_floats(L.wo));
     add(b + "post_attention_layernorm.weight", {dim}, L.ffn_norm);
-    add(b + "mlp.gate_proj.weight", {ff, dim}, L.w_gate);
-    add(b + "mlp.up_proj.weight", {ff, dim}, L.w_up);
-    add(b + "mlp.down_proj.weight", {dim, ff}, L.w_down);
+    add(b + "mlp.gate_proj.weight", {ff, dim}, to_floats(L.w_gate));
+    add(b + "mlp.up_proj.weight", {ff, dim}, to_floats(L.w_up));
+    add(b + "mlp.down_proj.weight", {dim, ff}, to_floats(L.w_down));
   }
   st.write(dir / "model.safetensors");
   return dir;

@@ -336,7 +336,7 @@ std::vector<uint8_t> tiny_typed_gguf(uint32_t type) {
 
 std::string load_error(const std::vector<uint8_t>& bytes) {
   try {
-    load_llama_gguf(*GgufFile::parse(bytes.data(), bytes.size(), "tiny.gguf"));
+    load_llama_gguf(GgufFile::parse(bytes.data(), bytes.size(), "tiny.gguf"));
   } catch (const ModelError& e) {
     return e.what();
   }
@@ -345,7 +345,7 @@ std::string load_error(const std::vector<uint8_t>& bytes) {
 
 TEST(LlamaLoader, TinyInMemoryModelLoadsAndRuns) {
   const auto bytes = tiny_gguf();
-  auto m = load_llama_gguf(*GgufFile::parse(bytes.data(), bytes.size(), "tiny.gguf"));
+  auto m = load_llama_gguf(GgufFile::parse(bytes.data(), bytes.size(), "tiny.gguf"));
   EXPECT_EQ(m->config.n_vocab, 10);
   EXPECT_EQ(m->config.head_dim, 4);
   EXPECT_TRUE(m->config.tied_head);
@@ -356,7 +356,7 @@ TEST(LlamaLoader, TinyInMemoryModelLoadsAndRuns) {
 
 TEST(LlamaLoader, Qwen2HasBiasesAndHalfSplitRope) {
   const auto bytes = tiny_gguf("", "", "qwen2");
-  auto m = load_llama_gguf(*GgufFile::parse(bytes.data(), bytes.size(), "tiny.gguf"));
+  auto m = load_llama_gguf(GgufFile::parse(bytes.data(), bytes.size(), "tiny.gguf"));
   EXPECT_TRUE(m->config.qkv_bias);
   EXPECT_EQ(m->config.rope_layout, kernels::RopeLayout::kHalfSplit);
   EXPECT_EQ(m->weights.layers[0].bk.size(), 4u);
