@@ -1,8 +1,31 @@
-// ThreadPool (common/thread_pool.h). Indices are handed out one at a time under the
-// mutex: jobs here are a few dozen coarse items (heads), so contention does not matter.
+// ThreadPool (common/thread_pool.h).
 #include "common/thread_pool.h"
 
+#include <chrono>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define DSI_CPU_RELAX() _mm_pause()
+#else
+#define DSI_CPU_RELAX() std::this_thread::yield()
+#endif
+
 namespace dsi {
+namespace {
+
+// Spins until done() or kSpinMicros have passed; returns done().
+template <class Done>
+bool spin_until(Done done) {
+  using Clock = std::chrono::steady_clock;
+  const auto until = Clock::now() + std::chrono::microseconds(ThreadPool::kSpinMicros);
+  for (int i = 0;; ++i) {
+    if (done()) return true;
+    DSI_CPU_RELAX();
+    if (i % 64 == 63 && Clock::now() > until) return done();
+  }
+}
+
+}  // namespace
 
 ThreadPool::ThreadPool(int threads) {
   for (int i = 1; i < threads; ++i) workers_.emplace_back([this] { worker_loop(); });
@@ -11,10 +34,17 @@ ThreadPool::ThreadPool(int threads) {
 ThreadPool::~ThreadPool() {
   {
     std::lock_guard<std::mutex> lock(mu_);
-    stop_ = true;
+    stop_.store(true);
   }
   start_cv_.notify_all();
   for (auto& t : workers_) t.join();
+}
+
+void ThreadPool::work() {
+  for (int i = next_.fetch_add(1, std::memory_order_relaxed); i < n_;
+       i = next_.fetch_add(1, std::memory_order_relaxed)) {
+    (*fn_)(i);
+  }
 }
 
 void ThreadPool::parallel_for(int n, const std::function<void(int)>& fn) {
@@ -22,37 +52,44 @@ void ThreadPool::parallel_for(int n, const std::function<void(int)>& fn) {
     for (int i = 0; i < n; ++i) fn(i);
     return;
   }
-  std::unique_lock<std::mutex> lock(mu_);
+  // The previous job is over (busy_ was 0 when it returned), so no worker reads these now.
   fn_ = &fn;
   n_ = n;
-  next_ = 0;
-  busy_ = static_cast<int>(workers_.size());
-  ++job_id_;
-  start_cv_.notify_all();
-  while (next_ < n_) {
-    const int i = next_++;
-    lock.unlock();
-    fn(i);
-    lock.lock();
+  next_.store(0, std::memory_order_relaxed);
+  busy_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
+  {
+    // Under the mutex, so that a worker between its check and its wait cannot miss the bump.
+    std::lock_guard<std::mutex> lock(mu_);
+    job_id_.fetch_add(1, std::memory_order_release);
   }
-  done_cv_.wait(lock, [this] { return busy_ == 0; });
+  start_cv_.notify_all();
+  work();
+  const auto done = [this] { return busy_.load(std::memory_order_acquire) == 0; };
+  if (!spin_until(done)) {
+    std::unique_lock<std::mutex> lock(mu_);
+    done_cv_.wait(lock, done);
+  }
   fn_ = nullptr;
 }
 
 void ThreadPool::worker_loop() {
   unsigned seen = 0;
-  std::unique_lock<std::mutex> lock(mu_);
   for (;;) {
-    start_cv_.wait(lock, [&] { return stop_ || job_id_ != seen; });
-    if (stop_) return;
-    seen = job_id_;
-    while (next_ < n_) {
-      const int i = next_++;
-      lock.unlock();
-      (*fn_)(i);
-      lock.lock();
+    const auto ready = [&] {
+      return stop_.load(std::memory_order_relaxed) ||
+             job_id_.load(std::memory_order_acquire) != seen;
+    };
+    if (!spin_until(ready)) {
+      std::unique_lock<std::mutex> lock(mu_);
+      start_cv_.wait(lock, ready);
     }
-    if (--busy_ == 0) done_cv_.notify_one();
+    if (stop_.load()) return;
+    seen = job_id_.load(std::memory_order_acquire);
+    work();
+    if (busy_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      std::lock_guard<std::mutex> lock(mu_);  // the caller may be between its check and wait
+      done_cv_.notify_one();
+    }
   }
 }
 

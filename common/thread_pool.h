@@ -1,8 +1,11 @@
-// A small fixed pool of worker threads for the llama engine's own loops (attention heads).
-// Workers block on a condition variable between jobs, so an idle engine never spins a core
-// (ranks share cores on the test machines). Not a general task system: one job at a time.
+// A small fixed pool of worker threads for the llama engine's loops (the rows of a matrix
+// product, attention heads). One job at a time; indices are handed out by an atomic counter.
+// Between jobs a worker spins briefly (a decode step runs a few hundred jobs microseconds
+// apart, and a futex wake-up costs tens of microseconds each), then blocks on a condition
+// variable, so an idle engine never holds a core (ranks share cores on the test machines).
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <functional>
 #include <mutex>
@@ -25,17 +28,22 @@ class ThreadPool {
   // fn must not throw.
   void parallel_for(int n, const std::function<void(int)>& fn);
 
+  // How long a thread spins for the next job (a worker) or for the others to finish (the
+  // caller) before it blocks.
+  static constexpr int kSpinMicros = 100;
+
  private:
   void worker_loop();
+  void work();
   std::vector<std::thread> workers_;
-  std::mutex mu_;
+  std::mutex mu_;  // guards the sleeps on the two condition variables
   std::condition_variable start_cv_, done_cv_;
   const std::function<void(int)>* fn_ = nullptr;
   int n_ = 0;
-  int next_ = 0;         // next index to hand out
-  int busy_ = 0;         // workers still inside the current job
-  unsigned job_id_ = 0;  // bumps for every job so a worker runs each one once
-  bool stop_ = false;
+  std::atomic<int> next_{0};        // next index to hand out
+  std::atomic<int> busy_{0};        // workers still inside the current job
+  std::atomic<unsigned> job_id_{0};  // bumps for every job so a worker runs each one once
+  std::atomic<bool> stop_{false};
 };
 
 }  // namespace dsi

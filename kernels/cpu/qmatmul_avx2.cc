@@ -361,6 +361,9 @@ void stream(const WeightMatrix& w, int64_t r0, const float* x, const float* xs, 
       }
       T::scales(p, a[r], b[r]);
     }
+    // The scales are then broadcast from memory (a load each), not shuffled out of the
+    // registers that computed them (two shuffles each, on the ports the code widening needs).
+    asm volatile("" : : "r"(a), "r"(b) : "memory");
     const float* xb = x + blk * T::kElems;
     const float* sb = T::kAffine ? xs + blk * kGroups * 8 : nullptr;
     #pragma GCC unroll 16

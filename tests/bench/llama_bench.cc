@@ -1,7 +1,8 @@
 // Benchmark of the llama engines (not a test). CPU (default): load time and memory, prefill
 // and decode tokens/s per thread count, and for layer-skip drafters their decode speed and
 // greedy acceptance against the full model (teacher-forced along the target's greedy
-// continuation). --device cuda: the CUDA engine's prefill, decode (median one-token forward)
+// continuation); a decode step's weight bytes per second against the memory read bandwidth
+// measured here with as many threads. --device cuda: the CUDA engine's prefill, decode (median one-token forward)
 // and verify (k = 4, 8 tokens) times against the HBM bound of a decode step (weight bytes read
 // per token / peak bandwidth).
 //
@@ -28,6 +29,7 @@
 #include "engines/llama/llama_engine.h"
 #include "engines/llama/llama_loader.h"
 #include "kernels/argmax.h"
+#include "kernels/qmatmul.h"
 #include "model/tokenizer/tokenizer.h"
 
 namespace {
@@ -98,6 +100,33 @@ std::string describe(const std::vector<int>& layers) {
     }
   }
   return s;
+}
+
+// Memory read bandwidth with `threads` threads, each summing its own 256 MiB (far beyond any
+// cache) as 64-bit integers: the best of 3 passes, in GB/s. The bound a decode step that
+// streams its weights once can reach.
+double read_bandwidth_gbps(int threads) {
+  constexpr size_t kWords = (256u << 20) / sizeof(uint64_t);
+  std::vector<std::vector<uint64_t>> bufs(threads, std::vector<uint64_t>(kWords, 1));
+  std::vector<uint64_t> sums(threads);
+  double best = 0;
+  for (int pass = 0; pass < 3; ++pass) {
+    auto t = Clock::now();
+    std::vector<std::thread> pool;
+    for (int i = 0; i < threads; ++i) {
+      pool.emplace_back([&, i] {
+        uint64_t s = 0;
+        for (uint64_t v : bufs[i]) s += v;
+        sums[i] += s;
+      });
+    }
+    for (auto& th : pool) th.join();
+    best = std::max(best, double(threads) * kWords * sizeof(uint64_t) / secs(t) / 1e9);
+  }
+  for (uint64_t s : sums) {
+    if (s != 3 * kWords) std::abort();  // keeps the sums live
+  }
+  return best;
 }
 
 #ifdef DSI_WITH_CUDA
@@ -252,8 +281,11 @@ int main(int argc, char** argv) {
   std::printf("model %s\n  arch %s, vocab %d, dim %d, layers %d, heads %d/%d, ffn %d, ctx %d\n",
               path.c_str(), c.arch.c_str(), c.n_vocab, c.dim, c.n_layers, c.n_heads, c.n_kv_heads,
               c.ffn_dim, c.max_context);
-  std::printf("  load (parse + dequantize to f32) %.3f s, f32 weights %.1f MiB, RSS +%.1f MiB\n",
-              load_s, model->weights.bytes() / 1048576.0, (rss_kib() - rss0) / 1024.0);
+  std::printf(
+      "  load (parse; matrices used in place from the mapping) %.3f s, weights %.1f MiB in their "
+      "GGUF types, RSS +%.1f MiB\n  kernels %s\n",
+      load_s, model->weights.bytes() / 1048576.0, (rss_kib() - rss0) / 1024.0,
+      dsi::kernels::kernel_isa_name(dsi::kernels::kernel_isa()));
   {
     // The KV cache is reserved for the whole context but its pages are committed as it fills.
     const long rss1 = rss_kib();
@@ -303,8 +335,11 @@ int main(int argc, char** argv) {
   // only gathered from, a tied one is read whole as the LM head).
   const double step_bytes = model->weights.bytes() -
                             (c.tied_head ? 0.0 : model->weights.token_embd.bytes());
-  std::printf("\n%-8s %8s %14s %14s %12s %12s %12s %11s\n", "threads", "prompt", "prefill tok/s",
-              "decode tok/s", "decode ms", "CPU ms/tok", "weight GB/s", "idle CPU %");
+  std::printf("  a decode step reads %.1f MiB of weights (the memory-bandwidth bound below)\n",
+              step_bytes / 1048576.0);
+  std::printf("\n%-8s %8s %14s %14s %12s %12s %12s %12s %11s\n", "threads", "prompt",
+              "prefill tok/s", "decode tok/s", "decode ms", "CPU ms/tok", "weight GB/s",
+              "memory GB/s", "idle CPU %");
   for (int th : threads) {
     dsi::LlamaEngineOptions o;
     o.threads = th;
@@ -335,9 +370,10 @@ int main(int argc, char** argv) {
     const double c0 = cpu_secs();
     std::this_thread::sleep_for(std::chrono::milliseconds(500));
     const double idle_cpu = (cpu_secs() - c0) / 0.5;
-    std::printf("%-8d %8d %14.1f %14.1f %12.2f %12.2f %12.1f %11.0f\n", th, prompt_len,
+    std::printf("%-8d %8d %14.1f %14.1f %12.2f %12.2f %12.1f %12.1f %11.0f\n", th, prompt_len,
                 prompt_len / prefill_s, gen / decode_s, 1e3 * decode_s / gen,
-                1e3 * decode_cpu_s / gen, step_bytes * gen / decode_s / 1e9, 100 * idle_cpu);
+                1e3 * decode_cpu_s / gen, step_bytes * gen / decode_s / 1e9,
+                read_bandwidth_gbps(th), 100 * idle_cpu);
     if (seq.size() == prompt.size()) seq.insert(seq.end(), cont.begin(), cont.end());
   }
   std::printf("greedy continuation:");
