@@ -40,8 +40,8 @@ class ThreadPool {
   std::condition_variable start_cv_, done_cv_;
   const std::function<void(int)>* fn_ = nullptr;
   int n_ = 0;
-  std::atomic<int> next_{0};        // next index to hand out
-  std::atomic<int> busy_{0};        // workers still inside the current job
+  std::atomic<int> next_{0};         // next index to hand out
+  std::atomic<int> busy_{0};         // workers still inside the current job
   std::atomic<unsigned> job_id_{0};  // bumps for every job so a worker runs each one once
   std::atomic<bool> stop_{false};
 };

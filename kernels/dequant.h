@@ -20,7 +20,7 @@ void dequantize_row(GgmlType type, const void* src, float* dst, int64_t n);
 // fma(a[g], q[i], b[g]) equal bit for bit to dequantize_row's value (each product of a scale
 // and a code is exact in float). `affine` is false for the types whose b is always 0.
 struct QuantGroups {
-  int64_t group = 0;  // 32, or 16 for Q2_K, Q3_K and Q6_K; 0 for the float types
+  int64_t group = 0;    // 32, or 16 for Q2_K, Q3_K and Q6_K; 0 for the float types
   bool affine = false;  // Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q4_K, Q5_K (Q4_0: b = -8a, Q5_0: -16a)
 };
 QuantGroups quant_groups(GgmlType type);
@@ -32,9 +32,9 @@ void factor_row(GgmlType type, const void* src, int64_t n, float* q, float* a, f
 namespace kernels {
 using dsi::dequantize_row;
 using dsi::factor_row;
+using dsi::ggml_row_size;
 using dsi::quant_groups;
 using dsi::QuantGroups;
-using dsi::ggml_row_size;
 }  // namespace kernels
 
 }  // namespace dsi

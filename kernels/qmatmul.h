@@ -67,8 +67,8 @@ struct MatmulJob {
 // Runs every job over the same x (n rows of cols floats; every job's w.cols equals cols),
 // spreading rows over `pool` (nullptr: the calling thread alone). Putting the products that
 // read the same input in one call (Q, K and V; gate and up) costs one fork-join, not three.
-void qmatmul(std::span<const MatmulJob> jobs, const float* x, int n, int64_t cols,
-             ThreadPool* pool, KernelIsa isa = kernel_isa());
+void qmatmul(std::span<const MatmulJob> jobs, const float* x, int n, int64_t cols, ThreadPool* pool,
+             KernelIsa isa = kernel_isa());
 
 inline void qmatmul(float* y, const float* x, const WeightMatrix& w, const float* bias, int n,
                     ThreadPool* pool, KernelIsa isa = kernel_isa()) {

@@ -43,7 +43,8 @@ inline uint16_t random_half(std::mt19937& rng, float lo, float hi) {
 }
 
 // A (rows, cols) matrix of `type` with random codes and finite, realistic scales.
-inline std::vector<uint8_t> random_matrix(GgmlType type, int64_t rows, int64_t cols, uint32_t seed) {
+inline std::vector<uint8_t> random_matrix(GgmlType type, int64_t rows, int64_t cols,
+                                          uint32_t seed) {
   std::mt19937 rng(seed);
   const size_t bytes = ggml_row_size(type, cols) * rows;
   std::vector<uint8_t> m(bytes);
@@ -59,8 +60,8 @@ inline std::vector<uint8_t> random_matrix(GgmlType type, int64_t rows, int64_t c
   if (type == GgmlType::F16 || type == GgmlType::BF16) {
     for (size_t i = 0; i < bytes; i += 2) {
       const float v = normal(rng);
-      const uint16_t h = type == GgmlType::F16 ? fp32_to_fp16(v)
-                                               : static_cast<uint16_t>(f32_to_bits(v) >> 16);
+      const uint16_t h =
+          type == GgmlType::F16 ? fp32_to_fp16(v) : static_cast<uint16_t>(f32_to_bits(v) >> 16);
       std::memcpy(&m[i], &h, 2);
     }
     return m;

@@ -145,9 +145,8 @@ Logits LlamaEngine::forward(std::span<const Token> tokens, int n_logits, const C
     float* kc = k_cache(static_cast<int>(slot), start);
     float* vc = v_cache(static_cast<int>(slot), start);
     kernels::rmsnorm_cpu(xb_.data(), x_.data(), L.attn_norm.data(), n, c.dim, c.norm_eps);
-    const MatmulJob qkv[] = {{q_.data(), &L.wq, or_null(L.bq)},
-                             {kc, &L.wk, or_null(L.bk)},
-                             {vc, &L.wv, or_null(L.bv)}};
+    const MatmulJob qkv[] = {
+        {q_.data(), &L.wq, or_null(L.bq)}, {kc, &L.wk, or_null(L.bk)}, {vc, &L.wv, or_null(L.bv)}};
     kernels::qmatmul(qkv, xb_.data(), n, c.dim, pool);
     kernels::rope_cpu(q_.data(), pos_.data(), n, c.n_heads, c.head_dim, c.rope_dim, c.rope_base,
                       c.rope_layout);
@@ -169,7 +168,8 @@ Logits LlamaEngine::forward(std::span<const Token> tokens, int n_logits, const C
     add_inplace(x_.data(), xb_.data(), nd);
 
     kernels::rmsnorm_cpu(xb_.data(), x_.data(), L.ffn_norm.data(), n, c.dim, c.norm_eps);
-    const MatmulJob gate_up[] = {{gate_.data(), &L.w_gate, nullptr}, {up_.data(), &L.w_up, nullptr}};
+    const MatmulJob gate_up[] = {{gate_.data(), &L.w_gate, nullptr},
+                                 {up_.data(), &L.w_up, nullptr}};
     kernels::qmatmul(gate_up, xb_.data(), n, c.dim, pool);
     kernels::swiglu_cpu(gate_.data(), gate_.data(), up_.data(),
                         static_cast<int64_t>(n) * c.ffn_dim);

@@ -39,18 +39,18 @@ struct LlamaConfig {
 // (kernels/qmatmul.h); norms and biases are small and held as float32. An empty attn_norm marks
 // a layer that was not loaded (the layer-skip drafter loads only the layers it runs).
 struct LlamaLayerWeights {
-  std::vector<float> attn_norm;   // (dim)
-  kernels::WeightMatrix wq;       // (n_heads*head_dim, dim)
-  kernels::WeightMatrix wk;       // (n_kv_heads*head_dim, dim)
-  kernels::WeightMatrix wv;       // (n_kv_heads*head_dim, dim)
-  std::vector<float> bq;          // (n_heads*head_dim) or empty
-  std::vector<float> bk;          // (n_kv_heads*head_dim) or empty
-  std::vector<float> bv;          // (n_kv_heads*head_dim) or empty
-  kernels::WeightMatrix wo;       // (dim, n_heads*head_dim)
-  std::vector<float> ffn_norm;    // (dim)
-  kernels::WeightMatrix w_gate;   // (ffn_dim, dim)
-  kernels::WeightMatrix w_up;     // (ffn_dim, dim)
-  kernels::WeightMatrix w_down;   // (dim, ffn_dim)
+  std::vector<float> attn_norm;  // (dim)
+  kernels::WeightMatrix wq;      // (n_heads*head_dim, dim)
+  kernels::WeightMatrix wk;      // (n_kv_heads*head_dim, dim)
+  kernels::WeightMatrix wv;      // (n_kv_heads*head_dim, dim)
+  std::vector<float> bq;         // (n_heads*head_dim) or empty
+  std::vector<float> bk;         // (n_kv_heads*head_dim) or empty
+  std::vector<float> bv;         // (n_kv_heads*head_dim) or empty
+  kernels::WeightMatrix wo;      // (dim, n_heads*head_dim)
+  std::vector<float> ffn_norm;   // (dim)
+  kernels::WeightMatrix w_gate;  // (ffn_dim, dim)
+  kernels::WeightMatrix w_up;    // (ffn_dim, dim)
+  kernels::WeightMatrix w_down;  // (dim, ffn_dim)
 
   bool loaded() const { return !attn_norm.empty(); }
 };
@@ -72,8 +72,7 @@ struct LlamaWeights {
   // A float32 (rows, cols) matrix over `values`, which the weights then keep alive.
   kernels::WeightMatrix own(std::vector<float> values, int64_t rows, int64_t cols);
   // A matrix of `type` over raw bytes (ggml_row_size(type, cols) per row), kept alive likewise.
-  kernels::WeightMatrix own(GgmlType type, std::vector<uint8_t> bytes, int64_t rows,
-                            int64_t cols);
+  kernels::WeightMatrix own(GgmlType type, std::vector<uint8_t> bytes, int64_t rows, int64_t cols);
 };
 
 // The matrix as float32, row after row (tests and conversions; a forward never does this).

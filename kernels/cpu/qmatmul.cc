@@ -49,8 +49,8 @@ float factored_dot(const float* q, const float* a, const float* b, QuantGroups g
 }
 
 // A task's rows: float rows decoded, quantized rows factored, once; then every token.
-void generic_rows(const WeightMatrix& w, int64_t r0, int nr, const float* x, int n,
-                  const float* xs, float* y, size_t ys, const float* bias) {
+void generic_rows(const WeightMatrix& w, int64_t r0, int nr, const float* x, int n, const float* xs,
+                  float* y, size_t ys, const float* bias) {
   const int64_t cols = w.cols;
   const QuantGroups g = quant_groups(w.type);
   thread_local std::vector<float> q, a, b;
@@ -69,11 +69,10 @@ void generic_rows(const WeightMatrix& w, int64_t r0, int nr, const float* x, int
   for (int t = 0; t < n; ++t) {
     const float* xt = x + static_cast<size_t>(t) * cols;
     for (int r = 0; r < nr; ++r) {
-      const float d = g.group == 0
-                          ? dot8(q.data() + r * cols, xt, cols)
-                          : factored_dot(q.data() + r * cols, a.data() + r * groups,
-                                         b.data() + r * groups, g, xt,
-                                         xs ? xs + t * groups * 8 : nullptr, cols);
+      const float d = g.group == 0 ? dot8(q.data() + r * cols, xt, cols)
+                                   : factored_dot(q.data() + r * cols, a.data() + r * groups,
+                                                  b.data() + r * groups, g, xt,
+                                                  xs ? xs + t * groups * 8 : nullptr, cols);
       y[t * ys + r] = bias != nullptr ? d + bias[r] : d;
     }
   }
@@ -115,8 +114,7 @@ const detail::QmatmulIsa& isa_impl(KernelIsa isa) {
 KernelIsa detect_isa() {
   const char* env = std::getenv("DSI_KERNEL_ISA");
   if (env != nullptr && std::string(env) == "generic") return KernelIsa::kGeneric;
-  if (env != nullptr && *env != '\0' && std::string(env) != "auto" &&
-      std::string(env) != "avx2") {
+  if (env != nullptr && *env != '\0' && std::string(env) != "auto" && std::string(env) != "avx2") {
     throw std::invalid_argument(std::string("DSI_KERNEL_ISA='") + env +
                                 "' is not one of auto, avx2, generic");
   }
@@ -186,8 +184,8 @@ void weight_row(const WeightMatrix& w, int64_t r, float* out) {
   dequantize_row(w.type, w.row(r), out, w.cols);
 }
 
-void qmatmul(std::span<const MatmulJob> jobs, const float* x, int n, int64_t cols,
-             ThreadPool* pool, KernelIsa isa) {
+void qmatmul(std::span<const MatmulJob> jobs, const float* x, int n, int64_t cols, ThreadPool* pool,
+             KernelIsa isa) {
   if (n <= 0) return;
   const detail::QmatmulIsa& impl = isa_impl(isa);
   std::vector<Task> tasks;

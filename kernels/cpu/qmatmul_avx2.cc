@@ -93,7 +93,7 @@ __m256i nibble_bytes(const uint8_t* qs) {
 // 4, 5 (or 2, 3: `hi`) their high nibbles.
 void nibble_chunks(const uint8_t* qs, int bytes, __m256* lo, __m256* hi) {
   const __m256i m = _mm256_set1_epi32(0x0f);
-  #pragma GCC unroll 16
+#pragma GCC unroll 16
   for (int c = 0; c < bytes / 8; ++c) {
     const __m256i v = u8x8(qs + 8 * c);
     lo[c] = cvt(_mm256_and_si256(v, m));
@@ -112,7 +112,7 @@ struct TQ8_0 {
   static constexpr bool kAffine = false;
   static void scales(const uint8_t* p, float* a, float*) { a[0] = half_at(p); }
   static void codes(const uint8_t* p, int, __m256* q) {
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (int c = 0; c < 4; ++c) q[c] = cvt(i8x8(p + 2 + 8 * c));
   }
 };
@@ -272,8 +272,8 @@ void tile(const float* w, size_t ws, const float* x, int64_t cols, float* y, siz
 }
 
 template <int R, int T>
-void row_tiles(const float* w, size_t ws, int nr, const float* x, int64_t cols, float* y,
-               size_t ys, const float* bias) {
+void row_tiles(const float* w, size_t ws, int nr, const float* x, int64_t cols, float* y, size_t ys,
+               const float* bias) {
   int r = 0;
   for (; r + R <= nr; r += R) {
     tile<R, T>(w + r * ws, ws, x, cols, y + r, ys, bias ? bias + r : nullptr);
@@ -344,7 +344,7 @@ void stream(const WeightMatrix& w, int64_t r0, const float* x, const float* xs, 
   constexpr int kGroups = T::kElems / T::kGroup, kChunks = T::kGroup / 8;
   __m256 acc[R];
   const uint8_t* rows[R];
-  #pragma GCC unroll 16
+#pragma GCC unroll 16
   for (int r = 0; r < R; ++r) {
     acc[r] = _mm256_setzero_ps();
     rows[r] = w.row(r0 + r);
@@ -353,7 +353,7 @@ void stream(const WeightMatrix& w, int64_t r0, const float* x, const float* xs, 
   const size_t ahead = std::max(R * w.row_bytes, kMinPrefetchAhead);
   for (int64_t blk = 0; blk < blocks; ++blk) {
     float a[R][kGroups], b[R][kGroups];
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
       const uint8_t* p = rows[r] + blk * T::kBytes;
       for (size_t line = 0; line < T::kBytes; line += 64) {  // every line the block spans
@@ -366,18 +366,18 @@ void stream(const WeightMatrix& w, int64_t r0, const float* x, const float* xs, 
     asm volatile("" : : "r"(a), "r"(b) : "memory");
     const float* xb = x + blk * T::kElems;
     const float* sb = T::kAffine ? xs + blk * kGroups * 8 : nullptr;
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (int u = 0; u < kGroups / T::kUnit; ++u) {
-      #pragma GCC unroll 16
+#pragma GCC unroll 16
       for (int r = 0; r < R; ++r) {
         __m256 q[T::kUnit * kChunks];
         T::codes(rows[r] + blk * T::kBytes, u, q);
-        #pragma GCC unroll 16
+#pragma GCC unroll 16
         for (int k = 0; k < T::kUnit; ++k) {
           const int g = u * T::kUnit + k;
           const float* xg = xb + g * T::kGroup;
           __m256 s = _mm256_mul_ps(q[k * kChunks], _mm256_loadu_ps(xg));
-          #pragma GCC unroll 16
+#pragma GCC unroll 16
           for (int c = 1; c < kChunks; ++c) {
             s = _mm256_fmadd_ps(q[k * kChunks + c], _mm256_loadu_ps(xg + 8 * c), s);
           }
@@ -389,7 +389,7 @@ void stream(const WeightMatrix& w, int64_t r0, const float* x, const float* xs, 
       }
     }
   }
-  #pragma GCC unroll 16
+#pragma GCC unroll 16
   for (int r = 0; r < R; ++r) {
     const float d = hsum(acc[r]);
     y[r] = bias != nullptr ? d + bias[r] : d;
@@ -452,37 +452,37 @@ void ftile(const Factored& f, int r, const float* x, const float* xs, float* y, 
            const float* bias) {
   constexpr int kChunks = G / 8;
   __m256 acc[R][TT];
-  #pragma GCC unroll 16
+#pragma GCC unroll 16
   for (int i = 0; i < R; ++i) {
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (int t = 0; t < TT; ++t) acc[i][t] = _mm256_setzero_ps();
   }
   const float* q = f.q + r * f.cols;
   for (int64_t g = 0; g < f.groups; ++g) {
     __m256 s[R][TT];
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (int c = 0; c < kChunks; ++c) {
       const int64_t at = g * G + 8 * c;
       __m256 wv[R];
-      #pragma GCC unroll 16
+#pragma GCC unroll 16
       for (int i = 0; i < R; ++i) wv[i] = _mm256_loadu_ps(q + i * f.cols + at);
-      #pragma GCC unroll 16
+#pragma GCC unroll 16
       for (int t = 0; t < TT; ++t) {
         const __m256 xv = _mm256_loadu_ps(x + t * f.cols + at);
-        #pragma GCC unroll 16
+#pragma GCC unroll 16
         for (int i = 0; i < R; ++i) {
           s[i][t] = c == 0 ? _mm256_mul_ps(wv[i], xv) : _mm256_fmadd_ps(wv[i], xv, s[i][t]);
         }
       }
     }
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (int i = 0; i < R; ++i) {
       const __m256 av = _mm256_set1_ps(f.a[(r + i) * f.groups + g]);
-      #pragma GCC unroll 16
+#pragma GCC unroll 16
       for (int t = 0; t < TT; ++t) acc[i][t] = _mm256_fmadd_ps(av, s[i][t], acc[i][t]);
       if constexpr (kAffine) {
         const __m256 bv = _mm256_set1_ps(f.b[(r + i) * f.groups + g]);
-        #pragma GCC unroll 16
+#pragma GCC unroll 16
         for (int t = 0; t < TT; ++t) {
           const __m256 sv = _mm256_loadu_ps(xs + (t * f.groups + g) * 8);
           acc[i][t] = _mm256_fmadd_ps(bv, sv, acc[i][t]);
@@ -490,9 +490,9 @@ void ftile(const Factored& f, int r, const float* x, const float* xs, float* y, 
       }
     }
   }
-  #pragma GCC unroll 16
+#pragma GCC unroll 16
   for (int t = 0; t < TT; ++t) {
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (int i = 0; i < R; ++i) {
       const float d = hsum(acc[i][t]);
       y[t * ys + r + i] = bias != nullptr ? d + bias[r + i] : d;
@@ -516,8 +516,10 @@ void factored_dots(const Factored& f, int nr, const float* x, int n, const float
   for (; t + 3 <= n; t += 3) {
     ftiles<G, kAffine, 2, 3>(f, nr, x + t * f.cols, xs + t * xst, y + t * ys, ys, bias);
   }
-  if (n - t == 2) ftiles<G, kAffine, 2, 2>(f, nr, x + t * f.cols, xs + t * xst, y + t * ys, ys, bias);
-  if (n - t == 1) ftiles<G, kAffine, 4, 1>(f, nr, x + t * f.cols, xs + t * xst, y + t * ys, ys, bias);
+  if (n - t == 2)
+    ftiles<G, kAffine, 2, 2>(f, nr, x + t * f.cols, xs + t * xst, y + t * ys, ys, bias);
+  if (n - t == 1)
+    ftiles<G, kAffine, 4, 1>(f, nr, x + t * f.cols, xs + t * xst, y + t * ys, ys, bias);
 }
 
 using StreamFn = void (*)(const WeightMatrix&, int64_t, int, const float*, const float*, float*,

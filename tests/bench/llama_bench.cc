@@ -2,9 +2,9 @@
 // and decode tokens/s per thread count, and for layer-skip drafters their decode speed and
 // greedy acceptance against the full model (teacher-forced along the target's greedy
 // continuation); a decode step's weight bytes per second against the memory read bandwidth
-// measured here with as many threads. --device cuda: the CUDA engine's prefill, decode (median one-token forward)
-// and verify (k = 4, 8 tokens) times against the HBM bound of a decode step (weight bytes read
-// per token / peak bandwidth).
+// measured here with as many threads. --device cuda: the CUDA engine's prefill, decode (median
+// one-token forward) and verify (k = 4, 8 tokens) times against the HBM bound of a decode step
+// (weight bytes read per token / peak bandwidth).
 //
 // usage: llama_bench MODEL.gguf [--prompt N] [--gen N] [--threads 1,2] [--tokens a,b,c]
 //                               [--skip "0,2,4;0-14"] (layer lists; a-b is a range)
@@ -333,8 +333,8 @@ int main(int argc, char** argv) {
   std::vector<dsi::Token> seq = prompt;
   // Weight bytes streamed per decode step: every matrix once (an untied embedding table is
   // only gathered from, a tied one is read whole as the LM head).
-  const double step_bytes = model->weights.bytes() -
-                            (c.tied_head ? 0.0 : model->weights.token_embd.bytes());
+  const double step_bytes =
+      model->weights.bytes() - (c.tied_head ? 0.0 : model->weights.token_embd.bytes());
   std::printf("  a decode step reads %.1f MiB of weights (the memory-bandwidth bound below)\n",
               step_bytes / 1048576.0);
   std::printf("\n%-8s %8s %14s %14s %12s %12s %12s %12s %11s\n", "threads", "prompt",

@@ -70,8 +70,8 @@ std::vector<std::string> split(const std::string& s) {
 
 bool type_from_name(const std::string& name, GgmlType* out) {
   for (GgmlType t : {GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0, GgmlType::Q4_0,
-                     GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q2_K,
-                     GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K}) {
+                     GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q2_K, GgmlType::Q3_K,
+                     GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K}) {
     std::string n = dsi::ggml_type_name(t);
     for (char& c : n) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
     if (n == name) {
@@ -86,8 +86,8 @@ bool type_from_name(const std::string& name, GgmlType* out) {
 
 int main(int argc, char** argv) {
   int64_t cols = 1536;
-  std::vector<std::string> types = {"f32",  "f16",  "bf16", "q8_0", "q4_0", "q4_1",
-                                    "q5_0", "q5_1", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k"};
+  std::vector<std::string> types = {"f32",  "f16",  "bf16", "q8_0", "q4_0", "q4_1", "q5_0",
+                                    "q5_1", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k"};
   std::vector<int> batches = {1, 4, 16};
   k::KernelIsa isa = k::kernel_isa();
   for (int i = 1; i + 1 < argc; i += 2) {
@@ -144,7 +144,8 @@ int main(int argc, char** argv) {
     const auto x = dsi::kernels::quant_test::random_floats(static_cast<size_t>(max_b) * cols, 3);
     std::vector<float> y(static_cast<size_t>(max_b) * big_rows);
     auto rate = [&](const k::WeightMatrix& w, int n) {
-      const double s = best_time([&] { k::qmatmul(y.data(), x.data(), w, nullptr, n, nullptr, isa); });
+      const double s =
+          best_time([&] { k::qmatmul(y.data(), x.data(), w, nullptr, n, nullptr, isa); });
       return double(w.rows) * w.cols * n / s / 1e9;
     };
     const double l2 = rate(ws, 1), dram = rate(wb, 1);

@@ -1,6 +1,9 @@
 // MPI test: greedy DSI and SI on a real model generate exactly non-SI's tokens, for several
-// prompts (in the model's chat template when it has one), SP 1 .. max_sp and k in {1, 4, 8}.
-//   llama_lossless MODEL DRAFTER_LAYERS N_PROMPTS MAX_NEW_TOKENS MAX_SP [KV_HANDOFF]
+// prompts (in the model's chat template when it has one), SP 1 .. max_sp and k in KS
+// (default 1,4,8).
+//   llama_lossless MODEL DRAFTER N_PROMPTS MAX_NEW_TOKENS MAX_SP [KV_HANDOFF] [KS]
+// DRAFTER: the target's layers that a layer-skip drafter keeps ("0-11,19-29"), or the path of a
+// drafter model of its own (a .gguf file, e.g. the Qwen2.5-Coder pair's 0.5B).
 // KV_HANDOFF: auto (default) | never | always: with always, tasks go round robin over the
 // targets and at least 3/4 of the DSI runs with two or more targets must have verifications
 // that attended to handed-over KV (not recomputed KV: whether a given short run does depends on
@@ -12,6 +15,9 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <sstream>
+#include <string>
+#include <vector>
 
 #include "launch/session.h"
 
@@ -46,6 +52,13 @@ int main(int argc, char** argv) {
   const int max_sp_arg = std::atoi(argv[5]);
   const std::string kv = argc > 6 ? argv[6] : "auto";
   const bool corrupt = kv == "corrupt";
+  std::vector<int> ks;
+  {
+    std::stringstream list(argc > 7 ? argv[7] : "1,4,8");
+    for (std::string k; std::getline(list, k, ',');) ks.push_back(std::stoi(k));
+  }
+  const std::string drafter = argv[2];
+  const bool drafter_file = drafter.size() > 5 && drafter.ends_with(".gguf");
   dsi::SessionOptions opts;
   if (corrupt) {  // target 1: it imports the prompt and verifies when target 0 is busy
     opts.fault = "kv_corrupt";
@@ -53,7 +66,8 @@ int main(int argc, char** argv) {
   }
   opts.overrides = {"engine=llama",
                     "model.path=" + model,
-                    fmt::format("model.drafter_layers=\"{}\"", argv[2]),
+                    drafter_file ? "model.drafter_path=" + drafter
+                                 : fmt::format("model.drafter_layers=\"{}\"", drafter),
                     fmt::format("generation.max_new_tokens={}", argv[4]),
                     "model.max_context=512",
                     "runtime.peer_timeout_s=60",
@@ -72,7 +86,7 @@ int main(int argc, char** argv) {
           cfg.prompt = kPrompts[i % std::size(kPrompts)];
           cfg.mode = dsi::Mode::kNonSi;
           const auto ref = coord.run(cfg, 1).tokens;
-          for (int k : {1, 4, 8}) {
+          for (int k : ks) {
             cfg.lookahead = k;
             for (dsi::Mode mode : {dsi::Mode::kSi, dsi::Mode::kDsi}) {
               cfg.mode = mode;

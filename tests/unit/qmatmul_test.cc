@@ -87,8 +87,8 @@ TEST_P(Qmatmul, EveryResultIsTheReferenceArithmetic) {
               const float got = y[t * c.rows + r];
               if (bits(got) != bits(want) && ++wrong <= 3) {
                 ADD_FAILURE() << ggml_type_name(type) << " " << kernel_isa_name(isa) << " n=" << n
-                              << " threads=" << threads << " token " << t << " row " << r
-                              << ": " << got << " != reference " << want;
+                              << " threads=" << threads << " token " << t << " row " << r << ": "
+                              << got << " != reference " << want;
               }
             }
           }
@@ -153,7 +153,8 @@ TEST(QmatmulReference, FloatTypesAreAnFmaChainOverEightLanes) {
     const float wi = i < 19 ? w[i] : 0.0f, xi = i < 19 ? x[i] : 0.0f;
     acc[i % 8] = std::fma(wi, xi, acc[i % 8]);
   }
-  const float want = ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
+  const float want =
+      ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
   EXPECT_EQ(bits(dot_reference(weight_matrix(GgmlType::F32, w.data(), 1, 19), 0, x.data())),
             bits(want));
 }
@@ -183,7 +184,8 @@ TEST(QmatmulReference, QuantizedGroupsScaleSumsOfCodeProducts) {
       acc[l] = std::fma(fp16_to_fp32(blk.m), xs[l], acc[l]);
     }
   }
-  const float want = ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
+  const float want =
+      ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
   const WeightMatrix w = weight_matrix(GgmlType::Q4_1, bytes.data(), 1, 64);
   EXPECT_EQ(bits(dot_reference(w, 0, x.data())), bits(want));
   float y = 0;
