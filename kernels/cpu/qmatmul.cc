@@ -10,6 +10,10 @@
 #include <string>
 #include <vector>
 
+#ifdef DSI_HAVE_AVX2_KERNELS
+#include <cpuid.h>
+#endif
+
 #include "kernels/cpu/qmatmul_impl.h"
 #include "kernels/dequant.h"
 
@@ -150,8 +154,10 @@ bool kernel_isa_supported(KernelIsa isa) {
   if (isa == KernelIsa::kGeneric) return true;
 #ifdef DSI_HAVE_AVX2_KERNELS
   __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-         __builtin_cpu_supports("f16c");
+  // F16C by CPUID (leaf 1, ECX bit 29): clang has no "f16c" for __builtin_cpu_supports.
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  const bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_F16C) != 0;
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
 #else
   return false;
 #endif

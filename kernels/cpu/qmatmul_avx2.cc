@@ -512,14 +512,14 @@ template <int G, bool kAffine>
 void factored_dots(const Factored& f, int nr, const float* x, int n, const float* xs, float* y,
                    size_t ys, const float* bias) {
   const int64_t xst = f.groups * 8;
+  // The group sums of tokens t.. (only affine types have them: xs is null otherwise).
+  const auto sums = [&](int t) { return kAffine ? xs + t * xst : nullptr; };
   int t = 0;
   for (; t + 3 <= n; t += 3) {
-    ftiles<G, kAffine, 2, 3>(f, nr, x + t * f.cols, xs + t * xst, y + t * ys, ys, bias);
+    ftiles<G, kAffine, 2, 3>(f, nr, x + t * f.cols, sums(t), y + t * ys, ys, bias);
   }
-  if (n - t == 2)
-    ftiles<G, kAffine, 2, 2>(f, nr, x + t * f.cols, xs + t * xst, y + t * ys, ys, bias);
-  if (n - t == 1)
-    ftiles<G, kAffine, 4, 1>(f, nr, x + t * f.cols, xs + t * xst, y + t * ys, ys, bias);
+  if (n - t == 2) ftiles<G, kAffine, 2, 2>(f, nr, x + t * f.cols, sums(t), y + t * ys, ys, bias);
+  if (n - t == 1) ftiles<G, kAffine, 4, 1>(f, nr, x + t * f.cols, sums(t), y + t * ys, ys, bias);
 }
 
 using StreamFn = void (*)(const WeightMatrix&, int64_t, int, const float*, const float*, float*,
