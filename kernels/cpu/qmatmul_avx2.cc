@@ -522,6 +522,8 @@ void factored_dots(const Factored& f, int nr, const float* x, int n, const float
   if (n - t == 1) ftiles<G, kAffine, 4, 1>(f, nr, x + t * f.cols, sums(t), y + t * ys, ys, bias);
 }
 
+constexpr int kMaxStreamTokens = 3;
+
 using StreamFn = void (*)(const WeightMatrix&, int64_t, int, const float*, const float*, float*,
                           const float*);
 using FactorFn = void (*)(const WeightMatrix&, int64_t, int, float*, float*, float*);
@@ -564,7 +566,15 @@ void avx2_rows(const WeightMatrix& w, int64_t r0, int nr, const float* x, int n,
   const QuantGroups g = quant_groups(w.type);
   if (g.group == 0) return float_rows(w, r0, nr, x, n, y, ys, bias);
   const QuantKernels k = quant_kernels(w.type);
-  if (n == 1 && k.stream != nullptr) return k.stream(w, r0, nr, x, xs, y, bias);
+  // A few tokens (decode, short verify blocks) stream the rows once per token, the task's rows
+  // staying in L2 after the first: cheaper than factoring them into floats, below ~4 tokens.
+  if (n <= kMaxStreamTokens && k.stream != nullptr) {
+    const int64_t per_token = w.cols / g.group * 8;
+    for (int t = 0; t < n; ++t) {
+      k.stream(w, r0, nr, x + t * w.cols, xs ? xs + t * per_token : nullptr, y + t * ys, bias);
+    }
+    return;
+  }
   const int64_t groups = w.cols / g.group;
   thread_local std::vector<float> q, a, b;
   q.resize(static_cast<size_t>(nr) * w.cols);
