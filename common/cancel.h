@@ -11,16 +11,19 @@ namespace dsi {
 using Clock = std::chrono::steady_clock;
 
 // Set by the worker's communication thread when the running task is preempted; engines
-// poll it between layers (CPU), between per-layer launches (GPU) or between sleep slices
-// (synthetic).
+// poll it between layers (CPU) or between per-layer launches (GPU), or sleep on it
+// (synthetic: a raised flag wakes the sleeper at once).
 class CancelFlag {
  public:
-  bool cancelled() const { return flag_.load(std::memory_order_relaxed); }
-  void cancel() { flag_.store(true, std::memory_order_relaxed); }
-  void reset() { flag_.store(false, std::memory_order_relaxed); }
+  bool cancelled() const { return flag_.load(std::memory_order_relaxed) != 0; }
+  // Raises the flag and wakes a thread in sleep_until.
+  void cancel();
+  void reset() { flag_.store(0, std::memory_order_relaxed); }
+  // Sleeps until the flag is raised or `deadline` passes; returns false if it was raised.
+  bool sleep_until(Clock::time_point deadline) const;
 
  private:
-  std::atomic<bool> flag_{false};
+  mutable std::atomic<uint32_t> flag_{0};  // a futex word
 };
 
 // Thrown by Engine::forward when it saw the cancel flag. The KV cache is then back at the

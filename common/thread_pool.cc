@@ -3,12 +3,7 @@
 
 #include <chrono>
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#define DSI_CPU_RELAX() _mm_pause()
-#else
-#define DSI_CPU_RELAX() std::this_thread::yield()
-#endif
+#include "common/cpu_relax.h"
 
 namespace dsi {
 namespace {
@@ -20,7 +15,7 @@ bool spin_until(Done done) {
   const auto until = Clock::now() + std::chrono::microseconds(ThreadPool::kSpinMicros);
   for (int i = 0;; ++i) {
     if (done()) return true;
-    DSI_CPU_RELAX();
+    cpu_relax();
     if (i % 64 == 63 && Clock::now() > until) return done();
   }
 }

@@ -216,7 +216,21 @@ const std::vector<Key>& keys() {
        [](RunConfig& c, const YAML::Node& n, const std::string& key) {
          c.heartbeat_ms = integer(n, key, 1, 60000);
        }},
-      {"runtime.poll_min_us", "probe period of a rank that heard or sent within poll_hot_ms (us)",
+      {"runtime.wait",
+       "adaptive | sleep | spin: how a rank waits for control messages (adaptive spins when "
+       "every thread of the node's ranks has a CPU, and otherwise spins for spin_us after a "
+       "message, then sleeps on a doorbell)",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) {
+         c.wait = one_of(n, key, {"adaptive", "sleep", "spin"});
+       }},
+      {"runtime.spin_us",
+       "adaptive wait on a node with fewer CPUs than threads: how long a "
+       "rank spins after a message before it sleeps (us)",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) {
+         c.spin_us = integer(n, key, 0, 100000);
+       }},
+      {"runtime.poll_min_us",
+       "re-probe period for peers on other nodes within poll_hot_ms of a message (us)",
        [](RunConfig& c, const YAML::Node& n, const std::string& key) {
          c.poll_min_us = integer(n, key, 1, 100000);
        }},

@@ -55,6 +55,9 @@ struct RunConfig {
   // runtime
   double peer_timeout_s = 5;
   int heartbeat_ms = 200;
+  // How a rank waits for control messages (transport/mpi_channel.h): adaptive | sleep | spin.
+  std::string wait = "adaptive";
+  int spin_us = 0;
   int poll_min_us = 20;
   int poll_max_us = 200;
   int poll_hot_ms = 25;

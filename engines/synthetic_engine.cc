@@ -1,5 +1,6 @@
 #include "engines/synthetic_engine.h"
 
+#include <sys/prctl.h>
 #include <time.h>
 
 #include <algorithm>
@@ -56,20 +57,21 @@ void logits(const SyntheticParams& p, uint64_t h, float* out) {
 }  // namespace synthetic
 
 bool cancellable_sleep_ms(double ms, const CancelFlag& cancel) {
-  timespec now{};
-  clock_gettime(CLOCK_MONOTONIC, &now);
-  const int64_t start = now.tv_sec * 1000000000LL + now.tv_nsec;
-  const int64_t deadline = start + static_cast<int64_t>(ms * 1e6);
-  constexpr int64_t kSliceNs = 250000;
-  for (;;) {
+  // A device finishes a forward on time and its host thread sees it at once (CUDA's
+  // synchronisation spins by default): sleep on the cancel flag (raising it wakes the sleeper)
+  // with no timer slack (the default 50 us would stretch the sleep), then spin the last
+  // kSpin, which a sleeping thread would overshoot by a wake-up from an idle CPU (tens of
+  // microseconds on a VM).
+  prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);
+  constexpr auto kSpin = std::chrono::microseconds(60);
+  const auto deadline =
+      Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                         std::chrono::duration<double, std::milli>(std::max(0.0, ms)));
+  if (!cancel.sleep_until(deadline - kSpin)) return false;
+  while (Clock::now() < deadline) {
     if (cancel.cancelled()) return false;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    const int64_t t = now.tv_sec * 1000000000LL + now.tv_nsec;
-    if (t >= deadline) return true;
-    const int64_t wake = std::min(deadline, t + kSliceNs);
-    timespec ts{static_cast<time_t>(wake / 1000000000LL), static_cast<long>(wake % 1000000000LL)};
-    clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, nullptr);
   }
+  return !cancel.cancelled();
 }
 
 SyntheticEngine::SyntheticEngine(SyntheticParams p) : p_(p) {

@@ -59,9 +59,8 @@ class SyntheticEngine final : public Engine {
   std::vector<uint64_t> hashes_;  // hashes_[i]: hash of the context through position i
 };
 
-// Sleeps until `ms` milliseconds after `start_ns` (steady clock), in slices of at most
-// 0.25 ms so that a raised flag is seen promptly. Returns false if cancelled. The deadline is
-// absolute, so wake-up overshoots do not accumulate over slices.
+// Sleeps `ms` milliseconds, or until the flag is raised (it wakes the sleeper at once).
+// Returns false if cancelled.
 bool cancellable_sleep_ms(double ms, const CancelFlag& cancel);
 
 // Deterministic synthetic prompt of n tokens for a seed.

@@ -105,8 +105,17 @@ int session_body(const SessionOptions& common, const std::function<void(Session&
   } catch (const DataPlaneError& e) {
     return fail(std::string(e.message()), 2);
   }
-  s.channel = std::make_unique<MpiChannel>(
-      MPI_COMM_WORLD, MpiChannel::Polling{s.cfg.poll_min_us, s.cfg.poll_max_us, s.cfg.poll_hot_ms});
+  const MpiChannel::Polling polling{
+      .wait = s.cfg.wait == "spin"    ? MpiChannel::Wait::kSpin
+              : s.cfg.wait == "sleep" ? MpiChannel::Wait::kSleep
+                                      : MpiChannel::Wait::kAdaptive,
+      .spin_us = s.cfg.spin_us,
+      // The coordinator's one thread; a worker's communication thread and its engine's.
+      .threads = s.rank == 0 ? 1 : 1 + s.cfg.threads,
+      .min_us = s.cfg.poll_min_us,
+      .max_us = s.cfg.poll_max_us,
+      .hot_ms = s.cfg.poll_hot_ms};
+  s.channel = std::make_unique<MpiChannel>(MPI_COMM_WORLD, polling);
   int rc = 0;
   if (s.rank == 0) {
     Coordinator coord(*s.channel, s.cfg.heartbeat_ms, s.cfg.peer_timeout_s);

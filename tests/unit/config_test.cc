@@ -75,9 +75,11 @@ TEST(Config, DevicesHandoffAndDataPlane) {
   EXPECT_EQ(c.drafter_device, "cuda");  // follows model.device unless set
   EXPECT_EQ(c.kv_handoff, "auto");
   EXPECT_EQ(c.data_plane, "auto");
+  EXPECT_EQ(c.wait, "adaptive");
   EXPECT_EQ(c.target_choice, TargetChoice::kCache);
   c = parse_config("model: {device: cuda, drafter_device: cpu, dtype: bf16}\n"
-                   "runtime: {kv_handoff: never, data_plane: nccl, kv_gbps: 25}\n"
+                   "runtime: {kv_handoff: never, data_plane: nccl, kv_gbps: 25, wait: spin, "
+                   "spin_us: 40}\n"
                    "dsi: {target_choice: round_robin}\n",
                    "t.yaml");
   EXPECT_EQ(c.drafter_device, "cpu");
@@ -85,6 +87,8 @@ TEST(Config, DevicesHandoffAndDataPlane) {
   EXPECT_EQ(c.kv_handoff, "never");
   EXPECT_EQ(c.data_plane, "nccl");
   EXPECT_DOUBLE_EQ(c.kv_gbps, 25);
+  EXPECT_EQ(c.wait, "spin");
+  EXPECT_EQ(c.spin_us, 40);
   EXPECT_EQ(c.target_choice, TargetChoice::kRoundRobin);
   EXPECT_NE(
       error_of("runtime: {kv_handoff: sometimes}\n")
@@ -95,6 +99,10 @@ TEST(Config, DevicesHandoffAndDataPlane) {
       std::string::npos);
   EXPECT_NE(error_of("", {"runtime.data_plane=gloo"}).find("'runtime.data_plane'"),
             std::string::npos);
+  EXPECT_NE(error_of("runtime: {wait: busy}\n")
+                .find("key 'runtime.wait' must be one of adaptive, sleep, spin, got 'busy'"),
+            std::string::npos);
+  EXPECT_NE(error_of("runtime: {spin_us: -1}\n").find("'runtime.spin_us'"), std::string::npos);
 }
 
 }  // namespace

@@ -98,6 +98,21 @@ TEST(SyntheticEngine, ForwardSleepsAtLeastItsCost) {
   CancelFlag raised;
   raised.cancel();
   EXPECT_FALSE(cancellable_sleep_ms(3.6e6, raised));
+  // A flag raised while the forward sleeps wakes it at once, not at the end of a slice.
+  CancelFlag later;
+  std::thread canceller([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(30));
+    later.cancel();
+  });
+  const auto t1 = std::chrono::steady_clock::now();
+  EXPECT_FALSE(cancellable_sleep_ms(3.6e6, later));
+  EXPECT_LT(std::chrono::steady_clock::now() - t1, std::chrono::seconds(2));
+  canceller.join();
+  // The same flag, reset, sleeps to its deadline again.
+  later.reset();
+  const auto t2 = std::chrono::steady_clock::now();
+  EXPECT_TRUE(later.sleep_until(t2 + std::chrono::milliseconds(20)));
+  EXPECT_GE(std::chrono::steady_clock::now() - t2, std::chrono::milliseconds(20));
 }
 
 TEST(SyntheticEngine, KvExportImportReproducesPredictions) {
