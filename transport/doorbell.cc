@@ -116,8 +116,9 @@ Doorbells::Doorbells(MPI_Comm comm, int threads) {
   if (!ok) {
     if (base != MAP_FAILED) munmap(base, bytes);
     mpi_warn(MPI_Comm_free(&node_), "MPI_Comm_free");
-    throw TransportError(fmt::format("shared memory for the control doorbells ({}): {}", name,
-                                     mapped ? "failed on another rank of this node" : std::strerror(err)));
+    throw TransportError(
+        fmt::format("shared memory for the control doorbells ({}): {}", name,
+                    mapped ? "failed on another rank of this node" : std::strerror(err)));
   }
   // ftruncate zero-fills: every count and sleeper count starts at 0.
   base_ = base;
@@ -153,7 +154,8 @@ void Doorbells::ring(int rank) {
   Bell* b = bells_[static_cast<size_t>(rank)];
   if (!b) return;
   b->count.fetch_add(1, std::memory_order_seq_cst);
-  if (b->sleepers.load(std::memory_order_seq_cst) != 0) futex(&b->count, FUTEX_WAKE, INT_MAX, nullptr);
+  if (b->sleepers.load(std::memory_order_seq_cst) != 0)
+    futex(&b->count, FUTEX_WAKE, INT_MAX, nullptr);
 }
 
 bool Doorbells::wait(uint32_t seen, Clock::time_point deadline) {

@@ -76,8 +76,7 @@ int main(int argc, char** argv) {
         ch.send(1, {1, 2, 3}, dsi::Traffic::kWork);
         const auto f = ch.recv(dsi::Clock::now() + wait);
         const double ms = since_ms(t0);
-        expect(f && f->src == 1 && f->bytes == std::vector<uint8_t>{4, 5}, rank,
-               "rank 1's answer");
+        expect(f && f->src == 1 && f->bytes == std::vector<uint8_t>{4, 5}, rank, "rank 1's answer");
         expect(ms < 200, rank, fmt::format("round trip {:.1f} ms: the doorbell did not wake", ms));
         if (i == 4) fmt::print("rank 0: round trip after 200 ms idle {:.3f} ms\n", ms);
       } else if (rank == 1) {
@@ -124,8 +123,8 @@ int main(int argc, char** argv) {
     dsi::Doorbells many(MPI_COMM_WORLD, static_cast<int>(cpus) + 1);
     expect(many.oversubscribed() && many.crowded(), rank,
            fmt::format("{} threads per rank on {} CPUs should be oversubscribed", cpus + 1, cpus));
-    expect(many.node_ranks() == 3 && many.node_threads() == 3 * (static_cast<int>(cpus) + 1),
-           rank, "node ranks and threads");
+    expect(many.node_ranks() == 3 && many.node_threads() == 3 * (static_cast<int>(cpus) + 1), rank,
+           "node ranks and threads");
     dsi::MpiChannel spin(MPI_COMM_WORLD, {.wait = dsi::MpiChannel::Wait::kAdaptive,
                                           .threads = static_cast<int>(cpus) + 1});
     expect(spin.describe().find("adaptive, sleeps") != std::string::npos, rank,
