@@ -151,6 +151,7 @@ Doorbells::~Doorbells() {
 }
 
 void Doorbells::ring(int rank) {
+  if (rank < 0 || static_cast<size_t>(rank) >= bells_.size()) return;  // MPI reports that one
   Bell* b = bells_[static_cast<size_t>(rank)];
   if (!b) return;
   b->count.fetch_add(1, std::memory_order_seq_cst);

@@ -37,7 +37,10 @@ class Doorbells {
   Doorbells& operator=(const Doorbells&) = delete;
 
   // Whether `rank` (of comm) has a bell here: it runs on this node.
-  bool has(int rank) const { return bells_[static_cast<size_t>(rank)] != nullptr; }
+  bool has(int rank) const {
+    return rank >= 0 && static_cast<size_t>(rank) < bells_.size() &&
+           bells_[static_cast<size_t>(rank)] != nullptr;
+  }
   // Whether every rank of comm runs on this node.
   bool all_local() const { return all_local_; }
   // Ranks on this node, the threads they run and the CPUs they may run on together.

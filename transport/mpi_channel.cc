@@ -105,9 +105,10 @@ void MpiChannel::send(int dst, std::vector<uint8_t> frame, Traffic traffic) {
   const bool work = traffic == Traffic::kWork;
   if (work) last_activity_ns_ = now_ns();
   Pending& p = pending_.emplace_back(Pending{MPI_REQUEST_NULL, dst, std::move(frame)});
-  mpi_check(MPI_Isend(p.buf.data(), static_cast<int>(p.buf.size()), MPI_BYTE, dst,
-                      work ? kWorkTag : kLivenessTag, comm_, &p.req),
-            "MPI_Isend", dst);
+  const int rc = MPI_Isend(p.buf.data(), static_cast<int>(p.buf.size()), MPI_BYTE, dst,
+                           work ? kWorkTag : kLivenessTag, comm_, &p.req);
+  if (rc != MPI_SUCCESS) pending_.pop_back();
+  mpi_check(rc, "MPI_Isend", dst);
   // Ring now (a small message is usually in the receiver's queue already) and again when the
   // send completes (reap_locked), so that the receiver never sleeps through a message that MPI
   // delivered after the first ring.
