@@ -175,7 +175,8 @@ std::optional<Frame> MpiChannel::recv(Clock::time_point deadline) {
     }
     const bool hot = idle_ns < int64_t{poll_.hot_ms} * 1000000;
     const bool cold = idle_ns > int64_t{poll_.cold_ms} * 1000000;
-    const int us = sending ? poll_.min_us
+    // A send still pending needs this rank's progress to go out: re-probe every 20 us.
+    const int us = sending ? std::min(poll_.min_us, 20)
                    : rung  ? (cold ? 10 * poll_.max_us : poll_.max_us)
                    : hot   ? poll_.min_us
                            : sleep_us;
