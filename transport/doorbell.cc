@@ -109,6 +109,12 @@ Doorbells::Doorbells(MPI_Comm comm, int threads) {
     }
   }
   const int err = errno;
+  // The first rank constructs the bells before it joins the agreement below, which no rank
+  // leaves before it: none can use a bell that is not yet constructed, and none constructs one
+  // (resetting its counts) that another already waits on.
+  if (node_rank == 0 && base != MAP_FAILED) {
+    for (int i = 0; i < node_ranks_; ++i) new (static_cast<Bell*>(base) + i) Bell;
+  }
   const int mapped = base != MAP_FAILED;
   int ok = mapped;
   mpi_check(MPI_Allreduce(MPI_IN_PLACE, &ok, 1, MPI_INT, MPI_LAND, node_), "MPI_Allreduce");
@@ -120,11 +126,9 @@ Doorbells::Doorbells(MPI_Comm comm, int threads) {
         fmt::format("shared memory for the control doorbells ({}): {}", name,
                     mapped ? "failed on another rank of this node" : std::strerror(err)));
   }
-  // ftruncate zero-fills: every count and sleeper count starts at 0.
   base_ = base;
   bytes_ = bytes;
   auto* node_bells = static_cast<Bell*>(base);
-  for (int i = 0; i < node_ranks_; ++i) new (&node_bells[i]) Bell;
 
   MPI_Group group;
   MPI_Group node_group;
