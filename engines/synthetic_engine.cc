@@ -1,11 +1,12 @@
 #include "engines/synthetic_engine.h"
 
 #include <sys/prctl.h>
-#include <time.h>
 
 #include <algorithm>
 #include <cstring>
 #include <stdexcept>
+
+#include "common/cpu_relax.h"
 
 namespace dsi {
 namespace synthetic {
@@ -70,6 +71,7 @@ bool cancellable_sleep_ms(double ms, const CancelFlag& cancel) {
   if (!cancel.sleep_until(deadline - kSpin)) return false;
   while (Clock::now() < deadline) {
     if (cancel.cancelled()) return false;
+    cpu_relax();
   }
   return !cancel.cancelled();
 }

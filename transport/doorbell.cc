@@ -1,14 +1,11 @@
 #include "transport/doorbell.h"
 
 #include <fcntl.h>
-#include <linux/futex.h>
 #include <sched.h>
 #include <sys/mman.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <cerrno>
-#include <climits>
 #include <cstring>
 #include <new>
 #include <numeric>
@@ -17,16 +14,11 @@
 #include <fmt/format.h>
 
 #include "common/error.h"
+#include "common/futex.h"
 #include "transport/mpi_check.h"
 
 namespace dsi {
 namespace {
-
-long futex(std::atomic<uint32_t>* word, int op, uint32_t val, const timespec* ts) {
-  // Not FUTEX_PRIVATE_FLAG: the word is shared between processes.
-  return syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), op, val, ts, nullptr,
-                 FUTEX_BITSET_MATCH_ANY);
-}
 
 // The CPUs this process may run on.
 cpu_set_t affinity() {
@@ -159,19 +151,15 @@ void Doorbells::ring(int rank) {
   Bell* b = bells_[static_cast<size_t>(rank)];
   if (!b) return;
   b->count.fetch_add(1, std::memory_order_seq_cst);
-  if (b->sleepers.load(std::memory_order_seq_cst) != 0)
-    futex(&b->count, FUTEX_WAKE, INT_MAX, nullptr);
+  if (b->sleepers.load(std::memory_order_seq_cst) != 0) {
+    futex_wake_all(b->count, FutexScope::kShared);
+  }
 }
 
 bool Doorbells::wait(uint32_t seen, Clock::time_point deadline) {
-  const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(deadline.time_since_epoch());
-  // FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC time, the clock of steady_clock.
-  static_assert(std::is_same_v<Clock, std::chrono::steady_clock>);
-  const timespec ts{static_cast<time_t>(ns.count() / 1000000000),
-                    static_cast<long>(ns.count() % 1000000000)};
   mine_->sleepers.fetch_add(1, std::memory_order_seq_cst);
   if (mine_->count.load(std::memory_order_seq_cst) == seen && Clock::now() < deadline) {
-    futex(&mine_->count, FUTEX_WAIT_BITSET, seen, &ts);  // EAGAIN, ETIMEDOUT, EINTR: all fine
+    futex_wait(mine_->count, seen, deadline, FutexScope::kShared);
   }
   mine_->sleepers.fetch_sub(1, std::memory_order_seq_cst);
   return mine_->count.load(std::memory_order_seq_cst) != seen;

@@ -67,8 +67,6 @@ class Doorbells {
     std::atomic<uint32_t> count{0};
     std::atomic<uint32_t> sleepers{0};
   };
-  static_assert(std::atomic<uint32_t>::is_always_lock_free && sizeof(std::atomic<uint32_t>) == 4,
-                "a futex word must be a plain 32-bit integer");
 
   MPI_Comm node_ = MPI_COMM_NULL;
   void* base_ = nullptr;
