@@ -22,4 +22,17 @@ if [ "${DSI_TEST_QWEN:-0}" = 1 ]; then
   fi
 fi
 cd build
-ctest --output-on-failure --timeout 900 "$@"
+if ctest --output-on-failure --timeout 900 "$@"; then exit 0; else rc=$?; fi
+# The ends of the failed tests' outputs, again, after the summary: a CI log that keeps only its
+# last lines still says why each failed.
+python3 - <<'PY' || true
+import re
+failed = [l.split(":", 1)[1].strip() for l in open("Testing/Temporary/LastTestsFailed.log")]
+log = open("Testing/Temporary/LastTest.log", errors="replace").read()
+for name in failed:
+    m = re.search(r"Test: %s\n.*?\nOutput:\n-+\n(.*?)<end of output>" % re.escape(name), log, re.S)
+    lines = m.group(1).rstrip().splitlines()[-15:] if m else ["(no output recorded)"]
+    print("---- the end of %s:" % name)
+    print("\n".join("  " + l for l in lines))
+PY
+exit $rc

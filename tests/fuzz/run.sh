@@ -32,7 +32,11 @@ testdata=${DSI_TESTDATA_DIR:-$root/../shared/testdata}
 cmake -S "$root" -B "$build" -G Ninja \
   -DCMAKE_C_COMPILER="$cc" -DCMAKE_CXX_COMPILER="$cxx" \
   -DCMAKE_BUILD_TYPE=Release -DDSI_CUDA=OFF -DDSI_SANITIZE=address -DDSI_FUZZ=ON >/dev/null
-cmake --build "$build" --target "${targets[@]/%/_fuzz}" -j2
+if ! cmake --build "$build" --target "${targets[@]/%/_fuzz}" -j2; then
+  echo "fuzz: building ${targets[*]} failed; free disk where the tree is:"
+  df -h "$build" || true
+  exit 1
+fi
 
 artifacts="$build/fuzz-artifacts"
 mkdir -p "$artifacts"
@@ -60,7 +64,16 @@ for i, t in enumerate(open(sys.argv[1], "rb").read().split(b"\n__ggml_vocab_test
   echo "== fuzzing $t for ${seconds}s"
   # Inputs are capped at 64 KiB, one allocation at 256 MiB and the process at 2 GiB: the readers
   # must reject absurd counts before allocating for them.
+  log="$build/fuzz-$t.log"
+  rc=0
   "$build/tests/fuzz/${t}_fuzz" -max_total_time="$seconds" -max_len=65536 -timeout=10 \
     -rss_limit_mb=2048 -malloc_limit_mb=256 -print_final_stats=1 \
-    -artifact_prefix="$artifacts/$t-" "$corpus" "$seeds"
+    -artifact_prefix="$artifacts/$t-" "$corpus" "$seeds" 2>&1 | tee "$log" || rc=$?
+  if [[ $rc -ne 0 ]]; then
+    # libFuzzer ends with its statistics: say last what it found.
+    echo "fuzz: $t failed (exit $rc):"
+    grep -m 5 -E 'ERROR|SUMMARY|deadly signal|Timeout|out-of-memory|leak|uncaught' "$log" || true
+    ls "$artifacts" | grep "^$t-" | tail -3 || true
+    exit "$rc"
+  fi
 done
