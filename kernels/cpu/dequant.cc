@@ -359,7 +359,7 @@ void dequantize_row(GgmlType type, const void* src, float* dst, int64_t n) {
   const auto* p = static_cast<const uint8_t*>(src);
   switch (type) {
     case GgmlType::F32:
-      std::memcpy(dst, p, bytes);
+      if (bytes > 0) std::memcpy(dst, p, bytes);  // an empty tensor's pointers may be null
       return;
     case GgmlType::F16:
       for (int64_t i = 0; i < n; ++i) dst[i] = fp16_to_fp32(load_u16(p + 2 * i));

@@ -90,6 +90,14 @@ TEST(Dequant, FloatTypes) {
   EXPECT_EQ(out[1], -7.0f);
 }
 
+// An empty tensor (shape [0]) has no data: its pointers may be null (the safetensors fuzzer
+// found a memcpy from null under UBSan).
+TEST(Dequant, EmptyRow) {
+  for (GgmlType t : {GgmlType::F32, GgmlType::F16, GgmlType::BF16}) {
+    EXPECT_NO_THROW(dequantize_row(t, nullptr, nullptr, 0));
+  }
+}
+
 TEST(Dequant, Q8_0Block) {
   BlockQ8_0 blk[2];
   blk[0].d = fp32_to_fp16(0.5f);
