@@ -233,7 +233,10 @@ void Coordinator::generate(Run& r) {
   r.t_start = r.last_commit = Clock::now();
   execute(r, sched.start());
   while (!sched.done()) {
-    auto env = next(Clock::now() + heartbeat_);
+    // Drafts that do not launch a verification are deferred (they do not wake this rank):
+    // poll for them while one would be acted on at once.
+    constexpr auto kDraftPoll = std::chrono::microseconds(20);
+    auto env = next(Clock::now() + (sched.awaits_drafts() ? kDraftPoll : heartbeat_));
     if (!env) continue;
     const Message& m = env->msg;
     if (const auto* d = std::get_if<msg::Draft>(&m.body)) {
@@ -247,7 +250,18 @@ void Coordinator::generate(Run& r) {
 }
 
 void Coordinator::execute(Run& r, const std::vector<Action>& acts) {
+  // A new chain goes out first: the drafter's restart is the critical path after a rejection,
+  // and each send before it (the cancels of the stale verifications) costs a wake-up.
+  // Nothing else goes to the drafter, so the order among the others is kept.
+  std::vector<const Action*> order;
   for (const Action& a : acts) {
+    if (a.kind == Action::kStartChain) order.push_back(&a);
+  }
+  for (const Action& a : acts) {
+    if (a.kind != Action::kStartChain) order.push_back(&a);
+  }
+  for (const Action* ap : order) {
+    const Action& a = *ap;
     switch (a.kind) {
       case Action::kPrefill:
         ch_.send(r.rank(a.target), Message{.run = run_, .body = msg::Prefill{.tokens = a.seq}});
@@ -257,7 +271,8 @@ void Coordinator::execute(Run& r, const std::vector<Action>& acts) {
                             .body = msg::StartChain{.chain = a.id,
                                                     .committed = a.seq,
                                                     .window = a.window,
-                                                    .stop_len = a.stop_len}});
+                                                    .stop_len = a.stop_len,
+                                                    .notify_every = a.notify_every}});
         break;
       case Action::kVerify:
         ch_.send(r.rank(a.target), Message{.run = run_,

@@ -15,6 +15,8 @@ void DrafterRole::start(const msg::StartChain& m) {
   seq_ = m.committed;
   window_ = m.window;
   stop_len_ = m.stop_len;
+  chain_base_ = m.committed.size();
+  notify_every_ = std::max(1, m.notify_every);
   active_ = true;
 }
 
@@ -53,7 +55,11 @@ void DrafterRole::step() {
     if (chain == chain_ && active_) {
       seq_.push_back(tok);
       if (window_ > 0) --window_;
-      ctx_.reply(msg::Draft{.chain = chain, .pos = pos, .token = tok});
+      // The coordinator acts on every notify_every-th draft of a chain (it launches a
+      // verification) and on the last; it reads the others with those.
+      const size_t n = seq_.size() - chain_base_;
+      const bool wake = n % notify_every_ == 0 || !can_draft();
+      ctx_.reply(msg::Draft{.chain = chain, .pos = pos, .token = tok}, !wake);
     }
   } catch (const Cancelled&) {
     ctx_.log.record({.kind = SpanKind::kDraft, .id = chain, .cancelled = true}, t0, steady_now_s());

@@ -25,7 +25,7 @@ namespace dsi {
 inline constexpr uint32_t kProtocolMagic = 0x31495344;  // "DSI1" read little-endian
 // 3: typed messages, each field encoded in its own width; the worker spec and the Stopped
 // report are binary structs (were JSON text).
-inline constexpr uint16_t kProtocolVersion = 3;
+inline constexpr uint16_t kProtocolVersion = 4;
 
 // The type id on the wire; each is the index of its struct in Message::Body plus one.
 enum class MsgType : uint16_t {
@@ -144,8 +144,9 @@ struct StartChain {
       "progress.";
   uint64_t chain = 0;
   std::vector<Token> committed;
-  int32_t window = -1;   // drafts to make (-1: unlimited; SI: k)
-  int32_t stop_len = 0;  // draft no position >= stop_len
+  int32_t window = -1;       // drafts to make (-1: unlimited; SI: k)
+  int32_t stop_len = 0;      // draft no position >= stop_len
+  int32_t notify_every = 1;  // wake the coordinator for every n-th draft only (0, 1: each)
   bool operator==(const StartChain&) const = default;
 };
 template <Is<StartChain> S, class V>
@@ -154,6 +155,9 @@ void wire_fields(S& s, V&& v) {
   v(s.committed, "committed", "the committed sequence");
   v(s.window, "window", "drafts to make (-1: unlimited; SI: k)");
   v(s.stop_len, "stop_len", "no draft at a position ≥ stop_len");
+  v(s.notify_every, "notify_every",
+    "drafts n·notify_every of the chain (and its last) wake the coordinator; the others are "
+    "deferred (read with the next)");
 }
 
 struct Draft {
@@ -397,8 +401,12 @@ class ControlLink {
   explicit ControlLink(ControlChannel& ch) : ch_(ch) {}
   int rank() const { return ch_.rank(); }
   int size() const { return ch_.size(); }
-  void send(int dst, const Message& m) {
-    ch_.send(dst, encode(m), m.is<msg::Heartbeat>() ? Traffic::kLiveness : Traffic::kWork);
+  // `defer`: the receiver need not wake for it (Traffic::kDeferred).
+  void send(int dst, const Message& m, bool defer = false) {
+    ch_.send(dst, encode(m),
+             m.is<msg::Heartbeat>() ? Traffic::kLiveness
+             : defer                ? Traffic::kDeferred
+                                    : Traffic::kWork);
   }
   // Throws ProtocolError for a frame that does not decode.
   std::optional<Envelope> recv(Clock::time_point deadline) {

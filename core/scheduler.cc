@@ -118,7 +118,12 @@ void Scheduler::new_chain(std::vector<Action>& out) {
   drafts_.clear();
   checked_ = 0;
   const int window = opts_.mode == Mode::kSi ? opts_.lookahead : -1;
-  out.push_back(Action{Action::kStartChain, -1, chain_, committed_, 0, window, goal_len()});
+  out.push_back(Action{.kind = Action::kStartChain,
+                       .id = chain_,
+                       .seq = committed_,
+                       .window = window,
+                       .stop_len = goal_len(),
+                       .notify_every = opts_.lookahead});
   // DSI launches a task with no drafts at every chain start: never slower than non-SI.
   if (opts_.mode == Mode::kDsi) submit(committed_, 1, out);
 }

@@ -65,6 +65,7 @@ struct Action {
   int n_logits = 0;        // kVerify: positions to check (m = drafts + 1)
   int window = -1;         // kStartChain: drafts allowed in this chain (-1 = unlimited)
   int stop_len = 0;        // kStartChain: do not draft a position >= stop_len
+  int notify_every = 1;    // kStartChain: the drafts the scheduler launches on (n·k)
   uint64_t chain = 0;      // kVerify: the chain its drafts come from
   int bonus_anchor = -1;   // kVerify: sampling decides anchor + i * period from p (BonusRule)
   int bonus_period = 0;
@@ -113,6 +114,12 @@ class Scheduler {
   std::vector<Action> on_cancelled(uint64_t task);
 
   bool done() const { return done_; }
+  // The targets have committed past the drafts received: the next draft is checked at once
+  // (it may be a rejection), so a deferred one should not wait for the next wake-up.
+  bool awaits_drafts() const {
+    return !done_ && opts_.mode != Mode::kNonSi &&
+           committed_.size() > static_cast<size_t>(chain_base_) + drafts_.size();
+  }
   const std::vector<Token>& committed() const { return committed_; }
   int prompt_len() const { return prompt_len_; }
   int generated() const { return static_cast<int>(committed_.size()) - prompt_len_; }

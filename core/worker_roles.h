@@ -44,7 +44,9 @@ struct WorkerContext {
   KvCounters kv;  // KV handoff counters of this run
 
   // Sends a message of the current run to the coordinator (thread-safe).
-  void reply(Message::Body b) { link.send(0, Message{.run = run, .body = std::move(b)}); }
+  void reply(Message::Body b, bool defer = false) {
+    link.send(0, Message{.run = run, .body = std::move(b)}, defer);
+  }
 
   // When a peer must have answered by.
   Clock::time_point peer_deadline() const {
@@ -109,6 +111,8 @@ class DrafterRole {
   std::vector<Token> seq_;  // committed sequence + drafts of this chain
   int window_ = -1;
   int stop_len_ = 0;
+  size_t chain_base_ = 0;  // the chain's first draft position
+  int notify_every_ = 1;
 };
 
 }  // namespace dsi

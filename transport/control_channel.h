@@ -19,8 +19,12 @@
 namespace dsi {
 
 // What a frame says about the traffic to come: liveness frames (heartbeats) do not make a
-// channel "hot" (its receive polls faster while work frames flow).
-enum class Traffic { kWork, kLiveness };
+// channel "hot" (its receive polls faster while work frames flow). A deferred work frame does
+// not wake a receiver that sleeps: it is read after the next frame that does, or at the
+// receiver's next poll (a few hundred microseconds, 2 ms when cold), in its order. Senders
+// defer what the receiver would not act on at once, and save the wake-up (its system call
+// costs the sender several microseconds on a VM, and the receiver a CPU).
+enum class Traffic { kWork, kDeferred, kLiveness };
 
 struct Frame {
   int src = -1;

@@ -76,7 +76,7 @@ MpiChannel::~MpiChannel() {
     fmt::print(stderr, "dsi: warning: closing the control channel: {}\n", e.what());
   }
   std::lock_guard lk(send_mu_);
-  for (auto& [req, dst, buf] : pending_) {
+  for (auto& [req, dst, ring, buf] : pending_) {
     if (req == MPI_REQUEST_NULL) continue;
     mpi_warn(MPI_Cancel(&req), "MPI_Cancel");
     mpi_warn(MPI_Request_free(&req), "MPI_Request_free");
@@ -93,7 +93,7 @@ void MpiChannel::reap_locked() {
       ++it;
       continue;
     }
-    if (bells_) bells_->ring(it->dst);
+    if (bells_ && it->ring) bells_->ring(it->dst);
     it = pending_.erase(it);
   }
 }
@@ -102,9 +102,10 @@ void MpiChannel::send(int dst, std::vector<uint8_t> frame, Traffic traffic) {
   std::lock_guard lk(send_mu_);
   reap_locked();
   // Heartbeats say nothing about what comes next: they do not make the channel hot.
-  const bool work = traffic == Traffic::kWork;
+  const bool work = traffic != Traffic::kLiveness;
+  const bool ring = traffic != Traffic::kDeferred;
   if (work) last_activity_ns_ = now_ns();
-  Pending& p = pending_.emplace_back(Pending{MPI_REQUEST_NULL, dst, std::move(frame)});
+  Pending& p = pending_.emplace_back(Pending{MPI_REQUEST_NULL, dst, ring, std::move(frame)});
   const int rc = MPI_Isend(p.buf.data(), static_cast<int>(p.buf.size()), MPI_BYTE, dst,
                            work ? kWorkTag : kLivenessTag, comm_, &p.req);
   if (rc != MPI_SUCCESS) pending_.pop_back();
@@ -112,7 +113,7 @@ void MpiChannel::send(int dst, std::vector<uint8_t> frame, Traffic traffic) {
   // Ring now (a small message is usually in the receiver's queue already) and again when the
   // send completes (reap_locked), so that the receiver never sleeps through a message that MPI
   // delivered after the first ring.
-  if (bells_) bells_->ring(dst);
+  if (bells_ && ring) bells_->ring(dst);
   int done = 0;
   mpi_check(MPI_Test(&p.req, &done, MPI_STATUS_IGNORE), "MPI_Test", dst);
   if (done) pending_.pop_back();

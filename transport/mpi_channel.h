@@ -62,6 +62,7 @@ class MpiChannel final : public ControlChannel {
   struct Pending {
     MPI_Request req = MPI_REQUEST_NULL;
     int dst = -1;
+    bool ring = true;  // rings the receiver's doorbell when it completes (not deferred)
     std::vector<uint8_t> buf;
   };
   MPI_Comm comm_;

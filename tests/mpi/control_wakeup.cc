@@ -2,6 +2,7 @@
 // a peer on its node sends one (transport/doorbell.h, transport/mpi_channel.h).
 // - Polling is made too slow to matter (a re-probe every 2 s): a message that only polling
 //   found would take seconds, so each prompt wake-up is the doorbell's doing.
+// - A deferred frame does not wake it; it is read, in order, with the next frame that does.
 // - The waiting thread uses almost no CPU while it sleeps, and a receive with no message
 //   returns at its deadline.
 // - The adaptive policy spins only where every declared thread has a CPU of its own: never
@@ -102,7 +103,26 @@ int main(int argc, char** argv) {
       expect(ms >= 150 && ms < 1000, rank, fmt::format("deadline of 150 ms kept as {:.1f} ms", ms));
     }
 
-    // 3. The end: rank 2 has been waiting all along and wakes for its message at once.
+    // 3. A deferred frame does not wake the receiver: rank 1 reads it, in order, only when
+    //    the next frame rings 300 ms later.
+    MPI_Barrier(MPI_COMM_WORLD);
+    if (rank == 0) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      ch.send(1, {7}, dsi::Traffic::kDeferred);
+      std::this_thread::sleep_for(std::chrono::milliseconds(300));
+      ch.send(1, {8}, dsi::Traffic::kWork);
+    } else if (rank == 1) {
+      const auto t0 = dsi::Clock::now();
+      const auto f = ch.recv(t0 + wait);
+      const double ms = since_ms(t0);
+      expect(f && f->bytes == std::vector<uint8_t>{7}, rank, "the deferred frame first");
+      expect(ms >= 300, rank, fmt::format("the deferred frame woke the receiver ({:.1f} ms)", ms));
+      const auto g = ch.recv(dsi::Clock::now() + wait);
+      expect(g && g->bytes == std::vector<uint8_t>{8}, rank, "the frame that rang, second");
+      expect(since_ms(t0) < ms + 100, rank, "the frame that rang came at once");
+    }
+
+    // 4. The end: rank 2 has been waiting all along and wakes for its message at once.
     MPI_Barrier(MPI_COMM_WORLD);
     if (rank == 0) {
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
@@ -116,7 +136,7 @@ int main(int argc, char** argv) {
     MPI_Barrier(MPI_COMM_WORLD);
   }
 
-  // 4. Oversubscription: one thread per rank on a node with at least as many CPUs is not;
+  // 5. Oversubscription: one thread per rank on a node with at least as many CPUs is not;
   //    more threads than CPUs is.
   {
     const long cpus = sysconf(_SC_NPROCESSORS_ONLN);

@@ -181,7 +181,7 @@ TEST(Protocol, RejectsDamagedFrames) {
   EXPECT_HAS(error_of(bad_magic), "bad magic number");
   auto bad_version = bytes;
   bad_version[4] = 2;
-  EXPECT_HAS(error_of(bad_version), "protocol version 2 (this build speaks 3)");
+  EXPECT_HAS(error_of(bad_version), "protocol version 2 (this build speaks 4)");
   for (uint8_t t : {0, 18, 200}) {
     auto bad_type = bytes;
     bad_type[6] = t;
@@ -240,7 +240,8 @@ TEST(Protocol, EveryTruncationOfEveryMessageIsRefused) {
   }
 }
 
-TEST(Protocol, HeartbeatsTravelAsLiveness) {
+// Heartbeats do not make a channel hot; a deferred message does not wake its receiver.
+TEST(Protocol, TrafficKinds) {
   struct Recorder : ControlChannel {
     std::vector<Traffic> sent;
     int rank() const override { return 0; }
@@ -251,7 +252,9 @@ TEST(Protocol, HeartbeatsTravelAsLiveness) {
   ControlLink link(ch);
   link.send(1, Message{.body = msg::Heartbeat{}});
   link.send(1, Message{.body = msg::Stop{}});
-  EXPECT_EQ(ch.sent, (std::vector<Traffic>{Traffic::kLiveness, Traffic::kWork}));
+  link.send(1, Message{.body = msg::Draft{}}, /*defer=*/true);
+  EXPECT_EQ(ch.sent,
+            (std::vector<Traffic>{Traffic::kLiveness, Traffic::kWork, Traffic::kDeferred}));
 }
 
 // docs/protocol.md holds protocol_doc() verbatim between its markers. To regenerate it:
@@ -282,7 +285,7 @@ TEST(ProtocolDoc, RendersEveryMessageAndType) {
         "Role", "LlamaDevice", "CudaDtype", "SpanKind", "KvOutcome"}) {
     EXPECT_HAS(doc, fmt::format("\n### {}\n", type));
   }
-  EXPECT_HAS(doc, "Protocol version 3.");
+  EXPECT_HAS(doc, "Protocol version 4.");
   EXPECT_HAS(doc, "| seq | i32[] | the whole sequence S = committed + drafts |");
   EXPECT_HAS(doc, "| engine | one of: 0 SyntheticParams, 1 LlamaSpec |");
   EXPECT_HAS(doc, "u8, what a worker rank does: 0 `drafter`, 1 `target`.");

@@ -325,5 +325,32 @@ TEST(Scheduler, CancelTrimsTheCacheModelAndHandoffsFillIt) {
   EXPECT_EQ(s.stats().kv_handoffs, 3);
 }
 
+// Drafts that launch nothing are deferred by the drafter: the chain says which ones wake the
+// coordinator (every k-th), and the scheduler says when it would act on the next draft at once
+// (the targets have committed past the drafts received), so that the coordinator polls then.
+TEST(Scheduler, SaysWhichDraftsWakeItAndWhenItAwaitsOne) {
+  for (Mode mode : {Mode::kDsi, Mode::kSi}) {
+    SchedulerOptions o = hand_options(mode, KvPolicy::kNever);
+    o.lookahead = 3;
+    Scheduler s(o, kPrompt);
+    s.prefill();
+    s.on_prefilled(0);
+    s.on_prefilled(1);
+    const auto start = s.start();
+    const auto chains = of_kind(start, Action::kStartChain);
+    ASSERT_EQ(chains.size(), 1u);
+    EXPECT_EQ(chains[0].notify_every, 3);
+    EXPECT_FALSE(s.awaits_drafts());
+    if (mode == Mode::kSi) continue;  // SI verifies only after k drafts
+    // DSI's task without drafts commits the next token before any draft has come.
+    const auto verify = of_kind(start, Action::kVerify);
+    ASSERT_EQ(verify.size(), 1u);
+    s.on_result(verify[0].id, std::vector<Token>{5}, Forward{1, 0.01});
+    EXPECT_TRUE(s.awaits_drafts());
+    s.on_draft(chains[0].id, static_cast<int>(kPrompt.size()), 5);  // accepted
+    EXPECT_FALSE(s.awaits_drafts());
+  }
+}
+
 }  // namespace
 }  // namespace dsi
