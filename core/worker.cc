@@ -1,5 +1,5 @@
-// The worker loop (core/worker.h): the communication thread routes messages to the compute
-// thread's inbox, which runs them through the roles of core/worker_roles.h.
+// The worker loop (core/worker.h): two threads take turns receiving control messages into the
+// inbox and running them through the roles of core/worker_roles.h.
 #include "core/worker.h"
 
 #include <fmt/format.h>
@@ -22,22 +22,33 @@ class Worker {
   int serve();
 
  private:
-  void route(Message m);  // communication thread
-  void compute_loop();
-  void handle(Message m);  // compute thread
+  using Lock = std::unique_lock<std::mutex>;
+  void loop();             // both threads
+  void receive(Lock& lk);  // the receiving thread: one message, or a heartbeat's deadline
+  // The working thread: one message or draft step from the inbox; `wake` wakes the other
+  // thread to receive meanwhile.
+  void run_next(Lock& lk, bool wake);
+  void route(Message m);     // mu_ held
+  void close(Message exit);  // mu_ held: nobody receives any more; `exit` ends the loop
+  void handle(Message m);    // mu_ not held
   void configure(const msg::Configure& m);
   void prefill(const msg::Prefill& m);
   void stop();
 
   WorkerContext ctx_;
-  std::mutex mu_;  // guards the inbox, current_task_ and the drafter's chain
+  std::mutex mu_;  // guards everything below, and the drafter's chain
   std::condition_variable cv_;
   std::deque<Message> inbox_;
   uint64_t current_task_ = 0;  // Verify being computed
   DrafterRole drafter_;
-  WorkerSpec spec_;  // of the engine built
-  std::atomic<bool> exited_{false};
+  WorkerSpec spec_;         // of the engine built
+  bool receiving_ = false;  // a thread waits in link.recv
+  bool working_ = false;    // a thread runs a message or a draft step
+  bool closing_ = false;    // Exit received or the link failed: nobody receives
+  bool exited_ = false;     // Exit taken from the inbox: both threads leave
   int exit_code_ = 0;
+  std::exception_ptr fatal_;
+  Clock::time_point last_heard_, next_hb_;  // the receiving thread's
 };
 
 void Worker::configure(const msg::Configure& m) {
@@ -122,38 +133,108 @@ void Worker::handle(Message m) {
   current_task_ = 0;
 }
 
-void Worker::compute_loop() {
-  for (;;) {
-    Message m;
-    {
-      std::unique_lock lk(mu_);
-      cv_.wait(lk, [&] { return !inbox_.empty() || drafter_.can_draft(); });
-      if (inbox_.empty()) {
-        drafter_.begin_step();
-        ctx_.cancel.reset();
-        lk.unlock();
-        drafter_.step();
-        continue;
-      }
-      m = std::move(inbox_.front());
-      inbox_.pop_front();
-      if (const auto* v = std::get_if<msg::Verify>(&m.body)) {
-        current_task_ = v->task;
-        ctx_.cancel.reset();
-      }
+// Leader and follower: the two threads take turns. One waits for messages while the other
+// works; when the receiving thread finds work and nobody is working, it runs the work itself
+// and wakes the other to receive. A message that wakes an idle worker is thus run by the
+// thread that it woke (one wake-up on the critical path, not two), and a Cancel, a heartbeat
+// or the next task is still received while a forward runs.
+void Worker::loop() {
+  Lock lk(mu_);
+  while (!exited_) {
+    if (!working_ && (!inbox_.empty() || drafter_.can_draft())) {
+      run_next(lk, !receiving_ && !closing_);
+    } else if (!receiving_ && !closing_) {
+      receive(lk);
+    } else {
+      cv_.wait(lk);
     }
-    if (const auto* e = std::get_if<msg::Exit>(&m.body)) {
-      exit_code_ = e->code;
-      exited_ = true;
-      return;
-    }
-    handle(std::move(m));
   }
 }
 
+void Worker::run_next(Lock& lk, bool wake) {
+  working_ = true;
+  // Notified after the unlock: a thread woken under the lock would block on it at once.
+  auto unlock = [&] {
+    lk.unlock();
+    if (wake) cv_.notify_one();
+  };
+  if (inbox_.empty()) {
+    drafter_.begin_step();
+    ctx_.cancel.reset();
+    unlock();
+    drafter_.step();
+    lk.lock();
+    working_ = false;
+    return;
+  }
+  Message m = std::move(inbox_.front());
+  inbox_.pop_front();
+  if (const auto* e = std::get_if<msg::Exit>(&m.body)) {
+    exit_code_ = e->code;
+    exited_ = true;
+    working_ = false;
+    cv_.notify_all();
+    return;
+  }
+  if (const auto* v = std::get_if<msg::Verify>(&m.body)) {
+    current_task_ = v->task;
+    ctx_.cancel.reset();
+  }
+  unlock();
+  handle(std::move(m));
+  lk.lock();
+  working_ = false;
+}
+
+void Worker::receive(Lock& lk) {
+  receiving_ = true;
+  lk.unlock();
+  std::optional<Envelope> env;
+  std::exception_ptr err;
+  try {
+    auto now = Clock::now();
+    if (now >= next_hb_) {
+      ctx_.link.send(0, Message{.run = ctx_.run, .body = msg::Heartbeat{}});
+      next_hb_ = now + std::chrono::milliseconds(ctx_.opts.heartbeat_ms);
+    }
+    try {
+      env = ctx_.link.recv(next_hb_);
+    } catch (const ProtocolError& e) {
+      throw WorkerFatal(fmt::format("bad control message: {}", error_message(e)));
+    }
+    now = Clock::now();
+    const auto silent = std::chrono::duration<double>(now - last_heard_);
+    if (env) {
+      last_heard_ = now;
+    } else if (silent.count() > ctx_.opts.peer_timeout_s) {
+      throw WorkerFatal(fmt::format("the coordinator (rank 0) has not been heard from for {:.1f} s",
+                                    silent.count()));
+    }
+  } catch (...) {
+    err = std::current_exception();
+  }
+  lk.lock();
+  receiving_ = false;
+  if (err) {
+    fatal_ = err;
+    close(Message{.body = msg::Exit{.code = 1}});
+  } else if (env && !env->msg.is<msg::Heartbeat>()) {
+    route(std::move(env->msg));
+  }
+}
+
+void Worker::close(Message exit) {
+  closing_ = true;
+  if (fatal_) {
+    ctx_.cancel.cancel();
+    inbox_.push_front(std::move(exit));  // the link failed: drop the queued work
+  } else {
+    inbox_.push_back(std::move(exit));  // after the work queued before it
+  }
+  cv_.notify_all();
+}
+
 void Worker::route(Message m) {
-  if (m.is<msg::Heartbeat>()) return;
-  std::lock_guard lk(mu_);
   if (const auto* c = std::get_if<msg::Cancel>(&m.body)) {
     if (m.run != ctx_.run) return;
     if (current_task_ == c->task) {
@@ -174,64 +255,27 @@ void Worker::route(Message m) {
   if (m.is<msg::StartChain>() || m.is<msg::Stop>() || m.is<msg::Exit>()) {
     if (drafter_.drafting() || current_task_ != 0) ctx_.cancel.cancel();
   }
+  if (m.is<msg::Exit>()) {
+    close(std::move(m));
+    return;
+  }
   if (m.is<msg::KvSend>()) {
     // Serving a handoff takes a copy and another target may be waiting for it: it goes
     // ahead of queued work (behind earlier handoffs, in order).
     auto it = std::find_if(inbox_.begin(), inbox_.end(),
                            [](const Message& q) { return !q.is<msg::KvSend>(); });
     inbox_.insert(it, std::move(m));
-    cv_.notify_one();
     return;
   }
   inbox_.push_back(std::move(m));
-  cv_.notify_one();
 }
 
 int Worker::serve() {
-  std::thread compute([this] { compute_loop(); });
-  const auto hb = std::chrono::milliseconds(ctx_.opts.heartbeat_ms);
-  const auto timeout = std::chrono::duration<double>(ctx_.opts.peer_timeout_s);
-  const auto start = Clock::now();
-  auto last_heard = start;
-  auto next_hb = start;
-  auto shutdown_compute = [&] {
-    {
-      std::lock_guard lk(mu_);
-      ctx_.cancel.cancel();
-      inbox_.push_front(Message{.body = msg::Exit{.code = 1}});
-    }
-    cv_.notify_one();
-    compute.join();
-  };
-  while (!exited_) {
-    auto now = Clock::now();
-    if (now >= next_hb) {
-      ctx_.link.send(0, Message{.run = ctx_.run, .body = msg::Heartbeat{}});
-      next_hb = now + hb;
-    }
-    std::optional<Envelope> env;
-    try {
-      env = ctx_.link.recv(next_hb);
-    } catch (const ProtocolError& e) {
-      shutdown_compute();
-      throw WorkerFatal(fmt::format("bad control message: {}", error_message(e)));
-    }
-    now = Clock::now();
-    if (!env) {
-      if (now - last_heard > timeout) {
-        shutdown_compute();
-        throw WorkerFatal(
-            fmt::format("the coordinator (rank 0) has not been heard from for {:.1f} s",
-                        std::chrono::duration<double>(now - last_heard).count()));
-      }
-      continue;
-    }
-    last_heard = now;
-    const bool exit_msg = env->msg.is<msg::Exit>();
-    route(std::move(env->msg));
-    if (exit_msg) break;
-  }
-  compute.join();
+  last_heard_ = next_hb_ = Clock::now();
+  std::thread other([this] { loop(); });
+  loop();
+  other.join();
+  if (fatal_) std::rethrow_exception(fatal_);
   return exit_code_;
 }
 

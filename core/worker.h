@@ -1,7 +1,9 @@
-// The worker loop of a drafter or target rank. Two threads: the communication thread (the
-// caller's) receives control messages, raises the cancel flag of a preempted task at once,
-// and keeps the heartbeat; the compute thread runs the engine. Neither spins: the compute
-// thread sleeps on a condition variable, the communication thread in the channel's back-off.
+// The worker loop of a drafter or target rank. Two threads (the caller's and one more) take
+// turns: while one runs the engine, the other receives control messages, raises the cancel
+// flag of a preempted task at once and keeps the heartbeat. The receiving thread runs the work
+// it receives itself when nobody is working, and wakes the other to receive: a task that finds
+// the worker idle starts after one wake-up, not two. Neither spins: the idle thread sleeps on a
+// condition variable, the receiving one on the channel's doorbell.
 // The roles live in their own files: core/drafter_role.cc (draft chains), core/target_role.cc
 // (verifications), core/handoff_role.cc (KV handoff); core/spans.h keeps the trace.
 #pragma once
