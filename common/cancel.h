@@ -1,4 +1,4 @@
-// Cooperative preemption: a flag raised by one thread (a worker's communication thread) and
+// Cooperative preemption: a flag raised by one thread (a worker's receiving thread) and
 // polled by another (an engine between layers, a data-channel wait).
 #pragma once
 
@@ -10,7 +10,7 @@ namespace dsi {
 
 using Clock = std::chrono::steady_clock;
 
-// Set by the worker's communication thread when the running task is preempted; engines
+// Set by the worker's receiving thread when the running task is preempted; engines
 // poll it between layers (CPU) or between per-layer launches (GPU), or sleep on it
 // (synthetic: a raised flag wakes the sleeper at once).
 class CancelFlag {

@@ -1,4 +1,4 @@
-// The roles of a worker rank (core/worker.cc runs them on its compute thread) and what they
+// The roles of a worker rank (core/worker.cc runs them on its working thread) and what they
 // share: WorkerContext holds the engine and the tokens whose KV it holds, the data channel,
 // the run's sampling parameters, log and counters, and the way back to the coordinator.
 //   target    core/target_role.cc   verifies drafts (greedy or speculative sampling)
@@ -31,8 +31,8 @@ struct WorkerContext {
   ControlLink link;  // thread-safe
   const WorkerOptions opts;
   DataChannel* data;             // may be null
-  std::atomic<uint32_t> run{0};  // the current run; read by the communication thread too
-  CancelFlag cancel;             // raised by the communication thread
+  std::atomic<uint32_t> run{0};  // the current run; read by the receiving thread too
+  CancelFlag cancel;             // raised by the receiving thread
 
   std::unique_ptr<Engine> engine;
   std::vector<Token> cached;  // the tokens whose KV the engine holds
@@ -80,7 +80,7 @@ void kv_expect(WorkerContext& ctx, const msg::KvExpect& m);
 
 // Drafter: drafts one token at a time along the chain the coordinator last started, until its
 // window or stop length. Its state is guarded by the worker's mutex `mu`, which guards the
-// worker's inbox too, so that the compute thread waits for a message or a draft to make at
+// worker's inbox too, so that an idle thread waits for a message or a draft to make at
 // once; the methods marked so expect mu held.
 class DrafterRole {
  public:
@@ -98,7 +98,7 @@ class DrafterRole {
   // mu held: claims the next draft (drafting() until step() ends).
   void begin_step() { drafting_ = true; }
   // mu not held: one draft forward; replies Draft unless a new chain superseded it. The
-  // communication thread raises ctx.cancel to supersede it.
+  // receiving thread raises ctx.cancel to supersede it.
   void step();
 
  private:

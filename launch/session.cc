@@ -110,7 +110,7 @@ int session_body(const SessionOptions& common, const std::function<void(Session&
               : s.cfg.wait == "sleep" ? MpiChannel::Wait::kSleep
                                       : MpiChannel::Wait::kAdaptive,
       .spin_us = s.cfg.spin_us,
-      // The coordinator's one thread; a worker's communication thread and its engine's.
+      // The coordinator's one thread; a worker's receiving thread and its engine's.
       .threads = s.rank == 0 ? 1 : 1 + s.cfg.threads,
       .min_us = s.cfg.poll_min_us,
       .max_us = s.cfg.poll_max_us,

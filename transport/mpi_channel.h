@@ -14,7 +14,7 @@
 // exponentially to poll_max_us, and to 10 * poll_max_us once idle for cold_ms (ranks a run
 // does not use). When every peer shares the node the re-probe is only a safety net (a message
 // too large to be sent eagerly), every poll_max_us. Requires MPI_THREAD_MULTIPLE: a worker's
-// communication and compute threads both send.
+// receiving and working threads both send.
 #pragma once
 
 #include <mpi.h>

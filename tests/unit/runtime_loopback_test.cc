@@ -147,6 +147,26 @@ TEST(RuntimeLoopback, DeadTargetIsNamedWithinTheTimeout) {
   // The dead rank never hears Exit: its worker gives up on the silent coordinator.
 }
 
+// While one of the worker's threads runs a long forward, the other keeps receiving: a silent
+// coordinator is noticed within the timeout and the forward is cancelled, not waited for.
+TEST(RuntimeLoopback, WorkerGivesUpOnASilentCoordinatorWhileComputing) {
+  World w(2, WorkerOptions{.heartbeat_ms = 20, .peer_timeout_s = 0.3});
+  ControlLink link(*w.coord_ch);
+  const WorkerSpec spec{.engine = SyntheticParams{.ttft_ms = 20000, .forward_ms = 20000}};
+  link.send(1, Message{.run = 1, .body = msg::Configure{.spec = spec}});
+  std::optional<Envelope> ready;
+  while (!ready || !ready->msg.is<msg::Ready>()) {
+    ready = link.recv(Clock::now() + std::chrono::seconds(5));
+    ASSERT_TRUE(ready) << "no Ready";
+  }
+  const auto t0 = Clock::now();
+  link.send(1, Message{.run = 1, .body = msg::Verify{.task = 1, .seq = {1, 2, 3}, .n_logits = 1}});
+  w.threads[0].join();  // the coordinator says nothing more
+  w.threads.clear();
+  EXPECT_EQ(w.codes[1], -1) << "the worker should have given up on the coordinator";
+  EXPECT_LT(Clock::now() - t0, std::chrono::seconds(3)) << "it waited for the 20 s forward";
+}
+
 TEST(RuntimeLoopback, WorkerReportsEngineErrors) {
   World w(3);
   Coordinator coord(*w.coord_ch, 50, 5);
