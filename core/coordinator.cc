@@ -250,15 +250,16 @@ void Coordinator::generate(Run& r) {
 }
 
 void Coordinator::execute(Run& r, const std::vector<Action>& acts) {
-  // A new chain goes out first: the drafter's restart is the critical path after a rejection,
-  // and each send before it (the cancels of the stale verifications) costs a wake-up.
-  // Nothing else goes to the drafter, so the order among the others is kept.
+  // After a rejection the new chain goes out first and the cancels of the stale verifications
+  // last: the drafter's restart and the new verifications are the critical path, and each send
+  // that rings costs a system call. A cancel goes to a busy target and every other action to
+  // the drafter or an idle one, so the order that matters (among the rest) is kept.
   std::vector<const Action*> order;
-  for (const Action& a : acts) {
-    if (a.kind == Action::kStartChain) order.push_back(&a);
-  }
-  for (const Action& a : acts) {
-    if (a.kind != Action::kStartChain) order.push_back(&a);
+  for (int pass = 0; pass < 3; ++pass) {
+    for (const Action& a : acts) {
+      const int p = a.kind == Action::kStartChain ? 0 : a.kind == Action::kCancel ? 2 : 1;
+      if (p == pass) order.push_back(&a);
+    }
   }
   for (const Action* ap : order) {
     const Action& a = *ap;
