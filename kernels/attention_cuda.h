@@ -10,6 +10,9 @@
 #include <cstdint>
 
 namespace dsi::kernels {
+// The most keys attention_cuda can attend to on `device` (its scores row in shared memory).
+int attention_max_kv(int device);
+
 void attention_cuda(float* out, const float* q, const float* k, const float* v, const uint8_t* mask,
                     int n_q, int n_kv, int q_pos0, int n_heads, int n_kv_heads, int head_dim,
                     int kv_stride, int head_begin, int head_end, cudaStream_t stream);

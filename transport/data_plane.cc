@@ -147,7 +147,14 @@ std::unique_ptr<DataChannel> make_data_channel(MPI_Comm comm, const DataPlaneOpt
   try {
     return make_nccl_data_channel(comm, no);
   } catch (const NcclChannelError& e) {
-    throw DataPlaneError(std::string(e.message()));
+    // Every rank gets the same error (the channel's construction agrees on it), so under
+    // `auto` all of them fall back to MPI alike; `nccl` asked for NCCL and fails.
+    if (o.mode != "auto") throw DataPlaneError(std::string(e.message()));
+    if (rank == 0) {
+      fmt::print(stderr, "dsi: NCCL could not be set up ({}); MPI host buffers instead\n",
+                 e.message());
+    }
+    return make_mpi_data_channel(comm, o.poll_us);
   }
 }
 

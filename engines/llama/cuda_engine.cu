@@ -88,6 +88,17 @@ class DeviceBuffer {
     CUDA_CHECK(cudaMalloc(&p_, std::max<size_t>(bytes, 1)));
     bytes_ = bytes;
   }
+  // The same, stream-ordered (cudaMallocAsync): the old block is freed after the work already
+  // on `st`, without the device-wide synchronisation of cudaFree, which would also wait for
+  // transfers on other streams that wait for a peer.
+  void reserve_on(size_t bytes, cudaStream_t st) {
+    if (bytes <= bytes_ && p_ != nullptr) return;
+    void* old = std::exchange(p_, nullptr);
+    if (old != nullptr) CUDA_CHECK(cudaFreeAsync(old, st));
+    bytes_ = 0;
+    CUDA_CHECK(cudaMallocAsync(&p_, std::max<size_t>(bytes, 1), st));
+    bytes_ = bytes;
+  }
   template <typename T = void>
   T* get() const {
     return static_cast<T*>(p_);
@@ -186,6 +197,16 @@ CudaEngine::CudaEngine(const LlamaModel& model, const CudaEngineOptions& o)
       after_layer_(o.after_layer) {
   if (max_ctx_ <= 0) throw std::invalid_argument("cuda engine: max context must be positive");
   CUDA_CHECK(cudaSetDevice(device_));
+  // Attention holds a row of scores in shared memory: the context is what the device allows.
+  // A context asked for explicitly beyond it is an error; the model's own is cut to it.
+  if (const int max_kv = kernels::attention_max_kv(device_); max_ctx_ > max_kv) {
+    if (o.max_context > 0) {
+      throw std::invalid_argument("cuda engine: a context of " + std::to_string(max_ctx_) +
+                                  " tokens; attention on this device holds at most " +
+                                  std::to_string(max_kv));
+    }
+    max_ctx_ = max_kv;
+  }
   s_ = std::make_unique<State>();
   State& s = *s_;
   const LlamaConfig& c = config_;
@@ -280,7 +301,7 @@ Logits CudaEngine::forward(std::span<const Token> tokens, int n_logits, const Ca
   Logits out{n_logits, config_.n_vocab, {}};
   if (tokens.empty()) return out;
   CUDA_CHECK(cudaSetDevice(device_));
-  enqueue_forward(tokens, n_logits, cancel);
+  enqueue_forward_or_drain(tokens, n_logits, cancel);
   State& s = *s_;
   const size_t count = static_cast<size_t>(n_logits) * config_.n_vocab;
   if (n_logits > 0) {
@@ -303,7 +324,7 @@ std::vector<Token> CudaEngine::forward_argmax(std::span<const Token> tokens, int
   std::vector<Token> out(n_logits);
   if (tokens.empty()) return out;
   CUDA_CHECK(cudaSetDevice(device_));
-  enqueue_forward(tokens, n_logits, cancel);
+  enqueue_forward_or_drain(tokens, n_logits, cancel);
   State& s = *s_;
   if (n_logits > 0) {
     kernels::argmax_cuda(s.argmax.get<int32_t>(), s.logits.get<float>(), n_logits, config_.n_vocab,
@@ -316,6 +337,18 @@ std::vector<Token> CudaEngine::forward_argmax(std::span<const Token> tokens, int
   std::copy_n(s.h_argmax.get<int32_t>(), n_logits, out.begin());
   kv_len_ += static_cast<int>(tokens.size());
   return out;
+}
+
+void CudaEngine::enqueue_forward_or_drain(std::span<const Token> tokens, int n_logits,
+                                          const CancelFlag& cancel) {
+  try {
+    enqueue_forward(tokens, n_logits, cancel);
+  } catch (...) {
+    // What was enqueued before the error still runs and reads the pinned inputs: let it
+    // finish before the next forward rewrites them.
+    (void)cudaStreamSynchronize(s_->s());
+    throw;
+  }
 }
 
 void CudaEngine::enqueue_forward(std::span<const Token> tokens, int n_logits,
@@ -359,7 +392,13 @@ void CudaEngine::enqueue_forward(std::span<const Token> tokens, int n_logits,
   const float one = 1.0f;
   auto add_into_x = [&](const float* y) {  // x += y, exact in FP32 as the CPU's loop
     CUBLAS_CHECK(cublasSetStream(s.blas.get(), st));
-    CUBLAS_CHECK(cublasSaxpy(s.blas.get(), n * c.dim, &one, y, 1, s.x.get<float>(), 1));
+    // In pieces that an int counts (n * dim can pass 2^31 for long prefills of wide models).
+    const int64_t total = static_cast<int64_t>(n) * c.dim;
+    constexpr int64_t kPiece = int64_t{1} << 30;
+    for (int64_t at = 0; at < total; at += kPiece) {
+      const int len = static_cast<int>(std::min(kPiece, total - at));
+      CUBLAS_CHECK(cublasSaxpy(s.blas.get(), len, &one, y + at, 1, s.x.get<float>() + at, 1));
+    }
   };
   // A cancelled forward waits for what it enqueued (the scratch and cache rows are then free)
   // and leaves kv_len_ as it was.
@@ -504,12 +543,10 @@ void CudaEngine::send_kv(DataChannel& ch, int dst, const DataKey& key, int begin
   const size_t bytes = 2 * layers_.size() * span;
   const cudaStream_t st = s_->s();
   DeviceBuffer& buf = s_->send_buf;
-  if (bytes > buf.bytes()) {
-    // The channel may still be reading the old buffer on its own stream: let the device
-    // drain before it is freed (rare: the buffer only grows).
-    CUDA_CHECK(cudaDeviceSynchronize());
-    buf.reserve(bytes);
-  }
+  // The channel's copy out of the old buffer is ordered before this stream's later work
+  // (send_device makes the caller's stream wait for it), so a stream-ordered free is enough
+  // (rare: the buffer only grows).
+  buf.reserve_on(bytes, st);
   uint8_t* dst_p = buf.get<uint8_t>();
   for (size_t slot = 0; span > 0 && slot < layers_.size(); ++slot) {
     const size_t off = (slot * max_ctx_ + begin) * row;
@@ -532,10 +569,7 @@ bool CudaEngine::recv_kv(DataChannel& ch, const DataKey& key, int begin, int end
   CUDA_CHECK(cudaSetDevice(device_));
   const cudaStream_t st = s_->s();
   DeviceBuffer& buf = s_->recv_buf;
-  if (bytes > buf.bytes()) {
-    CUDA_CHECK(cudaDeviceSynchronize());  // as in send_kv
-    buf.reserve(bytes);
-  }
+  buf.reserve_on(bytes, st);  // recv_device copies out on st: as in send_kv
   if (!ch.recv_device(key, buf.get(), bytes, st, deadline, cancel)) return false;
   const uint8_t* src = buf.get<uint8_t>();
   for (size_t slot = 0; span > 0 && slot < layers_.size(); ++slot) {

@@ -96,6 +96,9 @@ class CudaEngine final : public Engine {
   // positions in device memory; the caller copies what it needs, synchronises and then moves
   // kv_len_. Throws Cancelled (after synchronising) when `cancel` is raised between layers.
   void enqueue_forward(std::span<const Token> tokens, int n_logits, const CancelFlag& cancel);
+  // enqueue_forward; on an error, waits for what it had enqueued before rethrowing.
+  void enqueue_forward_or_drain(std::span<const Token> tokens, int n_logits,
+                                const CancelFlag& cancel);
 
   LlamaConfig config_;
   std::vector<int> layers_;  // file layer numbers, in run order

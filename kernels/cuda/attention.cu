@@ -64,7 +64,16 @@ __global__ void attention_kernel(float* out, const float* q, const float* k, con
   }
 }
 
+// Static shared memory of attention_kernel: qs and scratch.
+constexpr size_t kStaticSmem = (kMaxHeadDim + 32) * sizeof(float);
+
 }  // namespace
+
+int attention_max_kv(int device) {
+  int optin = 0;
+  CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  return static_cast<int>((static_cast<size_t>(optin) - kStaticSmem) / sizeof(float));
+}
 
 void attention_cuda(float* out, const float* q, const float* k, const float* v, const uint8_t* mask,
                     int n_q, int n_kv, int q_pos0, int n_heads, int n_kv_heads, int head_dim,
@@ -75,20 +84,21 @@ void attention_cuda(float* out, const float* q, const float* k, const float* v, 
                                 std::to_string(kMaxHeadDim));
   }
   const size_t smem = static_cast<size_t>(n_kv) * sizeof(float);
-  if (smem > 48 * 1024) {
+  // Static and dynamic shared memory together beyond the default 48 KiB need the opt-in.
+  if (smem + kStaticSmem > 48 * 1024) {
     // Host-side queries only (no synchronisation): refuse a context the scores row cannot hold.
     int dev = 0, optin = 0;
     CUDA_CHECK(cudaGetDevice(&dev));
     CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-    const size_t static_smem = (kMaxHeadDim + 32) * sizeof(float);
-    if (smem + static_smem > static_cast<size_t>(optin)) {
+    if (smem + kStaticSmem > static_cast<size_t>(optin)) {
       throw std::invalid_argument("attention_cuda: n_kv " + std::to_string(n_kv) +
                                   " needs more shared memory than the device has per block (" +
                                   std::to_string(optin) + " bytes)");
     }
-    // Above the default limit the kernel must opt in; this is a host-side attribute, no sync.
+    // The device's whole opt-in, set once for any size: a host-side attribute, no sync, and no
+    // caller can lower it under another's launch.
     CUDA_CHECK(cudaFuncSetAttribute(attention_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    static_cast<int>(smem)));
+                                    optin - static_cast<int>(kStaticSmem)));
   }
   const dim3 grid(n_q, head_end - head_begin);
   attention_kernel<<<grid, kThreads, smem, stream>>>(
