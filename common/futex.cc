@@ -1,6 +1,7 @@
 #include "common/futex.h"
 
 #include <linux/futex.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -24,10 +25,16 @@ int op(int base, FutexScope scope) {
 
 }  // namespace
 
+void fine_timer_slack() {
+  thread_local const bool set = prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0) == 0;
+  (void)set;
+}
+
 void futex_wait(const std::atomic<uint32_t>& word, uint32_t expected, Clock::time_point deadline,
                 FutexScope scope) {
   // FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC time, the clock of steady_clock.
   static_assert(std::is_same_v<Clock, std::chrono::steady_clock>);
+  fine_timer_slack();
   const auto ns =
       std::chrono::duration_cast<std::chrono::nanoseconds>(deadline.time_since_epoch()).count();
   const timespec ts{static_cast<time_t>(ns / 1000000000), static_cast<long>(ns % 1000000000)};

@@ -12,6 +12,10 @@ namespace dsi {
 
 enum class FutexScope { kProcess, kShared };
 
+// Sets the calling thread's timer slack to 1 ns, once per thread: the kernel's default 50 us
+// would stretch every short timed sleep. futex_wait does it itself.
+void fine_timer_slack();
+
 // Sleeps while *word == expected, until woken, `deadline` passes or a signal arrives (callers
 // re-check their condition). Returns at once if *word != expected.
 void futex_wait(const std::atomic<uint32_t>& word, uint32_t expected, Clock::time_point deadline,

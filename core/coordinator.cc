@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <set>
 
 #include "core/kv_handoff.h"
@@ -254,13 +255,13 @@ void Coordinator::execute(Run& r, const std::vector<Action>& acts) {
   // last: the drafter's restart and the new verifications are the critical path, and each send
   // that rings costs a system call. A cancel goes to a busy target and every other action to
   // the drafter or an idle one, so the order that matters (among the rest) is kept.
+  auto rank = [](const Action* a) {
+    return a->kind == Action::kStartChain ? 0 : a->kind == Action::kCancel ? 2 : 1;
+  };
   std::vector<const Action*> order;
-  for (int pass = 0; pass < 3; ++pass) {
-    for (const Action& a : acts) {
-      const int p = a.kind == Action::kStartChain ? 0 : a.kind == Action::kCancel ? 2 : 1;
-      if (p == pass) order.push_back(&a);
-    }
-  }
+  for (const Action& a : acts) order.push_back(&a);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](const Action* x, const Action* y) { return rank(x) < rank(y); });
   for (const Action* ap : order) {
     const Action& a = *ap;
     switch (a.kind) {

@@ -1,7 +1,5 @@
 #include "engines/synthetic_engine.h"
 
-#include <sys/prctl.h>
-
 #include <algorithm>
 #include <cstring>
 #include <stdexcept>
@@ -59,11 +57,10 @@ void logits(const SyntheticParams& p, uint64_t h, float* out) {
 
 bool cancellable_sleep_ms(double ms, const CancelFlag& cancel) {
   // A device finishes a forward on time and its host thread sees it at once (CUDA's
-  // synchronisation spins by default): sleep on the cancel flag (raising it wakes the sleeper)
-  // with no timer slack (the default 50 us would stretch the sleep), then spin the last
+  // synchronisation spins by default): sleep on the cancel flag (raising it wakes the sleeper;
+  // the futex sleeps with no timer slack, which would stretch it by 50 us), then spin the last
   // kSpin, which a sleeping thread would overshoot by a wake-up from an idle CPU (tens of
   // microseconds on a VM).
-  prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);
   constexpr auto kSpin = std::chrono::microseconds(60);
   const auto deadline =
       Clock::now() + std::chrono::duration_cast<Clock::duration>(

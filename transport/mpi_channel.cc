@@ -1,13 +1,13 @@
 #include "transport/mpi_channel.h"
 
 #include <fmt/format.h>
-#include <sys/prctl.h>
 
 #include <algorithm>
 #include <thread>
 
 #include "common/cpu_relax.h"
 #include "common/error.h"
+#include "common/futex.h"
 #include "transport/mpi_check.h"
 
 namespace dsi {
@@ -133,8 +133,6 @@ bool MpiChannel::flush(Clock::time_point deadline) {
 
 std::optional<Frame> MpiChannel::recv(Clock::time_point deadline) {
   std::lock_guard lk(recv_mu_);
-  // The timer slack is per thread; waits this short need it small.
-  prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);
   // With every peer on the node, each message rings: re-probing is a safety net only.
   const bool rung = bells_ && bells_->all_local();
   int sleep_us = poll_.min_us;
@@ -169,7 +167,9 @@ std::optional<Frame> MpiChannel::recv(Clock::time_point deadline) {
     }
     const auto now = Clock::now();
     if (now >= deadline) return std::nullopt;
-    const int64_t idle_ns = now_ns() - last_activity_ns_;
+    const int64_t idle_ns =
+        std::chrono::duration_cast<std::chrono::nanoseconds>(now.time_since_epoch()).count() -
+        last_activity_ns_;
     if (spin_ || idle_ns < spin_ns_) {
       cpu_relax();
       continue;
@@ -185,6 +185,7 @@ std::optional<Frame> MpiChannel::recv(Clock::time_point deadline) {
     if (bells_) {
       bells_->wait(seen, until);
     } else {
+      fine_timer_slack();  // the doorbell's futex sets it itself
       std::this_thread::sleep_until(until);
     }
     if (!hot) sleep_us = std::min(sleep_us * 2, cold ? 10 * poll_.max_us : poll_.max_us);
