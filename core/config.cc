@@ -155,6 +155,12 @@ const std::vector<Key>& keys() {
        [](RunConfig& c, const YAML::Node& n, const std::string& key) {
          c.dtype = one_of(n, key, {"f32", "f16", "bf16"});
        }},
+      {"model.activations",
+       "llama on cpu: what enters quantized products: f32 (exact) | q8 (8-bit, as llama.cpp; "
+       "faster, not exact)",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) {
+         c.activations = one_of(n, key, {"f32", "q8"});
+       }},
       {"generation.prompt", "llama: the prompt text",
        [](RunConfig& c, const YAML::Node& n, const std::string& key) {
          c.prompt = scalar<std::string>(n, key, "a string");

@@ -36,6 +36,7 @@ struct RunConfig {
   int max_context = 0;              // 0: the model's
   std::string device = "cpu";       // where targets compute: cpu | cuda
   std::string drafter_device;       // where the drafter computes; empty: as `device`
+  std::string activations = "f32";  // llama on cpu: f32 | q8
   std::string dtype = "f16";        // cuda weights: f32 | f16 | bf16
   std::string prompt = "Tell me a short story about a robot who learns to paint.";
   bool chat = true;  // wrap the prompt in the model's chat template if it has one

@@ -74,6 +74,7 @@ WorkerSpec worker_spec(const RunConfig& cfg, bool drafter) {
     l.dtype = parse_enum<CudaDtype>(cfg.dtype, "dtype");
     l.threads = cfg.threads;
     l.max_context = cfg.max_context;
+    l.activations = parse_enum<kernels::Activations>(cfg.activations, "activations");
     if (drafter) l.layers = cfg.drafter_layers;
     s.engine = l;
   } else if (cfg.engine == "synthetic") {
@@ -121,7 +122,7 @@ WorkerSpec worker_spec_from_json(const json& j) {
     // seed and vocab belong to the synthetic engine; specs written for both carry them.
     check_keys(j,
                {"engine", "role", "sampling", "targets", "seed", "vocab", "model", "device",
-                "dtype", "gpu", "threads", "layers", "max_context"},
+                "dtype", "gpu", "threads", "layers", "max_context", "activations"},
                "a llama worker spec");
     LlamaSpec l;
     l.model = need<std::string>(j, "model", "llama");
@@ -133,6 +134,8 @@ WorkerSpec worker_spec_from_json(const json& j) {
     l.threads = get<int>(j, "threads", 1);
     l.layers = get<std::vector<int>>(j, "layers", {});
     l.max_context = get<int>(j, "max_context", 0);
+    l.activations =
+        parse_enum<kernels::Activations>(get<std::string>(j, "activations", "f32"), "activations");
     s.engine = l;
   } else {
     throw SpecError(fmt::format("unknown engine '{}' (expected synthetic or llama)", engine));
@@ -171,7 +174,8 @@ json worker_spec_json(const WorkerSpec& s) {
               {"gpu", l.gpu},
               {"threads", l.threads},
               {"layers", l.layers},
-              {"max_context", l.max_context}});
+              {"max_context", l.max_context},
+              {"activations", enum_name(l.activations)}});
   }
   if (!s.sampling.greedy()) {
     j["sampling"] = {{"temperature", s.sampling.temperature},

@@ -38,7 +38,8 @@ WorkerSpec worker_spec(const RunConfig& cfg, bool drafter);
 //   {"engine": "synthetic" | "llama", "role": "drafter" | "target" (default target),
 //    synthetic: "seed", "vocab", "ttft_ms", "forward_ms", "acceptance", "per_token_ms",
 //               "overlap";
-//    llama: "model", "device", "dtype", "gpu", "threads", "layers", "max_context";
+//    llama: "model", "device", "dtype", "gpu", "threads", "layers", "max_context",
+//           "activations";
 //    "sampling": {"temperature", "top_k", "top_p", "seed", "request"}, "targets": [ranks]}
 // Throws SpecError naming the key for an unknown key, a wrong type or a bad value.
 WorkerSpec worker_spec_from_json(const nlohmann::json& j);
@@ -63,6 +64,17 @@ constexpr std::array<const char*, 3> enum_names(CudaDtype) {
 constexpr WireInfo wire_info(const CudaDtype*) {
   return {"CudaDtype", "element type of the weights on a GPU"};
 }
+
+}  // namespace dsi
+namespace dsi::kernels {  // found by argument-dependent lookup
+constexpr std::array<const char*, 2> enum_names(Activations) {
+  return {"f32", "q8"};
+}
+constexpr WireInfo wire_info(const Activations*) {
+  return {"Activations", "what enters a CPU llama engine's quantized products"};
+}
+}  // namespace dsi::kernels
+namespace dsi {
 
 constexpr WireInfo wire_info(const WorkerSpec*) {
   return {"WorkerSpec", "what a worker rank builds and serves for one run"};
@@ -102,6 +114,7 @@ void wire_fields(S& s, V&& v) {
   v(s.threads, "threads", "CPU engine threads");
   v(s.layers, "layers", "kept layers (layer-skip drafter); empty: all");
   v(s.max_context, "max_context", "0: the model's");
+  v(s.activations, "activations", "CPU engine: f32 (exact) or q8 (8-bit, faster, not exact)");
 }
 
 constexpr WireInfo wire_info(const SamplingParams*) {

@@ -14,6 +14,12 @@ namespace {
 
 std::unique_ptr<Engine> make_llama(const LlamaSpec& spec) {
   if (spec.device == LlamaDevice::kCuda) {
+    if (spec.activations != kernels::Activations::kF32) {
+      throw std::invalid_argument(
+          fmt::format("activations '{}' are for the CPU engine; device 'cuda' computes with "
+                      "f32 activations",
+                      kernels::activations_name(spec.activations)));
+    }
     CudaEngineOptions o;
     o.model_path = spec.model;
     o.layers = spec.layers;
@@ -32,6 +38,7 @@ std::unique_ptr<Engine> make_llama(const LlamaSpec& spec) {
   o.threads = spec.threads;
   o.layers = spec.layers;
   o.max_context = spec.max_context;
+  o.activations = spec.activations;
   return make_llama_engine(o);
 }
 

@@ -10,6 +10,7 @@
 #include "engines/engine.h"
 #include "engines/llama/cuda_engine.h"
 #include "engines/synthetic_engine.h"
+#include "kernels/qmatmul.h"
 
 namespace dsi {
 
@@ -24,6 +25,9 @@ struct LlamaSpec {
   int threads = 1;                    // CPU engine threads
   std::vector<int> layers;            // kept layers (layer-skip drafter); empty: all
   int max_context = 0;                // 0: the model's
+  // CPU engine: what enters the quantized products (kernels/qmatmul.h); the CUDA engine takes
+  // only kF32.
+  kernels::Activations activations = kernels::Activations::kF32;
   bool operator==(const LlamaSpec&) const = default;
 };
 

@@ -19,6 +19,20 @@
 // Every (row, token) result is computed whole by one thread with that one sequence of roundings;
 // batching, tiling and threading only change which results are computed side by side.
 // dot_reference spells the same arithmetic out in scalar code, for tests.
+//
+// Opt-in 8-bit activations (Activations::kQ8, as llama.cpp computes; faster, not exact): for
+// the types Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K and Q6_K, each token's x is rounded to
+// int8 in blocks of the weight's block size E (32; 256 for the K-quants): dx = max|x| / 127,
+// x8[i] = nearest integer to x[i] * (127 / max|x|) (0 for an all-zero block). A block's weights
+// are w[i] = d * s[g] * c[i] + e * m[g] with integer codes c, integer group scales s and
+// offsets m, and float d, e (q8_block below). Per block, integer sums (exact) then floats:
+//   Iv[l] = sum over chunks j of 32 elements of s[g] * (c x8 summed over elements 32 j + 4 l ..
+//   32 j + 4 l + 3) for lanes l < 8, g the group of those elements;
+//   acc[l] = fma(d * dx, float(Iv[l]), acc[l]); for types with offsets (Q4_1, Q5_1, Q4_K, Q5_K,
+//   Q6_K) sm = fma(e * dx, float(M), sm) with M = the sum over groups of m[g] * (sum of the
+//   group's x8); y = (hsum(acc) + sm) + bias.
+// Integer sums are exact, so every variant and batch gives the same bits here too. Other types
+// (float, Q2_K, Q3_K) keep float32 activations in this mode.
 #pragma once
 
 #include <cstddef>
@@ -57,6 +71,15 @@ KernelIsa kernel_isa();
 const char* kernel_isa_name(KernelIsa isa);
 bool kernel_isa_supported(KernelIsa isa);
 
+// What enters the products of quantized weights: exact float32 (the default), or x rounded to
+// 8 bits per block (above).
+enum class Activations { kF32, kQ8 };
+const char* activations_name(Activations a);
+// Throws std::invalid_argument naming the accepted values.
+Activations parse_activations(const std::string& name);
+// Whether `type` has 8-bit-activation products (other types keep float32 activations).
+bool q8_supported(GgmlType type);
+
 // One product of a batch that shares its input: y (n, w.rows) = x (n, w.cols) W^T + bias.
 struct MatmulJob {
   float* y = nullptr;
@@ -68,16 +91,20 @@ struct MatmulJob {
 // spreading rows over `pool` (nullptr: the calling thread alone). Putting the products that
 // read the same input in one call (Q, K and V; gate and up) costs one fork-join, not three.
 void qmatmul(std::span<const MatmulJob> jobs, const float* x, int n, int64_t cols, ThreadPool* pool,
-             KernelIsa isa = kernel_isa());
+             KernelIsa isa = kernel_isa(), Activations act = Activations::kF32);
 
 inline void qmatmul(float* y, const float* x, const WeightMatrix& w, const float* bias, int n,
-                    ThreadPool* pool, KernelIsa isa = kernel_isa()) {
+                    ThreadPool* pool, KernelIsa isa = kernel_isa(),
+                    Activations act = Activations::kF32) {
   const MatmulJob job{y, &w, bias};
-  qmatmul(std::span<const MatmulJob>(&job, 1), x, n, w.cols, pool, isa);
+  qmatmul(std::span<const MatmulJob>(&job, 1), x, n, w.cols, pool, isa, act);
 }
 
 // The arithmetic above in plain scalar code: the product of row r of w with x (w.cols floats).
 float dot_reference(const WeightMatrix& w, int64_t r, const float* x);
+
+// The 8-bit-activation arithmetic above in plain scalar code (q8_supported types only).
+float dot_q8_reference(const WeightMatrix& w, int64_t r, const float* x);
 
 // Row r of w dequantized into out (w.cols floats); the embedding lookup and tests use it.
 void weight_row(const WeightMatrix& w, int64_t r, float* out);

@@ -24,7 +24,7 @@ export DSI_GPU_MODEL=${DSI_GPU_MODEL:-/tmp/dsi/llama-1b-f16.gguf}
 mkdir -p "$(dirname "$DSI_GPU_MODEL")"
 [ -f "$DSI_GPU_MODEL" ] || build/dsi make-model --shape llama-1b --type f16 -o "$DSI_GPU_MODEL"
 build/tests/bench/llama_bench "$DSI_GPU_MODEL" --device cuda --dtype f16 --prompt 128 --gen 64 \
-  --reps 3 --hbm-gbps "${DSI_HBM_GBPS:-3350}" 2>&1 | tee "$out/decode_bench.txt"
+  --reps 3 --hbm-gbps "${DSI_HBM_GBPS:-4800}" 2>&1 | tee "$out/decode_bench.txt"
 
 if [ -x build/tests/bench/data_plane_bench ]; then
   launch/mpirun.sh -np 2 build/tests/bench/data_plane_bench 2>&1 | tee "$out/data_plane_bench.txt"

@@ -85,6 +85,7 @@ LlamaEngine::LlamaEngine(std::shared_ptr<const LlamaModel> model, const LlamaEng
     : model_(std::move(model)),
       layers_(llama_kept_layers(*model_, o.layers)),
       threads_(std::max(1, o.threads)),
+      act_(o.activations),
       max_ctx_(o.max_context > 0 ? o.max_context : model_->config.max_context),
       pool_(threads_),
       after_layer_(o.after_layer) {
@@ -147,7 +148,7 @@ Logits LlamaEngine::forward(std::span<const Token> tokens, int n_logits, const C
     kernels::rmsnorm_cpu(xb_.data(), x_.data(), L.attn_norm.data(), n, c.dim, c.norm_eps);
     const MatmulJob qkv[] = {
         {q_.data(), &L.wq, or_null(L.bq)}, {kc, &L.wk, or_null(L.bk)}, {vc, &L.wv, or_null(L.bv)}};
-    kernels::qmatmul(qkv, xb_.data(), n, c.dim, pool);
+    kernels::qmatmul(qkv, xb_.data(), n, c.dim, pool, kernels::kernel_isa(), act_);
     kernels::rope_cpu(q_.data(), pos_.data(), n, c.n_heads, c.head_dim, c.rope_dim, c.rope_base,
                       c.rope_layout);
     kernels::rope_cpu(kc, pos_.data(), n, c.n_kv_heads, c.head_dim, c.rope_dim, c.rope_base,
@@ -164,16 +165,17 @@ Logits LlamaEngine::forward(std::span<const Token> tokens, int n_logits, const C
     } else {
       pool_.parallel_for(c.n_heads, heads);
     }
-    kernels::qmatmul(xb_.data(), att_.data(), L.wo, nullptr, n, pool);
+    kernels::qmatmul(xb_.data(), att_.data(), L.wo, nullptr, n, pool, kernels::kernel_isa(), act_);
     add_inplace(x_.data(), xb_.data(), nd);
 
     kernels::rmsnorm_cpu(xb_.data(), x_.data(), L.ffn_norm.data(), n, c.dim, c.norm_eps);
     const MatmulJob gate_up[] = {{gate_.data(), &L.w_gate, nullptr},
                                  {up_.data(), &L.w_up, nullptr}};
-    kernels::qmatmul(gate_up, xb_.data(), n, c.dim, pool);
+    kernels::qmatmul(gate_up, xb_.data(), n, c.dim, pool, kernels::kernel_isa(), act_);
     kernels::swiglu_cpu(gate_.data(), gate_.data(), up_.data(),
                         static_cast<int64_t>(n) * c.ffn_dim);
-    kernels::qmatmul(xb_.data(), gate_.data(), L.w_down, nullptr, n, pool);
+    kernels::qmatmul(xb_.data(), gate_.data(), L.w_down, nullptr, n, pool, kernels::kernel_isa(),
+                     act_);
     add_inplace(x_.data(), xb_.data(), nd);
     if (after_layer_) after_layer_(static_cast<int>(slot));
   }
@@ -183,7 +185,8 @@ Logits LlamaEngine::forward(std::span<const Token> tokens, int n_logits, const C
     const float* last = x_.data() + static_cast<size_t>(n - n_logits) * c.dim;
     kernels::rmsnorm_cpu(xb_.data(), last, w.output_norm.data(), n_logits, c.dim, c.norm_eps);
     out.data.resize(static_cast<size_t>(n_logits) * c.n_vocab);
-    kernels::qmatmul(out.data.data(), xb_.data(), w.head(), nullptr, n_logits, pool);
+    kernels::qmatmul(out.data.data(), xb_.data(), w.head(), nullptr, n_logits, pool,
+                     kernels::kernel_isa(), act_);
   }
   kv_len_ = start + n;
   return out;

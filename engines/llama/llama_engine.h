@@ -14,6 +14,7 @@
 #include "common/thread_pool.h"
 #include "engines/engine.h"
 #include "engines/llama/llama_model.h"
+#include "kernels/qmatmul.h"
 
 namespace dsi {
 
@@ -22,6 +23,9 @@ struct LlamaEngineOptions {
   int threads = 1;         // threads of the engine's own pool, the caller's included
   std::vector<int> layers; /* kept layers for the layer-skip drafter; empty = all */
   int max_context = 0;     /* 0 = model's */
+  // What enters the quantized products: exact float32, or rounded to 8 bits (faster, not
+  // exact; kernels/qmatmul.h).
+  kernels::Activations activations = kernels::Activations::kF32;
   // Test hook: called on the forward's thread each time a layer is done, with its slot (0 ..
   // kept layers - 1, in run order). Left empty outside tests.
   std::function<void(int slot)> after_layer;
@@ -76,6 +80,7 @@ class LlamaEngine final : public Engine {
   std::shared_ptr<const LlamaModel> model_;
   std::vector<int> layers_;  // file layer numbers, in run order
   int threads_;
+  kernels::Activations act_;
   int max_ctx_;
   int kv_len_ = 0;
   ThreadPool pool_;

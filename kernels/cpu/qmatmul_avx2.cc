@@ -9,6 +9,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <vector>
 
@@ -522,8 +523,6 @@ void factored_dots(const Factored& f, int nr, const float* x, int n, const float
   if (n - t == 1) ftiles<G, kAffine, 4, 1>(f, nr, x + t * f.cols, sums(t), y + t * ys, ys, bias);
 }
 
-constexpr int kMaxStreamTokens = 3;
-
 using StreamFn = void (*)(const WeightMatrix&, int64_t, int, const float*, const float*, float*,
                           const float*);
 using FactorFn = void (*)(const WeightMatrix&, int64_t, int, float*, float*, float*);
@@ -590,8 +589,275 @@ void avx2_rows(const WeightMatrix& w, int64_t r0, int nr, const float* x, int n,
   factored_dots<16, false>(f, nr, x, n, xs, y, ys, bias);
 }
 
+// ---- 8-bit activations (kernels/qmatmul.h, Activations::kQ8): each chunk of 32 codes as bytes
+// in element order, multiplied with the int8 activations by pairs (vpmaddubsw, which cannot
+// saturate here: codes are below 64, or signed and taken by magnitude) and summed by fours with
+// the group scales (vpmaddwd), exact in int32; then the floats of qmatmul.h.
+
+struct Q8Q8_0 {
+  static constexpr GgmlType kType = GgmlType::Q8_0;
+  static constexpr size_t kBytes = sizeof(BlockQ8_0);
+  static __m256i bytes(const uint8_t* p, int) { return load32(p + 2); }
+};
+struct Q8Q4_0 {
+  static constexpr GgmlType kType = GgmlType::Q4_0;
+  static constexpr size_t kBytes = sizeof(BlockQ4_0);
+  static __m256i bytes(const uint8_t* p, int) {
+    return _mm256_sub_epi8(nibble_bytes(p + 2), _mm256_set1_epi8(8));
+  }
+};
+struct Q8Q4_1 {
+  static constexpr GgmlType kType = GgmlType::Q4_1;
+  static constexpr size_t kBytes = sizeof(BlockQ4_1);
+  static __m256i bytes(const uint8_t* p, int) { return nibble_bytes(p + 4); }
+};
+struct Q8Q5_0 {
+  static constexpr GgmlType kType = GgmlType::Q5_0;
+  static constexpr size_t kBytes = sizeof(BlockQ5_0);
+  static __m256i bytes(const uint8_t* p, int) {
+    const __m256i c = _mm256_or_si256(nibble_bytes(p + 6), bits_to_bytes(le32(p + 2), 16));
+    return _mm256_sub_epi8(c, _mm256_set1_epi8(16));
+  }
+};
+struct Q8Q5_1 {
+  static constexpr GgmlType kType = GgmlType::Q5_1;
+  static constexpr size_t kBytes = sizeof(BlockQ5_1);
+  static __m256i bytes(const uint8_t* p, int) {
+    return _mm256_or_si256(nibble_bytes(p + 8), bits_to_bytes(le32(p + 4), 16));
+  }
+};
+template <bool kFifthBit>
+struct Q8Q45_K {
+  static constexpr GgmlType kType = kFifthBit ? GgmlType::Q5_K : GgmlType::Q4_K;
+  static constexpr size_t kBytes = kFifthBit ? sizeof(BlockQ5_K) : sizeof(BlockQ4_K);
+  // Chunk j: sub-block j, the low nibbles of qs[32 (j / 2) ..] for even j, the high for odd.
+  static __m256i bytes(const uint8_t* p, int j) {
+    const __m256i v = load32(p + (kFifthBit ? 48 : 16) + 32 * (j / 2));
+    const __m256i c = j % 2 == 0 ? low_nibbles(v) : high_nibbles(v);
+    if constexpr (!kFifthBit) {
+      return c;
+    } else {
+      const __m256i b = _mm256_and_si256(_mm256_srli_epi16(load32(p + 16), j), _mm256_set1_epi8(1));
+      return _mm256_or_si256(c, _mm256_slli_epi16(b, 4));
+    }
+  }
+};
+struct Q8Q6_K {
+  static constexpr GgmlType kType = GgmlType::Q6_K;
+  static constexpr size_t kBytes = sizeof(BlockQ6_K);
+  static __m256i bytes(const uint8_t* p, int u) {  // the codes of TQ6_K::codes, before - 32
+    const int h = u / 4, k = u % 4;
+    const __m256i ql = load32(p + 64 * h + 32 * (k % 2));
+    const __m256i lo = k < 2 ? low_nibbles(ql) : high_nibbles(ql);
+    const __m256i qh = load32(p + 128 + 32 * h);
+    const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * k), _mm256_set1_epi8(3));
+    return _mm256_or_si256(lo, _mm256_slli_epi16(hi, 4));
+  }
+};
+
+// One row of a 32-element-block type with NT tokens (t0 .. t0 + NT - 1): each block's codes
+// are read once and multiplied with every token's activations.
+template <class T, int NT>
+void q8_row(const WeightMatrix& w, int64_t r, const Q8Acts& x, int t0, float* y, size_t ys,
+            float bias) {
+  constexpr bool kSigned =
+      T::kType == GgmlType::Q8_0 || T::kType == GgmlType::Q4_0 || T::kType == GgmlType::Q5_0;
+  constexpr size_t kBytes = T::kBytes;
+  const int64_t blocks = w.cols / 32;
+  __m256 acc[NT];
+  float sm[NT];
+#pragma GCC unroll 8
+  for (int t = 0; t < NT; ++t) {
+    acc[t] = _mm256_setzero_ps();
+    sm[t] = 0.0f;
+  }
+  const uint8_t* row = w.row(r);
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (int64_t k = 0; k < blocks; ++k) {
+    const uint8_t* p = row + k * kBytes;
+    Q8Scales sc;
+    q8_scales(T::kType, p, &sc, half_at);
+    const __m256i c = T::bytes(p, 0);
+    const __m256i ac = kSigned ? _mm256_abs_epi8(c) : c;
+#pragma GCC unroll 8
+    for (int t = 0; t < NT; ++t) {
+      const size_t tt = static_cast<size_t>(t0 + t);
+      const __m256i xv = load32(reinterpret_cast<const uint8_t*>(x.q + tt * x.cols + 32 * k));
+      const __m256i prod = _mm256_maddubs_epi16(ac, kSigned ? _mm256_sign_epi8(xv, c) : xv);
+      const float dx = x.d[tt * (x.cols / 32) + k];
+      acc[t] =
+          _mm256_fmadd_ps(_mm256_set1_ps(sc.d * dx), cvt(_mm256_madd_epi16(prod, ones)), acc[t]);
+      if constexpr (!kSigned) {  // Q4_1, Q5_1: m = 1
+        const int16_t* sb = x.sum16 + tt * (x.cols / 16) + 2 * k;
+        sm[t] = std::fma(sc.e * dx, static_cast<float>(sb[0] + sb[1]), sm[t]);
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int t = 0; t < NT; ++t) y[t * ys] = (hsum(acc[t]) + sm[t]) + bias;
+}
+
+// The sum of the eight int32 lanes (exact).
+int32_t hsum_epi32(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+  return _mm_cvtsi128_si32(s);
+}
+
+// A K-quant block's integer scales for vpmaddwd: scale(j) gives chunk j's scales as int16
+// lanes (lanes 0..7 the first 16 elements' group, 8..15 the second's), mins(xs16) the block's
+// M from the 16 sums of 16 activations, and d, e the floats of q8_scales.
+struct KScales {
+  __m256i lo, hi;  // int16 scales, both 128-bit lanes alike (hi: Q6_K's groups 8..15)
+  __m256i m16;     // the offset of each 16 elements' group, as int16
+  float d, e;
+
+  __m256i scale(int j, bool sixteen) const {
+    if (!sixteen) {  // group 32: lanes of chunk j all hold scale j (int16 j = bytes 2j, 2j+1)
+      const char b0 = static_cast<char>(2 * j), b1 = static_cast<char>(2 * j + 1);
+      return _mm256_shuffle_epi8(
+          lo, _mm256_setr_epi8(b0, b1, b0, b1, b0, b1, b0, b1, b0, b1, b0, b1, b0, b1, b0, b1, b0,
+                               b1, b0, b1, b0, b1, b0, b1, b0, b1, b0, b1, b0, b1, b0, b1));
+    }
+    // group 16: chunk j's first half has scale 2j, its second 2j + 1 (of lo for j < 4).
+    const int i = 2 * (j % 4);
+    const char a0 = static_cast<char>(2 * i), a1 = static_cast<char>(2 * i + 1);
+    const char c0 = static_cast<char>(2 * i + 2), c1 = static_cast<char>(2 * i + 3);
+    return _mm256_shuffle_epi8(
+        j < 4 ? lo : hi,
+        _mm256_setr_epi8(a0, a1, a0, a1, a0, a1, a0, a1, a0, a1, a0, a1, a0, a1, a0, a1, c0, c1, c0,
+                         c1, c0, c1, c0, c1, c0, c1, c0, c1, c0, c1, c0, c1));
+  }
+  int32_t mins(const int16_t* xs16) const {
+    return hsum_epi32(_mm256_madd_epi16(m16, load32(reinterpret_cast<const uint8_t*>(xs16))));
+  }
+};
+
+template <GgmlType kType>
+KScales k_scales(const uint8_t* p) {
+  KScales k;
+  if constexpr (kType == GgmlType::Q6_K) {
+    k.d = half_at(p + 208);
+    k.e = k.d;
+    const __m256i sc = _mm256_cvtepi8_epi16(load16(p + 192));
+    k.lo = _mm256_permute2x128_si256(sc, sc, 0x00);
+    k.hi = _mm256_permute2x128_si256(sc, sc, 0x11);
+    k.m16 = _mm256_mullo_epi16(sc, _mm256_set1_epi16(-32));
+  } else {  // Q4_K, Q5_K: the 6-bit scales and mins unpacked a word at a time
+    k.d = half_at(p);
+    k.e = -half_at(p + 2);
+    const uint32_t u0 = le32(p + 4), u1 = le32(p + 8), u2 = le32(p + 12);
+    const uint32_t sc_hi = (u2 & 0x0f0f0f0fu) | (((u0 >> 6) & 0x03030303u) << 4);
+    const uint32_t mn_hi = ((u2 >> 4) & 0x0f0f0f0fu) | (((u1 >> 6) & 0x03030303u) << 4);
+    const auto i32 = [](uint32_t v) { return static_cast<int>(v); };
+    const __m128i scb = _mm_setr_epi32(i32(u0 & 0x3f3f3f3fu), i32(sc_hi), 0, 0);
+    const __m128i mnb = _mm_setr_epi32(i32(u1 & 0x3f3f3f3fu), i32(mn_hi), 0, 0);
+    const __m128i sc16 = _mm_cvtepu8_epi16(scb);
+    k.lo = _mm256_set_m128i(sc16, sc16);
+    k.hi = k.lo;
+    k.m16 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mnb, mnb));  // m0, m0, m1, m1, ..
+  }
+  return k;
+}
+
+// One row of a K-quant with NT tokens, as q8_row.
+template <class T, int NT>
+void q8k_row(const WeightMatrix& w, int64_t r, const Q8Acts& x, int t0, float* y, size_t ys,
+             float bias) {
+  constexpr bool kSixteen = T::kType == GgmlType::Q6_K;
+  constexpr size_t kBytes = T::kBytes;
+  const int64_t blocks = w.cols / 256;
+  __m256 acc[NT];
+  float sm[NT];
+#pragma GCC unroll 8
+  for (int t = 0; t < NT; ++t) {
+    acc[t] = _mm256_setzero_ps();
+    sm[t] = 0.0f;
+  }
+  const uint8_t* row = w.row(r);
+  for (int64_t k = 0; k < blocks; ++k) {
+    const uint8_t* p = row + k * kBytes;
+    const KScales sc = k_scales<T::kType>(p);
+    __m256i iv[NT];
+#pragma GCC unroll 8
+    for (int t = 0; t < NT; ++t) iv[t] = _mm256_setzero_si256();
+#pragma GCC unroll 8
+    for (int j = 0; j < 8; ++j) {
+      const __m256i c = T::bytes(p, j);
+      const __m256i s = sc.scale(j, kSixteen);
+#pragma GCC unroll 8
+      for (int t = 0; t < NT; ++t) {
+        const int8_t* xb = x.q + static_cast<size_t>(t0 + t) * x.cols + 256 * k + 32 * j;
+        const __m256i prod = _mm256_maddubs_epi16(c, load32(reinterpret_cast<const uint8_t*>(xb)));
+        iv[t] = _mm256_add_epi32(iv[t], _mm256_madd_epi16(prod, s));
+      }
+    }
+#pragma GCC unroll 8
+    for (int t = 0; t < NT; ++t) {
+      const size_t tt = static_cast<size_t>(t0 + t);
+      const float dx = x.d[tt * (x.cols / 256) + k];
+      acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(sc.d * dx), cvt(iv[t]), acc[t]);
+      const int32_t m = sc.mins(x.sum16 + tt * (x.cols / 16) + 16 * k);
+      sm[t] = std::fma(sc.e * dx, static_cast<float>(m), sm[t]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int t = 0; t < NT; ++t) y[t * ys] = (hsum(acc[t]) + sm[t]) + bias;
+}
+
+// One row at a time (rows read side by side stream from memory at about half the rate of one
+// row read alone, qmatmul_bench's DRAM column; the hardware prefetcher follows one row well),
+// with up to 4 tokens.
+template <class T>
+void q8_rows_of(const WeightMatrix& w, int64_t r0, int nr, const Q8Acts& x, int n, float* y,
+                size_t ys, const float* bias) {
+  constexpr bool kK =
+      T::kType == GgmlType::Q4_K || T::kType == GgmlType::Q5_K || T::kType == GgmlType::Q6_K;
+  const auto tile = [&]<int NT>(int t) {
+    for (int r = 0; r < nr; ++r) {
+      const float b = bias != nullptr ? bias[r] : 0.0f;
+      float* yr = y + static_cast<size_t>(t) * ys + r;
+      if constexpr (kK) {
+        q8k_row<T, NT>(w, r0 + r, x, t, yr, ys, b);
+      } else {
+        q8_row<T, NT>(w, r0 + r, x, t, yr, ys, b);
+      }
+    }
+  };
+  int t = 0;
+  for (; t + 4 <= n; t += 4) tile.template operator()<4>(t);
+  if (n - t == 3) tile.template operator()<3>(t);
+  if (n - t == 2) tile.template operator()<2>(t);
+  if (n - t == 1) tile.template operator()<1>(t);
+}
+
+void avx2_q8_rows(const WeightMatrix& w, int64_t r0, int nr, const Q8Acts& x, int n, float* y,
+                  size_t ys, const float* bias) {
+  switch (w.type) {
+    case GgmlType::Q8_0:
+      return q8_rows_of<Q8Q8_0>(w, r0, nr, x, n, y, ys, bias);
+    case GgmlType::Q4_0:
+      return q8_rows_of<Q8Q4_0>(w, r0, nr, x, n, y, ys, bias);
+    case GgmlType::Q4_1:
+      return q8_rows_of<Q8Q4_1>(w, r0, nr, x, n, y, ys, bias);
+    case GgmlType::Q5_0:
+      return q8_rows_of<Q8Q5_0>(w, r0, nr, x, n, y, ys, bias);
+    case GgmlType::Q5_1:
+      return q8_rows_of<Q8Q5_1>(w, r0, nr, x, n, y, ys, bias);
+    case GgmlType::Q4_K:
+      return q8_rows_of<Q8Q45_K<false>>(w, r0, nr, x, n, y, ys, bias);
+    case GgmlType::Q5_K:
+      return q8_rows_of<Q8Q45_K<true>>(w, r0, nr, x, n, y, ys, bias);
+    case GgmlType::Q6_K:
+      return q8_rows_of<Q8Q6_K>(w, r0, nr, x, n, y, ys, bias);
+    default:
+      return generic_q8_rows(w, r0, nr, x, n, y, ys, bias);
+  }
+}
+
 }  // namespace
 
-const QmatmulIsa kAvx2Isa{avx2_rows};
+const QmatmulIsa kAvx2Isa{avx2_rows, avx2_q8_rows};
 
 }  // namespace dsi::kernels::detail

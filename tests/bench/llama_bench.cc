@@ -12,7 +12,9 @@
 //                               token texts such as <|im_start|> are recognised)
 //                               [--reps N] (speeds are the best of N runs)
 //                               [--device cpu|cuda] [--dtype f32|f16|bf16] [--gpu N]
-//                               [--hbm-gbps G] (peak HBM bandwidth; default 3350, H100 SXM)
+//                               [--hbm-gbps G] (peak HBM bandwidth; default 4800, H200)
+//                               [--activations f32|q8] (CPU: q8 rounds the activations of
+//                               quantized products to 8 bits, as llama.cpp; not exact)
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -232,7 +234,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr,
                  "usage: %s MODEL.gguf [--prompt N] [--gen N] [--threads 1,2] [--tokens ids]"
                  " [--skip \"l,l,...;a-b;...\"] [--text prompt] [--reps N] [--device cpu|cuda]"
-                 " [--dtype f32|f16|bf16] [--gpu N] [--hbm-gbps G]\n",
+                 " [--dtype f32|f16|bf16] [--gpu N] [--hbm-gbps G] [--activations f32|q8]\n",
                  argv[0]);
     return 2;
   }
@@ -241,8 +243,9 @@ int main(int argc, char** argv) {
   std::vector<int> threads = {1, 2};
   std::vector<dsi::Token> prompt;
   std::string skip_spec, text, device = "cpu", dtype = "f16";
+  dsi::kernels::Activations act = dsi::kernels::Activations::kF32;
   [[maybe_unused]] int gpu = 0;  // read by the CUDA section only
-  [[maybe_unused]] double hbm_gbps = 3350;
+  [[maybe_unused]] double hbm_gbps = 4800;
   for (int i = 2; i + 1 < argc; i += 2) {
     const std::string a = argv[i], v = argv[i + 1];
     if (a == "--prompt") {
@@ -265,6 +268,8 @@ int main(int argc, char** argv) {
       dtype = v;
     } else if (a == "--gpu") {
       gpu = std::stoi(v);
+    } else if (a == "--activations") {
+      act = dsi::kernels::parse_activations(v);
     } else if (a == "--hbm-gbps") {
       hbm_gbps = std::stod(v);
     } else {
@@ -283,9 +288,10 @@ int main(int argc, char** argv) {
               c.ffn_dim, c.max_context);
   std::printf(
       "  load (parse; matrices used in place from the mapping) %.3f s, weights %.1f MiB in their "
-      "GGUF types, RSS +%.1f MiB\n  kernels %s\n",
+      "GGUF types, RSS +%.1f MiB\n  kernels %s, %s activations\n",
       load_s, model->weights.bytes() / 1048576.0, (rss_kib() - rss0) / 1024.0,
-      dsi::kernels::kernel_isa_name(dsi::kernels::kernel_isa()));
+      dsi::kernels::kernel_isa_name(dsi::kernels::kernel_isa()),
+      dsi::kernels::activations_name(act));
   {
     // The KV cache is reserved for the whole context but its pages are committed as it fills.
     const long rss1 = rss_kib();
@@ -344,6 +350,7 @@ int main(int argc, char** argv) {
     dsi::LlamaEngineOptions o;
     o.threads = th;
     o.max_context = prompt_len + gen + 1;
+    o.activations = act;
     dsi::LlamaEngine e(model, o);
     double prefill_s = 1e30, decode_s = 1e30;  // best of `reps` runs: the machine is shared
     double decode_cpu_s = 1e30;                // process CPU time of the decode steps

@@ -4,6 +4,7 @@
 // batches (verify, prefill), against the memory read bandwidth of one thread measured here.
 //
 // usage: qmatmul_bench [--cols N] [--types q4_k,q6_k,...] [--batches 1,4,16] [--isa generic|avx2]
+//                      [--activations f32|q8]
 #include <algorithm>
 #include <cctype>
 #include <chrono>
@@ -90,6 +91,7 @@ int main(int argc, char** argv) {
                                     "q5_1", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k"};
   std::vector<int> batches = {1, 4, 16};
   k::KernelIsa isa = k::kernel_isa();
+  k::Activations act = k::Activations::kF32;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i], v = argv[i + 1];
     if (a == "--cols") {
@@ -105,17 +107,22 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "this CPU cannot run the %s kernels\n", v.c_str());
         return 2;
       }
+    } else if (a == "--activations") {
+      act = k::parse_activations(v);
     } else {
       std::fprintf(stderr, "unknown option %s\n", a.c_str());
       return 2;
     }
   }
   if (argc % 2 == 0) {
-    std::fprintf(stderr, "usage: %s [--cols N] [--types a,b] [--batches 1,4] [--isa I]\n", argv[0]);
+    std::fprintf(stderr,
+                 "usage: %s [--cols N] [--types a,b] [--batches 1,4] [--isa I] [--activations A]\n",
+                 argv[0]);
     return 2;
   }
-  std::printf("kernels %s, cols %lld, one thread; memory read bandwidth %.1f GB/s\n\n",
-              k::kernel_isa_name(isa), static_cast<long long>(cols), read_gbps());
+  std::printf(
+      "kernels %s, %s activations, cols %lld, one thread; memory read bandwidth %.1f GB/s\n\n",
+      k::kernel_isa_name(isa), k::activations_name(act), static_cast<long long>(cols), read_gbps());
   std::printf("%-6s %6s %16s %16s %14s", "type", "bits", "L2 Gelem/s", "DRAM Gelem/s", "DRAM GB/s");
   for (int b : batches) {
     if (b > 1) std::printf("  batch %-2d Gelem/s", b);
@@ -145,7 +152,7 @@ int main(int argc, char** argv) {
     std::vector<float> y(static_cast<size_t>(max_b) * big_rows);
     auto rate = [&](const k::WeightMatrix& w, int n) {
       const double s =
-          best_time([&] { k::qmatmul(y.data(), x.data(), w, nullptr, n, nullptr, isa); });
+          best_time([&] { k::qmatmul(y.data(), x.data(), w, nullptr, n, nullptr, isa, act); });
       return double(w.rows) * w.cols * n / s / 1e9;
     };
     const double l2 = rate(ws, 1), dram = rate(wb, 1);

@@ -77,6 +77,11 @@ TEST(Config, DevicesHandoffAndDataPlane) {
   EXPECT_EQ(c.data_plane, "auto");
   EXPECT_EQ(c.wait, "adaptive");
   EXPECT_EQ(c.target_choice, TargetChoice::kCache);
+  EXPECT_EQ(c.activations, "f32");
+  EXPECT_EQ(parse_config("model: {activations: q8}\n", "t.yaml").activations, "q8");
+  EXPECT_NE(error_of("model: {activations: int8}\n")
+                .find("key 'model.activations' must be one of f32, q8, got 'int8'"),
+            std::string::npos);
   c = parse_config("model: {device: cuda, drafter_device: cpu, dtype: bf16}\n"
                    "runtime: {kv_handoff: never, data_plane: nccl, kv_gbps: 25, wait: spin, "
                    "spin_us: 40}\n"

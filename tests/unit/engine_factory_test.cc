@@ -84,6 +84,22 @@ TEST(EngineFactory, RefusesUnknownDeviceAndDtype) {
   }
 }
 
+// 8-bit activations are a CPU engine option: named values only, and refused for the GPU engine
+// before a device is looked for.
+TEST(EngineFactory, ActivationsAreACpuOption) {
+  nlohmann::json spec = llama_spec();
+  spec["activations"] = "q8";
+  EXPECT_NE(dynamic_cast<LlamaEngine*>(make_engine(spec).get()), nullptr);
+  spec["activations"] = "int4";
+  const std::string bad = error_of<std::invalid_argument>([&] { make_engine(spec); });
+  EXPECT_NE(bad.find("unknown activations 'int4' (expected one of: f32, q8)"), std::string::npos)
+      << bad;
+  spec["activations"] = "q8";
+  spec["device"] = "cuda";
+  const std::string gpu = error_of<std::invalid_argument>([&] { make_engine(spec); });
+  EXPECT_NE(gpu.find("activations 'q8' are for the CPU engine"), std::string::npos) << gpu;
+}
+
 TEST(EngineFactory, ParsesDtypes) {
   EXPECT_EQ(parse_cuda_dtype("f32"), CudaDtype::kF32);
   EXPECT_EQ(parse_cuda_dtype("f16"), CudaDtype::kF16);

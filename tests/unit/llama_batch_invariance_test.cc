@@ -1,6 +1,7 @@
 // Lossless means bit-identical: a position's logits are the same bits whether it is prefilled
 // with the whole prompt, decoded alone, or verified in a block of any length at any offset, for
-// every weight type and every thread count from 1 to 4 (kernels/qmatmul.h fixes the arithmetic;
+// every weight type, float32 and 8-bit activations, and every thread count from 1 to 4
+// (kernels/qmatmul.h fixes the arithmetic;
 // attention, norms and RoPE work per position). Compared with memcmp, no tolerance.
 #include <gtest/gtest.h>
 
@@ -83,31 +84,35 @@ TEST_P(BatchInvariance, LogitsAreTheSameBitsHoweverPositionsAreBatched) {
   auto model = typed_model(t);
   CancelFlag never;
   const int n = static_cast<int>(kSeq.size());
-  LlamaEngineOptions o;
-  o.threads = 1;
-  Logits ref = LlamaEngine(model, o).forward(kSeq, n, never);
-  for (float v : ref.data) ASSERT_TRUE(std::isfinite(v)) << ggml_type_name(t);
+  for (kernels::Activations act : {kernels::Activations::kF32, kernels::Activations::kQ8}) {
+    LlamaEngineOptions o;
+    o.threads = 1;
+    o.activations = act;
+    Logits ref = LlamaEngine(model, o).forward(kSeq, n, never);
+    for (float v : ref.data) ASSERT_TRUE(std::isfinite(v)) << ggml_type_name(t);
 
-  for (int threads = 1; threads <= 4; ++threads) {
-    SCOPED_TRACE(std::string(ggml_type_name(t)) + ", " + std::to_string(threads) + " threads");
-    o.threads = threads;
-    LlamaEngine e(model, o);
-    // Prefill of the whole sequence.
-    EXPECT_TRUE(same_bits(e.forward(kSeq, n, never).data, ref.data));
-    // Decode, one position at a time.
-    e.truncate(0);
-    for (int i = 0; i < n; ++i) {
-      Logits one = e.forward(std::span(kSeq).subspan(i, 1), 1, never);
-      EXPECT_TRUE(same_bits(one.row(0), ref.row(i))) << "decoded position " << i;
-    }
-    // Verify blocks of 1..5 positions at every offset after a rollback.
-    for (int at = 1; at < n; ++at) {
-      for (int len = 1; len <= 5 && at + len <= n; ++len) {
-        e.truncate(at);
-        Logits block = e.forward(std::span(kSeq).subspan(at, len), len, never);
-        for (int i = 0; i < len; ++i) {
-          EXPECT_TRUE(same_bits(block.row(i), ref.row(at + i)))
-              << "position " << at + i << " in a block of " << len << " at " << at;
+    for (int threads = 1; threads <= 4; ++threads) {
+      SCOPED_TRACE(std::string(ggml_type_name(t)) + ", " + kernels::activations_name(act) + ", " +
+                   std::to_string(threads) + " threads");
+      o.threads = threads;
+      LlamaEngine e(model, o);
+      // Prefill of the whole sequence.
+      EXPECT_TRUE(same_bits(e.forward(kSeq, n, never).data, ref.data));
+      // Decode, one position at a time.
+      e.truncate(0);
+      for (int i = 0; i < n; ++i) {
+        Logits one = e.forward(std::span(kSeq).subspan(i, 1), 1, never);
+        EXPECT_TRUE(same_bits(one.row(0), ref.row(i))) << "decoded position " << i;
+      }
+      // Verify blocks of 1..5 positions at every offset after a rollback.
+      for (int at = 1; at < n; ++at) {
+        for (int len = 1; len <= 5 && at + len <= n; ++len) {
+          e.truncate(at);
+          Logits block = e.forward(std::span(kSeq).subspan(at, len), len, never);
+          for (int i = 0; i < len; ++i) {
+            EXPECT_TRUE(same_bits(block.row(i), ref.row(at + i)))
+                << "position " << at + i << " in a block of " << len << " at " << at;
+          }
         }
       }
     }

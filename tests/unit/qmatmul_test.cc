@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -123,6 +124,91 @@ TEST_P(Qmatmul, BatchInvariant) {
 
 INSTANTIATE_TEST_SUITE_P(AllTypes, Qmatmul, ::testing::ValuesIn(kTypes),
                          [](const auto& info) { return std::string(ggml_type_name(info.param)); });
+
+// ---- 8-bit activations (Activations::kQ8).
+
+const GgmlType kQ8Types[] = {GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0,
+                             GgmlType::Q5_1, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K};
+
+class Qmatmul8 : public ::testing::TestWithParam<GgmlType> {};
+
+// Every variant, batch, token position and thread count gives dot_q8_reference's bits.
+TEST_P(Qmatmul8, EveryResultIsTheReferenceArithmetic) {
+  const GgmlType type = GetParam();
+  ASSERT_TRUE(q8_supported(type));
+  const Case c(type, 37, 4321 + static_cast<uint32_t>(type));
+  const int max_n = 9;
+  const auto x = random_floats(static_cast<size_t>(max_n * c.cols), 17);
+  for (KernelIsa isa : isas()) {
+    for (int threads : {1, 2, 3}) {
+      ThreadPool pool(threads);
+      for (int n : {1, 2, 3, 4, 5, 9}) {
+        for (bool with_bias : {false, true}) {
+          std::vector<float> y(static_cast<size_t>(n * c.rows), NAN);
+          qmatmul(y.data(), x.data(), c.w, with_bias ? c.bias.data() : nullptr, n, &pool, isa,
+                  Activations::kQ8);
+          for (int t = 0; t < n; ++t) {
+            for (int64_t r = 0; r < c.rows; ++r) {
+              const float d = dot_q8_reference(c.w, r, x.data() + t * c.cols);
+              const float want = d + (with_bias ? c.bias[r] : 0.0f);
+              ASSERT_EQ(bits(y[t * c.rows + r]), bits(want))
+                  << ggml_type_name(type) << " " << kernel_isa_name(isa) << " n=" << n
+                  << " threads=" << threads << " token " << t << " row " << r;
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// The 8-bit products are the exact ones up to rounding each activation to its block's grid:
+// |error| <= sum over blocks of (dx / 2) * sum |w| of the block, plus float rounding; and not
+// the exact ones (the mode is in effect).
+TEST_P(Qmatmul8, ErrorIsBoundedByTheActivationRounding) {
+  const GgmlType type = GetParam();
+  const Case c(type, 29, 99 + static_cast<uint32_t>(type));
+  const int64_t block = ggml_block_size(type);
+  const auto x = random_floats(static_cast<size_t>(c.cols), 23);
+  std::vector<float> y8(static_cast<size_t>(c.rows)), y32(y8.size());
+  qmatmul(y8.data(), x.data(), c.w, nullptr, 1, nullptr, kernel_isa(), Activations::kQ8);
+  qmatmul(y32.data(), x.data(), c.w, nullptr, 1, nullptr, kernel_isa(), Activations::kF32);
+  int differ = 0;
+  for (int64_t r = 0; r < c.rows; ++r) {
+    double bound = 0, magnitude = 0;
+    for (int64_t b = 0; b < c.cols / block; ++b) {
+      double amax = 0, wsum = 0;
+      for (int64_t i = b * block; i < (b + 1) * block; ++i) {
+        amax = std::max(amax, std::fabs(double(x[i])));
+        wsum += std::fabs(double(c.deq[r * c.cols + i]));
+        magnitude += std::fabs(double(c.deq[r * c.cols + i]) * x[i]);
+      }
+      bound += amax / 127 / 2 * wsum;
+    }
+    EXPECT_LE(std::fabs(double(y8[r]) - y32[r]), bound * 1.001 + 1e-5 * magnitude + 1e-30)
+        << ggml_type_name(type) << " row " << r;
+    differ += y8[r] != y32[r];
+  }
+  EXPECT_GT(differ, 0) << ggml_type_name(type);
+}
+
+INSTANTIATE_TEST_SUITE_P(Q8Types, Qmatmul8, ::testing::ValuesIn(kQ8Types),
+                         [](const auto& info) { return std::string(ggml_type_name(info.param)); });
+
+// The types without 8-bit products keep float32 activations in that mode, bit for bit.
+TEST(Qmatmul8Fallback, OtherTypesComputeAsWithFloatActivations) {
+  for (GgmlType type : kTypes) {
+    if (q8_supported(type)) continue;
+    const Case c(type, 11, 5);
+    const auto x = random_floats(static_cast<size_t>(3 * c.cols), 6);
+    std::vector<float> a(static_cast<size_t>(3 * c.rows)), b(a.size());
+    qmatmul(a.data(), x.data(), c.w, nullptr, 3, nullptr, kernel_isa(), Activations::kQ8);
+    qmatmul(b.data(), x.data(), c.w, nullptr, 3, nullptr, kernel_isa(), Activations::kF32);
+    EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * 4)) << ggml_type_name(type);
+  }
+  EXPECT_EQ(parse_activations("q8"), Activations::kQ8);
+  EXPECT_THROW(parse_activations("int8"), std::invalid_argument);
+}
 
 TEST(QmatmulJobs, SharedCallEqualsSeparateCalls) {
   const Case a(GgmlType::Q4_K, 40, 1), b(GgmlType::Q6_K, 17, 2), d(GgmlType::Q8_0, 9, 3);

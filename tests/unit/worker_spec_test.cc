@@ -52,6 +52,7 @@ TEST(WorkerSpec, FromTheRunConfig) {
   cfg.device = "cuda";
   cfg.drafter_device = "cpu";
   cfg.dtype = "bf16";
+  cfg.activations = "q8";
   cfg.temperature = 0.8;
   cfg.top_k = 5;
   cfg.sampling_seed = 4;
@@ -59,6 +60,7 @@ TEST(WorkerSpec, FromTheRunConfig) {
   EXPECT_EQ(lt.model, "target.gguf");
   EXPECT_EQ(lt.device, LlamaDevice::kCuda);
   EXPECT_EQ(lt.dtype, CudaDtype::kBF16);
+  EXPECT_EQ(lt.activations, kernels::Activations::kQ8);
   EXPECT_TRUE(lt.layers.empty());
   const WorkerSpec ld = worker_spec(cfg, true);
   EXPECT_EQ(std::get<LlamaSpec>(ld.engine).model, "drafter.gguf");
