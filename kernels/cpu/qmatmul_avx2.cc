@@ -808,7 +808,7 @@ void q8k_row(const WeightMatrix& w, int64_t r, const Q8Acts& x, int t0, float* y
 
 // One row at a time (rows read side by side stream from memory at about half the rate of one
 // row read alone, qmatmul_bench's DRAM column; the hardware prefetcher follows one row well),
-// with up to 4 tokens.
+// with up to 8 tokens.
 template <class T>
 void q8_rows_of(const WeightMatrix& w, int64_t r0, int nr, const Q8Acts& x, int n, float* y,
                 size_t ys, const float* bias) {
@@ -826,6 +826,7 @@ void q8_rows_of(const WeightMatrix& w, int64_t r0, int nr, const Q8Acts& x, int 
     }
   };
   int t = 0;
+  for (; t + 8 <= n; t += 8) tile.template operator()<8>(t);
   for (; t + 4 <= n; t += 4) tile.template operator()<4>(t);
   if (n - t == 3) tile.template operator()<3>(t);
   if (n - t == 2) tile.template operator()<2>(t);
