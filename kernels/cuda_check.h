@@ -15,6 +15,26 @@
 #include "common/error.h"
 
 namespace dsi {
+
+// cuBLAS, opened with dlopen on first use rather than linked: merely loading libcublas (and the
+// libcublasLt it pulls in) costs a process about 94 MiB of relocated data, which every rank of
+// a CPU-only or synthetic run would pay. Throws CublasError when the library cannot be opened
+// or lacks a function.
+struct CublasApi {
+  decltype(&::cublasCreate_v2) create;
+  decltype(&::cublasDestroy_v2) destroy;
+  decltype(&::cublasSetStream_v2) set_stream;
+  decltype(&::cublasSetMathMode) set_math_mode;
+  // (cublas_api.h overloads cublasGemmEx with an inline wrapper: the exported one, spelt out)
+  cublasStatus_t (*gemm_ex)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int,
+                            const void*, const void*, cudaDataType, int, const void*, cudaDataType,
+                            int, const void*, void*, cudaDataType, int, cublasComputeType_t,
+                            cublasGemmAlgo_t);
+  decltype(&::cublasSaxpy_v2) saxpy;
+  decltype(&::cublasGetStatusString) status_string;
+};
+const CublasApi& cublas();
+
 namespace detail {
 
 // "GPU 1 (0000:1b:00.0)": the current device, by index and PCI bus id (which stays the same
@@ -49,7 +69,7 @@ inline void cuda_check(cudaError_t e, const char* expr, const char* file, int li
 }
 inline void cublas_check(cublasStatus_t s, const char* expr, const char* file, int line) {
   if (s != CUBLAS_STATUS_SUCCESS) {
-    throw CublasError(gpu_where("cuBLAS", file, line, expr, cublasGetStatusString(s)),
+    throw CublasError(gpu_where("cuBLAS", file, line, expr, cublas().status_string(s)),
                       static_cast<int>(s));
   }
 }

@@ -391,13 +391,13 @@ void CudaEngine::enqueue_forward(std::span<const Token> tokens, int n_logits,
   };
   const float one = 1.0f;
   auto add_into_x = [&](const float* y) {  // x += y, exact in FP32 as the CPU's loop
-    CUBLAS_CHECK(cublasSetStream(s.blas.get(), st));
+    CUBLAS_CHECK(cublas().set_stream(s.blas.get(), st));
     // In pieces that an int counts (n * dim can pass 2^31 for long prefills of wide models).
     const int64_t total = static_cast<int64_t>(n) * c.dim;
     constexpr int64_t kPiece = int64_t{1} << 30;
     for (int64_t at = 0; at < total; at += kPiece) {
       const int len = static_cast<int>(std::min(kPiece, total - at));
-      CUBLAS_CHECK(cublasSaxpy(s.blas.get(), len, &one, y + at, 1, s.x.get<float>() + at, 1));
+      CUBLAS_CHECK(cublas().saxpy(s.blas.get(), len, &one, y + at, 1, s.x.get<float>() + at, 1));
     }
   };
   // A cancelled forward waits for what it enqueued (the scratch and cache rows are then free)

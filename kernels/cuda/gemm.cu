@@ -50,19 +50,19 @@ cudaDataType_t data_type(GemmType t) {
 }  // namespace
 
 CublasHandle::CublasHandle(bool allow_tf32) {
-  CUBLAS_CHECK(cublasCreate(&h_));
+  CUBLAS_CHECK(cublas().create(&h_));
   try {
     CUBLAS_CHECK(
-        cublasSetMathMode(h_, allow_tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+        cublas().set_math_mode(h_, allow_tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
   } catch (...) {
-    (void)cublasDestroy(h_);  // best effort: the error being thrown is the one to report
+    (void)cublas().destroy(h_);  // best effort: the error being thrown is the one to report
     throw;
   }
 }
 
 CublasHandle::~CublasHandle() {
   // A destructor cannot report; a broken context shows at the next checked call anyway.
-  if (h_ != nullptr) (void)cublasDestroy(h_);
+  if (h_ != nullptr) (void)cublas().destroy(h_);
 }
 
 void convert_f32_cuda(void* dst, GemmType type, const float* src, int64_t n, cudaStream_t stream) {
@@ -87,13 +87,13 @@ void convert_f32_cuda(void* dst, GemmType type, const float* src, int64_t n, cud
 void gemm_cuda(const CublasHandle& handle, float* y, const void* x, const void* w,
                const float* bias, GemmType type, int n, int in, int out, cudaStream_t stream) {
   if (n <= 0 || out <= 0) return;
-  CUBLAS_CHECK(cublasSetStream(handle.get(), stream));
+  CUBLAS_CHECK(cublas().set_stream(handle.get(), stream));
   const float alpha = 1.0f, beta = 0.0f;
   const cudaDataType_t t = data_type(type);
   // FP32 inputs: plain FP32 compute unless the handle allows TF32 (its math mode decides).
-  CUBLAS_CHECK(cublasGemmEx(handle.get(), CUBLAS_OP_T, CUBLAS_OP_N, out, n, in, &alpha, w, t, in, x,
-                            t, in, &beta, y, CUDA_R_32F, out, CUBLAS_COMPUTE_32F,
-                            CUBLAS_GEMM_DEFAULT));
+  CUBLAS_CHECK(cublas().gemm_ex(handle.get(), CUBLAS_OP_T, CUBLAS_OP_N, out, n, in, &alpha, w, t,
+                                in, x, t, in, &beta, y, CUDA_R_32F, out, CUBLAS_COMPUTE_32F,
+                                CUBLAS_GEMM_DEFAULT));
   if (bias != nullptr) {
     constexpr int kThreads = 256;
     const long want = (static_cast<long>(n) * out + kThreads - 1) / kThreads;

@@ -218,6 +218,24 @@ class CudaEngineF32 : public ::testing::TestWithParam<std::string> {};
 // (a) FP32 weights: prefill + one-token decode gives the CPU's greedy tokens, and a verify-style
 // forward of the whole continuation (in one block, then in blocks of 8 and 4) predicts them
 // again at every position.
+// cuBLAS is opened on first use, not linked (kernels/cuda_check.h): it needs no device, and
+// every function the engine calls resolves. Runs without a GPU.
+TEST(CublasApi, OpensOnFirstUseWithEveryFunction) {
+  const CublasApi& api = cublas();
+  EXPECT_NE(api.create, nullptr);
+  EXPECT_NE(api.destroy, nullptr);
+  EXPECT_NE(api.set_stream, nullptr);
+  EXPECT_NE(api.set_math_mode, nullptr);
+  EXPECT_NE(api.gemm_ex, nullptr);
+  EXPECT_NE(api.saxpy, nullptr);
+  ASSERT_NE(api.status_string, nullptr);
+  const std::string ok = api.status_string(CUBLAS_STATUS_SUCCESS);
+  const std::string bad = api.status_string(CUBLAS_STATUS_NOT_INITIALIZED);
+  EXPECT_FALSE(bad.empty());
+  EXPECT_NE(ok, bad);
+  EXPECT_EQ(&cublas(), &api);  // opened once
+}
+
 TEST_P(CudaEngineF32, GreedyEqualsCpuEngine) {
   SKIP_WITHOUT_GPU();
   SKIP_WITHOUT_MODEL(GetParam());
