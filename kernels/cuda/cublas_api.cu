@@ -27,8 +27,7 @@ CublasApi open_cublas() {
   if (lib == nullptr) {
     const char* why = dlerror();
     throw CublasError(std::string("cuBLAS could not be loaded (") + (why ? why : "dlopen") +
-                          "); the CUDA engine needs " + DSI_CUBLAS_SONAME +
-                          " on the library path",
+                          "); the CUDA engine needs " + DSI_CUBLAS_SONAME + " on the library path",
                       -1);
   }
   CublasApi a{};
