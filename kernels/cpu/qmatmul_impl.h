@@ -29,11 +29,11 @@ struct Q8Acts {
 void quantize_q8(const float* x, int n, int64_t cols, int block, int8_t* q, float* d,
                  int16_t* sum16);
 
-// A weight type's blocks in the 8-bit arithmetic: block elements, group size, whether the
-// codes are signed (else unsigned) and whether the blocks have offsets (e, m).
+// A weight type's blocks in the 8-bit arithmetic: block elements, group size and whether the
+// blocks have offsets (e, m; the other types' codes are signed).
 struct Q8Layout {
   int block = 0, group = 0;
-  bool signed_codes = false, offsets = false;
+  bool offsets = false;
   size_t bytes = 0;  // of one block in the file
 };
 Q8Layout q8_layout(GgmlType type);  // block == 0: not a q8_supported type

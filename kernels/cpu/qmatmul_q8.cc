@@ -46,21 +46,21 @@ void quantize_q8(const float* x, int n, int64_t cols, int block, int8_t* q, floa
 Q8Layout q8_layout(GgmlType type) {
   switch (type) {
     case GgmlType::Q8_0:
-      return {32, 32, true, false, sizeof(BlockQ8_0)};
+      return {32, 32, false, sizeof(BlockQ8_0)};
     case GgmlType::Q4_0:
-      return {32, 32, true, false, sizeof(BlockQ4_0)};
+      return {32, 32, false, sizeof(BlockQ4_0)};
     case GgmlType::Q5_0:
-      return {32, 32, true, false, sizeof(BlockQ5_0)};
+      return {32, 32, false, sizeof(BlockQ5_0)};
     case GgmlType::Q4_1:
-      return {32, 32, false, true, sizeof(BlockQ4_1)};
+      return {32, 32, true, sizeof(BlockQ4_1)};
     case GgmlType::Q5_1:
-      return {32, 32, false, true, sizeof(BlockQ5_1)};
+      return {32, 32, true, sizeof(BlockQ5_1)};
     case GgmlType::Q4_K:
-      return {256, 32, false, true, sizeof(BlockQ4_K)};
+      return {256, 32, true, sizeof(BlockQ4_K)};
     case GgmlType::Q5_K:
-      return {256, 32, false, true, sizeof(BlockQ5_K)};
+      return {256, 32, true, sizeof(BlockQ5_K)};
     case GgmlType::Q6_K:
-      return {256, 16, false, true, sizeof(BlockQ6_K)};
+      return {256, 16, true, sizeof(BlockQ6_K)};
     default:
       return {};
   }
