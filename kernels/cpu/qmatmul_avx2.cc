@@ -655,48 +655,6 @@ struct Q8Q6_K {
   }
 };
 
-// One row of a 32-element-block type with NT tokens (t0 .. t0 + NT - 1): each block's codes
-// are read once and multiplied with every token's activations.
-template <class T, int NT>
-void q8_row(const WeightMatrix& w, int64_t r, const Q8Acts& x, int t0, float* y, size_t ys,
-            float bias) {
-  constexpr bool kSigned =
-      T::kType == GgmlType::Q8_0 || T::kType == GgmlType::Q4_0 || T::kType == GgmlType::Q5_0;
-  constexpr size_t kBytes = T::kBytes;
-  const int64_t blocks = w.cols / 32;
-  __m256 acc[NT];
-  float sm[NT];
-#pragma GCC unroll 8
-  for (int t = 0; t < NT; ++t) {
-    acc[t] = _mm256_setzero_ps();
-    sm[t] = 0.0f;
-  }
-  const uint8_t* row = w.row(r);
-  const __m256i ones = _mm256_set1_epi16(1);
-  for (int64_t k = 0; k < blocks; ++k) {
-    const uint8_t* p = row + k * kBytes;
-    Q8Scales sc;
-    q8_scales(T::kType, p, &sc, half_at);
-    const __m256i c = T::bytes(p, 0);
-    const __m256i ac = kSigned ? _mm256_abs_epi8(c) : c;
-#pragma GCC unroll 8
-    for (int t = 0; t < NT; ++t) {
-      const size_t tt = static_cast<size_t>(t0 + t);
-      const __m256i xv = load32(reinterpret_cast<const uint8_t*>(x.q + tt * x.cols + 32 * k));
-      const __m256i prod = _mm256_maddubs_epi16(ac, kSigned ? _mm256_sign_epi8(xv, c) : xv);
-      const float dx = x.d[tt * (x.cols / 32) + k];
-      acc[t] =
-          _mm256_fmadd_ps(_mm256_set1_ps(sc.d * dx), cvt(_mm256_madd_epi16(prod, ones)), acc[t]);
-      if constexpr (!kSigned) {  // Q4_1, Q5_1: m = 1
-        const int16_t* sb = x.sum16 + tt * (x.cols / 16) + 2 * k;
-        sm[t] = std::fma(sc.e * dx, static_cast<float>(sb[0] + sb[1]), sm[t]);
-      }
-    }
-  }
-#pragma GCC unroll 8
-  for (int t = 0; t < NT; ++t) y[t * ys] = (hsum(acc[t]) + sm[t]) + bias;
-}
-
 // The sum of the eight int32 lanes (exact).
 int32_t hsum_epi32(__m256i v) {
   __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
@@ -761,13 +719,16 @@ KScales k_scales(const uint8_t* p) {
   return k;
 }
 
-// One row of a K-quant with NT tokens, as q8_row.
+// One row with NT tokens (t0 .. t0 + NT - 1): each block's codes are read once and multiplied
+// with every token's activations.
 template <class T, int NT>
-void q8k_row(const WeightMatrix& w, int64_t r, const Q8Acts& x, int t0, float* y, size_t ys,
-             float bias) {
-  constexpr bool kSixteen = T::kType == GgmlType::Q6_K;
-  constexpr size_t kBytes = T::kBytes;
-  const int64_t blocks = w.cols / 256;
+void q8_row(const WeightMatrix& w, int64_t r, const Q8Acts& x, int t0, float* y, size_t ys,
+            float bias) {
+  constexpr bool kK =
+      T::kType == GgmlType::Q4_K || T::kType == GgmlType::Q5_K || T::kType == GgmlType::Q6_K;
+  constexpr bool kSigned =
+      T::kType == GgmlType::Q8_0 || T::kType == GgmlType::Q4_0 || T::kType == GgmlType::Q5_0;
+  const int64_t blocks = w.cols / (kK ? 256 : 32);
   __m256 acc[NT];
   float sm[NT];
 #pragma GCC unroll 8
@@ -777,29 +738,50 @@ void q8k_row(const WeightMatrix& w, int64_t r, const Q8Acts& x, int t0, float* y
   }
   const uint8_t* row = w.row(r);
   for (int64_t k = 0; k < blocks; ++k) {
-    const uint8_t* p = row + k * kBytes;
-    const KScales sc = k_scales<T::kType>(p);
-    __m256i iv[NT];
+    const uint8_t* p = row + k * T::kBytes;
+    if constexpr (kK) {  // 8 chunks with their group scales; the mins from the sums
+      const KScales sc = k_scales<T::kType>(p);
+      __m256i iv[NT];
 #pragma GCC unroll 8
-    for (int t = 0; t < NT; ++t) iv[t] = _mm256_setzero_si256();
+      for (int t = 0; t < NT; ++t) iv[t] = _mm256_setzero_si256();
 #pragma GCC unroll 8
-    for (int j = 0; j < 8; ++j) {
-      const __m256i c = T::bytes(p, j);
-      const __m256i s = sc.scale(j, kSixteen);
+      for (int j = 0; j < 8; ++j) {
+        const __m256i c = T::bytes(p, j);
+        const __m256i s = sc.scale(j, T::kType == GgmlType::Q6_K);
+#pragma GCC unroll 8
+        for (int t = 0; t < NT; ++t) {
+          const int8_t* xb = x.q + static_cast<size_t>(t0 + t) * x.cols + 256 * k + 32 * j;
+          const __m256i prod =
+              _mm256_maddubs_epi16(c, load32(reinterpret_cast<const uint8_t*>(xb)));
+          iv[t] = _mm256_add_epi32(iv[t], _mm256_madd_epi16(prod, s));
+        }
+      }
 #pragma GCC unroll 8
       for (int t = 0; t < NT; ++t) {
-        const int8_t* xb = x.q + static_cast<size_t>(t0 + t) * x.cols + 256 * k + 32 * j;
-        const __m256i prod = _mm256_maddubs_epi16(c, load32(reinterpret_cast<const uint8_t*>(xb)));
-        iv[t] = _mm256_add_epi32(iv[t], _mm256_madd_epi16(prod, s));
+        const size_t tt = static_cast<size_t>(t0 + t);
+        const float dx = x.d[tt * (x.cols / 256) + k];
+        acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(sc.d * dx), cvt(iv[t]), acc[t]);
+        const int32_t m = sc.mins(x.sum16 + tt * (x.cols / 16) + 16 * k);
+        sm[t] = std::fma(sc.e * dx, static_cast<float>(m), sm[t]);
       }
-    }
+    } else {  // one chunk, scale 1; Q4_1 and Q5_1 add e times the block's sum (m = 1)
+      Q8Scales sc;
+      q8_scales(T::kType, p, &sc, half_at);
+      const __m256i c = T::bytes(p, 0);
+      const __m256i ac = kSigned ? _mm256_abs_epi8(c) : c;
 #pragma GCC unroll 8
-    for (int t = 0; t < NT; ++t) {
-      const size_t tt = static_cast<size_t>(t0 + t);
-      const float dx = x.d[tt * (x.cols / 256) + k];
-      acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(sc.d * dx), cvt(iv[t]), acc[t]);
-      const int32_t m = sc.mins(x.sum16 + tt * (x.cols / 16) + 16 * k);
-      sm[t] = std::fma(sc.e * dx, static_cast<float>(m), sm[t]);
+      for (int t = 0; t < NT; ++t) {
+        const size_t tt = static_cast<size_t>(t0 + t);
+        const __m256i xv = load32(reinterpret_cast<const uint8_t*>(x.q + tt * x.cols + 32 * k));
+        const __m256i prod = _mm256_maddubs_epi16(ac, kSigned ? _mm256_sign_epi8(xv, c) : xv);
+        const float dx = x.d[tt * (x.cols / 32) + k];
+        acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(sc.d * dx),
+                                 cvt(_mm256_madd_epi16(prod, _mm256_set1_epi16(1))), acc[t]);
+        if constexpr (!kSigned) {
+          const int16_t* sb = x.sum16 + tt * (x.cols / 16) + 2 * k;
+          sm[t] = std::fma(sc.e * dx, static_cast<float>(sb[0] + sb[1]), sm[t]);
+        }
+      }
     }
   }
 #pragma GCC unroll 8
@@ -812,17 +794,10 @@ void q8k_row(const WeightMatrix& w, int64_t r, const Q8Acts& x, int t0, float* y
 template <class T>
 void q8_rows_of(const WeightMatrix& w, int64_t r0, int nr, const Q8Acts& x, int n, float* y,
                 size_t ys, const float* bias) {
-  constexpr bool kK =
-      T::kType == GgmlType::Q4_K || T::kType == GgmlType::Q5_K || T::kType == GgmlType::Q6_K;
   const auto tile = [&]<int NT>(int t) {
     for (int r = 0; r < nr; ++r) {
       const float b = bias != nullptr ? bias[r] : 0.0f;
-      float* yr = y + static_cast<size_t>(t) * ys + r;
-      if constexpr (kK) {
-        q8k_row<T, NT>(w, r0 + r, x, t, yr, ys, b);
-      } else {
-        q8_row<T, NT>(w, r0 + r, x, t, yr, ys, b);
-      }
+      q8_row<T, NT>(w, r0 + r, x, t, y + static_cast<size_t>(t) * ys + r, ys, b);
     }
   };
   int t = 0;
