@@ -1,5 +1,8 @@
 # Decides DSI_WITH_CUDA from DSI_CUDA (AUTO/ON/OFF) and sets up CUDA, cuBLAS and NCCL.
-# NCCL has no CMake package: nccl.h and libnccl.so are looked up beside the toolkit.
+# The CUDA runtime is linked statically; cuBLAS and NCCL are opened with dlopen on first use
+# (kernels/cuda/gpu_libraries.cu), so only their headers are needed here, and a dsi built with
+# CUDA runs on a machine without them (or without a GPU) until a GPU path is asked for.
+# NCCL has no CMake package: nccl.h is looked up beside the toolkit or under NCCL_HOME.
 set(DSI_WITH_CUDA OFF)
 if(NOT DSI_CUDA STREQUAL "OFF")
   if(NOT CMAKE_CUDA_COMPILER AND EXISTS /usr/local/cuda/bin/nvcc)
@@ -8,12 +11,11 @@ if(NOT DSI_CUDA STREQUAL "OFF")
   include(CheckLanguage)
   check_language(CUDA)
   find_path(NCCL_INCLUDE_DIR nccl.h HINTS /usr/local/cuda/include ENV NCCL_HOME PATH_SUFFIXES include)
-  find_library(NCCL_LIBRARY nccl HINTS /usr/local/cuda/lib64 ENV NCCL_HOME PATH_SUFFIXES lib lib64)
   set(_why "")
   if(NOT CMAKE_CUDA_COMPILER)
     set(_why "nvcc was not found (set CMAKE_CUDA_COMPILER)")
-  elseif(NOT NCCL_INCLUDE_DIR OR NOT NCCL_LIBRARY)
-    set(_why "NCCL was not found (nccl.h / libnccl.so; set NCCL_HOME)")
+  elseif(NOT NCCL_INCLUDE_DIR)
+    set(_why "NCCL was not found (nccl.h; set NCCL_HOME)")
   endif()
   if(_why STREQUAL "")
     set(DSI_WITH_CUDA ON)
@@ -37,8 +39,8 @@ if(DSI_WITH_CUDA)
   file(STRINGS ${NCCL_INCLUDE_DIR}/nccl.h _nccl_ver REGEX "^#define NCCL_(MAJOR|MINOR|PATCH) ")
   string(REGEX REPLACE ".*MAJOR ([0-9]+).*MINOR ([0-9]+).*PATCH ([0-9]+).*" "\\1.\\2.\\3"
          NCCL_VERSION "${_nccl_ver}")
-  message(STATUS "dsi: CUDA ${CUDAToolkit_VERSION}, NCCL ${NCCL_VERSION} (${NCCL_LIBRARY})")
-  add_library(dsi::nccl UNKNOWN IMPORTED)
-  set_target_properties(dsi::nccl PROPERTIES IMPORTED_LOCATION ${NCCL_LIBRARY}
-                        INTERFACE_INCLUDE_DIRECTORIES ${NCCL_INCLUDE_DIR})
+  string(REGEX REPLACE "\\..*" "" NCCL_VERSION_MAJOR "${NCCL_VERSION}")
+  message(STATUS "dsi: CUDA ${CUDAToolkit_VERSION}, NCCL ${NCCL_VERSION} headers (${NCCL_INCLUDE_DIR})")
+  add_library(dsi::nccl INTERFACE IMPORTED)
+  set_target_properties(dsi::nccl PROPERTIES INTERFACE_INCLUDE_DIRECTORIES ${NCCL_INCLUDE_DIR})
 endif()

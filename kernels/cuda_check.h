@@ -35,6 +35,26 @@ struct CublasApi {
 };
 const CublasApi& cublas();
 
+// NCCL, opened the same way: a process that never makes an NCCL data channel never loads it,
+// and a binary built with CUDA starts where NCCL is absent. Throws NcclError when the library
+// cannot be opened or lacks a function.
+struct NcclApi {
+  decltype(&::ncclGetVersion) get_version;
+  decltype(&::ncclGetErrorString) get_error_string;
+  decltype(&::ncclGetLastError) get_last_error;
+  decltype(&::ncclGetUniqueId) get_unique_id;
+  decltype(&::ncclCommInitRankConfig) comm_init_rank_config;
+  decltype(&::ncclCommGetAsyncError) comm_get_async_error;
+  decltype(&::ncclCommFinalize) comm_finalize;
+  decltype(&::ncclCommDestroy) comm_destroy;
+  decltype(&::ncclCommAbort) comm_abort;
+  decltype(&::ncclGroupStart) group_start;
+  decltype(&::ncclGroupEnd) group_end;
+  decltype(&::ncclSend) send;
+  decltype(&::ncclRecv) recv;
+};
+const NcclApi& nccl();
+
 namespace detail {
 
 // "GPU 1 (0000:1b:00.0)": the current device, by index and PCI bus id (which stays the same
@@ -75,7 +95,7 @@ inline void cublas_check(cublasStatus_t s, const char* expr, const char* file, i
 }
 inline void nccl_check(ncclResult_t r, const char* expr, const char* file, int line) {
   if (r != ncclSuccess) {
-    throw NcclError(gpu_where("NCCL", file, line, expr, ncclGetErrorString(r)),
+    throw NcclError(gpu_where("NCCL", file, line, expr, nccl().get_error_string(r)),
                     static_cast<int>(r));
   }
 }

@@ -53,8 +53,6 @@ case $mode in
     unset_env=("")
     extra=()
     export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:suppressions=$supp/tsan.supp:${TSAN_OPTIONS:-}"
-    # OpenBLAS threads are not instrumented: TSan cannot see how they synchronise.
-    export OPENBLAS_NUM_THREADS=1
     ;;
   *)
     echo "usage: launch/sanitize.sh address|thread [CTEST_ARGS...]" >&2

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 # python3-matplotlib draws `dsi sweep` plots; slurmctld slurmd slurm-client munge run the
 # one-node Slurm cluster of tests/slurm (the daemons are started by the test, never by setup).
 packages=(g++ cmake ninja-build pkg-config python3 openmpi-bin libopenmpi-dev libyaml-cpp-dev
-          libopenblas-dev libcli11-dev nlohmann-json3-dev libfmt-dev libgtest-dev googletest
+          libcli11-dev nlohmann-json3-dev libfmt-dev libgtest-dev googletest
           python3-numpy python3-yaml python3-pip clang libclang-rt-14-dev clang-format
           python3-matplotlib slurmctld slurmd slurm-client munge)
 missing=()

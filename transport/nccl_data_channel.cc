@@ -66,7 +66,7 @@ ncclResult_t wait_comms(const std::vector<ncclComm_t>& comms, Clock::time_point 
     bool pending = false;
     for (ncclComm_t c : comms) {
       ncclResult_t state = ncclSuccess;
-      const ncclResult_t r = ncclCommGetAsyncError(c, &state);
+      const ncclResult_t r = nccl().comm_get_async_error(c, &state);
       if (r != ncclSuccess) return r;
       if (state == ncclInProgress) {
         pending = true;
@@ -84,7 +84,7 @@ ncclResult_t wait_comms(const std::vector<ncclComm_t>& comms, Clock::time_point 
 // as NCCL_CHECK words it.
 NcclError nccl_error(const char* what, ncclResult_t r, ncclComm_t comm) {
   return NcclError(fmt::format("NCCL error on {}: {}: {} ({})", detail::gpu_label(), what,
-                               ncclGetErrorString(r), ncclGetLastError(comm)),
+                               nccl().get_error_string(r), nccl().get_last_error(comm)),
                    r);
 }
 
@@ -151,7 +151,7 @@ class NcclDataChannel final : public DataChannel {
         CUDA_CHECK(cudaStreamCreateWithFlags(&free_stream_, cudaStreamNonBlocking));
         for (int p = 0; p < size_; ++p) {
           if (p == rank_ || !part[p]) continue;
-          NCCL_CHECK(ncclGetUniqueId(&out[p]));
+          NCCL_CHECK(nccl().get_unique_id(&out[p]));
           for (auto* pipes : {&send_, &recv_}) {
             Pipe& pipe = (*pipes)[p];
             CUDA_CHECK(cudaStreamCreateWithFlags(&pipe.stream, cudaStreamNonBlocking));
@@ -177,23 +177,25 @@ class NcclDataChannel final : public DataChannel {
                                                  std::chrono::duration<double>(o.init_timeout_s));
         ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;
         cfg.blocking = 0;
-        NCCL_CHECK(ncclGroupStart());
+        NCCL_CHECK(nccl().group_start());
         for (auto& [p, pipe] : send_)
-          nccl_ok(ncclCommInitRankConfig(&pipe.comm, 2, out[p], 0, &cfg), "ncclCommInitRankConfig");
+          nccl_ok(nccl().comm_init_rank_config(&pipe.comm, 2, out[p], 0, &cfg),
+                  "ncclCommInitRankConfig");
         for (auto& [p, pipe] : recv_)
-          nccl_ok(ncclCommInitRankConfig(&pipe.comm, 2, in[p], 1, &cfg), "ncclCommInitRankConfig");
-        nccl_ok(ncclGroupEnd(), "ncclGroupEnd");
+          nccl_ok(nccl().comm_init_rank_config(&pipe.comm, 2, in[p], 1, &cfg),
+                  "ncclCommInitRankConfig");
+        nccl_ok(nccl().group_end(), "ncclGroupEnd");
         check_wait(wait_comms(all_comms(), deadline), "creating the communicators");
         void* probe = nullptr;
         CUDA_CHECK(cudaMalloc(&probe, 2 * send_.size() + 2));
         auto* bytes = static_cast<uint8_t*>(probe);
-        NCCL_CHECK(ncclGroupStart());
+        NCCL_CHECK(nccl().group_start());
         size_t i = 0;
         for (auto& [p, pipe] : send_)
-          nccl_ok(ncclSend(bytes + i++, 1, ncclUint8, 1, pipe.comm, pipe.stream), "ncclSend");
+          nccl_ok(nccl().send(bytes + i++, 1, ncclUint8, 1, pipe.comm, pipe.stream), "ncclSend");
         for (auto& [p, pipe] : recv_)
-          nccl_ok(ncclRecv(bytes + i++, 1, ncclUint8, 0, pipe.comm, pipe.stream), "ncclRecv");
-        nccl_ok(ncclGroupEnd(), "ncclGroupEnd");
+          nccl_ok(nccl().recv(bytes + i++, 1, ncclUint8, 0, pipe.comm, pipe.stream), "ncclRecv");
+        nccl_ok(nccl().group_end(), "ncclGroupEnd");
         check_wait(wait_comms(all_comms(), deadline), "connecting the pipes");
         bool idle = false;
         while (!(idle = pipes_idle()) && Clock::now() < deadline) {
@@ -295,7 +297,8 @@ class NcclDataChannel final : public DataChannel {
     mpi_check(MPI_Isend(&h, sizeof h, MPI_BYTE, dst, kHeaderTag, hdr_comm_, &req), "MPI_Isend",
               dst);
     if (bytes > 0) {
-      nccl_call(ncclSend(buf, bytes, ncclUint8, 1, pipe.comm, pipe.stream), pipe.comm, "ncclSend");
+      nccl_call(nccl().send(buf, bytes, ncclUint8, 1, pipe.comm, pipe.stream), pipe.comm,
+                "ncclSend");
       CUDA_CHECK(cudaFreeAsync(buf, pipe.stream));  // after the send, in stream order
     }
   }
@@ -341,8 +344,8 @@ class NcclDataChannel final : public DataChannel {
     if (r == ncclInProgress)
       throw NcclChannelError(fmt::format("{}: no answer before the deadline", what));
     if (r != ncclSuccess) {
-      throw NcclChannelError(
-          fmt::format("{}: {} ({})", what, ncclGetErrorString(r), ncclGetLastError(nullptr)));
+      throw NcclChannelError(fmt::format("{}: {} ({})", what, nccl().get_error_string(r),
+                                         nccl().get_last_error(nullptr)));
     }
   }
 
@@ -430,8 +433,8 @@ class NcclDataChannel final : public DataChannel {
         }
         Pipe& pipe = it->second;
         CUDA_CHECK(cudaMallocFromPoolAsync(&item.staging, h.bytes, pool_, pipe.stream));
-        nccl_call(ncclRecv(item.staging, h.bytes, ncclUint8, 0, pipe.comm, pipe.stream), pipe.comm,
-                  "ncclRecv");
+        nccl_call(nccl().recv(item.staging, h.bytes, ncclUint8, 0, pipe.comm, pipe.stream),
+                  pipe.comm, "ncclRecv");
         CUDA_CHECK(cudaEventCreateWithFlags(&item.ready, cudaEventDisableTiming));
         CUDA_CHECK(cudaEventRecord(item.ready, pipe.stream));
       }
@@ -488,7 +491,7 @@ class NcclDataChannel final : public DataChannel {
             next_check = Clock::now() + std::chrono::milliseconds(10);
             for (ncclComm_t c : all_comms()) {
               ncclResult_t state = ncclSuccess;
-              const ncclResult_t r = ncclCommGetAsyncError(c, &state);
+              const ncclResult_t r = nccl().comm_get_async_error(c, &state);
               if (r != ncclSuccess) throw nccl_error("ncclCommGetAsyncError", r, c);
               if (state != ncclSuccess && state != ncclInProgress) {
                 throw nccl_error("asynchronous error", state, c);
@@ -539,14 +542,14 @@ class NcclDataChannel final : public DataChannel {
       bool clean = idle && error_.empty() && !failed_;
       if (clean) {
         for (ncclComm_t c : comms) {
-          const ncclResult_t r = ncclCommFinalize(c);
+          const ncclResult_t r = nccl().comm_finalize(c);
           if (r != ncclSuccess && r != ncclInProgress) clean = false;
         }
         clean = clean && wait_comms(comms, Clock::now() + kShutdownWait) == ncclSuccess;
       }
-      for (ncclComm_t c : comms) (void)(clean ? ncclCommDestroy(c) : ncclCommAbort(c));
+      for (ncclComm_t c : comms) (void)(clean ? nccl().comm_destroy(c) : nccl().comm_abort(c));
     } catch (const std::exception&) {
-      for (ncclComm_t c : all_comms()) (void)ncclCommAbort(c);
+      for (ncclComm_t c : all_comms()) (void)nccl().comm_abort(c);
     }
     // Work still queued (a copy waiting on an aborted receive) releases these when done.
     for (auto* pipes : {&send_, &recv_}) {

@@ -372,8 +372,8 @@ int main(int argc, char** argv) {
       decode_s = std::min(decode_s, secs(td));
       decode_cpu_s = std::min(decode_cpu_s, cpu_secs() - cpu0);
     }
-    // CPU the process burns while the engine sits idle for 0.5 s after a forward (OpenBLAS
-    // worker threads spin for a while before they sleep).
+    // CPU the process burns while the engine sits idle for 0.5 s after a forward (pool
+    // threads that kept spinning would show here).
     const double c0 = cpu_secs();
     std::this_thread::sleep_for(std::chrono::milliseconds(500));
     const double idle_cpu = (cpu_secs() - c0) / 0.5;

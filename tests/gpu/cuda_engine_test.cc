@@ -236,6 +236,27 @@ TEST(CublasApi, OpensOnFirstUseWithEveryFunction) {
   EXPECT_EQ(&cublas(), &api);  // opened once
 }
 
+// NCCL likewise (the data plane's table): every function resolves, and the library found is of
+// the major version of the headers dsi was built with. Runs without a GPU.
+TEST(NcclApi, OpensOnFirstUseWithEveryFunction) {
+  const NcclApi& api = nccl();
+  for (const void* f :
+       {(const void*)api.get_unique_id, (const void*)api.comm_init_rank_config,
+        (const void*)api.comm_get_async_error, (const void*)api.comm_finalize,
+        (const void*)api.comm_destroy, (const void*)api.comm_abort, (const void*)api.group_start,
+        (const void*)api.group_end, (const void*)api.send, (const void*)api.recv,
+        (const void*)api.get_last_error}) {
+    EXPECT_NE(f, nullptr);
+  }
+  ASSERT_NE(api.get_version, nullptr);
+  int version = 0;
+  ASSERT_EQ(api.get_version(&version), ncclSuccess);
+  EXPECT_EQ(version / 10000, NCCL_MAJOR) << version;
+  EXPECT_NE(std::string(api.get_error_string(ncclSuccess)),
+            std::string(api.get_error_string(ncclInvalidArgument)));
+  EXPECT_EQ(&nccl(), &api);
+}
+
 TEST_P(CudaEngineF32, GreedyEqualsCpuEngine) {
   SKIP_WITHOUT_GPU();
   SKIP_WITHOUT_MODEL(GetParam());
