@@ -8,10 +8,11 @@ cd "$(dirname "$0")/.."
 # style (launch/sanitize.sh, tests/fuzz/run.sh, launch/format.sh).
 # python3-matplotlib draws `dsi sweep` plots; slurmctld slurmd slurm-client munge run the
 # one-node Slurm cluster of tests/slurm (the daemons are started by the test, never by setup).
+# patchelf sets the run paths of the GPU bundle (launch/gpu_bundle.sh, tests/bundle).
 packages=(g++ cmake ninja-build pkg-config python3 openmpi-bin libopenmpi-dev libyaml-cpp-dev
           libcli11-dev nlohmann-json3-dev libfmt-dev libgtest-dev googletest
           python3-numpy python3-yaml python3-pip clang libclang-rt-14-dev clang-format
-          python3-matplotlib slurmctld slurmd slurm-client munge)
+          python3-matplotlib slurmctld slurmd slurm-client munge patchelf)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -15,8 +15,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <utility>
 
 #include "engines/llama/llama_engine.h"
@@ -157,6 +159,29 @@ struct LayerBuffers {
 
 const float* or_null(const DeviceBuffer& b) {
   return b.bytes() == 0 ? nullptr : b.get<float>();
+}
+
+// Polls `st` until the work queued on it has run (true), or until `deadline` passes or `cancel`
+// is raised (false), where cudaStreamSynchronize would wait without end. The work gets at least
+// 50 ms, so that copies queued just now are not refused for a deadline that passed while the
+// caller waited for something else. cudaErrorNotReady is an answer, not a failure; it is
+// cleared so that the next launch check cannot report it.
+bool wait_stream(cudaStream_t st, std::chrono::steady_clock::time_point deadline,
+                 const CancelFlag* cancel) {
+  deadline = std::max(deadline, std::chrono::steady_clock::now() + std::chrono::milliseconds(50));
+  auto pause = std::chrono::microseconds(10);
+  for (;;) {
+    const cudaError_t e = cudaStreamQuery(st);
+    if (e == cudaSuccess) return true;
+    if (e != cudaErrorNotReady) CUDA_CHECK(e);
+    (void)cudaGetLastError();
+    if ((cancel != nullptr && cancel->cancelled()) ||
+        std::chrono::steady_clock::now() >= deadline) {
+      return false;
+    }
+    std::this_thread::sleep_for(pause);
+    pause = std::min(pause * 2, std::chrono::microseconds(200));
+  }
 }
 
 }  // namespace
@@ -581,8 +606,12 @@ bool CudaEngine::recv_kv(DataChannel& ch, const DataKey& key, int begin, int end
     src += 2 * span;
   }
   // The receive buffer is free for the next transfer once the copies ran; transfer errors
-  // surface here rather than in a later forward.
-  CUDA_CHECK(cudaStreamSynchronize(st));
+  // surface here rather than in a later forward. recv_device returns once the header is in,
+  // so the payload may still be on its way, or never come (a sender that failed or died):
+  // the wait keeps the caller's deadline and cancel flag. Past them, kv_len_ stays where it
+  // was; the copies stay queued on the stream (they land if the payload comes, before any
+  // later work on the stream, which rewrites rows from kv_len_ on anyway).
+  if (!wait_stream(st, deadline, cancel)) return false;
   kv_len_ = end;
   return true;
 }
