@@ -59,6 +59,27 @@ class DeviceScope {
   int prev_ = 0;
 };
 
+// ncclGroupStart .. ncclGroupEnd: a throw between them still ends the group, which would
+// otherwise stay open on this thread and silently hold back every later NCCL call of it (the
+// aborts of the clean-up included).
+class NcclGroup {
+ public:
+  NcclGroup() { NCCL_CHECK(nccl().group_start()); }
+  ~NcclGroup() {
+    if (open_) (void)nccl().group_end();
+  }
+  NcclGroup(const NcclGroup&) = delete;
+  NcclGroup& operator=(const NcclGroup&) = delete;
+  void end() {
+    open_ = false;
+    const ncclResult_t r = nccl().group_end();
+    if (r != ncclSuccess && r != ncclInProgress) NCCL_CHECK(r);
+  }
+
+ private:
+  bool open_ = true;
+};
+
 // Polls non-blocking communicators until none is in progress. Returns the first error,
 // ncclInProgress when `deadline` passed first, else ncclSuccess.
 ncclResult_t wait_comms(const std::vector<ncclComm_t>& comms, Clock::time_point deadline) {
@@ -177,25 +198,29 @@ class NcclDataChannel final : public DataChannel {
                                                  std::chrono::duration<double>(o.init_timeout_s));
         ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;
         cfg.blocking = 0;
-        NCCL_CHECK(nccl().group_start());
-        for (auto& [p, pipe] : send_)
-          nccl_ok(nccl().comm_init_rank_config(&pipe.comm, 2, out[p], 0, &cfg),
-                  "ncclCommInitRankConfig");
-        for (auto& [p, pipe] : recv_)
-          nccl_ok(nccl().comm_init_rank_config(&pipe.comm, 2, in[p], 1, &cfg),
-                  "ncclCommInitRankConfig");
-        nccl_ok(nccl().group_end(), "ncclGroupEnd");
+        {
+          NcclGroup group;
+          for (auto& [p, pipe] : send_)
+            nccl_ok(nccl().comm_init_rank_config(&pipe.comm, 2, out[p], 0, &cfg),
+                    "ncclCommInitRankConfig");
+          for (auto& [p, pipe] : recv_)
+            nccl_ok(nccl().comm_init_rank_config(&pipe.comm, 2, in[p], 1, &cfg),
+                    "ncclCommInitRankConfig");
+          group.end();
+        }
         check_wait(wait_comms(all_comms(), deadline), "creating the communicators");
         void* probe = nullptr;
         CUDA_CHECK(cudaMalloc(&probe, 2 * send_.size() + 2));
         auto* bytes = static_cast<uint8_t*>(probe);
-        NCCL_CHECK(nccl().group_start());
-        size_t i = 0;
-        for (auto& [p, pipe] : send_)
-          nccl_ok(nccl().send(bytes + i++, 1, ncclUint8, 1, pipe.comm, pipe.stream), "ncclSend");
-        for (auto& [p, pipe] : recv_)
-          nccl_ok(nccl().recv(bytes + i++, 1, ncclUint8, 0, pipe.comm, pipe.stream), "ncclRecv");
-        nccl_ok(nccl().group_end(), "ncclGroupEnd");
+        {
+          NcclGroup group;
+          size_t i = 0;
+          for (auto& [p, pipe] : send_)
+            nccl_ok(nccl().send(bytes + i++, 1, ncclUint8, 1, pipe.comm, pipe.stream), "ncclSend");
+          for (auto& [p, pipe] : recv_)
+            nccl_ok(nccl().recv(bytes + i++, 1, ncclUint8, 0, pipe.comm, pipe.stream), "ncclRecv");
+          group.end();
+        }
         check_wait(wait_comms(all_comms(), deadline), "connecting the pipes");
         bool idle = false;
         while (!(idle = pipes_idle()) && Clock::now() < deadline) {
@@ -290,16 +315,25 @@ class NcclDataChannel final : public DataChannel {
       CUDA_CHECK(cudaEventRecord(pipe.copied, pipe.stream));
       CUDA_CHECK(cudaStreamWaitEvent(s, pipe.copied, 0));
     }
-    // Header first, then the send, both under mu_: the pipe's sends are in header order.
-    auto& [req, h] = pending_.emplace_back(
-        MPI_REQUEST_NULL, DeviceHeader{key.run, static_cast<uint32_t>(key.kind), key.stream,
-                                       key.index, static_cast<uint64_t>(bytes)});
-    mpi_check(MPI_Isend(&h, sizeof h, MPI_BYTE, dst, kHeaderTag, hdr_comm_, &req), "MPI_Isend",
-              dst);
-    if (bytes > 0) {
-      nccl_call(nccl().send(buf, bytes, ncclUint8, 1, pipe.comm, pipe.stream), pipe.comm,
-                "ncclSend");
-      CUDA_CHECK(cudaFreeAsync(buf, pipe.stream));  // after the send, in stream order
+    // The send is enqueued first, then its header goes out, both under mu_: the pipe's sends
+    // are in header order, and the receiver, which posts one receive per header, never waits
+    // on a send that was not enqueued. A failure in between leaves the pipe out of step (a
+    // send without header, or a non-blocking send enqueued after its timeout), so it fails the
+    // channel for good rather than let the next transfer land in the wrong buffer.
+    try {
+      if (bytes > 0) {
+        nccl_call(nccl().send(buf, bytes, ncclUint8, 1, pipe.comm, pipe.stream), pipe.comm,
+                  "ncclSend");
+        CUDA_CHECK(cudaFreeAsync(buf, pipe.stream));  // after the send, in stream order
+      }
+      auto& [req, h] = pending_.emplace_back(
+          MPI_REQUEST_NULL, DeviceHeader{key.run, static_cast<uint32_t>(key.kind), key.stream,
+                                         key.index, static_cast<uint64_t>(bytes)});
+      mpi_check(MPI_Isend(&h, sizeof h, MPI_BYTE, dst, kHeaderTag, hdr_comm_, &req), "MPI_Isend",
+                dst);
+    } catch (const std::exception& e) {
+      error_ = fmt::format("a send to rank {} failed: {}", dst, e.what());
+      throw;
     }
   }
 
@@ -383,7 +417,10 @@ class NcclDataChannel final : public DataChannel {
       for (const auto& [p, pipe] : *pipes) {
         if (!pipe.stream) continue;
         const cudaError_t e = cudaStreamQuery(pipe.stream);
-        if (e == cudaErrorNotReady) return false;
+        if (e == cudaErrorNotReady) {
+          (void)cudaGetLastError();  // an answer, not a failure: no later check may report it
+          return false;
+        }
         CUDA_CHECK(e);
       }
     }
@@ -432,11 +469,18 @@ class NcclDataChannel final : public DataChannel {
               fmt::format("device transfer from rank {}, which has no pipe", st.MPI_SOURCE));
         }
         Pipe& pipe = it->second;
-        CUDA_CHECK(cudaMallocFromPoolAsync(&item.staging, h.bytes, pool_, pipe.stream));
-        nccl_call(nccl().recv(item.staging, h.bytes, ncclUint8, 0, pipe.comm, pipe.stream),
-                  pipe.comm, "ncclRecv");
-        CUDA_CHECK(cudaEventCreateWithFlags(&item.ready, cudaEventDisableTiming));
-        CUDA_CHECK(cudaEventRecord(item.ready, pipe.stream));
+        // The header is taken: a receive that cannot be posted leaves the sender's send
+        // waiting on its GPU and the pipe out of step, so the channel fails for good.
+        try {
+          CUDA_CHECK(cudaMallocFromPoolAsync(&item.staging, h.bytes, pool_, pipe.stream));
+          nccl_call(nccl().recv(item.staging, h.bytes, ncclUint8, 0, pipe.comm, pipe.stream),
+                    pipe.comm, "ncclRecv");
+          CUDA_CHECK(cudaEventCreateWithFlags(&item.ready, cudaEventDisableTiming));
+          CUDA_CHECK(cudaEventRecord(item.ready, pipe.stream));
+        } catch (const std::exception& e) {
+          error_ = fmt::format("a receive from rank {} failed: {}", st.MPI_SOURCE, e.what());
+          throw;
+        }
       }
       store_locked(DataKey{h.run, static_cast<DataKind>(h.kind), h.stream, h.index}, item);
     }
