@@ -31,8 +31,18 @@ class CublasHandle {
 // FP16/BF16 weight can be multiplied by FP32 activations. dst holds n elements of `type`.
 void convert_f32_cuda(void* dst, GemmType type, const float* src, int64_t n, cudaStream_t stream);
 
-// bias: FP32 (out) or nullptr. Enqueued on `stream` (the handle is rebound to it).
+// bias: FP32 (out) or nullptr. Enqueued on `stream` (the handle is rebound to it). Not
+// batch-invariant: cuBLAS picks a kernel, a split of the reduction and tiles per problem size,
+// so a row's sum order changes with n.
 void gemm_cuda(const CublasHandle& handle, float* y, const void* x, const void* w,
                const float* bias, GemmType type, int n, int in, int out, cudaStream_t stream);
+
+// The same product, batch-invariant: y[r] has the same bits whatever n and whatever rows share
+// the call (one warp per output element's row, a fixed per-lane order and a fixed butterfly;
+// kernels/cuda/gemm_invariant.cu). No cuBLAS. Memory-bound: tokens are taken 8 at a time per
+// weight load, so for n <= 8 (decode, verify) it reads the weights once, for prefills n / 8
+// times (mostly from L2). Throws std::invalid_argument for in <= 0 or n > 524280.
+void gemm_invariant_cuda(float* y, const void* x, const void* w, const float* bias, GemmType type,
+                         int n, int in, int out, cudaStream_t stream);
 
 }  // namespace dsi::kernels

@@ -218,6 +218,7 @@ CudaEngine::CudaEngine(const LlamaModel& model, const CudaEngineOptions& o)
       layers_(llama_kept_layers(model, o.layers)),
       max_ctx_(o.max_context > 0 ? o.max_context : model.config.max_context),
       dtype_(o.dtype),
+      cublas_gemm_(o.cublas_gemm),
       device_(o.device),
       after_layer_(o.after_layer) {
   if (max_ctx_ <= 0) throw std::invalid_argument("cuda engine: max context must be positive");
@@ -410,10 +411,17 @@ void CudaEngine::enqueue_forward(std::span<const Token> tokens, int n_logits,
     kernels::convert_f32_cuda(s.xh.get(), gt, a, static_cast<int64_t>(count), st);
     return s.xh.get();
   };
-  auto gemm = [&](float* y, const void* x, const DeviceBuffer& w, const float* bias, int in,
-                  int out_dim) {
-    kernels::gemm_cuda(s.blas, y, x, w.get(), bias, gt, n, in, out_dim, st);
+  // Every product of the forward: batch-invariant unless cuBLAS was asked for (options).
+  auto dense = [&](float* y, const void* x, const void* w, const float* bias, int rows, int in,
+                   int out_dim) {
+    if (cublas_gemm_) {
+      kernels::gemm_cuda(s.blas, y, x, w, bias, gt, rows, in, out_dim, st);
+    } else {
+      kernels::gemm_invariant_cuda(y, x, w, bias, gt, rows, in, out_dim, st);
+    }
   };
+  auto gemm = [&](float* y, const void* x, const DeviceBuffer& w, const float* bias, int in,
+                  int out_dim) { dense(y, x, w.get(), bias, n, in, out_dim); };
   const float one = 1.0f;
   auto add_into_x = [&](const float* y) {  // x += y, exact in FP32 as the CPU's loop
     CUBLAS_CHECK(cublas().set_stream(s.blas.get(), st));
@@ -496,8 +504,8 @@ void CudaEngine::enqueue_forward(std::span<const Token> tokens, int n_logits,
     const float* last = x + static_cast<size_t>(n - n_logits) * c.dim;
     kernels::rmsnorm_cuda(xb, last, s.output_norm.get<float>(), n_logits, c.dim, c.norm_eps, st);
     const DeviceBuffer& head = s.output.bytes() == 0 ? s.token_embd : s.output;
-    kernels::gemm_cuda(s.blas, s.logits.get<float>(), gemm_in(xb, size_t(n_logits) * c.dim),
-                       head.get(), nullptr, gt, n_logits, c.dim, c.n_vocab, st);
+    dense(s.logits.get<float>(), gemm_in(xb, size_t(n_logits) * c.dim), head.get(), nullptr,
+          n_logits, c.dim, c.n_vocab);
   }
 }
 

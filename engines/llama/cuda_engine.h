@@ -37,6 +37,10 @@ struct CudaEngineOptions {
   int max_context = 0;                      // 0 = model's
   CudaDtype dtype = CudaDtype::kF16;
   int device = 0;  // CUDA device index (the factory picks it with bound_cuda_device)
+  // GEMMs by cuBLAS instead of the batch-invariant kernel (kernels/gemm_cuda.h): faster
+  // prefills, but a position's logits then depend on how many tokens share its forward, so
+  // DSI and SI are no longer bit-identical to non-SI. For benchmarks (llama_bench --gemm).
+  bool cublas_gemm = false;
   // Test hook: called on the forward's thread each time a layer's kernels are enqueued, with
   // its slot (0 .. kept layers - 1, in run order). Left empty outside tests.
   std::function<void(int slot)> after_layer;
@@ -104,6 +108,7 @@ class CudaEngine final : public Engine {
   std::vector<int> layers_;  // file layer numbers, in run order
   int max_ctx_;
   CudaDtype dtype_;
+  bool cublas_gemm_;
   int device_;
   int kv_len_ = 0;
   std::function<void(int)> after_layer_;

@@ -13,6 +13,8 @@
 //                               [--reps N] (speeds are the best of N runs)
 //                               [--device cpu|cuda] [--dtype f32|f16|bf16] [--gpu N]
 //                               [--hbm-gbps G] (peak HBM bandwidth; default 4800, H200)
+//                               [--gemm invariant|cublas] (CUDA: the batch-invariant GEMM, or
+//                               cuBLAS's, faster for prefills but not invariant)
 //                               [--activations f32|q8] (CPU: q8 rounds the activations of
 //                               quantized products to 8 bits, as llama.cpp; not exact)
 #include <sys/resource.h>
@@ -156,17 +158,20 @@ double decode_weight_bytes(const dsi::LlamaModel& m, size_t elt) {
 }
 
 int cuda_bench(const dsi::LlamaModel& model, const std::vector<dsi::Token>& prompt, int gen,
-               int reps, const std::string& dtype_name, int gpu, double hbm_gbps) {
+               int reps, const std::string& dtype_name, int gpu, double hbm_gbps,
+               const std::string& gemm) {
   const dsi::CudaDtype dtype = dsi::parse_cuda_dtype(dtype_name);
   const int prompt_len = static_cast<int>(prompt.size());
   dsi::CudaEngineOptions o;
   o.dtype = dtype;
   o.device = gpu;
   o.max_context = prompt_len + gen + 8;
+  o.cublas_gemm = gemm == "cublas";
   auto t0 = Clock::now();
   dsi::CudaEngine e(model, o);
-  std::printf("\ncuda engine on %s, dtype %s: upload %.2f s, KV %.1f KiB/token\n",
-              e.device_name().c_str(), dtype_name.c_str(), secs(t0),
+  std::printf("\ncuda engine on %s, dtype %s, %s GEMMs: upload %.2f s, KV %.1f KiB/token\n",
+              e.device_name().c_str(), dtype_name.c_str(),
+              o.cublas_gemm ? "cuBLAS" : "batch-invariant", secs(t0),
               e.kv_bytes_per_token() / 1024.0);
   dsi::CancelFlag never;
   auto timed = [&](std::span<const dsi::Token> tokens, int n_logits, dsi::Logits* out) {
@@ -234,7 +239,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr,
                  "usage: %s MODEL.gguf [--prompt N] [--gen N] [--threads 1,2] [--tokens ids]"
                  " [--skip \"l,l,...;a-b;...\"] [--text prompt] [--reps N] [--device cpu|cuda]"
-                 " [--dtype f32|f16|bf16] [--gpu N] [--hbm-gbps G] [--activations f32|q8]\n",
+                 " [--dtype f32|f16|bf16] [--gpu N] [--hbm-gbps G] [--activations f32|q8]"
+                 " [--gemm invariant|cublas]\n",
                  argv[0]);
     return 2;
   }
@@ -243,6 +249,7 @@ int main(int argc, char** argv) {
   std::vector<int> threads = {1, 2};
   std::vector<dsi::Token> prompt;
   std::string skip_spec, text, device = "cpu", dtype = "f16";
+  [[maybe_unused]] std::string gemm = "invariant";
   dsi::kernels::Activations act = dsi::kernels::Activations::kF32;
   [[maybe_unused]] int gpu = 0;  // read by the CUDA section only
   [[maybe_unused]] double hbm_gbps = 4800;
@@ -266,6 +273,12 @@ int main(int argc, char** argv) {
       device = v;
     } else if (a == "--dtype") {
       dtype = v;
+    } else if (a == "--gemm") {
+      if (v != "invariant" && v != "cublas") {
+        std::fprintf(stderr, "--gemm must be invariant or cublas, not %s\n", v.c_str());
+        return 2;
+      }
+      gemm = v;
     } else if (a == "--gpu") {
       gpu = std::stoi(v);
     } else if (a == "--activations") {
@@ -319,7 +332,7 @@ int main(int argc, char** argv) {
   if (device == "cuda") {
 #ifdef DSI_WITH_CUDA
     try {
-      return cuda_bench(*model, prompt, gen, reps, dtype, gpu, hbm_gbps);
+      return cuda_bench(*model, prompt, gen, reps, dtype, gpu, hbm_gbps, gemm);
     } catch (const std::exception& e) {
       std::fprintf(stderr, "cuda engine: %s\n", e.what());
       return 1;

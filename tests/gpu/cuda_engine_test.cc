@@ -14,10 +14,12 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <map>
 #include <ostream>
 #include <random>
+#include <span>
 #include <string>
 #include <thread>
 #include <vector>
@@ -255,6 +257,43 @@ TEST(NcclApi, OpensOnFirstUseWithEveryFunction) {
   EXPECT_NE(std::string(api.get_error_string(ncclSuccess)),
             std::string(api.get_error_string(ncclInvalidArgument)));
   EXPECT_EQ(&nccl(), &api);
+}
+
+// Lossless by construction on the GPU: a position's logits have the same bits whether it is
+// decoded alone, verified in a block of any size, or the last of a prefill (the batch-invariant
+// GEMM; kernels/gemm_cuda.h). Every dtype, on a random F16 model and a Q8_0 one.
+TEST(CudaEngine, LogitsHaveTheSameBitsDecodedVerifiedOrPrefilled) {
+  SKIP_WITHOUT_GPU();
+  for (const char* name : {"tiny-f16", "tiny-q8_0"}) {
+    const auto m = model(name);
+    const auto prompt = prompt_for(*m, 8);
+    const int p = static_cast<int>(prompt.size());
+    for (CudaDtype dtype : {CudaDtype::kF16, CudaDtype::kBF16, CudaDtype::kF32}) {
+      CudaEngine gpu(*m, gpu_opts(dtype));
+      const Greedy dec = greedy(gpu, prompt, 17);  // prefill, then 16 one-token decodes
+      const std::vector<Token> cont(dec.tokens.begin(), dec.tokens.end() - 1);
+      CancelFlag never;
+      auto same_bits = [](std::span<const float> a, const std::vector<float>& b) {
+        return a.size() == b.size() && std::memcmp(a.data(), b.data(), b.size() * 4) == 0;
+      };
+      for (int block : {16, 5, 2}) {
+        gpu.truncate(p);
+        for (int at = 0; at < 16; at += block) {
+          const int k = std::min(block, 16 - at);
+          const Logits v = gpu.forward(std::span(cont).subspan(at, k), k, never);
+          for (int i = 0; i < k; ++i) {
+            EXPECT_TRUE(same_bits(v.row(i), dec.logits[at + i + 1]))
+                << name << " dtype " << int(dtype) << " block " << block << " row " << at + i;
+          }
+        }
+      }
+      // The prompt's last position decoded alone, after a prefill of the rest.
+      gpu.truncate(0);
+      (void)gpu.forward(std::span(prompt).first(p - 1), 1, never);
+      const Logits last = gpu.forward(std::span(prompt).subspan(p - 1), 1, never);
+      EXPECT_TRUE(same_bits(last.row(0), dec.logits[0])) << name << " dtype " << int(dtype);
+    }
+  }
 }
 
 TEST_P(CudaEngineF32, GreedyEqualsCpuEngine) {

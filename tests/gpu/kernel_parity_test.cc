@@ -15,6 +15,7 @@
 #include <cstring>
 #include <functional>
 #include <limits>
+#include <optional>
 #include <ostream>
 #include <random>
 #include <string>
@@ -472,11 +473,13 @@ Case attention_case(int n_q, int n_kv, int heads, int kv_heads, int head_dim, bo
           }};
 }
 
-Case gemm_case(GemmType type, int n, int in, int out, bool bias) {
+// invariant: gemm_invariant_cuda (its own kernel) instead of cuBLAS's gemm_cuda.
+Case gemm_case(GemmType type, int n, int in, int out, bool bias, bool invariant = false) {
   static const char* kNames[] = {"f32", "f16", "bf16"};
   return {
-      std::string("gemm_") + kNames[int(type)] + "_n" + std::to_string(n) + "_in" +
-          std::to_string(in) + "_out" + std::to_string(out) + (bias ? "_bias" : ""),
+      std::string(invariant ? "gemm_invariant_" : "gemm_") + kNames[int(type)] + "_n" +
+          std::to_string(n) + "_in" + std::to_string(in) + "_out" + std::to_string(out) +
+          (bias ? "_bias" : ""),
       type == GemmType::kF32 ? kGemmF32Tol : kGemmHalfTol,
       [=](std::mt19937& rng, Harness& h, const std::string& name) {
         auto x = randn(size_t(n) * in, rng), w = randn(size_t(out) * in, rng, 0.05f);
@@ -503,13 +506,19 @@ Case gemm_case(GemmType type, int n, int in, int out, bool bias) {
         DevBuf<float> db(b), dy(ref.size());
         const void* px = type == GemmType::kF32 ? static_cast<const void*>(dxf.get()) : dxh.get();
         const void* pw = type == GemmType::kF32 ? static_cast<const void*>(dwf.get()) : dwh.get();
-        CublasHandle handle;
+        std::optional<CublasHandle> handle;
+        if (!invariant) handle.emplace();
         const double elt = type == GemmType::kF32 ? 4 : 2;
-        Launch l{
-            [&](cudaStream_t s) {
-              gemm_cuda(handle, dy.get(), px, pw, bias ? db.get() : nullptr, type, n, in, out, s);
-            },
-            elt * (double(out) * in + double(n) * in) + 4.0 * n * out, 2.0 * n * double(in) * out};
+        Launch l{[&](cudaStream_t s) {
+                   const float* pb = bias ? db.get() : nullptr;
+                   if (invariant) {
+                     gemm_invariant_cuda(dy.get(), px, pw, pb, type, n, in, out, s);
+                   } else {
+                     gemm_cuda(*handle, dy.get(), px, pw, pb, type, n, in, out, s);
+                   }
+                 },
+                 elt * (double(out) * in + double(n) * in) + 4.0 * n * out,
+                 2.0 * n * double(in) * out};
         h.once(l);
         const double e = nmse(dy.host(), ref);
         h.time(name, l);
@@ -758,6 +767,10 @@ std::vector<Case> all_cases() {
     c.push_back(gemm_case(t, 1, 256, 96, false));
     c.push_back(gemm_case(t, 7, 2048, 5632, true));
     c.push_back(gemm_case(t, 64, 1024, 1000, false));
+    c.push_back(gemm_case(t, 1, 2048, 5632, false, true));
+    c.push_back(gemm_case(t, 7, 2048, 5632, true, true));
+    c.push_back(gemm_case(t, 64, 1024, 1000, false, true));
+    c.push_back(gemm_case(t, 3, 100, 50, true, true));  // in not a multiple of 16 bytes
   }
   for (auto [k, p] : {std::pair{5, 1.0f}, {0, 0.5f}, {3, 0.9f}, {40, 0.9f}}) {
     c.push_back(sampling_probs_case(8, 32, 1.0f, k, p, true));
@@ -788,6 +801,56 @@ std::vector<Case> all_cases() {
   c.push_back(gemm_case(GemmType::kBF16, 8, 4096, 4096, false));
   c.push_back(gemm_case(GemmType::kF16, 512, 4096, 4096, false));
   return c;
+}
+
+int device_count();
+
+// gemm_invariant_cuda gives each row the same bits whatever rows share its call: all 13
+// rows at once, each alone, and blocks of 2, 5 and 8 from every offset (the tile sizes of the
+// kernel, and tiles that straddle). For the vector path (in a multiple of 16 bytes) and the
+// scalar one, every element type, with a bias.
+void expect_rows_invariant(GemmType type, int in) {
+  const int n = 13, out = 300;
+  const size_t elt = type == GemmType::kF32 ? 4 : 2;
+  std::mt19937 rng(7);
+  std::vector<float> x = randn(size_t(n) * in, rng), w = randn(size_t(out) * in, rng, 0.05f),
+                     b = randn(out, rng);
+  auto bytes_of = [&](const std::vector<float>& f) {
+    std::vector<uint8_t> v(f.size() * elt);
+    for (size_t i = 0; i < f.size(); ++i) {
+      if (type == GemmType::kF32) {
+        std::memcpy(&v[i * 4], &f[i], 4);
+      } else {
+        const uint16_t h = type == GemmType::kF16 ? fp32_to_fp16(f[i]) : fp32_to_bf16(f[i]);
+        std::memcpy(&v[i * 2], &h, 2);
+      }
+    }
+    return v;
+  };
+  DevBuf<uint8_t> dx(bytes_of(x)), dw(bytes_of(w));
+  DevBuf<float> db(b), dall(size_t(n) * out), dpart(size_t(n) * out);
+  gemm_invariant_cuda(dall.get(), dx.get(), dw.get(), db.get(), type, n, in, out, nullptr);
+  CUDA_CHECK(cudaDeviceSynchronize());
+  const std::vector<float> all = dall.host();
+  for (int block : {1, 2, 5, 8}) {
+    for (int at = 0; at + block <= n; ++at) {
+      gemm_invariant_cuda(dpart.get(), dx.get() + size_t(at) * in * elt, dw.get(), db.get(), type,
+                          block, in, out, nullptr);
+      CUDA_CHECK(cudaDeviceSynchronize());
+      const std::vector<float> part = dpart.host();
+      ASSERT_EQ(
+          std::memcmp(part.data(), all.data() + size_t(at) * out, sizeof(float) * block * out), 0)
+          << "type " << int(type) << " in " << in << ": rows " << at << ".." << at + block - 1
+          << " alone differ from the same rows among " << n;
+    }
+  }
+}
+
+TEST(GemmInvariant, RowsHaveTheSameBitsAloneOrInABatch) {
+  if (device_count() == 0) GTEST_SKIP() << "no CUDA device (cudaGetDeviceCount): GPU test not run";
+  for (auto t : {GemmType::kF32, GemmType::kF16, GemmType::kBF16}) {
+    for (int in : {2048, 100, 36}) expect_rows_invariant(t, in);
+  }
 }
 
 int device_count() {
