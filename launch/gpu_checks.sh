@@ -11,7 +11,7 @@
 #   memcheck, racecheck   the kernel parity tests under compute-sanitizer, where it exists
 #   nccl       the NCCL data channel (needs 2 GPUs; skipped with one)
 #   decode     tokens/s of a random 1.1B FP16 llama (made on the spot) against the HBM bound,
-#              and of SmolLM2 / the Qwen pair when DSI_SMOLLM2_GGUF / DSI_QWEN_CODER_*_GGUF name
+#              with the batch-invariant GEMMs and with cuBLAS's, and of SmolLM2 / the Qwen pair when DSI_SMOLLM2_GGUF / DSI_QWEN_CODER_*_GGUF name
 #              files that travelled
 #   data_plane MPI host-buffer bandwidth between two ranks
 #   dsi_bench  non-SI / SI / DSI per-token latency, every rank sharing GPU 0, each DSI/SI run
@@ -152,8 +152,11 @@ model=${DSI_GPU_MODEL:-$work/llama-1b-f16.gguf}
 if [ "$gpus" -gt 0 ] && [ ! -f "$model" ]; then
   step make_model 90 "$bin/dsi" make-model --shape llama-1b --type f16 -o "$model"
 fi
-gpu_step decode_llama1b 90 "$bin/llama_bench" "$model" --device cuda --dtype f16 --prompt 128 \
-  --gen 64 --reps 3 --hbm-gbps "${DSI_HBM_GBPS:-4800}"
+for gemm in invariant cublas; do
+  gpu_step "decode_llama1b$([ $gemm = cublas ] && echo _cublas)" 75 "$bin/llama_bench" "$model" \
+    --device cuda --dtype f16 --prompt 128 --gen 64 --reps 3 --gemm "$gemm" \
+    --hbm-gbps "${DSI_HBM_GBPS:-4800}"
+done
 for m in SMOLLM2 QWEN_CODER_0_5B QWEN_CODER_1_5B; do
   var=DSI_${m}_GGUF
   if [ -n "${!var:-}" ] && [ -f "${!var}" ]; then

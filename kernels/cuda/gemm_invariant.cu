@@ -75,8 +75,8 @@ __global__ void __launch_bounds__(kWarps * 32)
   float acc[T];
 #pragma unroll
   for (int t = 0; t < T; ++t) acc[t] = 0.0f;
-  // Unrolled so that several weight loads are in flight per lane (a decode of a narrow matrix
-  // has few warps per SM); unrolling changes no sum order.
+    // Unrolled so that several weight loads are in flight per lane (a decode of a narrow matrix
+    // has few warps per SM); unrolling changes no sum order.
 #pragma unroll 4
   for (int i = lane * VEC; i < in; i += 32 * VEC) {
     float wf[VEC];
@@ -121,13 +121,13 @@ void launch_tiles(float* y, const W* x, const W* w, const float* bias, int n, in
 }
 
 template <typename W>
-void gemm_typed(float* y, const void* xv, const void* wv, const float* bias, int n, int in,
-                int out, cudaStream_t stream) {
+void gemm_typed(float* y, const void* xv, const void* wv, const float* bias, int n, int in, int out,
+                cudaStream_t stream) {
   const auto* x = static_cast<const W*>(xv);
   const auto* w = static_cast<const W*>(wv);
   constexpr int kVec = 16 / sizeof(W);
-  const bool aligned = reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
-                       reinterpret_cast<uintptr_t>(w) % 16 == 0;
+  const bool aligned =
+      reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(w) % 16 == 0;
   if (in % kVec == 0 && aligned) {
     launch_tiles<kVec>(y, x, w, bias, n, in, out, stream);
   } else {
@@ -137,8 +137,8 @@ void gemm_typed(float* y, const void* xv, const void* wv, const float* bias, int
 
 }  // namespace
 
-void gemm_invariant_cuda(float* y, const void* x, const void* w, const float* bias,
-                         GemmType type, int n, int in, int out, cudaStream_t stream) {
+void gemm_invariant_cuda(float* y, const void* x, const void* w, const float* bias, GemmType type,
+                         int n, int in, int out, cudaStream_t stream) {
   if (n <= 0 || out <= 0) return;
   if (in <= 0) throw std::invalid_argument("gemm_invariant_cuda: in must be positive");
   if ((n + 7) / 8 > 65535) {
