@@ -40,4 +40,14 @@ double rng_uniform(uint64_t seed, uint64_t request, uint64_t position, RngPurpos
   return static_cast<double>(bits) * 0x1.0p-53;
 }
 
+std::array<uint32_t, 4> rng_words(uint64_t seed, uint64_t request, uint32_t position,
+                                  RngPurpose purpose, uint32_t block) {
+  // Counter: (block, position, request low bits, purpose | 1 << 31); the top bit keeps these
+  // counters apart from rng_uniform's, whose last word holds a purpose below 2^31.
+  return philox4x32_10(
+      {block, position, static_cast<uint32_t>(request),
+       (static_cast<uint32_t>(purpose) ^ static_cast<uint32_t>(request >> 32) << 8) | 0x80000000u},
+      {static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32)});
+}
+
 }  // namespace dsi

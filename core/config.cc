@@ -209,6 +209,12 @@ const std::vector<Key>& keys() {
        [](RunConfig& c, const YAML::Node& n, const std::string& key) {
          c.top_p = number(n, key, 1e-6, 1);
        }},
+      {"sampling.coupling",
+       "gumbel: every mode, k and SP give the non-SI text of the seed; residual: accepts more "
+       "drafts, but the text depends on k (docs/sampling.md)",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) {
+         c.coupling = one_of(n, key, {"gumbel", "residual"});
+       }},
       {"sampling.seed", "seed of the sampling draws (default: generation.seed)",
        [](RunConfig& c, const YAML::Node& n, const std::string& key) {
          c.sampling_seed =
@@ -418,6 +424,15 @@ RunConfig parse_config(const std::string& yaml_text, const std::string& origin,
     throw ConfigError(fmt::format("{}: malformed YAML at line {}, column {}: {}", origin,
                                   e.mark.line + 1, e.mark.column + 1, e.msg));
   }
+}
+
+SamplingParams sampling_params(const RunConfig& cfg) {
+  if (cfg.temperature <= 0) return {};
+  return {.temperature = static_cast<float>(cfg.temperature),
+          .top_k = cfg.top_k,
+          .top_p = static_cast<float>(cfg.top_p),
+          .seed = cfg.sampling_seed >= 0 ? static_cast<uint64_t>(cfg.sampling_seed) : cfg.seed,
+          .coupling = cfg.coupling == "residual" ? Coupling::kResidual : Coupling::kGumbel};
 }
 
 std::string config_reference() {

@@ -11,6 +11,7 @@
 
 #include "common/error.h"
 #include "core/scheduler.h"
+#include "core/verify.h"
 
 namespace dsi {
 
@@ -52,7 +53,8 @@ struct RunConfig {
   double temperature = 0;
   int top_k = 0;
   double top_p = 1;
-  int64_t sampling_seed = -1;  // -1: generation.seed
+  int64_t sampling_seed = -1;       // -1: generation.seed
+  std::string coupling = "gumbel";  // gumbel | residual (core/verify.h)
   // runtime
   double peer_timeout_s = 5;
   int heartbeat_ms = 200;
@@ -87,5 +89,9 @@ std::string expand_path(const std::string& path);
 
 // A human description of the keys, for --help.
 std::string config_reference();
+
+// The sampling block of a run (greedy when temperature is 0): what every worker and the
+// simulator sample with.
+SamplingParams sampling_params(const RunConfig& cfg);
 
 }  // namespace dsi

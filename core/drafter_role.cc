@@ -40,13 +40,16 @@ void DrafterRole::step() {
     } else {
       Logits l = ctx_.engine->forward(todo, 1, ctx_.cancel);
       ctx_.cached = seq;
-      // Draw the draft from q and hand q to every target before announcing the draft.
+      // Draw the draft from q; the residual coupling's targets need q too, so it goes to
+      // every target before the draft is announced (the Gumbel coupling compares tokens).
       const auto q = sampling_probs(l.row(0), ctx_.sampling);
       tok = draft_sample(q, pos, ctx_.sampling);
-      std::vector<uint8_t> bytes(q.size() * sizeof(float));
-      std::memcpy(bytes.data(), q.data(), bytes.size());
-      for (int r : targets_) {
-        ctx_.data->send(r, DataKey{ctx_.run, DataKind::kDraftProbs, chain, pos}, bytes);
+      if (needs_draft_probs(ctx_.sampling)) {
+        std::vector<uint8_t> bytes(q.size() * sizeof(float));
+        std::memcpy(bytes.data(), q.data(), bytes.size());
+        for (int r : targets_) {
+          ctx_.data->send(r, DataKey{ctx_.run, DataKind::kDraftProbs, chain, pos}, bytes);
+        }
       }
     }
     ctx_.log.record({.kind = SpanKind::kDraft, .id = chain, .pos = pos}, t0, steady_now_s());

@@ -25,7 +25,7 @@ namespace dsi {
 inline constexpr uint32_t kProtocolMagic = 0x31495344;  // "DSI1" read little-endian
 // 3: typed messages, each field encoded in its own width; the worker spec and the Stopped
 // report are binary structs (were JSON text).
-inline constexpr uint16_t kProtocolVersion = 5;
+inline constexpr uint16_t kProtocolVersion = 6;
 
 // The type id on the wire; each is the index of its struct in Message::Body plus one.
 enum class MsgType : uint16_t {

@@ -1,5 +1,6 @@
 #include "core/verify.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "common/rng.h"
@@ -21,9 +22,38 @@ Token sample(std::span<const float> w, int pos, const SamplingParams& sp, RngPur
 }
 }  // namespace
 
+Token race_sample(std::span<const float> w, int pos, const SamplingParams& sp) {
+  // Exponential race: token i finishes at E_i / w_i with E_i = -log(U_i) ~ Exp(1), and the
+  // first to finish is token i with probability w_i / sum(w) (the Gumbel-max trick, as
+  // argmax log w_i + G_i with G_i = -log E_i). U_i is the 32-bit word of token i, centred in
+  // its cell so that neither 0 nor 1 occurs. Ties (measure zero) go to the lowest index.
+  const int n = static_cast<int>(w.size());
+  Token best = -1;
+  double best_time = 0;
+  for (int b = 0; b * 4 < n; ++b) {
+    const int lo = b * 4, hi = std::min(n, lo + 4);
+    bool any = false;
+    for (int i = lo; i < hi; ++i) any = any || w[i] > 0;
+    if (!any) continue;
+    const auto words = rng_words(sp.seed, sp.request, static_cast<uint32_t>(pos), RngPurpose::kRace,
+                                 static_cast<uint32_t>(b));
+    for (int i = lo; i < hi; ++i) {
+      if (!(w[i] > 0)) continue;
+      const double u = (static_cast<double>(words[i - lo]) + 0.5) * 0x1.0p-32;
+      const double t = -std::log(u) / w[i];
+      if (best < 0 || t < best_time) {
+        best = i;
+        best_time = t;
+      }
+    }
+  }
+  return best < 0 ? 0 : best;  // no positive weight: cannot happen for a sampling distribution
+}
+
 Token draft_sample(std::span<const float> q, int pos, const SamplingParams& sp) {
   // The same draw as the target's own sample at this position: a drafter with q == p
   // proposes exactly the token non-SI decoding would produce.
+  if (sp.coupling == Coupling::kGumbel) return race_sample(q, pos, sp);
   return sample(q, pos, sp, RngPurpose::kSample);
 }
 
@@ -34,6 +64,22 @@ std::vector<Token> verify_sampled(std::span<const Token> seq, int first,
                                   VerifierVariant variant) {
   const int end = static_cast<int>(seq.size());
   std::vector<Token> out(end - first + 1, -1);
+  if (sp.coupling == Coupling::kGumbel) {
+    // Every position is the target's own race, compared with the draft as in greedy: the
+    // decided token does not depend on the draft, the grid or which task decides.
+    for (int pos = first; pos <= end; ++pos) {
+      const auto pp = p(pos);
+      Token tok;
+      if (variant == VerifierVariant::kRaceTrustDraft && pos < end && pp[seq[pos]] > 0) {
+        tok = seq[pos];
+      } else {
+        tok = race_sample(pp, variant == VerifierVariant::kRaceOnePosition ? 0 : pos, sp);
+      }
+      out[pos - first] = tok;
+      if (pos < end && tok != seq[pos]) break;
+    }
+    return out;
+  }
   for (int pos = first; pos <= end; ++pos) {
     const auto pp = p(pos);
     Token tok;

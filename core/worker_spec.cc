@@ -60,13 +60,7 @@ void check_keys(const json& j, const std::set<std::string>& known, const char* w
 WorkerSpec worker_spec(const RunConfig& cfg, bool drafter) {
   WorkerSpec s;
   s.role = drafter ? Role::kDrafter : Role::kTarget;
-  if (cfg.temperature > 0) {
-    s.sampling = {
-        .temperature = static_cast<float>(cfg.temperature),
-        .top_k = cfg.top_k,
-        .top_p = static_cast<float>(cfg.top_p),
-        .seed = cfg.sampling_seed >= 0 ? static_cast<uint64_t>(cfg.sampling_seed) : cfg.seed};
-  }
+  s.sampling = sampling_params(cfg);
   if (cfg.engine == "llama") {
     LlamaSpec l;
     l.model = drafter && !cfg.drafter_model_path.empty() ? cfg.drafter_model_path : cfg.model_path;
@@ -143,12 +137,15 @@ WorkerSpec worker_spec_from_json(const json& j) {
   if (j.contains("sampling")) {
     const json& sj = j["sampling"];
     if (!sj.is_object()) throw SpecError("worker spec key 'sampling' is not an object");
-    check_keys(sj, {"temperature", "top_k", "top_p", "seed", "request"}, "the sampling block");
+    check_keys(sj, {"temperature", "top_k", "top_p", "seed", "request", "coupling"},
+               "the sampling block");
     s.sampling.temperature = get<float>(sj, "temperature", 0.0f);
     s.sampling.top_k = get<int>(sj, "top_k", 0);
     s.sampling.top_p = get<float>(sj, "top_p", 1.0f);
     s.sampling.seed = get<uint64_t>(sj, "seed", uint64_t{1});
     s.sampling.request = get<uint64_t>(sj, "request", uint64_t{0});
+    s.sampling.coupling =
+        parse_enum<Coupling>(get<std::string>(sj, "coupling", "gumbel"), "coupling");
   }
   s.targets = get<std::vector<int>>(j, "targets", {});
   return s;
@@ -182,7 +179,8 @@ json worker_spec_json(const WorkerSpec& s) {
                      {"top_k", s.sampling.top_k},
                      {"top_p", s.sampling.top_p},
                      {"seed", s.sampling.seed},
-                     {"request", s.sampling.request}};
+                     {"request", s.sampling.request},
+                     {"coupling", enum_name(s.sampling.coupling)}};
   }
   if (!s.targets.empty()) j["targets"] = s.targets;
   return j;

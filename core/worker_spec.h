@@ -40,7 +40,8 @@ WorkerSpec worker_spec(const RunConfig& cfg, bool drafter);
 //               "overlap";
 //    llama: "model", "device", "dtype", "gpu", "threads", "layers", "max_context",
 //           "activations";
-//    "sampling": {"temperature", "top_k", "top_p", "seed", "request"}, "targets": [ranks]}
+//    "sampling": {"temperature", "top_k", "top_p", "seed", "request", "coupling"},
+//    "targets": [ranks]}
 // Throws SpecError naming the key for an unknown key, a wrong type or a bad value.
 WorkerSpec worker_spec_from_json(const nlohmann::json& j);
 nlohmann::json worker_spec_json(const WorkerSpec& spec);
@@ -63,6 +64,12 @@ constexpr std::array<const char*, 3> enum_names(CudaDtype) {
 }
 constexpr WireInfo wire_info(const CudaDtype*) {
   return {"CudaDtype", "element type of the weights on a GPU"};
+}
+constexpr std::array<const char*, 2> enum_names(Coupling) {
+  return {"gumbel", "residual"};
+}
+constexpr WireInfo wire_info(const Coupling*) {
+  return {"Coupling", "how the drafter's and the target's draws are coupled (core/verify.h)"};
 }
 
 }  // namespace dsi
@@ -127,6 +134,7 @@ void wire_fields(S& s, V&& v) {
   v(s.top_p, "top_p", "nucleus mass");
   v(s.seed, "seed", "seed of every draw");
   v(s.request, "request", "request index mixed into the draws");
+  v(s.coupling, "coupling", "gumbel (text independent of k and SP) or residual");
 }
 
 }  // namespace dsi

@@ -109,11 +109,7 @@ SimConfig sim_config(const RunConfig& cfg, int sp) {
   sc.sched.kv = {.policy = parse_kv_policy(cfg.kv_handoff).value_or(KvPolicy::kNever),
                  .bytes_per_token = 0,
                  .gbps = cfg.kv_gbps};
-  sc.sampling = {
-      .temperature = static_cast<float>(cfg.temperature),
-      .top_k = cfg.top_k,
-      .top_p = static_cast<float>(cfg.top_p),
-      .seed = cfg.sampling_seed >= 0 ? static_cast<uint64_t>(cfg.sampling_seed) : cfg.seed};
+  sc.sampling = sampling_params(cfg);
   return sc;
 }
 

@@ -54,7 +54,10 @@ double p_value(const Dists& d, const SamplingParams& base, VerifierVariant v, in
     ++counts[y[0]];
     rejected += y[0] != seq[pos];
   }
-  EXPECT_GT(rejected, n / 20) << "the drafter must disagree often enough to test the residual";
+  EXPECT_GT(rejected, n / 20) << "the drafter must disagree often enough to test the correction";
+  std::printf("  %s coupling, verifier %d: acceptance %.3f\n",
+              base.coupling == Coupling::kGumbel ? "gumbel" : "residual", static_cast<int>(v),
+              1.0 - double(rejected) / n);
   double chi2 = 0;
   int cells = 0;
   for (size_t t = 0; t < d.p.size(); ++t) {
@@ -69,19 +72,27 @@ double p_value(const Dists& d, const SamplingParams& base, VerifierVariant v, in
   return chi2_p_value(chi2, cells - 1);
 }
 
+// Both couplings on a real (random-weight) llama pair, the drafter skipping layers: the first
+// token follows p, and a broken verifier of each fails the test. The printed acceptance rates
+// compare the couplings (the residual one is optimal: sum min(p, q)).
 TEST(LlamaSampling, FirstTokenFollowsTargetDistribution) {
-  for (SamplingParams sp : {SamplingParams{.temperature = 1.0f, .top_k = 12},
-                            SamplingParams{.temperature = 0.7f, .top_k = 40, .top_p = 0.9f}}) {
-    const Dists d = first_position(sp, {0, 1, 3});
-    double overlap = 0;
-    for (size_t t = 0; t < d.p.size(); ++t) overlap += std::min(d.p[t], d.q[t]);
-    std::printf("  overlap sum min(p, q) = %.3f\n", overlap);
-    const double pv = p_value(d, sp, VerifierVariant::kCorrect, 20000);
-    std::printf("  T=%.1f top_k=%d: p-value %.3g\n", sp.temperature, sp.top_k, pv);
-    EXPECT_GT(pv, 1e-4);
-    const double broken = p_value(d, sp, VerifierVariant::kResidualFromP, 20000);
-    std::printf("  broken (residual from p): p-value %.3g\n", broken);
-    EXPECT_LT(broken, 1e-4);
+  for (Coupling coupling : {Coupling::kResidual, Coupling::kGumbel}) {
+    for (SamplingParams sp : {SamplingParams{.temperature = 1.0f, .top_k = 12},
+                              SamplingParams{.temperature = 0.7f, .top_k = 40, .top_p = 0.9f}}) {
+      sp.coupling = coupling;
+      const Dists d = first_position(sp, {0, 1, 3});
+      double overlap = 0;
+      for (size_t t = 0; t < d.p.size(); ++t) overlap += std::min(d.p[t], d.q[t]);
+      std::printf("  overlap sum min(p, q) = %.3f\n", overlap);
+      const double pv = p_value(d, sp, VerifierVariant::kCorrect, 20000);
+      std::printf("  T=%.1f top_k=%d: p-value %.3g\n", sp.temperature, sp.top_k, pv);
+      EXPECT_GT(pv, 1e-4);
+      const VerifierVariant bad = coupling == Coupling::kGumbel ? VerifierVariant::kRaceTrustDraft
+                                                                : VerifierVariant::kResidualFromP;
+      const double broken = p_value(d, sp, bad, 20000);
+      std::printf("  broken verifier %d: p-value %.3g\n", static_cast<int>(bad), broken);
+      EXPECT_LT(broken, 1e-4);
+    }
   }
 }
 

@@ -114,8 +114,9 @@ constexpr double kAlpha = 1e-4;
 constexpr int kRuns = 6000;
 
 TEST(Sampling, DsiAndSiMatchTargetDistribution) {
-  const SamplingParams t1{.temperature = 1.0f};
-  const SamplingParams t07{.temperature = 0.7f, .top_k = 4, .top_p = 0.9f};
+  const SamplingParams t1{.temperature = 1.0f, .coupling = Coupling::kResidual};
+  const SamplingParams t07{
+      .temperature = 0.7f, .top_k = 4, .top_p = 0.9f, .coupling = Coupling::kResidual};
   for (const Case& s : {Case{Mode::kDsi, 3, 4, t1}, Case{Mode::kSi, 2, 1, t1},
                         Case{Mode::kDsi, 2, 2, t07}, Case{Mode::kNonSi, 1, 1, t1}}) {
     const double pv = first_tokens_p_value(s, kRuns);
@@ -126,7 +127,7 @@ TEST(Sampling, DsiAndSiMatchTargetDistribution) {
 }
 
 TEST(Sampling, BrokenVerifiersFailTheDistributionTest) {
-  const SamplingParams t1{.temperature = 1.0f};
+  const SamplingParams t1{.temperature = 1.0f, .coupling = Coupling::kResidual};
   for (VerifierVariant v : {VerifierVariant::kAcceptInverted, VerifierVariant::kResidualFromP,
                             VerifierVariant::kResidualNoClamp}) {
     const double pv = first_tokens_p_value(Case{Mode::kSi, 2, 1, t1, v}, kRuns);
@@ -135,8 +136,74 @@ TEST(Sampling, BrokenVerifiersFailTheDistributionTest) {
   }
 }
 
+// The Gumbel coupling: every mode's first two tokens follow the target's joint distribution.
+TEST(Sampling, GumbelCouplingMatchesTargetDistribution) {
+  const SamplingParams t1{.temperature = 1.0f, .coupling = Coupling::kGumbel};
+  const SamplingParams t07{
+      .temperature = 0.7f, .top_k = 4, .top_p = 0.9f, .coupling = Coupling::kGumbel};
+  for (const Case& s : {Case{Mode::kDsi, 3, 4, t1}, Case{Mode::kSi, 2, 1, t1},
+                        Case{Mode::kDsi, 1, 2, t07}, Case{Mode::kNonSi, 1, 1, t1}}) {
+    const double pv = first_tokens_p_value(s, kRuns);
+    std::printf("  gumbel %s k=%d T=%.1f: p-value %.4g\n", mode_name(s.mode), s.k,
+                s.sampling.temperature, pv);
+    EXPECT_GT(pv, kAlpha) << mode_name(s.mode) << " k=" << s.k << " T=" << s.sampling.temperature;
+  }
+}
+
+// Broken couplings fail it: the same race noise at every position (the two tokens are then
+// dependent), and a verifier that trusts any draft the target could have produced.
+TEST(Sampling, BrokenCouplingsFailTheDistributionTest) {
+  const SamplingParams t1{.temperature = 1.0f, .coupling = Coupling::kGumbel};
+  for (VerifierVariant v : {VerifierVariant::kRaceOnePosition, VerifierVariant::kRaceTrustDraft}) {
+    const double pv = first_tokens_p_value(Case{Mode::kSi, 2, 1, t1, v}, kRuns);
+    std::printf("  broken coupling %d: p-value %.4g\n", static_cast<int>(v), pv);
+    EXPECT_LT(pv, kAlpha) << "broken coupling " << static_cast<int>(v) << " went unnoticed";
+  }
+}
+
+// Under the Gumbel coupling the text is a function of the seed alone: non-SI, SI and DSI at
+// every k and SP and drafter speed give the same tokens (5 seeds, 64 tokens), the ones of the
+// reference non-SI sampler. Under the residual coupling the same grid gives texts that depend
+// on k (checked too, so that this test cannot pass by accident of a weak drafter).
+TEST(Sampling, GumbelTextIsTheSameForEveryModeKAndSp) {
+  int residual_differs = 0;
+  for (uint64_t seed : {1, 2, 3, 4, 5}) {
+    for (Coupling coupling : {Coupling::kGumbel, Coupling::kResidual}) {
+      const SamplingParams sp{.temperature = 0.8f, .seed = seed, .coupling = coupling};
+      SyntheticParams target{.seed = 8, .vocab = 32, .forward_ms = 10};
+      const std::vector<Token> prompt = {5, 6};
+      const auto want = synthetic_sampled_reference(target, prompt, 64, sp);
+      for (Mode mode : {Mode::kNonSi, Mode::kSi, Mode::kDsi}) {
+        for (int k : {1, 3, 6}) {
+          for (int n_targets : {1, 2, 3, 4}) {
+            if (mode != Mode::kDsi && n_targets > 1) continue;
+            for (double c : {0.5, 4.0}) {
+              SimConfig cfg;
+              cfg.sched = {
+                  .mode = mode, .lookahead = k, .n_targets = n_targets, .max_new_tokens = 64};
+              cfg.target = target;
+              cfg.drafter = {
+                  .seed = 8, .vocab = 32, .acceptance = 0.7, .forward_ms = c, .drafter = true};
+              cfg.prompt = prompt;
+              cfg.sampling = sp;
+              const auto got = simulate(cfg).tokens;
+              if (coupling == Coupling::kGumbel) {
+                ASSERT_EQ(got, want) << "seed " << seed << " " << mode_name(mode) << " k " << k
+                                     << " SP " << n_targets << " c " << c;
+              } else {
+                residual_differs += got != want;
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+  EXPECT_GT(residual_differs, 0) << "the residual coupling's text never depended on k or mode";
+}
+
 TEST(Sampling, DsiOutputDependsOnlyOnSeedNotOnSpOrTiming) {
-  for (uint64_t seed : {1, 2, 3}) {
+  for (uint64_t seed : {1, 2, 3}) {  // the residual coupling too, at a fixed k
     std::vector<Token> first;
     for (int sp = 1; sp <= 6; ++sp) {
       for (double c : {0.5, 3.0, 9.0}) {
@@ -145,7 +212,7 @@ TEST(Sampling, DsiOutputDependsOnlyOnSeedNotOnSpOrTiming) {
         cfg.target = {.seed = 8, .vocab = 32, .forward_ms = 10};
         cfg.drafter = {.seed = 8, .vocab = 32, .acceptance = 0.7, .forward_ms = c, .drafter = true};
         cfg.prompt = {5, 6};
-        cfg.sampling = {.temperature = 0.8f, .seed = seed};
+        cfg.sampling = {.temperature = 0.8f, .seed = seed, .coupling = Coupling::kResidual};
         const auto toks = simulate(cfg).tokens;
         if (first.empty()) first = toks;
         ASSERT_EQ(toks, first) << "seed " << seed << " sp " << sp << " c " << c;
@@ -189,6 +256,28 @@ TEST(Sampling, ProbsFromLogitsAppliesTemperatureTopKTopP) {
   kernels::probs_from_logits_cpu(p, logits, 5, 1.0f, 0, 0.5f);  // p[4] alone is 0.64
   EXPECT_NEAR(p[4], 1, 1e-6);
   EXPECT_EQ(kernels::sample_cdf_cpu(p, 5, 0.999), 4);
+}
+
+TEST(Sampling, RaceSampleIsAPureFunctionOfSeedAndPosition) {
+  const std::vector<float> w = {0.1f, 0.0f, 0.5f, 0.25f, 0.15f, 0.0f};
+  const SamplingParams sp{.temperature = 1.0f, .seed = 3};
+  std::vector<int> counts(w.size());
+  for (int pos = 0; pos < 40000; ++pos) {
+    const Token t = race_sample(w, pos, sp);
+    ASSERT_EQ(t, race_sample(w, pos, sp));
+    ++counts[t];
+  }
+  EXPECT_EQ(counts[1] + counts[5], 0) << "a zero weight won a race";
+  for (size_t i = 0; i < w.size(); ++i) EXPECT_NEAR(counts[i] / 40000.0, w[i], 0.01) << i;
+  // Scale does not matter; the seed does.
+  std::vector<float> w3(w);
+  for (float& x : w3) x *= 3;
+  int differs = 0;
+  for (int pos = 0; pos < 200; ++pos) {
+    EXPECT_EQ(race_sample(w3, pos, sp), race_sample(w, pos, sp));
+    differs += race_sample(w, pos, {.temperature = 1.0f, .seed = 4}) != race_sample(w, pos, sp);
+  }
+  EXPECT_GT(differs, 50);
 }
 
 TEST(Sampling, CounterRngIsAPureFunctionOfItsKey) {
