@@ -40,6 +40,10 @@ Token race_sample(std::span<const float> w, int pos, const SamplingParams& sp) {
     for (int i = lo; i < hi; ++i) {
       if (!(w[i] > 0)) continue;
       const double u = (static_cast<double>(words[i - lo]) + 0.5) * 0x1.0p-32;
+      // -log(u) >= 1 - u, and by a relative margin of at least (1 - u) / 2 >= 2^-34, far
+      // above the roundings here (2^-52): a token whose bound cannot beat the best is skipped
+      // without its logarithm, and the winner is the one the full computation picks.
+      if (best >= 0 && 1.0 - u >= best_time * w[i]) continue;
       const double t = -std::log(u) / w[i];
       if (best < 0 || t < best_time) {
         best = i;

@@ -82,6 +82,14 @@ TEST(Config, DevicesHandoffAndDataPlane) {
   EXPECT_NE(error_of("model: {activations: int8}\n")
                 .find("key 'model.activations' must be one of f32, q8, got 'int8'"),
             std::string::npos);
+  EXPECT_EQ(c.coupling, "gumbel");
+  const RunConfig r = parse_config("sampling: {temperature: 0.7, coupling: residual}\n", "t.yaml");
+  EXPECT_EQ(sampling_params(r).coupling, Coupling::kResidual);
+  EXPECT_FLOAT_EQ(sampling_params(r).temperature, 0.7f);
+  EXPECT_TRUE(sampling_params(c).greedy());
+  EXPECT_NE(error_of("sampling: {coupling: maximal}\n")
+                .find("key 'sampling.coupling' must be one of gumbel, residual, got 'maximal'"),
+            std::string::npos);
   c = parse_config("model: {device: cuda, drafter_device: cpu, dtype: bf16}\n"
                    "runtime: {kv_handoff: never, data_plane: nccl, kv_gbps: 25, wait: spin, "
                    "spin_us: 40}\n"

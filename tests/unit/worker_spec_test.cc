@@ -69,6 +69,9 @@ TEST(WorkerSpec, FromTheRunConfig) {
   EXPECT_FLOAT_EQ(ld.sampling.temperature, 0.8f);
   EXPECT_EQ(ld.sampling.top_k, 5);
   EXPECT_EQ(ld.sampling.seed, 4u);
+  EXPECT_EQ(ld.sampling.coupling, Coupling::kGumbel);  // the default
+  cfg.coupling = "residual";
+  EXPECT_EQ(worker_spec(cfg, false).sampling.coupling, Coupling::kResidual);
 }
 
 TEST(WorkerSpec, JsonRoundTrips) {
@@ -76,6 +79,9 @@ TEST(WorkerSpec, JsonRoundTrips) {
   cfg.temperature = 0.5;
   WorkerSpec d = worker_spec(cfg, true);
   d.targets = {2, 3};
+  EXPECT_EQ(worker_spec_from_json(worker_spec_json(d)), d);
+  d.sampling.coupling = Coupling::kResidual;
+  EXPECT_EQ(worker_spec_json(d)["sampling"]["coupling"], "residual");
   EXPECT_EQ(worker_spec_from_json(worker_spec_json(d)), d);
   cfg.engine = "llama";
   cfg.model_path = "m.gguf";
@@ -132,6 +138,8 @@ TEST(WorkerSpec, RefusesBadJsonByKey) {
   j = syn;
   j["sampling"] = {{"temperature", 1}, {"topk", 3}};
   EXPECT_NE(error_of(j).find("unknown key 'topk' in the sampling block"), std::string::npos);
+  j["sampling"] = {{"temperature", 1}, {"coupling", "maximal"}};
+  EXPECT_NE(error_of(j).find("maximal"), std::string::npos) << error_of(j);
   const json llama = {{"engine", "llama"}, {"model", "m.gguf"}, {"layers", "0-3"}};
   EXPECT_NE(error_of(llama).find("key 'layers' is \"0-3\", not a list of integers"),
             std::string::npos)
