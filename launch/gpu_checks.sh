@@ -14,8 +14,8 @@
 #              with the batch-invariant GEMMs and with cuBLAS's, and of SmolLM2 / the Qwen pair when DSI_SMOLLM2_GGUF / DSI_QWEN_CODER_*_GGUF name
 #              files that travelled
 #   data_plane MPI host-buffer bandwidth between two ranks
-#   dsi_bench  non-SI / SI / DSI per-token latency, every rank sharing GPU 0, each DSI/SI run
-#              checked token for token against non-SI
+#   dsi_bench  non-SI / SI / DSI per-token latency, greedy and sampled (T 0.8, Gumbel coupling),
+#              every rank sharing GPU 0, each DSI/SI run checked token for token against non-SI
 # Each part has its own time limit inside a total of DSI_CHECK_BUDGET_S (default 460 s); a part
 # that fails or times out is reported and the next still runs. Without a GPU every GPU part
 # reports "skipped (no device)" at once. Exit 0 when no part failed, else 1.
@@ -33,6 +33,14 @@ else
 fi
 out=${1:-gpu-results}
 mkdir -p "$out"
+# The bundle's libraries need this glibc or newer (MANIFEST); an older one would fail every
+# part with a loader message, so say it once, plainly.
+need=$(sed -n 's/.*GLIBC_\([0-9.]*\) or newer.*/\1/p' "$bundle/MANIFEST" 2>/dev/null)
+have=$(getconf GNU_LIBC_VERSION 2>/dev/null | awk '{print $2}')
+if [ -n "$need" ] && [ -n "$have" ] && [ "$(printf '%s\n%s\n' "$need" "$have" | sort -V | head -1)" != "$need" ]; then
+  echo "gpu_checks: this machine's glibc is $have; the bundle needs $need or newer (build it on an older distribution)" | tee "$out/report.md" >&2
+  exit 2
+fi
 out=$(cd "$out" && pwd)
 work=$(mktemp -d "${TMPDIR:-/tmp}/dsi-gpu-checks.XXXXXX")
 trap 'rm -rf "$work"' EXIT
@@ -168,8 +176,8 @@ for m in SMOLLM2 QWEN_CODER_0_5B QWEN_CODER_1_5B; do
 done
 step data_plane 30 "$bin/mpirun" -np 2 "$bin/data_plane_bench"
 export DSI_GPU_MODEL=$model
-gpu_step dsi_bench 120 "$bin/mpirun" -np 5 "$bin/dsi" bench --config "$bundle/configs/gpu-1b.yaml" \
-  --sp 1,2 --tokens 64 --json-file "$work/dsi_bench.json"
+gpu_step dsi_bench 150 "$bin/mpirun" -np 5 "$bin/dsi" bench --config "$bundle/configs/gpu-1b.yaml" \
+  --sp 1,2 --tokens 48 --temperatures 0,0.8 --json-file "$work/dsi_bench.json"
 
 python3 - "$work" "$out" "$gpus" "{${libs_json%, }}" "$(($(date +%s) - start))" <<'PY'
 import json, re, sys, pathlib
@@ -227,9 +235,9 @@ if decode:
         f = f"{100 * d['hbm_fraction']:.0f}%" if d["hbm_fraction"] is not None else "?"
         md.append(f"| {k} | {d['prefill_tok_s']:.0f} | {d['decode_tok_s']:.0f} | {d['decode_ms']:.3f} | {f} | {d['gb_s']} |")
 if report["dsi_bench"]:
-    md += ["", "## Non-SI / SI / DSI on one GPU (every rank sharing it)", "", "| mode | SP | ms/token | vs non-SI | acceptance | lossless |", "|---|---|---|---|---|---|"]
+    md += ["", "## Non-SI / SI / DSI on one GPU (every rank sharing it)", "", "| T | mode | SP | ms/token | vs non-SI | acceptance | equal to non-SI |", "|---|---|---|---|---|---|---|"]
     for r in report["dsi_bench"]:
-        md.append(f"| {r['mode']} | {r['sp']} | {r['latency_ms']:.3f} | {r['speedup_vs_nonsi']:.2f} | {r['acceptance_rate']:.2f} | {r['check']} |")
+        md.append(f"| {r['temperature']} | {r['mode']} | {r['sp']} | {r['latency_ms']:.3f} | {r['speedup_vs_nonsi']:.2f} | {r['acceptance_rate']:.2f} | {r['check']} |")
 for tool in ("memcheck", "racecheck"):
     if report[tool] is not None:
         md.append(f"\n{tool}: {report[tool]['errors']} error(s)")
