@@ -84,6 +84,7 @@ std::vector<Token> verify_sampled(std::span<const Token> seq, int first,
     }
     return out;
   }
+  if (variant == VerifierVariant::kNoGrid) rule.period = 0;
   for (int pos = first; pos <= end; ++pos) {
     const auto pp = p(pos);
     Token tok;

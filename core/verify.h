@@ -52,6 +52,7 @@ enum class VerifierVariant {
   kAcceptInverted,   // broken: accepts with min(1, q/p)
   kResidualFromP,    // broken: corrects from p instead of norm(max(0, p - q))
   kResidualNoClamp,  // broken: corrects from norm(|p - q|)
+  kNoGrid,           // broken (residual, DSI): ignores the grid (BonusRule's period)
   kRaceOnePosition,  // broken (Gumbel): the race noise of position 0 at every position
   kRaceTrustDraft,   // broken (Gumbel): accepts any draft the target could have produced
 };

@@ -4,8 +4,10 @@
 // output for a seed does not depend on SP or timing.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <functional>
 #include <map>
 
 #include "common/rng.h"
@@ -78,34 +80,60 @@ SimConfig config_for(const Case& s, uint64_t sample_seed) {
   return cfg;
 }
 
-// p-value of the joint distribution of the first two tokens over n generations.
-double first_tokens_p_value(const Case& s, int n) {
+// p-value of the joint distribution of the tokens at positions `at` and `at` + 1 of the
+// generation (0: the first two) over n generations, against the target's exact joint there
+// (earlier tokens summed out).
+double tokens_p_value(const Case& s, int n, int at = 0) {
   const SimConfig base = config_for(s, 0);
   std::map<std::pair<int, int>, int> counts;
   for (int i = 0; i < n; ++i) {
-    const auto toks = simulate(config_for(s, 1000 + i)).tokens;
-    ++counts[{toks[0], toks[1]}];
+    SimConfig cfg = config_for(s, 1000 + i);
+    cfg.sched.max_new_tokens = at + 2;
+    const auto toks = simulate(cfg).tokens;
+    ++counts[{toks[at], toks[at + 1]}];
   }
-  const auto p1 = synthetic_probs(base.target, base.prompt, base.sampling);
+  // The exact joint of (t_at, t_at+1): every prefix of `at` tokens with its probability.
+  std::map<std::pair<int, int>, double> expect;
+  std::function<void(std::vector<Token>&, double)> walk = [&](std::vector<Token>& ctx, double w) {
+    const auto pr = synthetic_probs(base.target, ctx, base.sampling);
+    if (static_cast<int>(ctx.size() - base.prompt.size()) < at) {
+      for (int a = 0; a < kVocab; ++a) {
+        if (pr[a] <= 0) continue;
+        ctx.push_back(a);
+        walk(ctx, w * pr[a]);
+        ctx.pop_back();
+      }
+      return;
+    }
+    for (int a = 0; a < kVocab; ++a) {
+      if (pr[a] <= 0) continue;
+      ctx.push_back(a);
+      const auto p2 = synthetic_probs(base.target, ctx, base.sampling);
+      for (int b = 0; b < kVocab; ++b) expect[{a, b}] += w * pr[a] * p2[b];
+      ctx.pop_back();
+    }
+  };
+  std::vector<Token> ctx = base.prompt;
+  walk(ctx, 1.0);
   double chi2 = 0;
   int cells = 0;
   for (int a = 0; a < kVocab; ++a) {
-    if (p1[a] <= 0) continue;
-    auto ctx = base.prompt;
-    ctx.push_back(a);
-    const auto p2 = synthetic_probs(base.target, ctx, base.sampling);
     for (int b = 0; b < kVocab; ++b) {
-      const double expect = n * p1[a] * p2[b];
-      if (expect <= 0) {
+      const double e = n * expect[{a, b}];
+      if (e <= 0) {
         EXPECT_EQ((counts[{a, b}]), 0) << "a token outside the target's support was generated";
         continue;
       }
-      const double d = counts[{a, b}] - expect;
-      chi2 += d * d / expect;
+      const double d = counts[{a, b}] - e;
+      chi2 += d * d / e;
       ++cells;
     }
   }
   return gamma_q((cells - 1) / 2.0, chi2 / 2);
+}
+
+double first_tokens_p_value(const Case& s, int n) {
+  return tokens_p_value(s, n, 0);
 }
 
 // A false failure has probability 1e-4 per case; the broken verifiers give p-values many
@@ -134,6 +162,33 @@ TEST(Sampling, BrokenVerifiersFailTheDistributionTest) {
     std::printf("  broken verifier %d: p-value %.4g\n", static_cast<int>(v), pv);
     EXPECT_LT(pv, kAlpha) << "broken verifier " << static_cast<int>(v) << " went unnoticed";
   }
+}
+
+// Past the first chain: with k = 3 the tokens at 3 and 4 (a grid position decided by the
+// target's own sample and the accept-tested one after it) and at 4 and 5, for DSI at SP 2 and
+// 4, whose concurrent tasks cover those positions; both couplings. A DSI verifier that ignores
+// the grid (so that which task decides a position depends on timing) fails it.
+TEST(Sampling, LaterPositionsMatchTargetDistribution) {
+  for (Coupling coupling : {Coupling::kResidual, Coupling::kGumbel}) {
+    const SamplingParams t1{.temperature = 1.0f, .coupling = coupling};
+    for (int sp : {2, 4}) {
+      for (int at : {3, 4}) {
+        const double pv = tokens_p_value(Case{Mode::kDsi, 3, sp, t1}, kRuns, at);
+        std::printf("  %s DSI k=3 SP %d tokens %d,%d: p-value %.4g\n",
+                    coupling == Coupling::kGumbel ? "gumbel" : "residual", sp, at, at + 1, pv);
+        EXPECT_GT(pv, kAlpha) << "SP " << sp << " at " << at;
+      }
+    }
+  }
+  const SamplingParams r1{.temperature = 1.0f, .coupling = Coupling::kResidual};
+  double worst = 1;
+  for (int at : {3, 4}) {
+    const double pv =
+        tokens_p_value(Case{Mode::kDsi, 3, 4, r1, VerifierVariant::kNoGrid}, kRuns, at);
+    std::printf("  broken grid, tokens %d,%d: p-value %.4g\n", at, at + 1, pv);
+    worst = std::min(worst, pv);
+  }
+  EXPECT_LT(worst, kAlpha) << "a DSI verifier without the grid went unnoticed";
 }
 
 // The Gumbel coupling: every mode's first two tokens follow the target's joint distribution.
