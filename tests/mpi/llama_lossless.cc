@@ -1,7 +1,7 @@
 // MPI test: greedy DSI and SI on a real model generate exactly non-SI's tokens, for several
 // prompts (in the model's chat template when it has one), SP 1 .. max_sp and k in KS
 // (default 1,4,8).
-//   llama_lossless MODEL DRAFTER N_PROMPTS MAX_NEW_TOKENS MAX_SP [KV_HANDOFF] [KS]
+//   llama_lossless MODEL DRAFTER N_PROMPTS MAX_NEW_TOKENS MAX_SP [KV_HANDOFF] [KS] [T]
 // DRAFTER: the target's layers that a layer-skip drafter keeps ("0-11,19-29"), or the path of a
 // drafter model of its own (a .gguf file, e.g. the Qwen2.5-Coder pair's 0.5B).
 // KV_HANDOFF: auto (default) | never | always: with always, tasks go round robin over the
@@ -10,7 +10,9 @@
 // timing, e.g. every task of the second target preempted), and a sampled DSI run (T = 0.8) must
 // give the text of the same run without handoff; corrupt: as always, with rank 3 (target 1)
 // importing junk: the test then passes only if some run's tokens differ (the check sees a bad
-// handoff). Prints "N passed, M failed"; exits 77 (skipped) when MODEL is empty or missing.
+// handoff). T > 0: sampled at temperature T under the Gumbel coupling (the default), seed i + 1
+// for prompt i, where every mode must give non-SI's text as in greedy decoding (docs/sampling.md).
+// Prints "N passed, M failed"; exits 77 (skipped) when MODEL is empty or missing.
 #include <fmt/format.h>
 
 #include <cstdlib>
@@ -57,6 +59,7 @@ int main(int argc, char** argv) {
     std::stringstream list(argc > 7 ? argv[7] : "1,4,8");
     for (std::string k; std::getline(list, k, ',');) ks.push_back(std::stoi(k));
   }
+  const double temperature = argc > 8 ? std::atof(argv[8]) : 0.0;
   const std::string drafter = argv[2];
   const bool drafter_file = drafter.size() > 5 && drafter.ends_with(".gguf");
   dsi::SessionOptions opts;
@@ -84,6 +87,8 @@ int main(int argc, char** argv) {
         for (int i = 0; i < n_prompts; ++i) {
           dsi::RunConfig cfg = s.cfg;
           cfg.prompt = kPrompts[i % std::size(kPrompts)];
+          cfg.temperature = temperature;
+          cfg.sampling_seed = i + 1;
           cfg.mode = dsi::Mode::kNonSi;
           const auto ref = coord.run(cfg, 1).tokens;
           for (int k : ks) {
