@@ -4,8 +4,8 @@
 
 namespace dsi::kernels {
 
-// y: (n, out); x: (n, in); w: (out, in); bias: (out) or nullptr. One thread, FP32 sums in
-// order of the input index.
+// y: (n, out); x: (n, in); w: (out, in); bias: (out) or nullptr. One thread, FP32 sums
+// (eight partial sums, kernels/cpu/matmul.cc).
 void matmul_cpu(float* y, const float* x, const float* w, const float* bias, int n, int in,
                 int out);
 
