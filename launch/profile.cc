@@ -47,10 +47,18 @@ std::vector<Token> timed_forward(Engine& e, std::span<const Token> tokens, int n
   return out;
 }
 
-// Expected acceptance of speculative sampling at one position: sum_x min(p(x), q(x)).
+// Expected acceptance of speculative sampling at one position. The residual coupling's is
+// sum_x min(p(x), q(x)); the Gumbel coupling's, the chance that both races pick one token,
+// has no closed form and is estimated over 32 independent races (keys 0..31 of this seed).
 double sampled_acceptance(const Logits& target, const Logits& drafter, const SamplingParams& sp) {
   const auto p = sampling_probs(target.row(target.n - 1), sp);
   const auto q = sampling_probs(drafter.row(drafter.n - 1), sp);
+  if (sp.coupling == Coupling::kGumbel) {
+    constexpr int kRaces = 32;
+    int same = 0;
+    for (int j = 0; j < kRaces; ++j) same += race_sample(p, j, sp) == race_sample(q, j, sp);
+    return double(same) / kRaces;
+  }
   double s = 0;
   for (size_t i = 0; i < p.size() && i < q.size(); ++i) s += std::min(p[i], q[i]);
   return s;
@@ -271,7 +279,11 @@ int cmd_profile(const ProfileOptions& o) {
         {"drafter", {{"ttft_ms", median(d_ttft)}, {"c_ms", c_ms}}},
         {"acceptance_rate", a},
         {"acceptance_rate_greedy", a_greedy},
-        {"sampling", {{"temperature", sp.temperature}, {"top_k", sp.top_k}, {"top_p", sp.top_p}}},
+        {"sampling",
+         {{"temperature", sp.temperature},
+          {"top_k", sp.top_k},
+          {"top_p", sp.top_p},
+          {"coupling", enum_names(sp.coupling)[static_cast<int>(sp.coupling)]}}},
         {"acceptance_by_prompt", per_prompt},
         {"simulate", {{"t_ms", t0}, {"per_token_ms", slope}, {"c_ms", c_ms}, {"a", a}}},
     };
