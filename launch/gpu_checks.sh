@@ -134,6 +134,14 @@ cat "$work/machine.log"
 { echo "===== machine"; cat "$work/machine.log"; } >>"$out/logs.txt"
 
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 GTEST_COLOR=no
+# The outside test data (llama.cpp-made stand-in models) where it travelled with the tree;
+# without it the GPU tests on those models skip and say so.
+if [ -z "${DSI_TESTDATA_DIR:-}" ]; then
+  for d in "$here/../shared/testdata" "$here/shared/testdata" "$here/../../shared/testdata"; do
+    [ -d "$d" ] && { export DSI_TESTDATA_DIR=$(cd "$d" && pwd); break; }
+  done
+fi
+echo "== test data: ${DSI_TESTDATA_DIR:-none (reference-model tests will skip)}" | tee -a "$out/logs.txt"
 gpu_step() {  # a step that needs a GPU: skipped without one
   if [ "$gpus" -eq 0 ]; then record "$1" skipped 0 "no device"; return 0; fi
   step "$@"
