@@ -183,7 +183,7 @@ for m in SMOLLM2 QWEN_CODER_0_5B QWEN_CODER_1_5B; do
     record "decode_${m,,}" skipped 0 "model file not here (set $var)"
   fi
 done
-step data_plane 30 "$bin/mpirun" -np 2 "$bin/data_plane_bench"
+step data_plane 45 "$bin/mpirun" -np 2 "$bin/data_plane_bench" all 64
 export DSI_GPU_MODEL=$model
 gpu_step dsi_bench 150 "$bin/mpirun" -np 5 "$bin/dsi" bench --config "$bundle/configs/gpu-1b.yaml" \
   --sp 1,2 --tokens 48 --temperatures 0,0.8 --json-file "$work/dsi_bench.json"
