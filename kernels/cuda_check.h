@@ -109,6 +109,19 @@ inline void launch_check(const char* kernel, const char* file, int line) {
 }
 }  // namespace detail
 
+// Whether the work queued on `st` has run: cudaStreamQuery without blocking. Not ready is an
+// answer, not a failure, and is cleared so that no later check reports it; any other error
+// throws CudaError.
+inline bool stream_done(cudaStream_t st) {
+  const cudaError_t e = cudaStreamQuery(st);
+  if (e == cudaErrorNotReady) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  detail::cuda_check(e, "cudaStreamQuery", __FILE__, __LINE__);
+  return true;
+}
+
 }  // namespace dsi
 
 #define CUDA_CHECK(expr) ::dsi::detail::cuda_check((expr), #expr, __FILE__, __LINE__)

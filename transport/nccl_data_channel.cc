@@ -416,12 +416,7 @@ class NcclDataChannel final : public DataChannel {
     for (const auto* pipes : {&send_, &recv_}) {
       for (const auto& [p, pipe] : *pipes) {
         if (!pipe.stream) continue;
-        const cudaError_t e = cudaStreamQuery(pipe.stream);
-        if (e == cudaErrorNotReady) {
-          (void)cudaGetLastError();  // an answer, not a failure: no later check may report it
-          return false;
-        }
-        CUDA_CHECK(e);
+        if (!stream_done(pipe.stream)) return false;
       }
     }
     return true;

@@ -164,17 +164,13 @@ const float* or_null(const DeviceBuffer& b) {
 // Polls `st` until the work queued on it has run (true), or until `deadline` passes or `cancel`
 // is raised (false), where cudaStreamSynchronize would wait without end. The work gets at least
 // 50 ms, so that copies queued just now are not refused for a deadline that passed while the
-// caller waited for something else. cudaErrorNotReady is an answer, not a failure; it is
-// cleared so that the next launch check cannot report it.
+// caller waited for something else.
 bool wait_stream(cudaStream_t st, std::chrono::steady_clock::time_point deadline,
                  const CancelFlag* cancel) {
   deadline = std::max(deadline, std::chrono::steady_clock::now() + std::chrono::milliseconds(50));
   auto pause = std::chrono::microseconds(10);
   for (;;) {
-    const cudaError_t e = cudaStreamQuery(st);
-    if (e == cudaSuccess) return true;
-    if (e != cudaErrorNotReady) CUDA_CHECK(e);
-    (void)cudaGetLastError();
+    if (stream_done(st)) return true;
     if ((cancel != nullptr && cancel->cancelled()) ||
         std::chrono::steady_clock::now() >= deadline) {
       return false;
