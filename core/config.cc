@@ -197,6 +197,20 @@ const std::vector<Key>& keys() {
        [](RunConfig& c, const YAML::Node& n, const std::string& key) {
          c.overlap = number(n, key, 0, 1);
        }},
+      {"synthetic.a_phases",
+       "drifting acceptance: a list of rates, one per phase_tokens generated tokens (the last "
+       "holds to the end); overrides a",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) {
+         if (!n.IsSequence() || n.size() == 0) {
+           throw ConfigError(fmt::format("key '{}' must be a non-empty list of rates", key));
+         }
+         c.a_phases.clear();
+         for (const auto& v : n) c.a_phases.push_back(number(v, key, 0, 1));
+       }},
+      {"synthetic.phase_tokens", "generated tokens per phase of a_phases",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) {
+         c.phase_tokens = integer(n, key, 1, 1 << 30);
+       }},
       {"sampling.temperature", "0 = greedy; > 0 samples (speculative sampling, lossless)",
        [](RunConfig& c, const YAML::Node& n, const std::string& key) {
          c.temperature = number(n, key, 0, 100);
@@ -219,6 +233,12 @@ const std::vector<Key>& keys() {
        [](RunConfig& c, const YAML::Node& n, const std::string& key) {
          c.sampling_seed =
              static_cast<int64_t>(scalar<unsigned long long>(n, key, "a non-negative integer"));
+       }},
+      {"runtime.adapt",
+       "off | on: pick non-SI, SI or DSI, the lookahead and the targets used at every chain "
+       "boundary from online estimates (needs a drafter; greedy or the gumbel coupling)",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) {
+         c.adapt = one_of(n, key, {"off", "on"}) == "on";
        }},
       {"runtime.peer_timeout_s", "a silent peer is declared dead after this (s)",
        [](RunConfig& c, const YAML::Node& n, const std::string& key) {
@@ -417,12 +437,25 @@ RunConfig parse_config(const std::string& yaml_text, const std::string& origin,
           "runtime.peer_timeout_s ({}) must be at least twice runtime.heartbeat_ms ({} ms)",
           cfg.peer_timeout_s, cfg.heartbeat_ms));
     }
+    check_adapt(cfg);
     return cfg;
   } catch (const ConfigError& e) {
     throw ConfigError(fmt::format("{}: {}", origin, e.message()));
   } catch (const YAML::Exception& e) {
     throw ConfigError(fmt::format("{}: malformed YAML at line {}, column {}: {}", origin,
                                   e.mark.line + 1, e.mark.column + 1, e.msg));
+  }
+}
+
+void check_adapt(const RunConfig& cfg) {
+  if (!cfg.adapt) return;
+  if (cfg.mode == Mode::kNonSi) {
+    throw ConfigError("runtime.adapt: on needs a drafter: set mode to dsi or si");
+  }
+  if (cfg.temperature > 0 && cfg.coupling == "residual") {
+    throw ConfigError(
+        "runtime.adapt: on needs sampling.coupling: gumbel when sampling.temperature > 0 (the "
+        "residual sampler's text depends on the lookahead, which adaptation changes)");
   }
 }
 

@@ -49,6 +49,10 @@ struct RunConfig {
   double per_token_ms = 0;
   int vocab = 64;
   double overlap = 0.5;  // drafter's share of the target's logit noise (sampling)
+  // Drifting acceptance: a_phases[i] holds for generated tokens [i, i + 1) * phase_tokens
+  // (the last for the rest of the run); empty: `a` throughout.
+  std::vector<double> a_phases;
+  int phase_tokens = 100;
   // sampling (temperature 0: greedy)
   double temperature = 0;
   int top_k = 0;
@@ -56,6 +60,7 @@ struct RunConfig {
   int64_t sampling_seed = -1;       // -1: generation.seed
   std::string coupling = "gumbel";  // gumbel | residual (core/verify.h)
   // runtime
+  bool adapt = false;  // runtime.adapt: the policy of core/adapt.h picks mode, k and SP
   double peer_timeout_s = 5;
   int heartbeat_ms = 200;
   // How a rank waits for control messages (transport/mpi_channel.h): adaptive | sleep | spin.
@@ -89,6 +94,10 @@ std::string expand_path(const std::string& path);
 
 // A human description of the keys, for --help.
 std::string config_reference();
+
+// Throws ConfigError when runtime.adapt is on where it cannot be: with the residual sampler
+// (its text depends on k) or without a drafter (mode nonsi).
+void check_adapt(const RunConfig& cfg);
 
 // The sampling block of a run (greedy when temperature is 0): what every worker and the
 // simulator sample with.

@@ -54,6 +54,7 @@ struct Coordinator::Run {
   OnCommit on_commit;
   Clock::time_point origin;  // configure; spans and events are timed from it
   std::unique_ptr<Scheduler> sched;
+  std::unique_ptr<Adapter> adapt;  // runtime.adapt: the scheduler's planner
   RunReport rep;
   // Generation: progress seen so far, for on_commit and the trace events.
   Clock::time_point t_start, last_commit;
@@ -134,6 +135,7 @@ RunReport Coordinator::run(const RunConfig& cfg, int n_targets, const OnCommit& 
 
 std::unique_ptr<Coordinator::Run> Coordinator::configure(const RunConfig& cfg, int n_targets,
                                                          const OnCommit& on_commit) {
+  check_adapt(cfg);
   ++run_;
   auto run = std::make_unique<Run>();
   Run& r = *run;
@@ -181,6 +183,19 @@ std::unique_ptr<Coordinator::Run> Coordinator::configure(const RunConfig& cfg, i
                       .kv = kv_options(cfg, ready, r.first_target)};
   r.sched = std::make_unique<Scheduler>(so, r.rep.prompt);
   r.committed = r.sched->committed().size();
+  if (cfg.adapt) {
+    r.adapt = std::make_unique<Adapter>(
+        AdaptOptions{.n_targets = n_targets, .max_k = std::max(8, cfg.lookahead)},
+        ChainPlan{.mode = cfg.mode, .lookahead = cfg.lookahead, .sp = n_targets});
+    r.sched->set_planner([&r] {
+      Adapter& a = *r.adapt;
+      const size_t before = a.decisions().size();
+      a.checked(r.sched->stats());
+      const ChainPlan p = a.plan(seconds(Clock::now() - r.t_start), r.sched->generated());
+      if (a.decisions().size() != before) r.event("plan", adapt_json(a.decisions().back()));
+      return p;
+    });
+  }
   return run;
 }
 
@@ -241,9 +256,12 @@ void Coordinator::generate(Run& r) {
     if (!env) continue;
     const Message& m = env->msg;
     if (const auto* d = std::get_if<msg::Draft>(&m.body)) {
+      if (r.adapt) r.adapt->draft(d->busy_s);
       execute(r, sched.on_draft(d->chain, d->pos, d->token));
     } else if (const auto* res = std::get_if<msg::Result>(&m.body)) {
+      if (r.adapt) r.adapt->forward(res->computed, res->busy_s);
       execute(r, sched.on_result(res->task, res->tokens, Forward{res->computed, res->busy_s}));
+      if (r.adapt) execute(r, sched.checkpoint());
     } else if (const auto* c = std::get_if<msg::Cancelled>(&m.body)) {
       execute(r, sched.on_cancelled(c->task));
     }
@@ -328,6 +346,13 @@ RunReport Coordinator::finish(Run& r) {
   rep.latency_per_token_ms = rep.tokens.empty() ? 0 : rep.elapsed_s * 1e3 / rep.tokens.size();
   if (r.text) rep.text = r.text->tokenizer().decode(rep.tokens);
   rep.stats = sched.stats();
+  if (r.adapt) {
+    r.adapt->checked(sched.stats());
+    r.adapt->finish(seconds(r.last_commit - r.t_start), sched.generated());
+    rep.adapt = r.adapt->decisions();
+    rep.tokens_by_mode = r.adapt->tokens_by_mode();
+    rep.adapt_final = r.adapt->estimates();
+  }
 
   for (int w : r.workers) ch_.send(w, Message{.run = run_, .body = msg::Stop{}});
   for (auto& [w, m] : wait_all(r.workers, MsgType::kStopped)) {

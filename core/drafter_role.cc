@@ -62,7 +62,11 @@ void DrafterRole::step() {
       // verification) and on the last; it reads the others with those.
       const size_t n = seq_.size() - chain_base_;
       const bool wake = n % notify_every_ == 0 || !can_draft();
-      ctx_.reply(msg::Draft{.chain = chain, .pos = pos, .token = tok}, !wake);
+      ctx_.reply(msg::Draft{.chain = chain,
+                            .pos = pos,
+                            .token = tok,
+                            .busy_s = static_cast<float>(steady_now_s() - t0)},
+                 !wake);
     }
   } catch (const Cancelled&) {
     ctx_.log.record({.kind = SpanKind::kDraft, .id = chain, .cancelled = true}, t0, steady_now_s());

@@ -73,11 +73,14 @@ bool KvPlanner::hand_over_prompt(size_t prefix_len) const {
   return enabled_ && prefix_len > 0 && (opts_.policy == KvPolicy::kAlways || opts_.shared_device);
 }
 
-std::vector<KvRange> KvPlanner::plan_committed(int src, std::span<const Token> committed) {
+std::vector<KvRange> KvPlanner::plan_committed(int src, std::span<const Token> committed,
+                                               int n_active) {
   std::vector<KvRange> out;
   if (!enabled_) return out;
   const size_t end = common_prefix(cached_.at(src), committed);
-  for (int t = 0; t < static_cast<int>(cached_.size()); ++t) {
+  const int n = n_active < 0 ? static_cast<int>(cached_.size())
+                             : std::min(n_active, static_cast<int>(cached_.size()));
+  for (int t = 0; t < n; ++t) {
     const size_t have = common_prefix(cached_[t], committed);
     if (t == src || end <= have) continue;  // t holds the range already (or more of it)
     const int gap = static_cast<int>(end - have);

@@ -101,9 +101,10 @@ class KvPlanner {
   // of being prefilled on each: with `always`, or when two targets share a device.
   bool hand_over_prompt(size_t prefix_len) const;
   // After target `src` reported a verification: hands the committed KV src holds to every
-  // other target that lacks part of it, when the policy (auto: the cost model) says so. The
-  // destinations' models are extended by the ranges returned.
-  std::vector<KvRange> plan_committed(int src, std::span<const Token> committed);
+  // other target among the first n_active (-1: all) that lacks part of it, when the policy
+  // (auto: the cost model) says so. The destinations' models are extended by the ranges
+  // returned.
+  std::vector<KvRange> plan_committed(int src, std::span<const Token> committed, int n_active = -1);
   // Records a handoff of committed[0, r.end) planned elsewhere (the prompt).
   void handed_over(const KvRange& r, std::span<const Token> committed);
 

@@ -25,7 +25,7 @@ namespace dsi {
 inline constexpr uint32_t kProtocolMagic = 0x31495344;  // "DSI1" read little-endian
 // 3: typed messages, each field encoded in its own width; the worker spec and the Stopped
 // report are binary structs (were JSON text).
-inline constexpr uint16_t kProtocolVersion = 6;
+inline constexpr uint16_t kProtocolVersion = 7;
 
 // The type id on the wire; each is the index of its struct in Message::Body plus one.
 enum class MsgType : uint16_t {
@@ -167,6 +167,7 @@ struct Draft {
   uint64_t chain = 0;
   int32_t pos = 0;
   Token token = 0;
+  float busy_s = 0;
   bool operator==(const Draft&) const = default;
 };
 template <Is<Draft> S, class V>
@@ -174,6 +175,7 @@ void wire_fields(S& s, V&& v) {
   v(s.chain, "chain", "the chain it extends");
   v(s.pos, "pos", "its position in the sequence");
   v(s.token, "token", "the drafted token");
+  v(s.busy_s, "busy_s", "seconds its forward took (the adaptive policy's drafter cost)");
 }
 
 struct Verify {

@@ -40,6 +40,22 @@ json trace_json(const RunReport& r) {
   return json{{"traceEvents", ev}, {"displayTimeUnit", "ms"}};
 }
 
+json adapt_json(const AdaptDecision& d) {
+  const auto& e = d.est;
+  return {{"at_s", d.at_s},
+          {"generated", d.generated},
+          {"why", d.why},
+          {"mode", mode_name(d.plan.mode)},
+          {"k", d.plan.lookahead},
+          {"sp", d.plan.sp},
+          {"predicted_ms", d.predicted_ms},
+          {"a", e.a},
+          {"c_ms", e.c_ms},
+          {"t0_ms", e.t0_ms},
+          {"t1_ms", e.t1_ms},
+          {"speed", e.speed}};
+}
+
 json summary_json(const RunReport& r) {
   json ranks = json::array();
   for (const auto& rk : r.ranks) {
@@ -47,7 +63,7 @@ json summary_json(const RunReport& r) {
         {{"rank", rk.rank}, {"role", rk.role}, {"busy_s", rk.busy_s}, {"wasted_s", rk.wasted_s}});
   }
   const auto& s = r.stats;
-  return {
+  json out = {
       {"mode", mode_name(r.cfg.mode)},
       {"sp", r.n_targets},
       {"lookahead", r.cfg.lookahead},
@@ -84,6 +100,24 @@ json summary_json(const RunReport& r) {
         {"verified_on_imported", r.kv.verified_on_imported}}},
       {"ranks", ranks},
   };
+  if (r.cfg.adapt) {
+    json decisions = json::array();
+    for (const auto& d : r.adapt) decisions.push_back(adapt_json(d));
+    json per_pos = json::array();
+    for (int i = 0; i < SchedulerStats::kPositions; ++i) {
+      const int64_t n = s.accepted_at[i] + s.rejected_at[i];
+      per_pos.push_back(n > 0 ? static_cast<double>(s.accepted_at[i]) / n : 0.0);
+    }
+    out["adapt"] = {{"decisions", decisions},
+                    {"plan_changes", s.plan_changes},
+                    {"tokens_by_mode",
+                     {{"nonsi", r.tokens_by_mode[static_cast<int>(Mode::kNonSi)]},
+                      {"si", r.tokens_by_mode[static_cast<int>(Mode::kSi)]},
+                      {"dsi", r.tokens_by_mode[static_cast<int>(Mode::kDsi)]}}},
+                    {"acceptance_by_position", per_pos},
+                    {"final", adapt_json({.plan = {}, .est = r.adapt_final, .why = "end"})}};
+  }
+  return out;
 }
 
 std::string summary_text(const RunReport& r) {
@@ -98,6 +132,15 @@ std::string summary_text(const RunReport& r) {
       r.tokens.size(), r.latency_per_token_ms, r.elapsed_s, r.setup_s, r.acceptance_rate(),
       s.drafts_accepted, s.drafts_rejected, s.chains, s.tasks_launched, s.tasks_completed,
       s.tasks_preempted, s.tasks_cancelled_queued, r.wasted_target_s());
+  if (r.cfg.adapt) {
+    const auto& e = r.adapt_final;
+    out += fmt::format(
+        "adaptive: {} plan changes; tokens by mode: non-SI {}, SI {}, DSI {}; final estimates "
+        "a {:.3f}, c {:.3f} ms, t {:.3f} + {:.3f}/token ms\n",
+        s.plan_changes, r.tokens_by_mode[static_cast<int>(Mode::kNonSi)],
+        r.tokens_by_mode[static_cast<int>(Mode::kSi)],
+        r.tokens_by_mode[static_cast<int>(Mode::kDsi)], e.a, e.c_ms, e.t0_ms, e.t1_ms);
+  }
   if (r.kv.planned > 0) {
     out += fmt::format(
         "kv handoff: {} planned{}, {} imported ({} tokens, {:.2f} MB), {} fell back to "

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "core/adapt.h"
 #include "core/config.h"
 #include "core/kv_handoff.h"
 #include "core/scheduler.h"
@@ -33,6 +34,11 @@ struct RunReport {
   SchedulerStats stats;
   std::vector<RankReport> ranks;
   KvHandoffStats kv;
+  // runtime.adapt: the policy's decisions, the tokens generated under each mode (by Mode)
+  // and its estimates at the end.
+  std::vector<AdaptDecision> adapt;
+  std::array<int64_t, 3> tokens_by_mode{};
+  AdaptEstimates adapt_final;
   nlohmann::json events = nlohmann::json::array();  // coordinator instants for the trace
   double acceptance_rate() const {
     const double n = static_cast<double>(stats.drafts_accepted + stats.drafts_rejected);
@@ -40,6 +46,9 @@ struct RunReport {
   }
   double wasted_target_s() const;
 };
+
+// One decision of the adaptive policy, as JSON (the summary and the trace).
+nlohmann::json adapt_json(const AdaptDecision& d);
 
 // Chrome / Perfetto trace JSON of a run: one process per rank.
 nlohmann::json trace_json(const RunReport& r);

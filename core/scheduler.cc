@@ -43,6 +43,7 @@ Scheduler::Scheduler(SchedulerOptions opts, std::vector<Token> prompt)
       target_task_(std::max(opts_.n_targets, 0), 0),
       kv_(std::max(opts_.n_targets, 0), opts_.kv),
       prefilled_(std::max(opts_.n_targets, 0), false) {
+  plan_ = {.mode = opts_.mode, .lookahead = opts_.lookahead, .sp = opts_.n_targets};
   if (opts_.n_targets < 1) throw std::invalid_argument("scheduler needs at least one target");
   if (opts_.lookahead < 1) throw std::invalid_argument("lookahead must be at least 1");
   if (prompt_len_ < 1) throw std::invalid_argument("prompt must hold at least one token");
@@ -102,34 +103,74 @@ std::vector<Action> Scheduler::start() {
     done_ = true;
     return out;
   }
-  if (opts_.mode == Mode::kNonSi) {
-    submit(committed_, 1, out);
-  } else {
-    new_chain(out);
+  new_chain(out);
+  launch_queued(out);
+  return out;
+}
+
+void Scheduler::replan() {
+  if (!planner_) return;
+  const ChainPlan p = planner_();
+  if (p.lookahead < 1 || p.sp < 1 || p.sp > opts_.n_targets) {
+    throw std::invalid_argument("the planner's plan needs k >= 1 and 1 <= sp <= n_targets");
   }
+  if (p != plan_) ++stats_.plan_changes;
+  plan_ = p;
+}
+
+std::vector<Action> Scheduler::checkpoint() {
+  std::vector<Action> out;
+  if (done_ || !planner_ || plan_.mode == Mode::kNonSi) return out;
+  const ChainPlan before = plan_;
+  replan();
+  if (plan_ == before) return out;
+  // A boundary now: the running tasks stay (what they verify is still the committed text's
+  // continuation), the drafter starts over from the committed text under the new plan.
+  begin_chain(out);
   launch_queued(out);
   return out;
 }
 
 void Scheduler::new_chain(std::vector<Action>& out) {
+  replan();
+  begin_chain(out);
+}
+
+void Scheduler::begin_chain(std::vector<Action>& out) {
   ++chain_;
-  ++stats_.chains;
   chain_base_ = static_cast<int>(committed_.size());
   drafts_.clear();
   checked_ = 0;
-  const int window = opts_.mode == Mode::kSi ? opts_.lookahead : -1;
+  if (plan_.mode == Mode::kNonSi) {
+    // One token at a time; a drafter still drafting an earlier chain gets a chain with no
+    // window, which stops it.
+    if (drafter_busy_) {
+      out.push_back(Action{.kind = Action::kStartChain,
+                           .id = chain_,
+                           .seq = committed_,
+                           .window = 0,
+                           .stop_len = goal_len()});
+      drafter_busy_ = false;
+    }
+    submit(committed_, 1, out);
+    return;
+  }
+  ++stats_.chains;
+  drafter_busy_ = true;
+  const int window = plan_.mode == Mode::kSi ? plan_.lookahead : -1;
   out.push_back(Action{.kind = Action::kStartChain,
                        .id = chain_,
                        .seq = committed_,
                        .window = window,
                        .stop_len = goal_len(),
-                       .notify_every = opts_.lookahead});
+                       .notify_every = plan_.lookahead});
   // DSI launches a task with no drafts at every chain start: never slower than non-SI.
-  if (opts_.mode == Mode::kDsi) submit(committed_, 1, out);
+  if (plan_.mode == Mode::kDsi) submit(committed_, 1, out);
 }
 
 void Scheduler::submit(std::vector<Token> seq, int n_logits, std::vector<Action>& out) {
-  Task t{next_task_++, std::move(seq), n_logits, chain_, chain_base_};
+  Task t{next_task_++, std::move(seq), n_logits,
+         chain_,       chain_base_,    plan_.mode == Mode::kDsi ? plan_.lookahead : 0};
   if (opts_.queue == QueuePolicy::kNewest) {
     // A queued task whose sequence is a prefix of the new one proves nothing the new one
     // does not; drop it.
@@ -150,15 +191,16 @@ void Scheduler::launch_queued(std::vector<Action>& out) {
   while (!queue_.empty()) {
     Task& t = opts_.queue == QueuePolicy::kNewest ? queue_.back() : queue_.front();
     int best = -1;
+    const int n = plan_.sp;  // the targets in use
     if (opts_.target_choice == TargetChoice::kRoundRobin) {
-      for (int j = 1; j <= opts_.n_targets && best < 0; ++j) {
-        const int i = (last_target_ + j) % opts_.n_targets;
+      for (int j = 1; j <= n && best < 0; ++j) {
+        const int i = (last_target_ + j) % n;
         if (target_task_[i] == 0) best = i;
       }
     } else {
       // The idle target whose KV cache already holds the longest prefix of the sequence.
       size_t best_len = 0;
-      for (int i = 0; i < opts_.n_targets; ++i) {
+      for (int i = 0; i < n; ++i) {
         if (target_task_[i] != 0) continue;
         const size_t l = common_prefix(kv_.cached(i), t.seq);
         if (best < 0 || l > best_len) {
@@ -178,11 +220,11 @@ void Scheduler::launch_queued(std::vector<Action>& out) {
              .seq = t.seq,
              .n_logits = t.n_logits,
              .chain = t.chain};
-    if (opts_.mode == Mode::kDsi) {
+    if (t.period > 0) {
       // DSI tasks end on the grid chain start + i*k; the bonus rule keeps every position on
       // it a target sample whichever task decides it (core/verify.h).
       a.bonus_anchor = t.anchor;
-      a.bonus_period = opts_.lookahead;
+      a.bonus_period = t.period;
     }
     out.push_back(std::move(a));
     running_.emplace(t.id, std::move(t));
@@ -196,15 +238,15 @@ void Scheduler::launch_queued(std::vector<Action>& out) {
 
 std::vector<Action> Scheduler::on_draft(uint64_t chain, int pos, Token token) {
   std::vector<Action> out;
-  if (done_ || chain != chain_ || opts_.mode == Mode::kNonSi) return out;
+  if (done_ || chain != chain_ || plan_.mode == Mode::kNonSi) return out;
   if (pos != chain_base_ + static_cast<int>(drafts_.size())) return out;  // out of order: drop
   drafts_.push_back(token);
   ++stats_.drafts_received;
   const int n = static_cast<int>(drafts_.size());
   const int c = static_cast<int>(committed_.size());
   const bool at_goal = chain_base_ + n >= goal_len();
-  const bool launch = opts_.mode == Mode::kDsi ? (n % opts_.lookahead == 0 || at_goal)
-                                               : (n == opts_.lookahead || at_goal);
+  const bool launch = plan_.mode == Mode::kDsi ? (n % plan_.lookahead == 0 || at_goal)
+                                               : (n == plan_.lookahead || at_goal);
   if (launch && pos >= c) {
     // Verify every pending draft: S = committed + drafts beyond it.
     std::vector<Token> seq = committed_;
@@ -245,14 +287,17 @@ bool Scheduler::useful(const Task& t) const {
 
 void Scheduler::reconcile(std::vector<Action>& out) {
   bool reject = false;
-  if (opts_.mode != Mode::kNonSi) {
+  if (plan_.mode != Mode::kNonSi) {
     const int c = static_cast<int>(committed_.size());
     while (checked_ < static_cast<int>(drafts_.size()) && chain_base_ + checked_ < c) {
+      const int slot = std::min(checked_, SchedulerStats::kPositions - 1);
       if (drafts_[checked_] == committed_[chain_base_ + checked_]) {
         ++stats_.drafts_accepted;
+        ++stats_.accepted_at[slot];
         ++checked_;
       } else {
         ++stats_.drafts_rejected;
+        ++stats_.rejected_at[slot];
         reject = true;
         break;
       }
@@ -283,15 +328,15 @@ void Scheduler::reconcile(std::vector<Action>& out) {
   bool in_flight = !queue_.empty();
   for (const auto& [id, t] : running_) in_flight |= !t.cancelling;
   if (!in_flight) {
-    if (opts_.mode == Mode::kNonSi) {
-      submit(committed_, 1, out);
-    } else if (opts_.mode == Mode::kSi && !reject) {
+    if (plan_.mode == Mode::kNonSi) {
+      new_chain(out);  // a boundary: the next token, or a switch to speculation
+    } else if (plan_.mode == Mode::kSi && !reject) {
       // SI: a verification finished (or none is needed yet); drafting resumes from the new
       // committed prefix once the previous window has been verified.
-      const bool window_spent = static_cast<int>(drafts_.size()) >= opts_.lookahead ||
+      const bool window_spent = static_cast<int>(drafts_.size()) >= plan_.lookahead ||
                                 chain_base_ + static_cast<int>(drafts_.size()) >= goal_len();
       if (window_spent || static_cast<int>(committed_.size()) > chain_base_) new_chain(out);
-    } else if (opts_.mode == Mode::kDsi &&
+    } else if (plan_.mode == Mode::kDsi &&
                chain_base_ + static_cast<int>(drafts_.size()) >= goal_len()) {
       // The drafter has stopped at the goal: verify whatever is still pending.
       const int c = static_cast<int>(committed_.size());
@@ -329,7 +374,7 @@ std::vector<Action> Scheduler::on_result(uint64_t task, std::span<const Token> y
   reconcile(out);
   // The targets launched above run first; then hand what t committed to the targets that
   // lack it (a busy one imports after its forward, or finds it needs nothing).
-  for (const KvRange& r : kv_.plan_committed(t.target, committed_)) hand_over(r, out);
+  for (const KvRange& r : kv_.plan_committed(t.target, committed_, plan_.sp)) hand_over(r, out);
   return out;
 }
 

@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <optional>
 #include <span>
@@ -37,6 +38,15 @@ std::optional<QueuePolicy> parse_queue_policy(std::string_view s);
 enum class TargetChoice {
   kCache,       // the one whose KV cache holds the longest prefix of its sequence
   kRoundRobin,  // the next idle one after the last chosen (spreads work, e.g. to test handoff)
+};
+
+// What runs from a chain boundary on (the adaptive policy's choice, core/adapt.h): the mode,
+// the lookahead k, and how many targets (the first sp) take tasks. Non-SI uses one target.
+struct ChainPlan {
+  Mode mode = Mode::kDsi;
+  int lookahead = 5;
+  int sp = 1;
+  bool operator==(const ChainPlan&) const = default;
 };
 
 struct SchedulerOptions {
@@ -92,6 +102,12 @@ struct SchedulerStats {
   int64_t chains = 0;
   int64_t stale_results = 0;  // results that arrived after their cancel and added nothing
   int64_t kv_handoffs = 0;    // KV handoffs planned (the prompt's included)
+  // By draft position in its chain (0 = the chain's first draft; the last slot gathers the
+  // positions beyond it): drafts accepted there, and rejections there.
+  static constexpr int kPositions = 16;
+  int64_t accepted_at[kPositions] = {};
+  int64_t rejected_at[kPositions] = {};
+  int64_t plan_changes = 0;  // chain boundaries where the planner changed the plan
 };
 
 class Scheduler {
@@ -106,6 +122,20 @@ class Scheduler {
   bool prefilled() const;
   bool prompt_handed_over() const { return prompt_handoff_; }
 
+  // Called at every chain boundary (the start, each new chain, each non-SI step) for the plan
+  // to follow from there; without one the options' mode, lookahead and n_targets hold for
+  // the whole run. A plan never changes a token: greedy and the Gumbel coupling decide each
+  // position from the prefix alone (docs/sampling.md). The drafter rank must exist (a world
+  // configured for SI or DSI) for a plan other than non-SI.
+  using Planner = std::function<ChainPlan()>;
+  void set_planner(Planner p) { planner_ = std::move(p); }
+  // What runs now.
+  ChainPlan plan() const { return plan_; }
+  // Asks the planner between boundaries (the coordinator does after each result): a changed
+  // plan starts a new chain at once, so a long chain (high acceptance) cannot hold a plan
+  // past its time. Tasks already running stay; they verify the committed text's continuation.
+  std::vector<Action> checkpoint();
+
   std::vector<Action> start();
   std::vector<Action> on_draft(uint64_t chain, int pos, Token token);
   // y: the target's tokens at positions |S|-m+1 .. |S| of the task's sequence S. After it,
@@ -117,7 +147,7 @@ class Scheduler {
   // The targets have committed past the drafts received: the next draft is checked at once
   // (it may be a rejection), so a deferred one should not wait for the next wake-up.
   bool awaits_drafts() const {
-    return !done_ && opts_.mode != Mode::kNonSi &&
+    return !done_ && plan_.mode != Mode::kNonSi &&
            committed_.size() > static_cast<size_t>(chain_base_) + drafts_.size();
   }
   const std::vector<Token>& committed() const { return committed_; }
@@ -137,11 +167,15 @@ class Scheduler {
     int n_logits;
     uint64_t chain = 0;
     int anchor = 0;  // chain start when it was created
+    int period = 0;  // DSI: the chain's lookahead (the bonus grid); 0 otherwise
     int target = -1;
     bool cancelling = false;
   };
 
-  void new_chain(std::vector<Action>& out);
+  void new_chain(std::vector<Action>& out);  // replan(), then begin_chain()
+  void begin_chain(std::vector<Action>& out);
+  // At a chain boundary: asks the planner (if any) what runs from here.
+  void replan();
   void submit(std::vector<Token> seq, int n_logits, std::vector<Action>& out);
   void launch_queued(std::vector<Action>& out);
   // Commits the target tokens a result proves (it ignores a stale result).
@@ -153,6 +187,9 @@ class Scheduler {
   void free_target(uint64_t task);
 
   SchedulerOptions opts_;
+  ChainPlan plan_;  // what runs now
+  Planner planner_;
+  bool drafter_busy_ = false;  // the current chain gives the drafter work
   int prompt_len_;
   std::vector<Token> committed_;
   bool done_ = false;

@@ -78,6 +78,9 @@ WorkerSpec worker_spec(const RunConfig& cfg, bool drafter) {
       p.forward_ms = cfg.c * cfg.t_ms;
       p.acceptance = cfg.a;
       p.overlap = cfg.overlap;
+      p.phases = cfg.a_phases;
+      p.phase_start = cfg.prompt_tokens;
+      p.phase_len = cfg.phase_tokens;
     } else {
       p.ttft_ms = cfg.ttft_ms;
       p.forward_ms = cfg.t_ms;
@@ -100,7 +103,7 @@ WorkerSpec worker_spec_from_json(const json& j) {
   if (engine == "synthetic") {
     check_keys(j,
                {"engine", "role", "sampling", "targets", "seed", "vocab", "acceptance", "ttft_ms",
-                "forward_ms", "per_token_ms", "overlap"},
+                "forward_ms", "per_token_ms", "overlap", "phases", "phase_start", "phase_len"},
                "a synthetic worker spec");
     SyntheticParams p;
     p.seed = need<uint64_t>(j, "seed", "synthetic");
@@ -110,6 +113,10 @@ WorkerSpec worker_spec_from_json(const json& j) {
     p.forward_ms = need<double>(j, "forward_ms", "synthetic");
     p.per_token_ms = get<double>(j, "per_token_ms", 0.0);
     p.overlap = get<double>(j, "overlap", 0.5);
+    p.phases = get<std::vector<double>>(j, "phases", {});
+    p.phase_start = get<int>(j, "phase_start", 0);
+    p.phase_len = get<int>(j, "phase_len", 1);
+    if (p.phase_len < 1) throw SpecError("synthetic phase_len must be at least 1");
     p.drafter = s.role == Role::kDrafter;
     s.engine = p;
   } else if (engine == "llama") {
@@ -161,7 +168,10 @@ json worker_spec_json(const WorkerSpec& s) {
               {"ttft_ms", p->ttft_ms},
               {"forward_ms", p->forward_ms},
               {"per_token_ms", p->per_token_ms},
-              {"overlap", p->overlap}});
+              {"overlap", p->overlap},
+              {"phases", p->phases},
+              {"phase_start", p->phase_start},
+              {"phase_len", p->phase_len}});
   } else {
     const auto& l = std::get<LlamaSpec>(s.engine);
     j.update({{"engine", "llama"},

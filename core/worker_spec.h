@@ -107,6 +107,10 @@ void wire_fields(S& s, V&& v) {
   v(s.per_token_ms, "per_token_ms", "plus this per token in a forward (ms)");
   v(s.drafter, "drafter", "the drafter's behaviour (role drafter)");
   v(s.overlap, "overlap", "drafter: its share of the target's logit noise");
+  v(s.phases, "phases", "drafter: drifting acceptance, one rate per phase (empty: acceptance)");
+  v(s.phase_start, "phase_start",
+    "drafter: position where the phases start (the prompt before it is phase 0)");
+  v(s.phase_len, "phase_len", "drafter: positions per phase");
 }
 
 constexpr WireInfo wire_info(const LlamaSpec*) {

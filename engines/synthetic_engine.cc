@@ -39,7 +39,14 @@ Token drafter_next(uint64_t seed, uint64_t h, int vocab, double acceptance) {
   const uint64_t off = 1 + mix(h ^ seed ^ kWrongSalt) % static_cast<uint64_t>(vocab - 1);
   return static_cast<Token>((static_cast<uint64_t>(right) + off) % static_cast<uint64_t>(vocab));
 }
-void logits(const SyntheticParams& p, uint64_t h, float* out) {
+double acceptance_at(const SyntheticParams& p, size_t pos) {
+  if (p.phases.empty()) return p.acceptance;
+  const size_t start = static_cast<size_t>(std::max(0, p.phase_start));
+  const size_t i = pos < start ? 0 : (pos - start) / static_cast<size_t>(std::max(1, p.phase_len));
+  return p.phases[std::min(i, p.phases.size() - 1)];
+}
+
+void logits(const SyntheticParams& p, uint64_t h, size_t pos, float* out) {
   auto noise = [&](uint64_t salt, int i) {
     return static_cast<float>(mix(h ^ p.seed ^ salt ^ mix(static_cast<uint64_t>(i))) >> 40) *
            0x1.0p-24f * kSpread;
@@ -49,8 +56,8 @@ void logits(const SyntheticParams& p, uint64_t h, float* out) {
     out[i] = w * noise(kTargetSalt, i);
     if (p.drafter) out[i] += (1 - w) * noise(kWrongSalt, i);
   }
-  const Token peak =
-      p.drafter ? drafter_next(p.seed, h, p.vocab, p.acceptance) : target_next(p.seed, h, p.vocab);
+  const Token peak = p.drafter ? drafter_next(p.seed, h, p.vocab, acceptance_at(p, pos))
+                               : target_next(p.seed, h, p.vocab);
   out[peak] += kPeak;
 }
 }  // namespace synthetic
@@ -93,7 +100,10 @@ Logits SyntheticEngine::forward(std::span<const Token> tokens, int n_logits,
     h = synthetic::extend_hash(h, tokens[i]);
     hashes_.push_back(h);
     const int row = i - (n - n_logits);
-    if (row >= 0) synthetic::logits(p_, h, out.data.data() + static_cast<size_t>(row) * p_.vocab);
+    if (row >= 0) {
+      synthetic::logits(p_, h, hashes_.size(),
+                        out.data.data() + static_cast<size_t>(row) * p_.vocab);
+    }
   }
   return out;
 }

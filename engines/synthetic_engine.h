@@ -21,6 +21,11 @@ struct SyntheticParams {
   double per_token_ms = 0;  // plus this for each token in the forward
   bool drafter = false;
   double overlap = 0.5;  // drafter only: how much of the target's logit noise it shares
+  // Drafter only, a drifting acceptance: phases[i] replaces `acceptance` for the positions
+  // [phase_start + i * phase_len, phase_start + (i + 1) * phase_len), the last to the end.
+  std::vector<double> phases;
+  int phase_start = 0;
+  int phase_len = 1;
   bool operator==(const SyntheticParams&) const = default;
 };
 
@@ -31,13 +36,15 @@ uint64_t start_hash(uint64_t seed);
 uint64_t extend_hash(uint64_t h, Token t);
 Token target_next(uint64_t seed, uint64_t h, int vocab);
 Token drafter_next(uint64_t seed, uint64_t h, int vocab, double acceptance);
-// Logits after the context with hash h: noise in [0, kSpread) per token plus kPeak on the
-// model's greedy token (target_next / drafter_next), so argmax is exactly the greedy token
+// The drafter's acceptance rate for the token at position pos (the context's length).
+double acceptance_at(const SyntheticParams& p, size_t pos);
+// Logits after the context with hash h and length pos: noise in [0, kSpread) per token plus kPeak
+// on the model's greedy token (target_next / drafter_next), so argmax is exactly the greedy token
 // while sampling sees a full distribution. The drafter's noise is `overlap` times the
 // target's plus (1 - overlap) times its own.
 inline constexpr float kSpread = 3.0f;
 inline constexpr float kPeak = 3.5f;
-void logits(const SyntheticParams& p, uint64_t h, float* out);
+void logits(const SyntheticParams& p, uint64_t h, size_t pos, float* out);
 }  // namespace synthetic
 
 class SyntheticEngine final : public Engine {

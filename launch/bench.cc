@@ -4,13 +4,14 @@
 // whether the tokens equal non-SI's. docs/benchmarks.md defines the columns.
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <sstream>
 
+#include "core/latency_model.h"
 #include "launch/commands.h"
 #include "launch/session.h"
-#include "sim/latency_model.h"
 #include "sim/simulator.h"
 
 namespace dsi::cli {
@@ -101,9 +102,11 @@ int cmd_bench(const CommonOptions& common, const BenchOptions& opts) {
             base.temperature = temp;
             double lat_non = 0, lat_si = 0;
             std::vector<Token> ref, dsi_first;
-            auto one = [&](Mode m, int sp) {
+            // adapt: runtime.adapt on (the policy picks the mode, k and SP from base's start).
+            auto one = [&](Mode m, int sp, bool adapt = false) {
               RunConfig cfg = base;
               cfg.mode = m;
+              cfg.adapt = adapt;
               RunReport r = coord.run(cfg, sp);
               if (m == Mode::kNonSi) {
                 ref = r.tokens;
@@ -119,8 +122,13 @@ int cmd_bench(const CommonOptions& common, const BenchOptions& opts) {
               std::string check = "n/a";
               bool ok = true;
               if (synthetic) {
-                id = ideal_latency_ms(m, {.t_ms = opts.t_ms, .c_ms = p.c * opts.t_ms, .a = p.a},
-                                      p.k);
+                // Adaptive: the ideal is the best mode's closed form at this k.
+                const LatencyInputs in{.t_ms = opts.t_ms, .c_ms = p.c * opts.t_ms, .a = p.a};
+                id = ideal_latency_ms(m, in, p.k);
+                if (adapt) {
+                  for (Mode o : {Mode::kNonSi, Mode::kSi})
+                    id = std::min(id, ideal_latency_ms(o, in, p.k));
+                }
                 const SimResult sr = simulate(sim_config(cfg, sp));
                 sim = sr.latency_per_token_ms;
                 ok = (temp <= 0 || r.tokens == sr.tokens) && (!coupled || r.tokens == ref);
@@ -141,15 +149,15 @@ int cmd_bench(const CommonOptions& common, const BenchOptions& opts) {
               const double vs_si = m == Mode::kNonSi ? 0.0 : lat_si / lat;
               fmt::print("{:5.2f} {:4.2f} {:2} {:4.2f} {:>6} {:3} {:10.3f} {:10.3f} {:10.3f} "
                          "{:6.3f} {:7.1f} {:6.3f} {:8.2f} {:8.2f} {:6.3f} {:7} {:>8}\n",
-                         p.c, p.a, p.k, temp, mode_name(m), sp, lat, id, sim, eff, overhead_us,
-                         eff_f, vs_si, lat_non / lat, r.acceptance_rate(), r.stats.tasks_preempted,
-                         check);
+                         p.c, p.a, p.k, temp, adapt ? "adapt" : mode_name(m), sp, lat, id, sim, eff,
+                         overhead_us, eff_f, vs_si, lat_non / lat, r.acceptance_rate(),
+                         r.stats.tasks_preempted, check);
               std::fflush(stdout);
               rows.push_back({{"c", p.c},
                               {"a", p.a},
                               {"k", p.k},
                               {"temperature", temp},
-                              {"mode", mode_name(m)},
+                              {"mode", adapt ? "adapt" : mode_name(m)},
                               {"sp", sp},
                               {"engine", cfg.engine},
                               {"t_ms", synthetic ? opts.t_ms : 0.0},
@@ -167,10 +175,19 @@ int cmd_bench(const CommonOptions& common, const BenchOptions& opts) {
                               {"tasks_cancelled_queued", r.stats.tasks_cancelled_queued},
                               {"wasted_target_s", r.wasted_target_s()},
                               {"check", check}});
+              if (adapt) {
+                const auto& tm = r.tokens_by_mode;
+                fmt::print(
+                    "      adapt: {} plan changes; tokens by mode: non-SI {}, SI {}, DSI {}\n",
+                    r.stats.plan_changes, tm[0], tm[1], tm[2]);
+                rows.back()["plan_changes"] = r.stats.plan_changes;
+                rows.back()["tokens_by_mode"] = {{"nonsi", tm[0]}, {"si", tm[1]}, {"dsi", tm[2]}};
+              }
             };
             one(Mode::kNonSi, 1);
             one(Mode::kSi, 1);
             for (int sp : sps) one(Mode::kDsi, sp);
+            if (opts.adapt) one(Mode::kDsi, *std::max_element(sps.begin(), sps.end()), true);
           }
         }
         nlohmann::json out = {{"tokens", opts.tokens}, {"world", s.world}, {"rows", rows}};

@@ -27,6 +27,7 @@ struct BenchOptions {
   int tokens = 200;
   std::vector<double> temperatures = {0};
   std::string json_path;
+  bool adapt = false;  // also a runtime.adapt row per point
 };
 
 struct SimulateOptions {
@@ -75,6 +76,7 @@ struct SweepOptions {
   std::string python = "/usr/bin/python3";
   bool no_plot = false;
   int sim_runs = 20;
+  bool adapt = false;  // also a runtime.adapt row per SP
 };
 
 struct MakeModelOptions {

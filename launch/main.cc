@@ -90,6 +90,8 @@ int main(int argc, char** argv) {
       ->delimiter(',')
       ->capture_default_str();
   bench->add_option("--json-file", bench_opts.json_path, "write the JSON results here");
+  bench->add_flag("--adapt", bench_opts.adapt,
+                  "also run each point with runtime.adapt: on at the largest SP (mode 'adapt')");
 
   dsi::cli::SimulateOptions sim;
   auto* simulate = app.add_subcommand(
@@ -191,6 +193,9 @@ int main(int argc, char** argv) {
                     "plotting script (default: launch/plot_sweep.py)");
   sweep->add_option("--python", sw.python, "Python with matplotlib")->capture_default_str();
   sweep->add_flag("--no-plot", sw.no_plot, "write CSV and JSON only");
+  sweep->add_flag("--adapt", sw.adapt,
+                  "also run runtime.adapt: on at each SP (mode 'adapt', starting from DSI at the "
+                  "first k)");
 
   CLI11_PARSE(app, argc, argv);
 

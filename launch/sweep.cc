@@ -152,7 +152,8 @@ int cmd_sweep(const CommonOptions& common, const SweepOptions& opts) {
                              .runs = opts.sim_runs,
                              .seed = base.seed,
                              .queue = base.queue};
-        const int n_runs = 1 + static_cast<int>(ks.size() * (1 + sps.size()));
+        const int n_runs = 1 + static_cast<int>(ks.size() * (1 + sps.size())) +
+                           (opts.adapt ? static_cast<int>(sps.size()) : 0);
         fmt::print("dsi sweep: synthetic engine, t = {} ms, c = {} t, a = {}, {} tokens per run, "
                    "k in {{{}}}, SP in {{{}}}, world {} ranks; {} runs\n",
                    base.t_ms, base.c, base.a, tokens, fmt::format("{}", fmt::join(ks, ",")),
@@ -164,9 +165,11 @@ int cmd_sweep(const CommonOptions& common, const SweepOptions& opts) {
         double lat_non = 0;
         bool all_lossless = true;
         int run_no = 0;
-        auto one = [&](Mode m, int k, int sp, double lat_si) {
+        // adapt: runtime.adapt on, starting from DSI with lookahead k.
+        auto one = [&](Mode m, int k, int sp, double lat_si, bool adapt = false) {
           RunConfig cfg = base;
           cfg.mode = m;
+          cfg.adapt = adapt;
           cfg.lookahead = k;
           cfg.max_new_tokens = tokens;
           const int ranks = m == Mode::kNonSi ? 2 : sp + 2;
@@ -176,20 +179,28 @@ int cmd_sweep(const CommonOptions& common, const SweepOptions& opts) {
             lat_non = r.latency_per_token_ms;
           }
           const double meas = r.latency_per_token_ms;
-          const double formula = ideal_latency_ms(m, in, k);
+          double formula = ideal_latency_ms(m, in, k);
+          if (adapt) {
+            // the best closed form over the modes and lookaheads it may choose
+            for (int kk = 1; kk <= std::max(8, k); ++kk) {
+              for (Mode o : {Mode::kNonSi, Mode::kSi, Mode::kDsi})
+                formula = std::min(formula, ideal_latency_ms(o, in, kk));
+            }
+          }
           const double sched = simulated_same_tokens(cfg, sp);
-          const double iid = simulate_iid(m, in, k, sp, po).latency_ms;
+          // The i.i.d. simulator has no adaptive policy: 0 (n/a) on adaptive rows.
+          const double iid = adapt ? 0.0 : simulate_iid(m, in, k, sp, po).latency_ms;
+          const char* name = adapt ? "adapt" : mode_name(m);
           const bool lossless = r.tokens == ref;
           all_lossless &= lossless;
           ++run_no;
           fmt::print("[{:2}/{}] {:>5} k={:<2} SP={:<2} ranks={:<2} meas {:8.3f} ms/token  formula "
                      "{:8.3f}  sim {:8.3f}  iid-sim {:8.3f}  eff {:5.3f}  vs non-SI {:5.2f}x  acc "
                      "{:.3f}  {}\n",
-                     run_no, n_runs, mode_name(m), k, sp, ranks, meas, formula, sched, iid,
-                     sched / meas, lat_non / meas, r.acceptance_rate(),
-                     lossless ? "lossless" : "NOT LOSSLESS");
+                     run_no, n_runs, name, k, sp, ranks, meas, formula, sched, iid, sched / meas,
+                     lat_non / meas, r.acceptance_rate(), lossless ? "lossless" : "NOT LOSSLESS");
           std::fflush(stdout);
-          rows.push_back({{"mode", mode_name(m)},
+          rows.push_back({{"mode", name},
                           {"k", m == Mode::kNonSi ? 0 : k},
                           {"sp", sp},
                           {"ranks", ranks},
@@ -210,6 +221,12 @@ int cmd_sweep(const CommonOptions& common, const SweepOptions& opts) {
                           {"tasks_cancelled_queued", r.stats.tasks_cancelled_queued},
                           {"wasted_target_s", r.wasted_target_s()},
                           {"lossless", lossless}});
+          if (adapt) {
+            rows.back()["plan_changes"] = r.stats.plan_changes;
+            rows.back()["tokens_nonsi"] = r.tokens_by_mode[static_cast<int>(Mode::kNonSi)];
+            rows.back()["tokens_si"] = r.tokens_by_mode[static_cast<int>(Mode::kSi)];
+            rows.back()["tokens_dsi"] = r.tokens_by_mode[static_cast<int>(Mode::kDsi)];
+          }
           return meas;
         };
         one(Mode::kNonSi, ks.front(), 1, 0);
@@ -217,6 +234,9 @@ int cmd_sweep(const CommonOptions& common, const SweepOptions& opts) {
           const double lat_si = one(Mode::kSi, k, 1, 0);
           rows.back()["speedup_vs_si"] = 1.0;
           for (int sp : sps) one(Mode::kDsi, k, sp, lat_si);
+        }
+        if (opts.adapt) {
+          for (int sp : sps) one(Mode::kDsi, ks.front(), sp, 0, true);
         }
 
         // Queueing: each DSI row against the DSI row of the same k at the largest SP swept,
@@ -278,7 +298,11 @@ int cmd_sweep(const CommonOptions& common, const SweepOptions& opts) {
                                                "wasted_target_s",
                                                "slowdown_measured",
                                                "slowdown_sim",
-                                               "lossless"};
+                                               "lossless",
+                                               "plan_changes",
+                                               "tokens_nonsi",
+                                               "tokens_si",
+                                               "tokens_dsi"};
         cf << fmt::format("{}\n", fmt::join(cols, ","));
         for (const auto& r : rows) {
           std::vector<std::string> v;

@@ -6,8 +6,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "core/latency_model.h"
 #include "core/scheduler.h"
-#include "sim/latency_model.h"
 
 namespace dsi {
 

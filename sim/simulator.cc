@@ -5,6 +5,7 @@
 #include <deque>
 #include <functional>
 #include <map>
+#include <memory>
 #include <queue>
 #include <random>
 #include <stdexcept>
@@ -66,7 +67,8 @@ std::vector<Token> synthetic_reference(const SyntheticParams& target,
 std::vector<float> synthetic_probs(const SyntheticParams& model, const std::vector<Token>& context,
                                    const SamplingParams& sp) {
   std::vector<float> logits(model.vocab);
-  synthetic::logits(model, hash_of(model.seed, context, context.size()), logits.data());
+  synthetic::logits(model, hash_of(model.seed, context, context.size()), context.size(),
+                    logits.data());
   return sampling_probs(logits, sp);
 }
 
@@ -102,7 +104,10 @@ SimConfig sim_config(const RunConfig& cfg, int sp) {
                 .acceptance = cfg.a,
                 .forward_ms = cfg.c * cfg.t_ms,
                 .drafter = true,
-                .overlap = cfg.overlap};
+                .overlap = cfg.overlap,
+                .phases = cfg.a_phases,
+                .phase_start = cfg.prompt_tokens,
+                .phase_len = cfg.phase_tokens};
   sc.prompt = synthetic_prompt(cfg.seed, cfg.prompt_tokens, cfg.vocab);
   // Synthetic engines hold no KV that can be handed over (kv_bytes_per_token 0): a real run
   // plans no handoff, and neither does its simulation.
@@ -110,6 +115,7 @@ SimConfig sim_config(const RunConfig& cfg, int sp) {
                  .bytes_per_token = 0,
                  .gbps = cfg.kv_gbps};
   sc.sampling = sampling_params(cfg);
+  if (cfg.adapt) sc.adapt = AdaptOptions{.n_targets = sp, .max_k = std::max(8, cfg.lookahead)};
   return sc;
 }
 
@@ -120,6 +126,18 @@ SimResult simulate(const SimConfig& cfg) {
   double now = 0;
   auto at = [&](double t, std::function<void()> f) { events.push({t, order++, std::move(f)}); };
   SimResult res;
+  std::unique_ptr<Adapter> adapter;
+  if (cfg.adapt) {
+    adapter = std::make_unique<Adapter>(*cfg.adapt, ChainPlan{.mode = cfg.sched.mode,
+                                                              .lookahead = cfg.sched.lookahead,
+                                                              .sp = cfg.sched.n_targets});
+    sched.set_planner([&] {
+      adapter->checked(sched.stats());
+      return adapter->plan((now - res.setup_ms) / 1e3, sched.generated());
+    });
+  } else if (cfg.planner) {
+    sched.set_planner(cfg.planner);
+  }
 
   // The token model: the target's token after seq[0..p), and the drafter's next draft.
   const bool iid = cfg.model == TokenModel::kIid;
@@ -137,11 +155,15 @@ SimResult simulate(const SimConfig& cfg) {
   auto draft_after = [&](const std::vector<Token>& seq) {
     if (iid) {
       const Token right = iid_target(cfg.target.seed, seq.size(), cfg.target.vocab);
-      if (uniform(rng) < cfg.drafter.acceptance || cfg.target.vocab < 2) return right;
+      if (uniform(rng) < synthetic::acceptance_at(cfg.drafter, seq.size()) ||
+          cfg.target.vocab < 2) {
+        return right;
+      }
       return static_cast<Token>((right + 1) % cfg.target.vocab);
     }
     return synthetic::drafter_next(cfg.drafter.seed, hash_of(cfg.drafter.seed, seq, seq.size()),
-                                   cfg.drafter.vocab, cfg.drafter.acceptance);
+                                   cfg.drafter.vocab,
+                                   synthetic::acceptance_at(cfg.drafter, seq.size()));
   };
 
   // Drafter: one draft per forward; a new chain supersedes the forward in progress.
@@ -192,6 +214,7 @@ SimResult simulate(const SimConfig& cfg) {
       }
       d_seq.push_back(tok);
       if (d_window > 0) --d_window;
+      if (adapter) adapter->draft(d_cost / 1e3);
       run_actions(sched.on_draft(d_chain, pos, tok));
       draft_step(gen);
     });
@@ -250,7 +273,9 @@ SimResult simulate(const SimConfig& cfg) {
         for (size_t p = first; p <= seq.size(); ++p) y.push_back(target_at(seq, p));
       }
       w.busy = false;
+      if (adapter) adapter->forward(w.n, busy / 1e3);
       run_actions(sched.on_result(a.id, y, Forward{w.n, busy / 1e3}));
+      if (adapter || cfg.planner) run_actions(sched.checkpoint());
       kick(t);
     });
   };
@@ -377,6 +402,7 @@ SimResult simulate(const SimConfig& cfg) {
     if (sched.committed().size() != committed) {
       committed = sched.committed().size();
       last_commit = now;
+      res.commit_ms.resize(committed - sched.prompt_len(), now - res.setup_ms);
     }
   }
   if (!sched.done()) throw std::logic_error("simulation ran out of events before finishing");
@@ -384,6 +410,11 @@ SimResult simulate(const SimConfig& cfg) {
   res.total_ms = last_commit - res.setup_ms;
   res.latency_per_token_ms = res.tokens.empty() ? 0 : res.total_ms / res.tokens.size();
   res.stats = sched.stats();
+  if (adapter) {
+    adapter->finish(res.total_ms / 1e3, sched.generated());
+    res.adapt = adapter->decisions();
+    res.tokens_by_mode = adapter->tokens_by_mode();
+  }
   return res;
 }
 

@@ -9,6 +9,9 @@
 #include <cstdint>
 #include <vector>
 
+#include <optional>
+
+#include "core/adapt.h"
 #include "core/config.h"
 #include "core/scheduler.h"
 #include "core/verify.h"
@@ -32,6 +35,10 @@ struct SimConfig {
   VerifierVariant verifier = VerifierVariant::kCorrect;
   TokenModel model = TokenModel::kSynthetic;  // kIid: greedy only
   uint64_t iid_seed = 1;
+  // runtime.adapt: the adaptive policy (core/adapt.h) plans every chain, in virtual time.
+  std::optional<AdaptOptions> adapt;
+  // Otherwise, a planner of the test's own (e.g. random plans, which must not change a token).
+  Scheduler::Planner planner;
 };
 
 struct SimResult {
@@ -40,10 +47,13 @@ struct SimResult {
   double total_ms = 0;        // from the first scheduler action to the last commit
   double latency_per_token_ms = 0;
   SchedulerStats stats;
-  double target_busy_ms = 0;  // summed over targets
-  double wasted_ms = 0;       // target time spent on tasks that were then cancelled
-  KvHandoffStats kv;          // handoffs: a transfer costs the cost model's transfer time on
-                              // the source; the destination then holds the range
+  double target_busy_ms = 0;         // summed over targets
+  double wasted_ms = 0;              // target time spent on tasks that were then cancelled
+  KvHandoffStats kv;                 // handoffs: a transfer costs the cost model's transfer time on
+                                     // the source; the destination then holds the range
+  std::vector<double> commit_ms;     // when each generated token committed (from total_ms's start)
+  std::vector<AdaptDecision> adapt;  // the adaptive policy's decisions
+  std::array<int64_t, 3> tokens_by_mode{};
 };
 
 SimResult simulate(const SimConfig& cfg);

@@ -112,6 +112,20 @@ int main(int argc, char** argv) {
               }
             }
           }
+          if (temperature <= 0 || cfg.coupling == "gumbel") {
+            // runtime.adapt: the policy's switches of mode, k and SP never change a token.
+            cfg.mode = dsi::Mode::kDsi;
+            cfg.adapt = true;
+            const auto r = coord.run(cfg, max_sp);
+            cfg.adapt = false;
+            if (r.tokens == ref) {
+              ++passed;
+            } else {
+              ++failed;
+              fmt::print("{} prompt {} adaptive sp={}: tokens differ from non-SI\n",
+                         corrupt ? "expected:" : "FAIL", i, max_sp);
+            }
+          }
           if (kv == "always") {
             // Speculative sampling: handed-over KV gives the targets the same p, and the draws
             // are keyed by position, so the text must equal that of a run that recomputes.

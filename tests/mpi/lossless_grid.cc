@@ -1,6 +1,7 @@
 // MPI test (run by ctest under mpirun at several world sizes): inside one launch, every mode
-// for SP 1 .. world-2, k in {1, 3, 5} and a in {0, 0.5, 0.9, 1} must generate exactly the
-// tokens non-SI generates. Prints one line per failure and "N passed, M failed".
+// for SP 1 .. world-2, k in {1, 3, 5} and a in {0, 0.5, 0.9, 1}, and adaptive runs (also with
+// an acceptance that drifts 0.9 -> 0.1 -> 0.9), must generate exactly the tokens non-SI
+// generates. Prints one line per failure and "N passed, M failed".
 #include <fmt/format.h>
 
 #include "launch/session.h"
@@ -42,6 +43,25 @@ int main() {
                   fmt::print("FAIL {} sp={} k={} a={}: tokens differ from non-SI\n",
                              dsi::mode_name(mode), sp, k, a);
                 }
+              }
+            }
+            // runtime.adapt: the policy changes mode, k and SP at chain boundaries.
+            for (bool drift : {false, true}) {
+              cfg.mode = dsi::Mode::kDsi;
+              cfg.adapt = true;
+              if (drift) {
+                cfg.a_phases = {0.9, 0.1, 0.9};
+                cfg.phase_tokens = 12;
+              }
+              const auto got = coord.run(cfg, max_sp).tokens;
+              cfg.adapt = false;
+              cfg.a_phases.clear();
+              if (got == ref) {
+                ++passed;
+              } else {
+                ++failed;
+                fmt::print("FAIL adaptive{} sp={} k={} a={}: tokens differ from non-SI\n",
+                           drift ? " (drifting a)" : "", max_sp, k, a);
               }
             }
           }

@@ -62,6 +62,14 @@ int main() {
                 }
               }
             }
+            if (cfg.coupling == "gumbel") {
+              // Adaptive: whatever it switches to, the text is the seed's.
+              cfg.mode = dsi::Mode::kDsi;
+              cfg.adapt = true;
+              check(coord.run(cfg, std::min(4, s.world - 2)).tokens == non_si,
+                    fmt::format("adaptive T={} (gumbel) differs from non-SI", temp));
+              cfg.adapt = false;
+            }
           }
         fmt::print("world {}: {} passed, {} failed\n", s.world, passed, failed);
         return failed == 0 ? 0 : 1;

@@ -1,6 +1,7 @@
 // The closed-form latencies of docs/dsi.md, section "Ideal latencies" (zero overhead, i.i.d.
 // acceptance rate a, enough target servers) and the SP degree at which DSI stops waiting for
-// a server. The simulator (sim/simulator.h) gives the same quantities without those
+// a server (here in core/ because the adaptive policy, core/adapt.h, predicts with them). The
+// event-driven simulator (sim/) gives the same quantities without those
 // assumptions.
 #pragma once
 

@@ -1,4 +1,4 @@
-#include "sim/latency_model.h"
+#include "core/latency_model.h"
 
 #include <climits>
 #include <cmath>
