@@ -109,7 +109,8 @@ LatencyInputs Adapter::inputs(Mode m, double a) const {
   const Timing& one = pick([](const Timing& t) { return t.ones > 0; });
   const Timing& slope = pick([](const Timing& t) { return t.longer > 0; });
   const Timing& drafter = pick([](const Timing& t) { return t.drafts > 0; });
-  return {.t_ms = std::max(0.0, one.t_one - slope.slope),
+  // T(n) = T(1) + slope (n - 1): t_ms may be negative, target_ms(n >= 1) is not.
+  return {.t_ms = one.t_one - slope.slope,
           .c_ms = drafter.c,
           .a = a,
           .per_token_ms = slope.slope};
@@ -182,10 +183,33 @@ void Adapter::decide(double now_s, int generated, const ChainPlan& p, const char
                                      .why = why});
   // The first segment of a new mode carries the switch (a target catching up on KV that
   // another computed, a drafter restarting): it does not measure the mode's speed.
-  if (p.mode != cur_.mode) fresh_ = true;
+  if (p.mode != cur_.mode) {
+    fresh_ = true;
+    // What the mode left did in a short stay still says how fast it runs.
+    const int m = static_cast<int>(cur_.mode);
+    if (win_tokens_[m] >= opts_.window_tokens / 4) close_window(m);
+  }
   cur_ = p;
   refresh();
   decisions_.back().est = est_;
+}
+
+void Adapter::close_window(int m) {
+  const int64_t checked = win_acc_[m] + win_rej_[m];
+  // A speculative window needs drafts checked to predict with.
+  if (win_tokens_[m] <= 0 || (m != static_cast<int>(Mode::kNonSi) && checked == 0)) return;
+  const double a =
+      checked > 0 ? static_cast<double>(win_acc_[m]) / static_cast<double>(checked) : est_.a;
+  const ChainPlan& p = win_plan_[m];
+  const double pred_ms = predict_ms(p, inputs(p.mode, a)) * win_tokens_[m];
+  if (pred_ms > 0) {
+    const double r = win_s_[m] * 1e3 / pred_ms;
+    est_.speed[m] = measured_[m] ? 0.5 * est_.speed[m] + 0.5 * r : r;
+    measured_[m] = true;
+  }
+  win_s_[m] = 0;
+  win_tokens_[m] = 0;
+  win_acc_[m] = win_rej_[m] = 0;
 }
 
 int Adapter::account(double now_s, int generated) {
@@ -198,23 +222,10 @@ int Adapter::account(double now_s, int generated) {
   } else if (dn > 0 && ready()) {
     win_s_[m] += now_s - seg_t_;
     win_tokens_[m] += dn;
+    win_plan_[m] = cur_;
     win_acc_[m] += acc_total_ - seg_acc_;
     win_rej_[m] += rej_total_ - seg_rej_;
-    const int64_t checked = win_acc_[m] + win_rej_[m];
-    // Speculative windows need drafts checked to predict with.
-    if (win_tokens_[m] >= opts_.window_tokens && (cur_.mode == Mode::kNonSi || checked > 0)) {
-      const double a =
-          checked > 0 ? static_cast<double>(win_acc_[m]) / static_cast<double>(checked) : est_.a;
-      const double pred_ms = predict_ms(cur_, inputs(cur_.mode, a)) * win_tokens_[m];
-      if (pred_ms > 0) {
-        const double r = win_s_[m] * 1e3 / pred_ms;
-        est_.speed[m] = measured_[m] ? 0.5 * est_.speed[m] + 0.5 * r : r;
-        measured_[m] = true;
-      }
-      win_s_[m] = 0;
-      win_tokens_[m] = 0;
-      win_acc_[m] = win_rej_[m] = 0;
-    }
+    if (win_tokens_[m] >= opts_.window_tokens) close_window(m);
   }
   seg_t_ = now_s;
   seg_gen_ = generated;
@@ -225,10 +236,23 @@ int Adapter::account(double now_s, int generated) {
 
 ChainPlan Adapter::plan(double now_s, int generated) {
   if (!started_) {
+    // A few tokens of non-SI first: the one measure of the target alone (DSI's forwards
+    // share the machine with the drafter and the other targets), without which non-SI would
+    // be predicted from contended forwards.
     started_ = true;
     seg_t_ = now_s;
     seg_gen_ = generated;
-    decide(now_s, generated, cur_, "start");
+    start_gen_ = generated;
+    initial_ = cur_;
+    decide(now_s, generated, ChainPlan{.mode = Mode::kNonSi, .lookahead = cur_.lookahead, .sp = 1},
+           "warm-up");
+    return cur_;
+  }
+  if (!warmed_) {
+    account(now_s, generated);
+    if (generated - start_gen_ < opts_.warmup_tokens) return cur_;
+    warmed_ = true;
+    decide(now_s, generated, initial_, "start");
     return cur_;
   }
   const int dn = account(now_s, generated);

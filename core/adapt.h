@@ -33,6 +33,7 @@ struct AdaptOptions {
   int probe_max = 512;     // the gap doubles up to this while probes lose
   double memory = 32;      // acceptance: observations of weight 1/e after this many drafts
   int window_tokens = 16;  // a mode's measured speed is updated every this many tokens
+  int warmup_tokens = 4;   // non-SI tokens first (the target's forward time alone)
   int min_drafts = 8;      // estimates are trusted after this many drafts were checked
 };
 
@@ -55,7 +56,7 @@ struct AdaptDecision {
   ChainPlan plan;
   double predicted_ms = 0;  // per token, speed-corrected
   AdaptEstimates est;
-  std::string why;  // "start", "faster", "probe", "probe lost", "probe won"
+  std::string why;  // "warm-up", "start", "faster", "probe", "probe lost", "probe won"
 };
 
 // Predicted latency per token (ms) of a plan, before the speed correction: the closed forms
@@ -90,6 +91,8 @@ class Adapter {
   bool ready() const;
   // Closes the segment since the last boundary; returns its tokens.
   int account(double now_s, int generated);
+  // Turns mode m's window into a measured speed (and empties it).
+  void close_window(int m);
   // What the closed forms need for mode m's plans, with acceptance a.
   LatencyInputs inputs(Mode m, double a) const;
   void refresh();  // est_'s timings: those of the mode running
@@ -118,11 +121,14 @@ class Adapter {
   // The segment since the last boundary, and each mode's accumulated window.
   double seg_t_ = 0;
   int seg_gen_ = 0;
-  bool started_ = false;
+  bool started_ = false, warmed_ = false;
+  int start_gen_ = 0;
+  ChainPlan initial_;  // the configured plan, run after the warm-up
   // A window's prediction uses the acceptance seen in that window, not the decayed estimate,
   // so that a change of acceptance is not mistaken for a change of speed.
   std::array<double, 3> win_s_{};
   std::array<int, 3> win_tokens_{};
+  std::array<ChainPlan, 3> win_plan_{};  // the plan that ran last in the window
   std::array<int64_t, 3> win_acc_{}, win_rej_{};
   int64_t acc_total_ = 0, rej_total_ = 0;  // drafts checked so far
   int64_t seg_acc_ = 0, seg_rej_ = 0;      // at the segment's start
