@@ -110,10 +110,7 @@ LatencyInputs Adapter::inputs(Mode m, double a) const {
   const Timing& slope = pick([](const Timing& t) { return t.longer > 0; });
   const Timing& drafter = pick([](const Timing& t) { return t.drafts > 0; });
   // T(n) = T(1) + slope (n - 1): t_ms may be negative, target_ms(n >= 1) is not.
-  return {.t_ms = one.t_one - slope.slope,
-          .c_ms = drafter.c,
-          .a = a,
-          .per_token_ms = slope.slope};
+  return {.t_ms = one.t_one - slope.slope, .c_ms = drafter.c, .a = a, .per_token_ms = slope.slope};
 }
 
 void Adapter::refresh() {

@@ -236,7 +236,8 @@ const std::vector<Key>& keys() {
        }},
       {"runtime.adapt",
        "off | on: pick non-SI, SI or DSI, the lookahead and the targets used at every chain "
-       "boundary from online estimates (needs a drafter; greedy or the gumbel coupling)",
+       "boundary from online estimates (mode dsi or si; ignored by nonsi; greedy or the gumbel "
+       "coupling)",
        [](RunConfig& c, const YAML::Node& n, const std::string& key) {
          c.adapt = one_of(n, key, {"off", "on"}) == "on";
        }},
@@ -448,10 +449,7 @@ RunConfig parse_config(const std::string& yaml_text, const std::string& origin,
 }
 
 void check_adapt(const RunConfig& cfg) {
-  if (!cfg.adapt) return;
-  if (cfg.mode == Mode::kNonSi) {
-    throw ConfigError("runtime.adapt: on needs a drafter: set mode to dsi or si");
-  }
+  if (!cfg.adapt || cfg.mode == Mode::kNonSi) return;  // non-SI has nothing to adapt
   if (cfg.temperature > 0 && cfg.coupling == "residual") {
     throw ConfigError(
         "runtime.adapt: on needs sampling.coupling: gumbel when sampling.temperature > 0 (the "

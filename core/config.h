@@ -96,7 +96,7 @@ std::string expand_path(const std::string& path);
 std::string config_reference();
 
 // Throws ConfigError when runtime.adapt is on where it cannot be: with the residual sampler
-// (its text depends on k) or without a drafter (mode nonsi).
+// at temperature > 0 (its text depends on k). Mode nonsi ignores runtime.adapt.
 void check_adapt(const RunConfig& cfg);
 
 // The sampling block of a run (greedy when temperature is 0): what every worker and the

@@ -183,7 +183,7 @@ std::unique_ptr<Coordinator::Run> Coordinator::configure(const RunConfig& cfg, i
                       .kv = kv_options(cfg, ready, r.first_target)};
   r.sched = std::make_unique<Scheduler>(so, r.rep.prompt);
   r.committed = r.sched->committed().size();
-  if (cfg.adapt) {
+  if (cfg.adapt && cfg.mode != Mode::kNonSi) {
     r.adapt = std::make_unique<Adapter>(
         AdaptOptions{.n_targets = n_targets, .max_k = std::max(8, cfg.lookahead)},
         ChainPlan{.mode = cfg.mode, .lookahead = cfg.lookahead, .sp = n_targets});

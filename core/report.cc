@@ -100,7 +100,7 @@ json summary_json(const RunReport& r) {
         {"verified_on_imported", r.kv.verified_on_imported}}},
       {"ranks", ranks},
   };
-  if (r.cfg.adapt) {
+  if (r.cfg.adapt && r.cfg.mode != Mode::kNonSi) {
     json decisions = json::array();
     for (const auto& d : r.adapt) decisions.push_back(adapt_json(d));
     json per_pos = json::array();
@@ -132,7 +132,7 @@ std::string summary_text(const RunReport& r) {
       r.tokens.size(), r.latency_per_token_ms, r.elapsed_s, r.setup_s, r.acceptance_rate(),
       s.drafts_accepted, s.drafts_rejected, s.chains, s.tasks_launched, s.tasks_completed,
       s.tasks_preempted, s.tasks_cancelled_queued, r.wasted_target_s());
-  if (r.cfg.adapt) {
+  if (r.cfg.adapt && r.cfg.mode != Mode::kNonSi) {
     const auto& e = r.adapt_final;
     out += fmt::format(
         "adaptive: {} plan changes; tokens by mode: non-SI {}, SI {}, DSI {}; final estimates "

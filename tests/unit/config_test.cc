@@ -45,6 +45,35 @@ TEST(Config, ErrorsNameTheKey) {
   EXPECT_DOUBLE_EQ(parse_config("", "x", {"synthetic.a=0.25"}).a, 0.25);
 }
 
+TEST(Config, AdaptAndDriftingAcceptance) {
+  const RunConfig c = parse_config(
+      "runtime: {adapt: on}\nsynthetic: {a_phases: [0.9, 0.2, 0.9], phase_tokens: 50}\n", "t.yaml");
+  EXPECT_TRUE(c.adapt);
+  EXPECT_EQ(c.a_phases, (std::vector<double>{0.9, 0.2, 0.9}));
+  EXPECT_EQ(c.phase_tokens, 50);
+  EXPECT_FALSE(parse_config("", "t.yaml").adapt);  // off unless a config turns it on
+  EXPECT_NE(error_of("runtime: {adapt: maybe}").find("key 'runtime.adapt' must be one of off, on"),
+            std::string::npos);
+  EXPECT_NE(error_of("synthetic: {a_phases: [0.9, 1.5]}").find("synthetic.a_phases"),
+            std::string::npos);
+  EXPECT_NE(error_of("synthetic: {a_phases: 0.5}").find("must be a non-empty list of rates"),
+            std::string::npos);
+  // The residual sampler's text depends on k: adaptation would make it depend on timing.
+  const std::string residual =
+      error_of("runtime: {adapt: on}\nsampling: {temperature: 0.8, coupling: residual}\n");
+  EXPECT_NE(residual.find("runtime.adapt: on needs sampling.coupling: gumbel"), std::string::npos)
+      << residual;
+  EXPECT_EQ(error_of("runtime: {adapt: on}\nsampling: {coupling: residual}\n"), "");  // greedy
+  EXPECT_EQ(error_of("mode: nonsi\nruntime: {adapt: on}\n"), "");  // nothing to adapt
+  // The shipped real-model configs turn it on.
+  for (const char* name : {"default.yaml", "qwen-coder-pair.yaml"}) {
+    std::ifstream in(std::string(DSI_SOURCE_DIR) + "/configs/" + name);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    EXPECT_TRUE(parse_config(ss.str(), name).adapt) << name;
+  }
+}
+
 TEST(Config, WorldSizeMustFitTheRoles) {
   RunConfig c;
   EXPECT_THROW(c.n_targets(2), ConfigError);
