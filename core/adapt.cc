@@ -73,6 +73,10 @@ void Adapter::forward(int tokens, double seconds) {
   // wildly with one slow forward. Kept by the mode running: DSI's forwards share the CPUs
   // or the device with the drafter and the other targets, non-SI's and SI's do not.
   constexpr double kWeight = 0.2;
+  if (skip_forward_) {  // the first after a switch: shared with the earlier plan's tasks
+    skip_forward_ = false;
+    return;
+  }
   Timing& tm = timing_[static_cast<int>(cur_.mode)];
   const double y = seconds * 1e3;
   if (tokens == 1) {
@@ -182,6 +186,7 @@ void Adapter::decide(double now_s, int generated, const ChainPlan& p, const char
   // another computed, a drafter restarting): it does not measure the mode's speed.
   if (p.mode != cur_.mode) {
     fresh_ = true;
+    skip_forward_ = true;
     // What the mode left did in a short stay still says how fast it runs.
     const int m = static_cast<int>(cur_.mode);
     if (win_tokens_[m] >= opts_.window_tokens / 4) close_window(m);
@@ -233,29 +238,43 @@ int Adapter::account(double now_s, int generated) {
 
 ChainPlan Adapter::plan(double now_s, int generated) {
   if (!started_) {
-    // A few tokens of non-SI first: the one measure of the target alone (DSI's forwards
-    // share the machine with the drafter and the other targets), without which non-SI would
-    // be predicted from contended forwards.
     started_ = true;
     seg_t_ = now_s;
     seg_gen_ = generated;
-    start_gen_ = generated;
-    initial_ = cur_;
-    decide(now_s, generated, ChainPlan{.mode = Mode::kNonSi, .lookahead = cur_.lookahead, .sp = 1},
-           "warm-up");
-    return cur_;
-  }
-  if (!warmed_) {
-    account(now_s, generated);
-    if (generated - start_gen_ < opts_.warmup_tokens) return cur_;
-    warmed_ = true;
-    decide(now_s, generated, initial_, "start");
+    decide(now_s, generated, cur_, "start");
     return cur_;
   }
   const int dn = account(now_s, generated);
   if (!ready()) return cur_;
   if (cur_.mode == Mode::kNonSi) nonsi_since_probe_ += dn;
 
+  const ChainPlan nonsi{.mode = Mode::kNonSi, .lookahead = cur_.lookahead, .sp = 1};
+  if (measuring_nonsi_) {
+    // Tokens the tasks of the earlier plan commit do not time anything: wait for non-SI's
+    // own one-token forwards too.
+    if (generated - probe_start_ < opts_.warmup_tokens ||
+        timing_[static_cast<int>(Mode::kNonSi)].ones < 3) {
+      return cur_;
+    }
+    measuring_nonsi_ = false;
+    nonsi_since_probe_ = 0;
+    const ChainPlan b = best(false, est_.a);
+    decide(now_s, generated, b,
+           b.mode == Mode::kNonSi ? "non-SI measured: faster" : "non-SI measured: slower");
+    return cur_;
+  }
+  // Until non-SI has run, it is predicted from DSI's forwards, which share the machine with
+  // the drafter and the other targets (on a CPU, or with several ranks on one GPU, a target
+  // alone can be twice as fast; the first forwards are slower still, on a cold cache). So
+  // once the run is warm, non-SI is timed for a few tokens, once.
+  if (!nonsi_timed_ && cur_.mode != Mode::kNonSi &&
+      timing_[static_cast<int>(Mode::kNonSi)].ones == 0 && generated >= opts_.window_tokens) {
+    nonsi_timed_ = true;
+    measuring_nonsi_ = true;
+    probe_start_ = generated;
+    decide(now_s, generated, nonsi, "measure non-SI");
+    return cur_;
+  }
   if (probing_) {
     // A probe runs for a measuring window of tokens.
     if (generated - probe_start_ < opts_.window_tokens) return cur_;

@@ -33,7 +33,7 @@ struct AdaptOptions {
   int probe_max = 512;     // the gap doubles up to this while probes lose
   double memory = 32;      // acceptance: observations of weight 1/e after this many drafts
   int window_tokens = 16;  // a mode's measured speed is updated every this many tokens
-  int warmup_tokens = 4;   // non-SI tokens first (the target's forward time alone)
+  int warmup_tokens = 4;   // non-SI tokens that time a target alone, when it matters
   int min_drafts = 8;      // estimates are trusted after this many drafts were checked
 };
 
@@ -56,7 +56,9 @@ struct AdaptDecision {
   ChainPlan plan;
   double predicted_ms = 0;  // per token, speed-corrected
   AdaptEstimates est;
-  std::string why;  // "warm-up", "start", "faster", "probe", "probe lost", "probe won"
+  // "start", "faster", "measure non-SI", "non-SI measured: faster|slower", "probe",
+  // "probe lost", "probe won"
+  std::string why;
 };
 
 // Predicted latency per token (ms) of a plan, before the speed correction: the closed forms
@@ -112,7 +114,8 @@ class Adapter {
   };
   std::array<Timing, 3> timing_{};
   int forwards_ = 0, drafts_ = 0;
-  bool fresh_ = true;  // the next segment is the first of its mode
+  bool fresh_ = true;          // the next segment is the first of its mode
+  bool skip_forward_ = false;  // the next forward is the first after a mode switch
   // Acceptance: decayed accepted / rejected counts, overall and by position.
   double acc_ = 0, rej_ = 0;
   std::array<double, SchedulerStats::kPositions> acc_at_{}, rej_at_{};
@@ -121,9 +124,9 @@ class Adapter {
   // The segment since the last boundary, and each mode's accumulated window.
   double seg_t_ = 0;
   int seg_gen_ = 0;
-  bool started_ = false, warmed_ = false;
-  int start_gen_ = 0;
-  ChainPlan initial_;  // the configured plan, run after the warm-up
+  bool started_ = false;
+  bool measuring_nonsi_ = false;  // a few non-SI tokens to time a target alone
+  bool nonsi_timed_ = false;      // that happened (once a run)
   // A window's prediction uses the acceptance seen in that window, not the decayed estimate,
   // so that a change of acceptance is not mistaken for a change of speed.
   std::array<double, 3> win_s_{};
