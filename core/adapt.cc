@@ -7,6 +7,7 @@
 namespace dsi {
 
 double predict_ms(const ChainPlan& p, const LatencyInputs& in) {
+  if (p.sp < 1 || p.lookahead < 1) return std::numeric_limits<double>::infinity();
   if (p.mode != Mode::kDsi) return ideal_latency_ms(p.mode, in, p.lookahead);
   const double c = in.c_ms;
   if (in.a >= 1) return std::max(c, 1e-9);
@@ -16,15 +17,15 @@ double predict_ms(const ChainPlan& p, const LatencyInputs& in) {
   // when does not depend on r: it is one deterministic schedule, up to R drafts. The chain's
   // task with no drafts starts at once; the task made at the j-th draft (j a multiple of k)
   // starts on the first free target, or waits as the newest (an older waiting one is dropped).
+  // (Clamped as a double: near a = 1 the quotient exceeds any int.)
   const int R =
-      a <= 0 ? 1 : std::clamp(static_cast<int>(std::ceil(std::log(1e-4) / std::log(a))), 1, 512);
+      a <= 0 ? 1
+             : static_cast<int>(std::clamp(std::ceil(std::log(1e-4) / std::log(a)), 1.0, 512.0));
   std::vector<double> free(p.sp, 0.0);
   std::vector<std::pair<int, double>> done;  // (positions covered, finish time), by launch
   free[0] = in.target_ms(1);
   done.push_back({1, free[0]});
   int last_d = 0;
-  double pending_t = -1;
-  int pending_d = 0;
   auto launch = [&](double at, int d) {
     auto f = std::min_element(free.begin(), free.end());
     const double start = std::max(at, *f);
@@ -32,17 +33,17 @@ double predict_ms(const ChainPlan& p, const LatencyInputs& in) {
     done.push_back({d + 1, *f});  // its drafts, and the token after them
     last_d = d;
   };
-  for (int d = p.lookahead; done.back().first < R + 1; d += p.lookahead) {
-    const double made = d * c;
-    if (pending_t >= 0 && *std::min_element(free.begin(), free.end()) <= made) {
-      launch(pending_t, pending_d);
-      pending_t = -1;
-    }
-    if (*std::min_element(free.begin(), free.end()) <= made) {
-      launch(made, d);
+  const int k = p.lookahead;
+  while (done.back().first < R + 1) {
+    const double f = *std::min_element(free.begin(), free.end());
+    const int next = last_d + k;
+    if (f <= next * c) {
+      launch(next * c, next);  // a target is free when the task is made
     } else {
-      pending_t = made;  // replaces an older one
-      pending_d = d;
+      // Every target is busy: when one frees, the newest task made by then starts.
+      const int by_then =
+          c > 0 ? static_cast<int>(std::min(std::floor(f / (k * c)), 1e6)) * k : R + k;
+      launch(f, std::clamp(by_then, next, R + k));
     }
   }
   // Earliest finish of a task covering position r, for r = R .. 1.
@@ -204,7 +205,7 @@ void Adapter::close_window(int m) {
       checked > 0 ? static_cast<double>(win_acc_[m]) / static_cast<double>(checked) : est_.a;
   const ChainPlan& p = win_plan_[m];
   const double pred_ms = predict_ms(p, inputs(p.mode, a)) * win_tokens_[m];
-  if (pred_ms > 0) {
+  if (pred_ms > 0 && win_s_[m] > 0) {
     const double r = win_s_[m] * 1e3 / pred_ms;
     est_.speed[m] = measured_[m] ? 0.5 * est_.speed[m] + 0.5 * r : r;
     measured_[m] = true;
@@ -229,10 +230,14 @@ int Adapter::account(double now_s, int generated) {
     win_rej_[m] += rej_total_ - seg_rej_;
     if (win_tokens_[m] >= opts_.window_tokens) close_window(m);
   }
-  seg_t_ = now_s;
-  seg_gen_ = generated;
-  seg_acc_ = acc_total_;
-  seg_rej_ = rej_total_;
+  // A boundary that committed nothing (a stale result, a rejection) leaves its time and its
+  // drafts to the next segment.
+  if (dn > 0) {
+    seg_t_ = now_s;
+    seg_gen_ = generated;
+    seg_acc_ = acc_total_;
+    seg_rej_ = rej_total_;
+  }
   return dn;
 }
 
@@ -253,7 +258,8 @@ ChainPlan Adapter::plan(double now_s, int generated) {
     // Tokens the tasks of the earlier plan commit do not time anything: wait for non-SI's
     // own one-token forwards too.
     if (generated - probe_start_ < opts_.warmup_tokens ||
-        timing_[static_cast<int>(Mode::kNonSi)].ones < 3) {
+        (timing_[static_cast<int>(Mode::kNonSi)].ones < 3 &&
+         generated - probe_start_ < 8 * opts_.warmup_tokens)) {
       return cur_;
     }
     measuring_nonsi_ = false;

@@ -127,7 +127,7 @@ SimResult simulate(const SimConfig& cfg) {
   auto at = [&](double t, std::function<void()> f) { events.push({t, order++, std::move(f)}); };
   SimResult res;
   std::unique_ptr<Adapter> adapter;
-  if (cfg.adapt) {
+  if (cfg.adapt && cfg.sched.mode != Mode::kNonSi) {
     adapter = std::make_unique<Adapter>(*cfg.adapt, ChainPlan{.mode = cfg.sched.mode,
                                                               .lookahead = cfg.sched.lookahead,
                                                               .sp = cfg.sched.n_targets});
@@ -411,6 +411,7 @@ SimResult simulate(const SimConfig& cfg) {
   res.latency_per_token_ms = res.tokens.empty() ? 0 : res.total_ms / res.tokens.size();
   res.stats = sched.stats();
   if (adapter) {
+    adapter->checked(sched.stats());
     adapter->finish(res.total_ms / 1e3, sched.generated());
     res.adapt = adapter->decisions();
     res.tokens_by_mode = adapter->tokens_by_mode();

@@ -54,6 +54,13 @@ TEST(Adapter, PredictsWithTheClosedFormsAndTheTargetsThroughput) {
   EXPECT_NEAR(ample, ideal_latency_ms(Mode::kDsi, in, 2), 0.005 * ample);
   const double one = predict_ms({.mode = Mode::kDsi, .lookahead = 2, .sp = 1}, in);
   EXPECT_GT(one, 1.2 * ample);
+  // A free drafter (c = 0) or a tiny one still gives a finite schedule, quickly.
+  for (double c : {0.0, 1e-9}) {
+    const double ms = predict_ms({.mode = Mode::kDsi, .lookahead = 1, .sp = 2},
+                                 {.t_ms = 10, .c_ms = c, .a = 0.999});
+    EXPECT_GT(ms, 0) << c;
+    EXPECT_LT(ms, 10) << c;
+  }
   // Never slower than non-SI (the chain's first task is a non-SI step), and a = 1 runs at
   // the drafter's pace.
   EXPECT_LE(
