@@ -14,8 +14,11 @@ std::vector<Token> decide_sampled(WorkerContext& ctx, const msg::Verify& m, cons
   const int end = static_cast<int>(m.seq.size());
   const int first = end - l.n + 1;
   const uint32_t run = ctx.run;
-  // Probability vectors of older chains will never be asked for again.
-  ctx.data->discard([&](const DataKey& k) { return k.run != run || k.stream < m.chain; });
+  // Probability vectors of older chains will never be asked for again. (Only those: a KV
+  // handoff's stream is a handoff number, and its KvExpect may still be queued.)
+  ctx.data->discard([&](const DataKey& k) {
+    return k.run != run || (k.kind == DataKind::kDraftProbs && k.stream < m.chain);
+  });
   std::vector<float> p, q;
   auto p_at = [&](int pos) {
     p = sampling_probs(l.row(pos - first), ctx.sampling);
