@@ -197,6 +197,16 @@ void Adapter::decide(double now_s, int generated, const ChainPlan& p, const char
   decisions_.back().est = est_;
 }
 
+int Adapter::budget_gap() const {
+  const ChainPlan nonsi{.mode = Mode::kNonSi, .lookahead = cur_.lookahead, .sp = 1};
+  const double base = corrected(nonsi, est_.a);
+  const double spec = corrected(best(true, est_.a), est_.a);
+  const double loss = base > 0 && std::isfinite(spec) ? std::max(0.0, spec / base - 1) : 0;
+  const double gap = opts_.window_tokens * loss / std::max(opts_.probe_budget, 1e-6);
+  return static_cast<int>(std::clamp(std::ceil(gap), static_cast<double>(opts_.probe_tokens),
+                                     static_cast<double>(opts_.probe_max)));
+}
+
 void Adapter::close_window(int m) {
   const int64_t checked = win_acc_[m] + win_rej_[m];
   // A speculative window needs drafts checked to predict with.
@@ -265,6 +275,7 @@ ChainPlan Adapter::plan(double now_s, int generated) {
     measuring_nonsi_ = false;
     nonsi_since_probe_ = 0;
     const ChainPlan b = best(false, est_.a);
+    if (b.mode == Mode::kNonSi) probe_gap_ = budget_gap();
     decide(now_s, generated, b,
            b.mode == Mode::kNonSi ? "non-SI measured: faster" : "non-SI measured: slower");
     return cur_;
@@ -287,7 +298,7 @@ ChainPlan Adapter::plan(double now_s, int generated) {
     probing_ = false;
     const ChainPlan b = best(false, est_.a);
     if (b.mode == Mode::kNonSi) {
-      probe_gap_ = std::min(2 * probe_gap_, opts_.probe_max);
+      probe_gap_ = std::min(std::max(2 * probe_gap_, budget_gap()), opts_.probe_max);
       decide(now_s, generated, b, "probe lost");
     } else {
       probe_gap_ = opts_.probe_tokens;
@@ -299,6 +310,7 @@ ChainPlan Adapter::plan(double now_s, int generated) {
   if (b != cur_ && corrected(b, est_.a) < (1 - opts_.min_gain) * corrected(cur_, est_.a)) {
     decide(now_s, generated, b, "faster");
     nonsi_since_probe_ = 0;
+    if (b.mode == Mode::kNonSi) probe_gap_ = std::max(probe_gap_, budget_gap());
   } else if (cur_.mode == Mode::kNonSi && nonsi_since_probe_ >= probe_gap_) {
     nonsi_since_probe_ = 0;
     // A probe is worth its cost only if speculation could win were the drafts better: with

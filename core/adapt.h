@@ -6,8 +6,9 @@
 // mode's prediction by what that mode actually achieved (measured wall time per token against
 // its prediction: contention for cores and orchestration, which the closed forms ignore).
 // While non-SI runs nothing measures acceptance, so after `probe_tokens` non-SI tokens it
-// probes speculation for a measuring window, doubling the gap while the probes keep losing,
-// and waits the longest gap when speculation could not win even with half the rejections.
+// probes speculation for a measuring window, doubling the gap while the probes keep losing
+// and keeping what lost probes cost under `probe_budget` of the time, and waits the longest
+// gap when speculation could not win even with half the rejections.
 //
 // It is clock-free: every call takes the time from its caller (the coordinator's clock, or
 // the simulator's virtual time), so the simulator drives the same policy. A plan never
@@ -31,6 +32,9 @@ struct AdaptOptions {
   double min_gain = 0.03;  // leave the current plan only for a predicted gain this large
   int probe_tokens = 32;   // non-SI tokens before the first probe of speculation
   int probe_max = 512;     // the gap doubles up to this while probes lose
+  // Probes that lose cost at most this share of the time: after a probe that ran a window
+  // (1 + loss) times slower than non-SI, the gap is at least window * loss / budget tokens.
+  double probe_budget = 0.03;
   double memory = 32;      // acceptance: observations of weight 1/e after this many drafts
   int window_tokens = 16;  // a mode's measured speed is updated every this many tokens
   int warmup_tokens = 4;   // non-SI tokens that time a target alone, when it matters
@@ -101,6 +105,9 @@ class Adapter {
   double corrected(const ChainPlan& p, double a) const;
   ChainPlan best(bool speculative_only, double a) const;
   void decide(double now_s, int generated, const ChainPlan& p, const char* why);
+  // The non-SI tokens before the next probe under probe_budget, from the predicted loss of
+  // the best speculative plan against non-SI.
+  int budget_gap() const;
 
   AdaptOptions opts_;
   ChainPlan cur_;

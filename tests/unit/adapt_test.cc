@@ -76,6 +76,7 @@ TEST(Adapter, PredictsWithTheClosedFormsAndTheTargetsThroughput) {
 struct Driver {
   Adapter ad;
   double now = 0;
+  double lost_s = 0;  // speculative time beyond what non-SI would have taken
   int gen = 0;
   int64_t acc = 0, rej = 0;
   ChainPlan cur;
@@ -89,6 +90,9 @@ struct Driver {
     rej += n - static_cast<int64_t>(a * n + 0.5);
     ad.checked(checked(acc, rej));
     const double ms = predict_ms(cur, ad.estimates().inputs()) * speed[static_cast<int>(cur.mode)];
+    const ChainPlan nonsi{.mode = Mode::kNonSi, .lookahead = 1, .sp = 1};
+    const double nonsi_ms = predict_ms(nonsi, ad.estimates().inputs()) * speed[0];
+    if (cur.mode != Mode::kNonSi) lost_s += tokens * std::max(0.0, ms - nonsi_ms) / 1e3;
     now += tokens * ms / 1e3;
     gen += tokens;
     cur = ad.plan(now, gen);
@@ -96,7 +100,12 @@ struct Driver {
 };
 
 TEST(Adapter, LeavesAModeThatRunsSlowerThanPredictedAndProbesItLater) {
-  AdaptOptions o{.n_targets = 2, .probe_tokens = 32, .probe_max = 128, .window_tokens = 16};
+  // probe_budget 1: the gaps double from probe_tokens (the budget's gap is shorter).
+  AdaptOptions o{.n_targets = 2,
+                 .probe_tokens = 32,
+                 .probe_max = 128,
+                 .probe_budget = 1,
+                 .window_tokens = 16};
   Driver d(o, {.mode = Mode::kDsi, .lookahead = 4, .sp = 2});
   // DSI and SI run at twice their predicted latency (contention): non-SI wins. (By Mode:
   // non-SI, SI, DSI.)
@@ -129,10 +138,33 @@ TEST(Adapter, LeavesAModeThatRunsSlowerThanPredictedAndProbesItLater) {
   EXPECT_EQ(gaps[0], 32);
   EXPECT_EQ(gaps[1], 64);
   EXPECT_EQ(gaps[2], 128);
-  if (gaps.size() > 3) EXPECT_EQ(gaps[3], 128);
+  if (gaps.size() > 3) {
+    EXPECT_EQ(gaps[3], 128);
+  }
   // When speculation runs as predicted again, the next probe wins and it stays.
   for (int i = 0; i < 400; ++i) d.step(1, 0.9, {1.0, 1.0, 1.0});
   EXPECT_NE(d.cur.mode, Mode::kNonSi);
+}
+
+TEST(Adapter, LostProbesCostAtMostTheProbeBudget) {
+  // Speculation runs twice as slow as predicted: every probe loses. Over the 300 tokens after
+  // it settles on non-SI (a short run, where the doubling gaps alone still probe often), the
+  // time the probes lose against non-SI stays under the budget, which binds: without it the
+  // probes lose more.
+  auto lost_share = [](double budget) {
+    AdaptOptions o{.n_targets = 2, .probe_budget = budget};
+    Driver d(o, {.mode = Mode::kDsi, .lookahead = 4, .sp = 2});
+    const std::array<double, 3> slow_spec{1.0, 2.0, 2.0};
+    for (int i = 0; i < 40; ++i) d.step(8, 0.5, slow_spec);
+    EXPECT_EQ(d.cur.mode, Mode::kNonSi);
+    const double t0 = d.now, lost0 = d.lost_s;
+    for (int i = 0; i < 300; ++i) d.step(1, 0.5, slow_spec);
+    return (d.lost_s - lost0) / (d.now - t0);
+  };
+  const double share = lost_share(0.03);
+  EXPECT_GT(share, 0);  // it still probes
+  EXPECT_LE(share, 0.03);
+  EXPECT_GT(lost_share(1.0), 1.5 * share) << share;
 }
 
 TEST(Adapter, ChoosesALongerLookaheadAsAcceptanceRises) {
