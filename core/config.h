@@ -41,6 +41,9 @@ struct RunConfig {
   std::string dtype = "f16";        // cuda weights: f32 | f16 | bf16
   std::string prompt = "Tell me a short story about a robot who learns to paint.";
   bool chat = true;  // wrap the prompt in the model's chat template if it has one
+  // Set by a caller (the server), not by a config file: the prompt as token ids, used instead
+  // of `prompt` (llama) or the synthetic prompt when not empty.
+  std::vector<Token> prompt_ids;
   // synthetic engine (DSI paper notation: t, c as a fraction of t, a)
   double t_ms = 20;
   double c = 0.1;

@@ -126,10 +126,17 @@ std::optional<Envelope> Coordinator::next(Clock::time_point deadline) {
   }
 }
 
-RunReport Coordinator::run(const RunConfig& cfg, int n_targets, const OnCommit& on_commit) {
+void Coordinator::idle(Clock::time_point until) {
+  do {
+    (void)next(until);  // anything left over from a finished run is dropped
+  } while (Clock::now() < until);
+}
+
+RunReport Coordinator::run(const RunConfig& cfg, int n_targets, const OnCommit& on_commit,
+                           const CancelFlag* stop) {
   auto r = configure(cfg, n_targets, on_commit);
   prefill(*r);
-  generate(*r);
+  generate(*r, stop);
   return finish(*r);
 }
 
@@ -153,12 +160,15 @@ std::unique_ptr<Coordinator::Run> Coordinator::configure(const RunConfig& cfg, i
   std::vector<Token> stop_tokens;
   if (cfg.engine == "llama") {
     r.text = text_model(cfg.model_path);
-    r.rep.prompt = r.text->prompt_tokens(cfg.prompt, cfg.chat);
+    r.rep.prompt =
+        cfg.prompt_ids.empty() ? r.text->prompt_tokens(cfg.prompt, cfg.chat) : cfg.prompt_ids;
     stop_tokens = r.text->stop_tokens();
     if (r.rep.prompt.empty()) throw ConfigError("the prompt encodes to no tokens");
   } else {
-    r.rep.prompt = synthetic_prompt(cfg.seed, cfg.prompt_tokens, cfg.vocab);
+    r.rep.prompt = cfg.prompt_ids.empty() ? synthetic_prompt(cfg.seed, cfg.prompt_tokens, cfg.vocab)
+                                          : cfg.prompt_ids;
   }
+
   r.origin = Clock::now();
   const double origin_s = std::chrono::duration<double>(r.origin.time_since_epoch()).count();
 
@@ -172,7 +182,12 @@ std::unique_ptr<Coordinator::Run> Coordinator::configure(const RunConfig& cfg, i
     ch_.send(w, Message{.run = run_, .body = msg::Configure{.origin_s = origin_s, .spec = spec}});
   }
   const auto ready = wait_all(r.workers, MsgType::kReady);
-  check_vocabulary(ready, r.text.get());
+  const int vocab = check_vocabulary(ready, r.text.get());
+  for (Token t : r.rep.prompt) {
+    if (t < 0 || t >= vocab) {
+      throw ConfigError(fmt::format("prompt token {} is outside the vocabulary of {}", t, vocab));
+    }
+  }
   SchedulerOptions so{.mode = cfg.mode,
                       .lookahead = cfg.lookahead,
                       .n_targets = n_targets,
@@ -199,8 +214,8 @@ std::unique_ptr<Coordinator::Run> Coordinator::configure(const RunConfig& cfg, i
   return run;
 }
 
-void Coordinator::check_vocabulary(const std::map<int, Message>& ready,
-                                   const TextModel* text) const {
+int Coordinator::check_vocabulary(const std::map<int, Message>& ready,
+                                  const TextModel* text) const {
   // Every rank must share one vocabulary: a draft is a token id.
   int vocab_rank = -1, vocab = -1;
   for (const auto& [w, m] : ready) {
@@ -219,6 +234,7 @@ void Coordinator::check_vocabulary(const std::map<int, Message>& ready,
     throw ConfigError(fmt::format("the tokenizer has {} tokens but the model's output has {}",
                                   text->tokenizer().vocab_size(), vocab));
   }
+  return vocab;
 }
 
 void Coordinator::prefill(Run& r) {
@@ -244,11 +260,15 @@ void Coordinator::prefill(Run& r) {
   r.rep.setup_s = seconds(Clock::now() - r.origin);
 }
 
-void Coordinator::generate(Run& r) {
+void Coordinator::generate(Run& r, const CancelFlag* stop) {
   Scheduler& sched = *r.sched;
   r.t_start = r.last_commit = Clock::now();
   execute(r, sched.start());
   while (!sched.done()) {
+    if (stop && stop->cancelled()) {
+      r.rep.stopped = true;
+      break;
+    }
     // Drafts that do not launch a verification are deferred (they do not wake this rank):
     // poll for them while one would be acted on at once.
     constexpr auto kDraftPoll = std::chrono::microseconds(20);

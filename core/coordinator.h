@@ -28,9 +28,16 @@ class Coordinator {
 
   Coordinator(ControlChannel& ch, int heartbeat_ms, double peer_timeout_s);
   // Runs one generation with n_targets target ranks. on_commit sees tokens as they commit.
-  RunReport run(const RunConfig& cfg, int n_targets, const OnCommit& on_commit = {});
+  // Raising `stop` (from any thread, or from on_commit) ends the generation at the next
+  // message: the tokens committed so far are the report's, and the workers' forwards are
+  // preempted (RunReport::stopped).
+  RunReport run(const RunConfig& cfg, int n_targets, const OnCommit& on_commit = {},
+                const CancelFlag* stop = nullptr);
   // The tokenizer side of a model (cached by path).
   std::shared_ptr<const TextModel> text_model(const std::string& path);
+  // Between runs (a server waiting for requests): keeps the workers' heartbeats going and
+  // checks they are alive, until `until`. Throws PeerError like run() for a dead rank.
+  void idle(Clock::time_point until);
   // Tells every worker to leave its loop with `code`.
   void exit_all(int code);
 
@@ -40,10 +47,10 @@ class Coordinator {
   // drive the scheduler until generation is done; stop the workers and collect the report.
   std::unique_ptr<Run> configure(const RunConfig& cfg, int n_targets, const OnCommit& on_commit);
   void prefill(Run& r);
-  void generate(Run& r);
+  void generate(Run& r, const CancelFlag* stop);
   RunReport finish(Run& r);
-  // Every worker's Ready names one vocabulary, which covers the tokenizer's.
-  void check_vocabulary(const std::map<int, Message>& ready, const TextModel* text) const;
+  // Every worker's Ready names one vocabulary, which covers the tokenizer's; returns it.
+  int check_vocabulary(const std::map<int, Message>& ready, const TextModel* text) const;
   // Sends what the scheduler decided; records commits and rejections for the trace.
   void execute(Run& r, const std::vector<Action>& acts);
 

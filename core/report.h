@@ -27,6 +27,7 @@ struct RunReport {
   int n_targets = 0;
   std::vector<Token> prompt;
   std::vector<Token> tokens;  // generated
+  bool stopped = false;       // ended early by the caller's stop flag
   std::string text;           // generated text (real models)
   double setup_s = 0;         // configure + prefill
   double elapsed_s = 0;       // first scheduler action to last commit

@@ -88,7 +88,23 @@ struct MakeModelOptions {
   std::string out_path;
 };
 
+struct ServeOptions {
+  std::string host = "127.0.0.1";
+  int port = 8000;
+  std::string api_key;
+  std::string model_name = "dsi";
+  size_t max_body = 1 << 20;
+  int queue = 16;
+  double read_timeout_s = 10;
+  double request_timeout_s = 600;
+  int max_connections = 1024;
+  int max_tokens = 256;   // when a request does not say
+  std::string port_file;  // written once listening: the port, then rank 0's pid
+};
+
 int cmd_simulate(const SimulateOptions& opts);
+// `dsi serve`: an OpenAI-compatible HTTP server on rank 0 (launch/serve.cc).
+int cmd_serve(const CommonOptions& common, const ServeOptions& opts);
 // Writes a random-weight llama GGUF (model/random_model.h); no MPI.
 int cmd_make_model(const MakeModelOptions& opts);
 int cmd_profile(const ProfileOptions& opts);

@@ -197,7 +197,42 @@ int main(int argc, char** argv) {
                   "also run runtime.adapt: on at each SP (mode 'adapt', starting from DSI at the "
                   "first k)");
 
+  dsi::cli::ServeOptions srv;
+  auto* serve = app.add_subcommand(
+      "serve", "an OpenAI-compatible HTTP server on rank 0 (/v1/completions, "
+               "/v1/chat/completions, /v1/models, /health, /metrics); the other ranks stay "
+               "loaded between requests; SIGTERM drains");
+  add_common(serve);
+  serve->add_option("--host", srv.host, "address to listen on")->capture_default_str();
+  serve->add_option("--port", srv.port, "port (0: any free one)")->capture_default_str();
+  serve
+      ->add_option("--api-key", srv.api_key,
+                   "require 'Authorization: Bearer KEY' (default: none; also $DSI_API_KEY)")
+      ->envname("DSI_API_KEY");
+  serve->add_option("--model-name", srv.model_name, "the model's name in the API")
+      ->capture_default_str();
+  serve->add_option("--max-tokens", srv.max_tokens, "tokens per request when it does not say")
+      ->capture_default_str();
+  serve->add_option("--queue", srv.queue, "requests that may wait; more get 429")
+      ->capture_default_str();
+  serve->add_option("--max-body", srv.max_body, "request body limit in bytes (413 beyond)")
+      ->capture_default_str();
+  serve
+      ->add_option("--read-timeout", srv.read_timeout_s,
+                   "seconds a client has to send a request (and keep-alive idleness)")
+      ->capture_default_str();
+  serve
+      ->add_option("--request-timeout", srv.request_timeout_s,
+                   "seconds from a request's arrival to the end of its answer (504 beyond)")
+      ->capture_default_str();
+  serve->add_option("--max-connections", srv.max_connections, "open connections at most")
+      ->capture_default_str();
+  serve->add_option("--port-file", srv.port_file,
+                    "once listening, write the port (and rank 0's pid) here");
+  serve->footer(std::string("Config keys:\n") + dsi::config_reference());
+
   CLI11_PARSE(app, argc, argv);
+  if (serve->parsed()) return dsi::cli::cmd_serve(common, srv);
 
   if (simulate->parsed()) {
     sim.t_set = o_t->count() > 0;

@@ -9,10 +9,12 @@ cd "$(dirname "$0")/.."
 # python3-matplotlib draws `dsi sweep` plots; slurmctld slurmd slurm-client munge run the
 # one-node Slurm cluster of tests/slurm (the daemons are started by the test, never by setup).
 # patchelf sets the run paths of the GPU bundle (launch/gpu_bundle.sh, tests/bundle).
+# libboost-dev: Boost.Asio and Boost.Beast (header-only) for `dsi serve`; curl drives it in
+# tests/serve.
 packages=(g++ cmake ninja-build pkg-config python3 openmpi-bin libopenmpi-dev libyaml-cpp-dev
           libcli11-dev nlohmann-json3-dev libfmt-dev libgtest-dev googletest
           python3-numpy python3-yaml python3-pip clang libclang-rt-14-dev clang-format
-          python3-matplotlib slurmctld slurmd slurm-client munge patchelf)
+          python3-matplotlib slurmctld slurmd slurm-client munge patchelf libboost-dev curl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -35,6 +37,16 @@ if ! /usr/bin/python3 -c 'import gguf.quants' 2>/dev/null; then
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo /usr/bin/python3 -m pip install --quiet --no-deps --break-system-packages gguf==0.19.0 ||
     echo "setup: warning: could not install gguf; the dequantizer reference tests will skip"
+fi
+
+# The official openai client (PyPI) drives `dsi serve` in tests/serve/serve_test.py, pinned,
+# with its dependencies (httpx, pydantic, ...), into Debian's python3 like gguf above.
+if ! /usr/bin/python3 -c 'import openai' 2>/dev/null; then
+  echo "setup: installing openai==1.58.1 from PyPI for /usr/bin/python3"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo /usr/bin/python3 -m pip install --quiet --break-system-packages openai==1.58.1 ||
+    echo "setup: warning: could not install openai; the serve test will fail"
 fi
 
 jobs=$(nproc)

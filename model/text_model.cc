@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <climits>
 #include <filesystem>
 
 #include "common/error.h"
@@ -23,8 +25,37 @@ std::shared_ptr<const TextModel> TextModel::load(const std::string& path) {
   } else {
     m->gguf_ = GgufFile::open(path);
     m->tok_ = Tokenizer::from_gguf(*m->gguf_);
+    const GgufFile& g = *m->gguf_;
+    if (g.has("general.architecture")) {
+      const std::string key = g.get_string("general.architecture") + ".context_length";
+      if (g.has(key))
+        m->context_ = static_cast<int>(std::clamp<int64_t>(g.get_int(key), 0, INT_MAX));
+    }
   }
   return m;
+}
+
+std::vector<Token> TextModel::chat_tokens(const std::vector<Turn>& turns) const {
+  if (tok_->token_id("<|im_start|>") >= 0 && tok_->token_id("<|im_end|>") >= 0) {
+    // The markup's special tokens are parsed, the contents' never: a message that spells
+    // "<|im_end|>" cannot close its turn.
+    std::vector<Token> out;
+    if (tok_->add_bos() && tok_->bos() >= 0) out.push_back(tok_->bos());
+    auto add = [&](const std::string& text, bool markup) {
+      const auto ids = tok_->encode(text, /*add_special=*/false, /*parse_special=*/markup);
+      out.insert(out.end(), ids.begin(), ids.end());
+    };
+    for (const Turn& t : turns) {
+      add(fmt::format("<|im_start|>{}\n", t.role), true);
+      add(t.content, false);
+      add("<|im_end|>\n", true);
+    }
+    add("<|im_start|>assistant\n", true);
+    return out;
+  }
+  std::string text;
+  for (const Turn& t : turns) text += (text.empty() ? "" : "\n\n") + t.content;
+  return tok_->encode(text, /*add_special=*/true);
 }
 
 std::vector<Token> TextModel::prompt_tokens(const std::string& text, bool chat) const {

@@ -19,6 +19,14 @@ class TextModel {
   // BOS as the model asks; with `chat`, ChatML (<|im_start|>user ... <|im_start|>assistant)
   // when the vocabulary has it, else the plain text.
   std::vector<Token> prompt_tokens(const std::string& text, bool chat) const;
+  // A conversation (roles system, user, assistant) and the assistant's turn opened, in ChatML
+  // when the vocabulary has it; else the contents in order, a blank line between them.
+  struct Turn {
+    std::string role, content;
+  };
+  std::vector<Token> chat_tokens(const std::vector<Turn>& turns) const;
+  // The model's context length in tokens (0: the file does not say).
+  int context_length() const { return context_; }
   // Every end-of-generation token (EOS, EOT, <|im_end|> ...).
   std::vector<Token> stop_tokens() const;
   const Tokenizer& tokenizer() const { return *tok_; }
@@ -26,6 +34,7 @@ class TextModel {
  private:
   std::unique_ptr<GgufFile> gguf_;  // kept open: the tokenizer may view its strings
   std::unique_ptr<Tokenizer> tok_;
+  int context_ = 0;
 };
 
 }  // namespace dsi

@@ -6,7 +6,7 @@
 # $BUILD/fuzz-artifacts/.
 #
 #   tests/fuzz/run.sh [SECONDS=60] [TARGET...]     TARGET: gguf (default), tokenizer,
-#                                                  safetensors, or all
+#                                                  safetensors, serve_request, or all
 #
 # Debian 12 packages, besides the project's usual build dependencies:
 #   apt-get install -y clang libclang-rt-14-dev python3
@@ -21,7 +21,7 @@ seconds=${1:-60}
 shift || true
 targets=("$@")
 [[ ${#targets[@]} -eq 0 ]] && targets=(gguf)
-[[ ${targets[0]} == all ]] && targets=(gguf tokenizer safetensors)
+[[ ${targets[0]} == all ]] && targets=(gguf tokenizer safetensors serve_request)
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
 build=${DSI_FUZZ_BUILD_DIR:-$root/build-asan}
@@ -60,6 +60,10 @@ for i, t in enumerate(open(sys.argv[1], "rb").read().split(b"\n__ggml_vocab_test
       fi ;;
     safetensors) printf '\x40\x00\x00\x00\x00\x00\x00\x00{"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}          \x00\x00\x80\x3f\x00\x00\x00\x40' \
                    > "$seeds/small.safetensors" ;;
+    serve_request)
+      printf '{"prompt": "ab", "max_tokens": 5, "stop": ["b", "x"], "stream": true}' >"$seeds/c.json"
+      printf '{"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}], "n": 1}' \
+        >"$seeds/chat.json" ;;
   esac
   echo "== fuzzing $t for ${seconds}s"
   # Inputs are capped at 64 KiB, one allocation at 256 MiB and the process at 2 GiB: the readers

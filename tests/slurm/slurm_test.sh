@@ -134,4 +134,23 @@ for t in one_node multi_node sweep; do
     || { cat "$tmp/outside"; fail "$t.sbatch outside Slurm: exit $rc"; }
 done
 echo "ok: every template refuses to run outside Slurm"
+
+# The one-node template as a server (DSI_SERVE=1): it says where it listens, answers, and
+# scancel's SIGTERM drains it (every rank exits 0 before Slurm ends the job).
+sj=$(submit serve --ntasks=3 --export=ALL,DSI_SERVE=1,DSI_PORT=0 cluster/slurm/one_node.sbatch)
+portf=$tmp/out/dsi-serve-$sj.port
+for _ in $(seq 240); do [ -s "$portf" ] && break; sleep 0.25; done
+[ -s "$portf" ] || { cat "$tmp/out/serve-$sj.out"; fail "the serve job wrote no port file"; }
+port=$(head -1 "$portf")
+for _ in $(seq 40); do grep -q "serving on http://127.0.0.1:$port" "$tmp/out/serve-$sj.out" && break; sleep 0.25; done
+grep -q "serving on http://127.0.0.1:$port" "$tmp/out/serve-$sj.out" || { cat "$tmp/out/serve-$sj.out"; fail "the serve job did not log its address"; }
+curl -s "http://127.0.0.1:$port/v1/completions" -d '{"prompt": [1, 2, 3], "max_tokens": 5}' \
+  | grep -q '"completion_tokens":5' || fail "the served completion"
+scancel "$sj"
+for _ in $(seq 120); do
+  s=$(scontrol show job "$sj" -o 2>/dev/null | grep -o 'JobState=[A-Z_]*' | cut -d= -f2)
+  case $s in RUNNING|PENDING|COMPLETING|"") sleep 0.25 ;; *) break ;; esac
+done
+grep -q "dsi serve: drained, exiting" "$tmp/out/serve-$sj.out" || { cat "$tmp/out/serve-$sj.out"; fail "scancel did not drain the server ($s)"; }
+echo "ok: job $sj served on port $port and drained on scancel ($s)"
 echo "PASSED in $((SECONDS - t0)) s"

@@ -101,11 +101,8 @@ struct Driver {
 
 TEST(Adapter, LeavesAModeThatRunsSlowerThanPredictedAndProbesItLater) {
   // probe_budget 1: the gaps double from probe_tokens (the budget's gap is shorter).
-  AdaptOptions o{.n_targets = 2,
-                 .probe_tokens = 32,
-                 .probe_max = 128,
-                 .probe_budget = 1,
-                 .window_tokens = 16};
+  AdaptOptions o{
+      .n_targets = 2, .probe_tokens = 32, .probe_max = 128, .probe_budget = 1, .window_tokens = 16};
   Driver d(o, {.mode = Mode::kDsi, .lookahead = 4, .sp = 2});
   // DSI and SI run at twice their predicted latency (contention): non-SI wins. (By Mode:
   // non-SI, SI, DSI.)
