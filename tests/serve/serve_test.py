@@ -162,7 +162,7 @@ def main():
     ref_srv = Server(args, 2, synth + ["--set", "mode=nonsi", "--api-key", KEY], "non-SI")
     srv = Server(args, 5, synth + ["--set", "mode=dsi", "--set", "dsi.lookahead=3", "--api-key",
                                    KEY, "--queue", "4", "--max-body", "65536",
-                                   "--read-timeout", "2"], "DSI")
+                                   "--read-timeout", "2", "--max-connections", "4096"], "DSI")
     prompts = [[rng.randrange(64) for _ in range(rng.randrange(3, 12))] for _ in range(12)]
     ref_c, c = ref_srv.client(), srv.client()
 
@@ -218,6 +218,22 @@ def main():
     except openai.AuthenticationError:
         check(True, "a wrong API key is refused (401)")
     check([m.id for m in c.models.list()] == ["dsi"], "/v1/models")
+    # It listens on the address asked for (127.0.0.1) only: not on this host's other address.
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        u.connect(("192.0.2.1", 9))  # no packet is sent; this picks the outgoing address
+        other = u.getsockname()[0]
+    except OSError:
+        other = None
+    u.close()
+    if other and not other.startswith("127."):
+        try:
+            socket.create_connection((other, srv.port), timeout=5).close()
+            check(False, f"nothing listens on {other}:{srv.port}")
+        except OSError as e:
+            check(True, f"nothing listens on {other}:{srv.port} ({e.__class__.__name__})")
+    else:
+        print("skipped: no address besides loopback to check the bind against")
 
     # -- errors with curl and raw HTTP
     def curl(*a):
@@ -261,13 +277,15 @@ def main():
     check(stopped(after) >= stopped(before) + 1, "the left generation was stopped early")
 
     # -- idle and slow connections stall nobody
-    idle = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(300)]
+    import resource
+    n_idle = max(100, min(2000, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 2 - 200))
+    idle = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(n_idle)]
     slow = socket.create_connection(("127.0.0.1", srv.port))
     slow.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Le")
     t0 = time.time()
     st, _, r = complete(srv.port, {"prompt": prompts[6], "max_tokens": 24})
     check(st == 200 and r["choices"][0]["text"] == ref[6] and time.time() - t0 < 3,
-          f"with 300 idle and 1 half-sent connection open, a request took {time.time() - t0:.2f} s")
+          f"with {n_idle} idle and 1 half-sent connection open, a request took {time.time() - t0:.2f} s")
     slow.settimeout(10)
     t0 = time.time()
     try:
@@ -398,6 +416,10 @@ def main():
             b = ref_srv.client().chat.completions.create(model="dsi", messages=m, max_tokens=24)
             check(a.choices[0].message.content == b.choices[0].message.content and
                   a.choices[0].message.content, f"SmolLM2 chat equals non-SI: {a.choices[0].message.content!r}")
+        parts = [ch.choices[0].delta.content or "" for ch in srv.client().chat.completions.create(
+            model="dsi", messages=msgs[0], max_tokens=24, stream=True) if ch.choices]
+        b = ref_srv.client().chat.completions.create(model="dsi", messages=msgs[0], max_tokens=24)
+        check("".join(parts) == b.choices[0].message.content, "SmolLM2 streamed chat equals non-SI")
         a = srv.client().completions.create(model="dsi", prompt="The sky is", max_tokens=16)
         b = ref_srv.client().completions.create(model="dsi", prompt="The sky is", max_tokens=16)
         check(a.choices[0].text == b.choices[0].text, f"SmolLM2 completion equals non-SI: {a.choices[0].text!r}")
