@@ -59,14 +59,17 @@ void Worker::configure(const msg::Configure& m) {
     drafter_.configure(m.spec.targets);
   }
   try {
-    if (!ctx_.engine || m.spec != spec_) {
+    // The engine (its weights and its KV cache) outlives runs that differ only in sampling
+    // or in where the drafter's probabilities go: a server's requests keep the model loaded
+    // and the cached prefix.
+    if (!ctx_.engine || m.spec.engine != spec_.engine || m.spec.role != spec_.role) {
       ctx_.engine.reset();
       ctx_.engine = ctx_.opts.engine_factory ? ctx_.opts.engine_factory(m.spec.engine)
                                              : make_engine(m.spec.engine);
-      spec_ = m.spec;
       ctx_.cached.clear();
       ctx_.imported_from = INT_MAX;
     }
+    spec_ = m.spec;
     ctx_.sampling = m.spec.sampling;
     if (!ctx_.sampling.greedy() && !ctx_.data) {
       throw Error("sampling needs a data channel");

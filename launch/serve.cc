@@ -4,8 +4,11 @@
 // new ones get 503, and every rank exits 0.
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <climits>
 #include <csignal>
 #include <cstdio>
+#include <random>
 #include <sstream>
 
 #include <unistd.h>
@@ -85,8 +88,10 @@ struct Backend {
             "prompt");
       }
     }
-    if (r.max_tokens < 0) r.max_tokens = opts.max_tokens;
-    if (context > 0 && static_cast<int>(r.tokens.size()) + r.max_tokens > context) {
+    const int room = context > 0 ? context - static_cast<int>(r.tokens.size()) : INT_MAX;
+    // Unasked, the default shrinks to what the context leaves.
+    if (r.max_tokens < 0) r.max_tokens = std::min(opts.max_tokens, std::max(room, 1));
+    if (r.max_tokens > room) {
       throw serve::ApiError(400,
                             fmt::format("the prompt's {} tokens and max_tokens {} exceed the "
                                         "model's context of {} tokens",
@@ -105,7 +110,14 @@ struct Backend {
     if (r.temperature) cfg.temperature = *r.temperature;
     if (r.top_p) cfg.top_p = *r.top_p;
     if (r.top_k) cfg.top_k = *r.top_k;
-    if (r.seed) cfg.sampling_seed = static_cast<int64_t>(*r.seed);
+    // Without a seed a sampled request draws one (and reports it): the same prompt twice
+    // gives two samples, either of which the seed in its `dsi` object reproduces.
+    if (r.seed) {
+      cfg.sampling_seed = static_cast<int64_t>(*r.seed);  // at most INT64_MAX (parse_request)
+    } else if (cfg.temperature > 0) {
+      std::random_device rd;
+      cfg.sampling_seed = static_cast<int64_t>(((uint64_t{rd()} << 32) | rd()) >> 2);
+    }
     // The residual sampler's text depends on k: the policy may not change k under it.
     if (cfg.temperature > 0 && cfg.coupling == "residual") cfg.adapt = false;
 
@@ -175,6 +187,7 @@ struct Backend {
              {"tasks_launched", rep.stats.tasks_launched},
              {"tasks_preempted", rep.stats.tasks_preempted},
              {"latency_per_token_ms", rep.latency_per_token_ms}};
+    if (cfg.temperature > 0) c.dsi["seed"] = cfg.sampling_seed;
     job.done(std::move(c));
   }
 

@@ -2,9 +2,11 @@
 
 #include <fmt/format.h>
 
+#include <sys/resource.h>
 #include <boost/asio.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+
 #include <csignal>
 #include <future>
 #include <optional>
@@ -26,16 +28,33 @@ struct HttpServer::Impl {
   ServerOptions opts;
   Metrics& metrics;
   Prepare prepare;
-  net::io_context ioc{1};
-  tcp::acceptor acceptor{ioc};
-  net::signal_set signals{ioc};
-  std::thread thread;
+  // Declared before the io_context: destroying it destroys pending handlers, and with them
+  // sessions that still count themselves out here.
   std::mutex mu;
   std::condition_variable cv;
   std::deque<std::shared_ptr<Job>> queue;
   std::atomic<bool> draining{false}, running{false};
   std::atomic<int> connections{0}, writing{0};
   std::atomic<uint64_t> next_id{0};
+  net::io_context ioc{1};
+  tcp::acceptor acceptor{ioc};
+  net::signal_set signals{ioc};
+  net::steady_timer accept_retry{ioc};
+  std::thread thread;
+
+  // Takes a job out of the queue if it still waits there (its client left, or its deadline
+  // passed): it will not run, and its slot is free at once.
+  bool unqueue(const Job* j) {
+    std::lock_guard lk(mu);
+    for (auto it = queue.begin(); it != queue.end(); ++it) {
+      if (it->get() == j) {
+        queue.erase(it);
+        metrics.set_queue(static_cast<int>(queue.size()), running);
+        return true;
+      }
+    }
+    return false;
+  }
 
   void accept();
   void publish_queue() {
@@ -157,6 +176,7 @@ class Session : public std::enable_shared_from_this<Session> {
       return close();
     }
     close_after_ = true;  // a request that did not parse ends the connection
+    linger_ = true;
     if (ec == http::error::body_limit) {
       path_ = "other";
       return error(413, fmt::format("the request body is over {} bytes", srv_.opts.max_body));
@@ -170,6 +190,7 @@ class Session : public std::enable_shared_from_this<Session> {
       return error(400, fmt::format("malformed HTTP request: {}", ec.message()));
     }
     close_after_ = false;
+    linger_ = false;
     handle(parser_->release());
   }
 
@@ -211,7 +232,8 @@ class Session : public std::enable_shared_from_this<Session> {
     if (path_ == "/v1/models") {
       srv_.metrics.request(path_, 200);
       json m = {{"id", srv_.opts.model}, {"object", "model"}, {"created", 0}, {"owned_by", "dsi"}};
-      return respond(200, json{{"object", "list"}, {"data", json::array({m})}}.dump());
+      return respond(200, json{{"object", "list"}, {"data", json::array({m})}}.dump(
+                              -1, ' ', false, json::error_handler_t::replace));
     }
     generate(req.body());
   }
@@ -237,16 +259,18 @@ class Session : public std::enable_shared_from_this<Session> {
     first_chunk_ = true;
     job_ = std::make_shared<GenJob>(std::move(r), weak_from_this(), srv_.ioc,
                                     srv_.opts.request_timeout_s);
+    bool full = false;
     {
       std::lock_guard lk(srv_.mu);
-      if (static_cast<int>(srv_.queue.size()) >= srv_.opts.queue) {
-        job_.reset();
-        streaming_ = false;
-        extra_headers_ = "Retry-After: 1\r\n";
-        return error(429, fmt::format("{} requests are waiting; retry later", srv_.opts.queue), "",
-                     "server_error");
-      }
-      srv_.queue.push_back(job_);
+      full = static_cast<int>(srv_.queue.size()) >= srv_.opts.queue;
+      if (!full) srv_.queue.push_back(job_);
+    }
+    if (full) {
+      job_.reset();
+      streaming_ = false;
+      extra_headers_ = "Retry-After: 1\r\n";
+      return error(429, fmt::format("{} requests are waiting; retry later", srv_.opts.queue), "",
+                   "server_error");
     }
     srv_.cv.notify_all();
     srv_.publish_queue();
@@ -254,7 +278,12 @@ class Session : public std::enable_shared_from_this<Session> {
     deadline_.emplace(stream_.get_executor());
     deadline_->expires_at(job_->deadline());
     deadline_->async_wait([self = shared_from_this()](beast::error_code ec) {
-      if (!ec && self->job_) self->job_->abort();
+      if (ec || !self->job_) return;
+      self->job_->abort();
+      if (self->srv_.unqueue(self->job_.get())) {
+        self->on_fail(
+            ApiError(504, "the request's deadline passed while it waited", "", "server_error"));
+      }
     });
     if (streaming_) {
       send("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
@@ -279,9 +308,13 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   void left() {
+    if (gone_) return;
     gone_ = true;
-    if (job_) job_->abort();
     srv_.metrics.request(path_, 499);  // nginx's "client closed request"
+    if (job_) {
+      job_->abort();
+      if (srv_.unqueue(job_.get())) finish_job();  // it never runs
+    }
     beast::error_code ec;
     stream_.socket().shutdown(tcp::socket::shutdown_both, ec);
   }
@@ -351,7 +384,29 @@ class Session : public std::enable_shared_from_this<Session> {
   void close() {
     beast::error_code ec;
     stream_.socket().shutdown(tcp::socket::shutdown_send, ec);
+    if (linger_) {
+      linger_ = false;
+      return drop_unread();
+    }
     stream_.socket().close(ec);
+  }
+
+  // A request refused before its body was read (413, 431, 400): what the client still sends
+  // is read and dropped, for up to a second and 1 MiB, so that it sees the answer rather than
+  // a reset.
+  void drop_unread() {
+    discard_.resize(16 * 1024);
+    stream_.expires_after(std::chrono::seconds(1));
+    stream_.async_read_some(net::buffer(discard_),
+                            [self = shared_from_this()](beast::error_code ec, size_t n) {
+                              self->dropped_ += n;
+                              if (ec || self->dropped_ > (1u << 20)) {
+                                beast::error_code e2;
+                                self->stream_.socket().close(e2);
+                                return;
+                              }
+                              self->drop_unread();
+                            });
   }
 
   beast::tcp_stream stream_;
@@ -359,7 +414,9 @@ class Session : public std::enable_shared_from_this<Session> {
   beast::flat_buffer buf_;
   std::optional<http::request_parser<http::string_body>> parser_;
   std::string path_ = "other";
-  bool keep_alive_ = true, close_after_ = false;
+  bool keep_alive_ = true, close_after_ = false, linger_ = false;
+  std::vector<char> discard_;
+  size_t dropped_ = 0;
   std::string extra_headers_;
   // The generation in progress.
   std::shared_ptr<GenJob> job_;
@@ -393,7 +450,15 @@ void GenJob::fail(const ApiError& e) {
 void HttpServer::Impl::accept() {
   acceptor.async_accept([this](beast::error_code ec, tcp::socket s) {
     if (ec == net::error::operation_aborted || !acceptor.is_open()) return;
-    if (!ec) {
+    if (ec) {
+      // Out of descriptors (or another transient failure): try again shortly, not at once.
+      accept_retry.expires_after(std::chrono::milliseconds(50));
+      accept_retry.async_wait([this](beast::error_code e) {
+        if (!e) accept();
+      });
+      return;
+    }
+    {
       if (connections >= opts.max_connections) {
         beast::error_code e2;
         s.close(e2);
@@ -429,10 +494,20 @@ void HttpServer::start() {
     throw Error(fmt::format("cannot listen on {}:{}: {}", s.opts.host, s.opts.port, ec.message()));
   }
   port_ = s.acceptor.local_endpoint().port();
+  // Every connection is a descriptor: take the hard limit, so that --max-connections rather
+  // than the soft limit (often 1024) decides.
+  rlimit fds{};
+  if (getrlimit(RLIMIT_NOFILE, &fds) == 0 && fds.rlim_cur < fds.rlim_max) {
+    fds.rlim_cur = fds.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &fds);
+  }
   s.signals.add(SIGTERM);
   s.signals.add(SIGINT);
-  s.signals.async_wait([this](beast::error_code e, int) {
-    if (!e) drain();
+  s.signals.async_wait([this, &s](beast::error_code e, int) {
+    if (e) return;
+    drain();
+    beast::error_code ec;
+    s.signals.clear(ec);  // a second signal ends the process the default way
   });
   s.accept();
   s.thread = std::thread([&s] { s.ioc.run(); });
@@ -473,6 +548,7 @@ void HttpServer::stop() {
     beast::error_code ec;
     s.acceptor.close(ec);
     s.signals.cancel(ec);
+    s.accept_retry.cancel();
     posted.set_value();
   });
   const auto until = Clock::now() + std::chrono::seconds(2);

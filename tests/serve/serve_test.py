@@ -205,6 +205,13 @@ def main():
         b = ref_c.completions.create(model="dsi", prompt=prompts[3], max_tokens=24,
                                      temperature=0.8, seed=seed).choices[0].text
         check(a == b and a != ref[3], f"sampled (T 0.8, seed {seed}) text equals non-SI's")
+    a = c.completions.create(model="dsi", prompt=prompts[3], max_tokens=24, temperature=0.8)
+    b = c.completions.create(model="dsi", prompt=prompts[3], max_tokens=24, temperature=0.8)
+    seed = (a.model_extra or {}).get("dsi", {}).get("seed")
+    again = c.completions.create(model="dsi", prompt=prompts[3], max_tokens=24, temperature=0.8,
+                                 seed=seed).choices[0].text if seed is not None else None
+    check(a.choices[0].text != b.choices[0].text and again == a.choices[0].text,
+          "unseeded samples differ, and the seed each reports reproduces it")
     words = ref[4].split()
     stop = " " + words[5] if len(words) > 6 else None
     if stop:
@@ -262,6 +269,11 @@ def main():
               f"{body[:40]!r}: {st} {err.get('message')}")
     st, _, _ = request(srv.port, "POST", "/v1/completions", b'{"prompt": "' + b"1 " * 40000 + b'"}')
     check(st == 413, f"a body over --max-body: {st}")
+    try:
+        c.completions.create(model="dsi", prompt="1 " * 200000, max_tokens=2)
+        check(False, "the openai client's oversized body is refused")
+    except openai.APIStatusError as e:  # the answer, not a reset mid-upload
+        check(e.status_code == 413, f"the openai client's 400 KB body: {e.status_code}")
 
     # -- a client that leaves mid-stream: its generation is preempted
     before = request(srv.port, "GET", "/metrics")[2].decode()

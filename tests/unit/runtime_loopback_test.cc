@@ -102,6 +102,27 @@ TEST(RuntimeLoopback, SamplingOutputIsTheSimulatorsForEverySp) {
   coord.exit_all(0);
 }
 
+TEST(RuntimeLoopback, RunsThatDifferOnlyInSamplingKeepTheEngines) {
+  // A server's requests change temperature and seed: the workers keep their engines (the
+  // weights and the cached prefix) and build them once.
+  std::atomic<int> built{0};
+  WorkerOptions wo;
+  wo.engine_factory = [&built](const EngineSpec& spec) {
+    ++built;
+    return make_engine(spec);
+  };
+  World w(4, wo);
+  Coordinator coord(*w.coord_ch, 50, 5);
+  RunConfig cfg = fast_config(Mode::kDsi, 0.6, 3);
+  for (double temp : {0.0, 0.8, 0.5}) {
+    cfg.temperature = temp;
+    cfg.sampling_seed = static_cast<int64_t>(temp * 10);
+    (void)coord.run(cfg, 2);
+  }
+  EXPECT_EQ(built.load(), 3);  // drafter and two targets, once each
+  coord.exit_all(0);
+}
+
 TEST(RuntimeLoopback, RejectionsPreemptRunningVerifications) {
   World w(7);
   Coordinator coord(*w.coord_ch, 50, 5);
