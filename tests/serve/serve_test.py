@@ -435,6 +435,12 @@ def main():
         a = srv.client().completions.create(model="dsi", prompt="The sky is", max_tokens=16)
         b = ref_srv.client().completions.create(model="dsi", prompt="The sky is", max_tokens=16)
         check(a.choices[0].text == b.choices[0].text, f"SmolLM2 completion equals non-SI: {a.choices[0].text!r}")
+        base = f"http://127.0.0.1:{srv.port}"
+        check(curl(base + "/health") == "200" and
+              curl("-H", f"Authorization: Bearer {KEY}", base + "/metrics") == "200" and
+              curl("-H", f"Authorization: Bearer {KEY}", "-d",
+                   '{"prompt": "Hi", "max_tokens": 4}', base + "/v1/completions") == "200",
+              "curl /health, /metrics and /v1/completions on SmolLM2")
         st, _, r = complete(srv.port, {"prompt": "hi " * 300, "max_tokens": 8000})
         check(st == 400 and "context" in r["error"]["message"], f"over the context: {st} {r['error']['message']}")
         check(srv.stop() == 0 and ref_srv.stop() == 0, "SmolLM2 servers drained")

@@ -82,7 +82,19 @@ TEST_P(QwenPair, CodeRoundTripAndChatTokens) {
   const auto text = TextModel::load(path_);
   const auto prompt = text->prompt_tokens("Hello world", /*chat=*/true);
   const std::vector<Token> want = {151644, 872, 198, 9707, 1879, 151645, 198, 151644, 77091, 198};
-  EXPECT_EQ(prompt, want);  // <|im_start|>user\nHello world<|im_end|>\n<|im_start|>assistant\n
+  // The file's chat template opens a conversation without a system turn with its own.
+  EXPECT_EQ(text->default_system(),
+            "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.");
+  const std::vector<Token> system =
+      tok->encode("<|im_start|>system\n" + text->default_system() + "<|im_end|>\n", false, true);
+  ASSERT_EQ(prompt.size(), system.size() + want.size());
+  EXPECT_TRUE(std::equal(system.begin(), system.end(), prompt.begin()));
+  // ... then <|im_start|>user\nHello world<|im_end|>\n<|im_start|>assistant\n
+  EXPECT_TRUE(std::equal(want.begin(), want.end(), prompt.begin() + system.size()));
+  const auto with_system = text->chat_tokens({{"system", "Be brief."}, {"user", "Hello world"}});
+  std::vector<Token> expect = tok->encode("<|im_start|>system\nBe brief.<|im_end|>\n", false, true);
+  expect.insert(expect.end(), want.begin(), want.end());
+  EXPECT_EQ(with_system, expect);
 }
 
 INSTANTIATE_TEST_SUITE_P(Files, QwenPair, ::testing::Values(k15B, k05B), [](const auto& info) {
