@@ -168,7 +168,6 @@ std::unique_ptr<Coordinator::Run> Coordinator::configure(const RunConfig& cfg, i
     r.rep.prompt = cfg.prompt_ids.empty() ? synthetic_prompt(cfg.seed, cfg.prompt_tokens, cfg.vocab)
                                           : cfg.prompt_ids;
   }
-
   r.origin = Clock::now();
   const double origin_s = std::chrono::duration<double>(r.origin.time_since_epoch()).count();
 

@@ -148,9 +148,7 @@ class Session : public std::enable_shared_from_this<Session> {
   }
   Completion meta() const {
     Completion c;
-    c.id = id_;
-    c.created = created_;
-    c.model = srv_.opts.model;
+    fill(c);
     return c;
   }
   void fill(Completion& c) const {
