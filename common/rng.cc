@@ -50,4 +50,11 @@ std::array<uint32_t, 4> rng_words(uint64_t seed, uint64_t request, uint32_t posi
       {static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32)});
 }
 
+double rng_uniform_at(uint64_t seed, uint64_t request, uint32_t position, RngPurpose purpose,
+                      uint32_t index) {
+  const auto w = rng_words(seed, request, position, purpose, index);
+  const uint64_t bits = (static_cast<uint64_t>(w[0]) << 32 | w[1]) >> 11;
+  return static_cast<double>(bits) * 0x1.0p-53;
+}
+
 }  // namespace dsi

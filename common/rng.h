@@ -18,6 +18,11 @@ enum class RngPurpose : uint32_t {
 // Uniform in [0, 1) with 53 random bits.
 double rng_uniform(uint64_t seed, uint64_t request, uint64_t position, RngPurpose purpose);
 
+// Uniform in [0, 1) with 53 random bits, the index-th of a family of draws at (seed, request,
+// position, purpose) (e.g. one per sibling of a token tree); independent of rng_uniform's.
+double rng_uniform_at(uint64_t seed, uint64_t request, uint32_t position, RngPurpose purpose,
+                      uint32_t index);
+
 // Four independent 32-bit words for entries 4 * block .. 4 * block + 3 of an indexed draw at
 // (seed, request, position, purpose): one noise value per vocabulary entry. Positions are below
 // 2^32 (they are token positions); the counter differs from rng_uniform's in its first word.

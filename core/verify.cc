@@ -128,4 +128,83 @@ std::vector<Token> verify_sampled(std::span<const Token> seq, int first,
   return out;
 }
 
+TreeVerdict verify_tree_exact(const TokenTree& tree, const std::function<Token(int)>& target) {
+  TreeVerdict v;
+  int cur = -1;
+  for (;;) {
+    const Token y = target(cur);
+    int next = -1;
+    for (int c : tree.children(cur)) {
+      if (tree.tokens[c] == y) {
+        next = c;
+        break;
+      }
+    }
+    if (next < 0) {
+      v.next = y;
+      return v;
+    }
+    v.path.push_back(next);
+    cur = next;
+  }
+}
+
+TreeVerdict verify_tree_sampled(const TokenTree& tree, int first,
+                                const std::function<std::span<const float>(int)>& p,
+                                const std::function<std::span<const float>(int)>& q,
+                                const SamplingParams& sp, TreeVariant variant) {
+  auto pos_after = [&](int node) { return node < 0 ? first : first + tree.depth(node) + 1; };
+  if (sp.coupling == Coupling::kGumbel) {
+    return verify_tree_exact(tree,
+                             [&](int node) { return race_sample(p(node), pos_after(node), sp); });
+  }
+  TreeVerdict v;
+  int cur = -1;
+  for (;;) {
+    const int pos = pos_after(cur);
+    const auto children = tree.children(cur);
+    const auto pp = p(cur);
+    if (children.empty()) {
+      v.next = sample(pp, pos, sp, RngPurpose::kSample);
+      return v;
+    }
+    const auto qq = q(cur);
+    // The residual r / mass, kept unnormalised as verify_sampled keeps it: p itself counts as
+    // mass 1, so a chain makes the same comparisons and draws with the same bits.
+    std::vector<float> r(pp.begin(), pp.end());
+    double mass = 1;
+    int accepted = -1;
+    for (size_t j = 0; j < children.size() && accepted < 0; ++j) {
+      const Token x = tree.tokens[children[j]];
+      // The first sibling draws as a chain's draft does.
+      const double u = j == 0 ? rng_uniform(sp.seed, sp.request, pos, RngPurpose::kAccept)
+                              : rng_uniform_at(sp.seed, sp.request, static_cast<uint32_t>(pos),
+                                               RngPurpose::kAccept, static_cast<uint32_t>(j));
+      const bool accept = variant == TreeVariant::kNoResidualUpdate
+                              ? u * qq[x] < pp[x]
+                              : u * qq[x] * mass < r[x];  // u < min(1, (r(x) / mass) / q(x))
+      if (accept) {
+        accepted = children[j];
+        break;
+      }
+      const float m = static_cast<float>(mass);
+      double left = 0;
+      for (size_t i = 0; i < r.size(); ++i) {
+        const float d = r[i] - m * qq[i];
+        r[i] = d > 0 ? d : 0;
+        left += r[i];
+      }
+      // r == q leaves nothing: that rejection had probability 0 (verify_sampled keeps the draft).
+      if (!(left > 0)) accepted = children[j];
+      mass = left;
+    }
+    if (accepted < 0) {
+      v.next = sample(r, pos, sp, RngPurpose::kResidual);
+      return v;
+    }
+    v.path.push_back(accepted);
+    cur = accepted;
+  }
+}
+
 }  // namespace dsi

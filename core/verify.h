@@ -9,6 +9,7 @@
 #include <span>
 #include <vector>
 
+#include "common/token_tree.h"
 #include "engines/engine.h"
 
 namespace dsi {
@@ -83,5 +84,41 @@ std::vector<Token> verify_sampled(std::span<const Token> seq, int first,
                                   const std::function<std::span<const float>(int)>& q,
                                   BonusRule rule, const SamplingParams& sp,
                                   VerifierVariant variant = VerifierVariant::kCorrect);
+
+// Token trees (SpecInfer, arXiv 2305.09781). A tree of drafts grows from a sequence of
+// length `first`: its depth-0 nodes are candidates for position `first`, the children of a node
+// at depth d for position first + d + 1. A verdict is the accepted path and the target's token
+// after it.
+struct TreeVerdict {
+  std::vector<int> path;  // accepted nodes, top-down (empty: no draft accepted)
+  Token next = -1;        // the target's token after the path (a correction or the bonus)
+};
+
+// Exact-match verification, for greedy decoding and the Gumbel coupling: target(node) is the
+// target's token after node (-1: after the sequence). From the top, the first child (in index
+// order) whose token equals the target's is accepted, until none does. The text is the
+// target's own whatever the tree: each token is a function of its prefix.
+TreeVerdict verify_tree_exact(const TokenTree& tree, const std::function<Token(int)>& target);
+
+// Deliberately wrong tree verifiers, for the test that shows the distribution test can fail.
+enum class TreeVariant {
+  kCorrect,
+  kNoResidualUpdate,  // broken: tests every sibling against p, not the residual left by the
+                      // siblings rejected before it
+};
+
+// Sampled verification of a tree. kGumbel: verify_tree_exact on the target's race at each
+// position. kResidual: multi-step speculative sampling: the children of a node, drawn i.i.d.
+// from the drafter's q(node), are tested in index order, each accepted with min(1, r(x)/q(x))
+// where r starts as p(node) and becomes norm(max(0, r - q(node))) after each rejection; when
+// every child is rejected the token is drawn from r, and after a leaf from p(leaf). Each token
+// is then distributed as p. p(node), q(node): the target's and the drafter's probabilities
+// after node (-1: at position first); q is asked only for nodes with children. A chain gives
+// verify_sampled's tokens with BonusRule{} (the same draws).
+TreeVerdict verify_tree_sampled(const TokenTree& tree, int first,
+                                const std::function<std::span<const float>(int)>& p,
+                                const std::function<std::span<const float>(int)>& q,
+                                const SamplingParams& sp,
+                                TreeVariant variant = TreeVariant::kCorrect);
 
 }  // namespace dsi

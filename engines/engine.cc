@@ -1,7 +1,11 @@
-// The Engine defaults (engines/engine.h): KV handoff staged through host memory.
+// The Engine defaults (engines/engine.h): KV handoff staged through host memory, token trees
+// as chain forwards.
 #include "engines/engine.h"
 
 #include <unistd.h>
+
+#include <algorithm>
+#include <stdexcept>
 
 #include "kernels/argmax.h"
 #include "transport/data_channel.h"
@@ -12,6 +16,41 @@ std::vector<Token> Logits::argmax() const {
   std::vector<Token> out(n);
   if (n > 0) kernels::argmax_cpu(out.data(), data.data(), n, vocab);
   return out;
+}
+
+void check_tree(const TokenTree& tree) {
+  if (const std::string why = tree.invalid(); !why.empty()) {
+    throw std::invalid_argument("malformed token tree: " + why);
+  }
+}
+
+Logits Engine::forward_tree(const TokenTree& tree, int from, const CancelFlag& cancel) {
+  check_tree(tree);
+  if (from < 0 || from > tree.size())
+    throw std::invalid_argument("forward_tree: from out of range");
+  const int base = kv_len();
+  Logits out{tree.size() - from, vocab_size(), {}};
+  out.data.reserve(static_cast<size_t>(out.n) * out.vocab);
+  try {
+    for (int i = from; i < tree.size(); ++i) {
+      const auto path = tree.path_tokens(i);
+      const Logits one = forward(path, 1, cancel);
+      out.data.insert(out.data.end(), one.data.begin(), one.data.end());
+      truncate(base);
+    }
+  } catch (...) {
+    if (kv_len() > base) truncate(base);
+    throw;
+  }
+  return out;
+}
+
+void Engine::keep_path(const TokenTree& tree, std::span<const int> path, const CancelFlag& cancel) {
+  if (!tree.is_path(path))
+    throw std::invalid_argument("keep_path: not a top-down path of the tree");
+  std::vector<Token> tokens;
+  for (int n : path) tokens.push_back(tree.tokens[n]);
+  (void)forward(tokens, 0, cancel);
 }
 
 std::string Engine::device_name() const {

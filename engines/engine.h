@@ -13,6 +13,7 @@
 #include "common/cancel.h"
 #include "common/error.h"
 #include "common/token.h"
+#include "common/token_tree.h"
 
 namespace dsi {
 
@@ -38,6 +39,9 @@ struct KvBlob {
   std::vector<uint8_t> bytes;
 };
 
+// Throws std::invalid_argument naming what is wrong with a malformed tree.
+void check_tree(const TokenTree& tree);
+
 class Engine {
  public:
   virtual ~Engine() = default;
@@ -57,6 +61,24 @@ class Engine {
                                             const CancelFlag& cancel) {
     return forward(tokens, n_logits, cancel).argmax();
   }
+
+  // Token trees (SpecInfer): runs nodes [from, tree.size()) of `tree` in one call, node i at
+  // position kv_len() + tree.depth(i), seeing the cache and its own ancestors only, so that
+  // its logits are those of a chain forward of its path (the same bits on a batch-invariant
+  // engine). Returns their logits, row r for node from + r. from > 0 grows the tree of the
+  // previous call, whose nodes were exactly the first `from` of this one (a drafter expanding
+  // a tree level by level); an engine that keeps the tree's KV throws std::logic_error
+  // otherwise. kv_len() does not move:
+  // keep_path then appends one path's KV. Throws as forward does, and std::invalid_argument
+  // for a malformed tree. This default runs a chain forward per node (correct on any engine,
+  // and slow); engines with a tree attention mask override it.
+  virtual Logits forward_tree(const TokenTree& tree, int from, const CancelFlag& cancel);
+  // After forward_tree(tree): appends the KV of `path`, a top-down path of the tree, at
+  // kv_len(). Engines that kept the tree's KV move it into place (no recomputation); any other
+  // call in between (forward, truncate, import_kv) drops it, and keep_path then throws
+  // std::logic_error. This default computes the path with a chain forward.
+  virtual void keep_path(const TokenTree& tree, std::span<const int> path,
+                         const CancelFlag& cancel);
 
   // Rolls the KV cache back to its first n positions (n <= kv_len()).
   virtual void truncate(int n) = 0;

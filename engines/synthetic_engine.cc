@@ -92,6 +92,7 @@ Logits SyntheticEngine::forward(std::span<const Token> tokens, int n_logits,
                                 const CancelFlag& cancel) {
   const int n = static_cast<int>(tokens.size());
   if (n_logits < 0 || n_logits > n) throw std::invalid_argument("n_logits out of range");
+  tree_ = {};
   if (!cancellable_sleep_ms(forward_cost_ms(n), cancel)) throw Cancelled();
   Logits out{n_logits, p_.vocab, std::vector<float>(static_cast<size_t>(n_logits) * p_.vocab)};
   uint64_t h = hashes_.empty() ? synthetic::start_hash(p_.seed) : hashes_.back();
@@ -108,9 +109,51 @@ Logits SyntheticEngine::forward(std::span<const Token> tokens, int n_logits,
   return out;
 }
 
+Logits SyntheticEngine::forward_tree(const TokenTree& tree, int from, const CancelFlag& cancel) {
+  check_tree(tree);
+  const int size = tree.size();
+  if (from < 0 || from > size) throw std::invalid_argument("forward_tree: from out of range");
+  if (from > 0 && (tree_.size() != from ||
+                   !std::equal(tree_.tokens.begin(), tree_.tokens.end(), tree.tokens.begin()) ||
+                   !std::equal(tree_.parents.begin(), tree_.parents.end(), tree.parents.begin()))) {
+    throw std::logic_error("forward_tree: the first nodes are not the previous call's tree");
+  }
+  for (Token t : tree.tokens) {
+    if (t < 0 || t >= p_.vocab) throw std::out_of_range("token id out of vocab");
+  }
+  tree_ = {};
+  if (!cancellable_sleep_ms(forward_cost_ms(size - from), cancel)) throw Cancelled();
+  Logits out{size - from, p_.vocab,
+             std::vector<float>(static_cast<size_t>(size - from) * p_.vocab)};
+  const uint64_t base = hashes_.empty() ? synthetic::start_hash(p_.seed) : hashes_.back();
+  tree_hashes_.resize(size);
+  for (int i = from; i < size; ++i) {
+    const int p = tree.parents[i];
+    tree_hashes_[i] = synthetic::extend_hash(p < 0 ? base : tree_hashes_[p], tree.tokens[i]);
+    synthetic::logits(p_, tree_hashes_[i], hashes_.size() + tree.depth(i) + 1,
+                      out.data.data() + static_cast<size_t>(i - from) * p_.vocab);
+  }
+  tree_ = tree;
+  return out;
+}
+
+void SyntheticEngine::keep_path(const TokenTree& tree, std::span<const int> path,
+                                const CancelFlag& cancel) {
+  (void)cancel;
+  if (tree.size() == 0 && path.empty()) return;
+  if (tree.size() == 0 || tree_.tokens != tree.tokens || tree_.parents != tree.parents) {
+    throw std::logic_error("keep_path: this tree's KV is not kept (forward_tree it first)");
+  }
+  if (!tree.is_path(path))
+    throw std::invalid_argument("keep_path: not a top-down path of the tree");
+  for (int node : path) hashes_.push_back(tree_hashes_[node]);
+  tree_ = {};
+}
+
 void SyntheticEngine::truncate(int n) {
   if (n < 0 || n > kv_len()) throw std::out_of_range("truncate beyond the KV cache");
   hashes_.resize(n);
+  tree_ = {};
 }
 
 KvBlob SyntheticEngine::export_kv(int begin, int end) const {
@@ -122,6 +165,7 @@ KvBlob SyntheticEngine::export_kv(int begin, int end) const {
 
 void SyntheticEngine::import_kv(const KvBlob& kv) {
   if (kv.begin != kv_len()) throw std::invalid_argument("KV import must start at kv_len()");
+  tree_ = {};
   const size_t n = kv.bytes.size() / sizeof(uint64_t);
   const size_t old = hashes_.size();
   hashes_.resize(old + n);

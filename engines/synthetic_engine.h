@@ -52,6 +52,10 @@ class SyntheticEngine final : public Engine {
   explicit SyntheticEngine(SyntheticParams p);
 
   Logits forward(std::span<const Token> tokens, int n_logits, const CancelFlag& cancel) override;
+  // One forward's latency for the whole tree (as a GPU's tree attention would take).
+  Logits forward_tree(const TokenTree& tree, int from, const CancelFlag& cancel) override;
+  void keep_path(const TokenTree& tree, std::span<const int> path,
+                 const CancelFlag& cancel) override;
   void truncate(int n) override;
   int kv_len() const override { return static_cast<int>(hashes_.size()); }
   int vocab_size() const override { return p_.vocab; }
@@ -63,7 +67,9 @@ class SyntheticEngine final : public Engine {
 
  private:
   SyntheticParams p_;
-  std::vector<uint64_t> hashes_;  // hashes_[i]: hash of the context through position i
+  std::vector<uint64_t> hashes_;       // hashes_[i]: hash of the context through position i
+  TokenTree tree_;                     // the nodes forward_tree ran, until another call
+  std::vector<uint64_t> tree_hashes_;  // context hash through each of them
 };
 
 // Sleeps `ms` milliseconds, or until the flag is raised (it wakes the sleeper at once).

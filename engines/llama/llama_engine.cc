@@ -122,24 +122,87 @@ void LlamaEngine::ensure_scratch(int n) {
 }
 
 Logits LlamaEngine::forward(std::span<const Token> tokens, int n_logits, const CancelFlag& cancel) {
+  check_llama_forward(tokens, n_logits, kv_len_, max_ctx_, model_->config.n_vocab);
+  tree_ = {};
+  Logits out = run(tokens, {}, kv_len_, nullptr, n_logits, cancel);
+  kv_len_ += static_cast<int>(tokens.size());
+  return out;
+}
+
+Logits LlamaEngine::forward_tree(const TokenTree& tree, int from, const CancelFlag& cancel) {
+  check_tree(tree);
+  const int size = tree.size();
+  if (from < 0 || from > size) throw std::invalid_argument("forward_tree: from out of range");
+  if (from > 0 && (tree_.size() != from ||
+                   !std::equal(tree_.tokens.begin(), tree_.tokens.end(), tree.tokens.begin()) ||
+                   !std::equal(tree_.parents.begin(), tree_.parents.end(), tree.parents.begin()))) {
+    throw std::logic_error("forward_tree: the first nodes are not the previous call's tree");
+  }
+  const std::span<const Token> fresh = std::span(tree.tokens).subspan(from);
+  check_llama_forward(tree.tokens, 0, kv_len_, max_ctx_, model_->config.n_vocab);
+  tree_ = {};
+  // Node i sees the cache, its ancestors and itself. Ancestors sit at increasing rows in the
+  // order of their positions, so attention visits the same keys in the same order as a chain
+  // forward of the path does.
+  const int start = kv_len_, n = size - from, n_kv = start + size;
+  std::vector<int> depth(n);
+  mask_.assign(static_cast<size_t>(n) * n_kv, 0);
+  for (int r = 0; r < n; ++r) {
+    uint8_t* row = mask_.data() + static_cast<size_t>(r) * n_kv;
+    std::fill(row, row + start, uint8_t{1});
+    for (int a = from + r; a >= 0; a = tree.parents[a]) {
+      row[start + a] = 1;
+      ++depth[r];
+    }
+    --depth[r];
+  }
+  Logits out = run(fresh, depth, start + from, mask_.data(), n, cancel);
+  tree_ = tree;
+  return out;
+}
+
+void LlamaEngine::keep_path(const TokenTree& tree, std::span<const int> path,
+                            const CancelFlag& cancel) {
+  (void)cancel;  // moving rows is not worth interrupting
+  if (tree.size() == 0 && path.empty()) return;
+  if (tree.size() == 0 || tree_.tokens != tree.tokens || tree_.parents != tree.parents) {
+    throw std::logic_error("keep_path: this tree's KV is not kept (forward_tree it first)");
+  }
+  if (!tree.is_path(path))
+    throw std::invalid_argument("keep_path: not a top-down path of the tree");
+  // Row kv_len_ + path[d] moves to kv_len_ + d <= it; rows of later path nodes lie beyond both.
+  const size_t row = static_cast<size_t>(model_->config.kv_dim()) * sizeof(float);
+  for (size_t slot = 0; slot < layers_.size(); ++slot) {
+    for (size_t d = 0; d < path.size(); ++d) {
+      if (path[d] == static_cast<int>(d)) continue;
+      const int from = kv_len_ + path[d], to = kv_len_ + static_cast<int>(d);
+      std::memcpy(k_cache(static_cast<int>(slot), to), k_cache(static_cast<int>(slot), from), row);
+      std::memcpy(v_cache(static_cast<int>(slot), to), v_cache(static_cast<int>(slot), from), row);
+    }
+  }
+  kv_len_ += static_cast<int>(path.size());
+  tree_ = {};
+}
+
+Logits LlamaEngine::run(std::span<const Token> tokens, std::span<const int> depth, int row0,
+                        const uint8_t* mask, int n_logits, const CancelFlag& cancel) {
   const LlamaConfig& c = model_->config;
   const LlamaWeights& w = model_->weights;
   const int n = static_cast<int>(tokens.size());
-  check_llama_forward(tokens, n_logits, kv_len_, max_ctx_, c.n_vocab);
   Logits out{n_logits, c.n_vocab, {}};
   if (n == 0) return out;
   ensure_scratch(n);
   ThreadPool* pool = threads_ > 1 ? &pool_ : nullptr;
-  const int start = kv_len_;
+  const int start = row0;
   const size_t nd = static_cast<size_t>(n) * c.dim;
-  for (int i = 0; i < n; ++i) pos_[i] = start + i;
+  for (int i = 0; i < n; ++i) pos_[i] = depth.empty() ? start + i : kv_len_ + depth[i];
   for (int i = 0; i < n; ++i) {
     kernels::weight_row(w.token_embd, tokens[i], x_.data() + static_cast<size_t>(i) * c.dim);
   }
 
   // K and V of the new tokens are written straight into the cache rows [start, start+n);
-  // kv_len_ moves only once every layer is done, so a cancelled forward leaves rows beyond
-  // kv_len_ that nothing reads.
+  // kv_len_ moves (in forward) only once every layer is done, so a cancelled forward leaves
+  // rows beyond kv_len_ that nothing reads.
   for (size_t slot = 0; slot < layers_.size(); ++slot) {
     if (cancel.cancelled()) throw Cancelled();
     const LlamaLayerWeights& L = w.layers[layers_[slot]];
@@ -156,8 +219,8 @@ Logits LlamaEngine::forward(std::span<const Token> tokens, int n_logits, const C
     const float* k0 = k_cache(static_cast<int>(slot), 0);
     const float* v0 = v_cache(static_cast<int>(slot), 0);
     auto heads = [&](int h) {
-      kernels::attention_cpu(att_.data(), q_.data(), k0, v0, nullptr, n, start + n, start,
-                             c.n_heads, c.n_kv_heads, c.head_dim, c.kv_dim(), h, h + 1);
+      kernels::attention_cpu(att_.data(), q_.data(), k0, v0, mask, n, start + n, start, c.n_heads,
+                             c.n_kv_heads, c.head_dim, c.kv_dim(), h, h + 1);
     };
     // Waking the pool costs ~10 us: not worth it for a decode step over a short context.
     if (static_cast<int64_t>(n) * (start + n) * c.q_dim() < kParallelAttentionWork) {
@@ -188,13 +251,13 @@ Logits LlamaEngine::forward(std::span<const Token> tokens, int n_logits, const C
     kernels::qmatmul(out.data.data(), xb_.data(), w.head(), nullptr, n_logits, pool,
                      kernels::kernel_isa(), act_);
   }
-  kv_len_ = start + n;
   return out;
 }
 
 void LlamaEngine::truncate(int n) {
   if (n < 0 || n > kv_len_) throw std::out_of_range("truncate beyond the KV cache");
   kv_len_ = n;
+  tree_ = {};
 }
 
 KvBlob LlamaEngine::export_kv(int begin, int end) const {
@@ -214,6 +277,7 @@ KvBlob LlamaEngine::export_kv(int begin, int end) const {
 
 void LlamaEngine::import_kv(const KvBlob& kv) {
   if (kv.begin != kv_len_) throw std::invalid_argument("KV import must start at kv_len()");
+  tree_ = {};
   if (kv.end < kv.begin || kv.end > max_ctx_) throw std::out_of_range("KV import range");
   const size_t row = static_cast<size_t>(model_->config.kv_dim()) * sizeof(float);
   const size_t span = (kv.end - kv.begin) * row;

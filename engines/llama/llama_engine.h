@@ -57,6 +57,11 @@ class LlamaEngine final : public Engine {
   LlamaEngine(std::shared_ptr<const LlamaModel> model, const LlamaEngineOptions& options);
 
   Logits forward(std::span<const Token> tokens, int n_logits, const CancelFlag& cancel) override;
+  // One forward under a tree attention mask; the nodes' KV waits in the cache rows after
+  // kv_len() until keep_path moves a path's rows into place.
+  Logits forward_tree(const TokenTree& tree, int from, const CancelFlag& cancel) override;
+  void keep_path(const TokenTree& tree, std::span<const int> path,
+                 const CancelFlag& cancel) override;
   void truncate(int n) override;
   int kv_len() const override { return kv_len_; }
   int vocab_size() const override { return model_->config.n_vocab; }
@@ -76,6 +81,11 @@ class LlamaEngine final : public Engine {
   float* k_cache(int slot, int pos);
   float* v_cache(int slot, int pos);
   void ensure_scratch(int n);
+  // The forward of `tokens` into cache rows [row0, row0 + n): token i at position row0 + i
+  // (depth empty: causal) or kv_len_ + depth[i] under `mask` (n, row0 + n). Returns the
+  // logits of the last n_logits rows; moves nothing.
+  Logits run(std::span<const Token> tokens, std::span<const int> depth, int row0,
+             const uint8_t* mask, int n_logits, const CancelFlag& cancel);
 
   std::shared_ptr<const LlamaModel> model_;
   std::vector<int> layers_;  // file layer numbers, in run order
@@ -83,6 +93,8 @@ class LlamaEngine final : public Engine {
   kernels::Activations act_;
   int max_ctx_;
   int kv_len_ = 0;
+  TokenTree tree_;  // the nodes forward_tree ran, while their KV waits after kv_len_
+  std::vector<uint8_t> mask_;
   ThreadPool pool_;
   std::function<void(int)> after_layer_;
   // (n_kept_layers, max_ctx, kv_dim) each. Allocated without touching the memory, so pages

@@ -119,6 +119,63 @@ TEST_P(BatchInvariance, LogitsAreTheSameBitsHoweverPositionsAreBatched) {
   }
 }
 
+// Token trees: every node of a tree forward (one forward under a tree attention mask) gets the
+// bits its path gets in a chain forward, and after keep_path (rows moved, not recomputed) the
+// engine decodes as if the path had been decoded.
+TEST_P(BatchInvariance, TreeNodesGetTheLogitsOfTheirPaths) {
+  const GgmlType t = GetParam();
+  auto model = typed_model(t);
+  CancelFlag never;
+  const std::vector<Token> prefix(kSeq.begin(), kSeq.begin() + 4);
+  TokenTree tree;  // two tops, branching, depths 0..3, nodes not in depth order
+  const int a = tree.add(15, -1), b = tree.add(9, a), g = tree.add(7, -1);
+  const int c = tree.add(26, b), e = tree.add(32, a);
+  tree.add(38, g);
+  const int d = tree.add(53, c);
+  const int f = tree.add(46, e);
+  (void)d;
+  for (int threads = 1; threads <= 3; ++threads) {
+    SCOPED_TRACE(std::string(ggml_type_name(t)) + ", " + std::to_string(threads) + " threads");
+    LlamaEngineOptions o;
+    o.threads = threads;
+    LlamaEngine te(model, o), ce(model, o);
+    (void)te.forward(prefix, 0, never);
+    const Logits got = te.forward_tree(tree, 0, never);
+    ASSERT_EQ(got.n, tree.size());
+    EXPECT_EQ(te.kv_len(), 4);
+    for (int i = 0; i < tree.size(); ++i) {
+      ce.truncate(0);
+      std::vector<Token> seq = prefix;
+      for (Token x : tree.path_tokens(i)) seq.push_back(x);
+      EXPECT_TRUE(same_bits(got.row(i), ce.forward(seq, 1, never).row(0))) << "node " << i;
+    }
+    // Grown in two calls (a drafter expanding its tree), the nodes get the same bits.
+    LlamaEngine ge(model, o);
+    (void)ge.forward(prefix, 0, never);
+    TokenTree part = tree;
+    part.tokens.resize(5);
+    part.parents.resize(5);
+    const Logits first = ge.forward_tree(part, 0, never);
+    const Logits rest = ge.forward_tree(tree, 5, never);
+    ASSERT_EQ(rest.n, tree.size() - 5);
+    for (int i = 0; i < tree.size(); ++i) {
+      EXPECT_TRUE(same_bits(got.row(i), i < 5 ? first.row(i) : rest.row(i - 5))) << "grown " << i;
+    }
+    EXPECT_THROW(ge.forward_tree(tree, 4, never), std::logic_error);  // not the last tree
+    te.keep_path(tree, std::vector<int>{a, e, f}, never);
+    EXPECT_EQ(te.kv_len(), 7);
+    const std::vector<Token> more = {58, 9};
+    const Logits next = te.forward(more, 2, never);
+    ce.truncate(0);
+    const Logits want = ce.forward(std::vector<Token>{3, 14, 15, 9, 15, 32, 46, 58, 9}, 2, never);
+    EXPECT_TRUE(same_bits(next.data, want.data));
+    // keep_path needs the tree's forward; a forward in between drops it.
+    (void)te.forward_tree(tree, 0, never);
+    (void)te.forward(more, 0, never);
+    EXPECT_THROW(te.keep_path(tree, std::vector<int>{a}, never), std::logic_error);
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(EveryType, BatchInvariance, ::testing::ValuesIn(kTypes),
                          [](const auto& info) { return std::string(ggml_type_name(info.param)); });
 
