@@ -52,6 +52,12 @@ bool TokenTree::is_path(std::span<const int> path) const {
   return true;
 }
 
+bool TokenTree::grew_from(const TokenTree& other) const {
+  return other.size() <= size() &&
+         std::equal(other.tokens.begin(), other.tokens.end(), tokens.begin()) &&
+         std::equal(other.parents.begin(), other.parents.end(), parents.begin());
+}
+
 int TokenTree::height() const {
   int h = 0;
   for (int i = 0; i < size(); ++i) h = std::max(h, depth(i) + 1);

@@ -31,6 +31,8 @@ struct TokenTree {
   std::vector<int> children(int parent) const;
   // Whether `path` is a top-down path (path[0] at depth 0, each the parent of the next).
   bool is_path(std::span<const int> path) const;
+  // Whether the first nodes of this tree are `other`'s (this one grew from it).
+  bool grew_from(const TokenTree& other) const;
   // The greatest depth + 1 (0 for an empty tree).
   int height() const;
   // "" if well formed (as many parents as tokens, each -1 or an earlier node), else what is

@@ -8,6 +8,9 @@
 #include <functional>
 #include <map>
 #include <set>
+#include <sstream>
+
+#include "core/tree_draft.h"
 
 namespace dsi {
 namespace {
@@ -94,6 +97,24 @@ const std::vector<Key>& keys() {
       {"dsi.lookahead", "k: a verification task after every k drafts",
        [](RunConfig& c, const YAML::Node& n, const std::string& key) {
          c.lookahead = integer(n, key, 1, 1024);
+       }},
+      {"dsi.tree",
+       "SI with token trees: the branching factor per depth, e.g. [3, 2, 1, 1] (its depth is "
+       "the lookahead; at most 64 nodes); [] or absent: chains",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) {
+         c.tree.clear();
+         if (n.IsScalar() && !n.Scalar().empty()) {  // "3,2,1,1" (an override)
+           std::stringstream ss(n.Scalar());
+           std::string item;
+           while (std::getline(ss, item, ',')) {
+             c.tree.push_back(integer(YAML::Load(item), key, 1, kMaxTreeNodes));
+           }
+         } else if (n.IsSequence()) {
+           for (const auto& v : n) c.tree.push_back(integer(v, key, 1, kMaxTreeNodes));
+         } else if (!n.IsNull() && !(n.IsScalar() && n.Scalar().empty())) {
+           throw ConfigError(fmt::format("key '{}' must be a list of branching factors", key));
+         }
+         if (!c.tree.empty()) c.lookahead = static_cast<int>(c.tree.size());
        }},
       {"dsi.queue", "newest | fifo: which queued task a freed target takes",
        [](RunConfig& c, const YAML::Node& n, const std::string& key) {
@@ -439,12 +460,38 @@ RunConfig parse_config(const std::string& yaml_text, const std::string& origin,
           cfg.peer_timeout_s, cfg.heartbeat_ms));
     }
     check_adapt(cfg);
+    check_tree_config(cfg);
     return cfg;
   } catch (const ConfigError& e) {
     throw ConfigError(fmt::format("{}: {}", origin, e.message()));
   } catch (const YAML::Exception& e) {
     throw ConfigError(fmt::format("{}: malformed YAML at line {}, column {}: {}", origin,
                                   e.mark.line + 1, e.mark.column + 1, e.msg));
+  }
+}
+
+void check_tree_config(const RunConfig& cfg) {
+  if (cfg.tree.empty()) return;
+  if (const std::string why = invalid_tree_shape(cfg.tree, kMaxTreeNodes); !why.empty()) {
+    throw ConfigError("dsi.tree: " + why);
+  }
+  if (cfg.mode != Mode::kSi) {
+    throw ConfigError(fmt::format(
+        "dsi.tree runs with mode si only for now (mode is {}); DSI with trees is not built yet",
+        mode_name(cfg.mode)));
+  }
+  if (cfg.adapt) throw ConfigError("dsi.tree does not run with runtime.adapt: on yet");
+  if (cfg.temperature > 0 && cfg.coupling == "residual") {
+    throw ConfigError(
+        "dsi.tree needs sampling.coupling: gumbel when sampling.temperature > 0 (multi-step "
+        "speculative sampling over the residual needs the drafter's probabilities per node, "
+        "not sent yet)");
+  }
+  const int nodes = tree_shape_nodes(cfg.tree);
+  if (cfg.max_context > 0 && cfg.max_new_tokens + nodes + 1 > cfg.max_context) {
+    throw ConfigError(fmt::format(
+        "dsi.tree: a tree of {} nodes after {} new tokens does not fit model.max_context ({})",
+        nodes, cfg.max_new_tokens, cfg.max_context));
   }
 }
 

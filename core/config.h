@@ -25,6 +25,9 @@ struct RunConfig {
   int prompt_tokens = 16;  // synthetic prompt length
   // dsi
   int lookahead = 5;
+  // Token trees (SI): the branching factor per depth, e.g. {3, 2, 1, 1}; its depth is the
+  // lookahead. Empty: chains.
+  std::vector<int> tree;
   QueuePolicy queue = QueuePolicy::kNewest;
   TargetChoice target_choice = TargetChoice::kCache;
   // engine
@@ -101,6 +104,14 @@ std::string config_reference();
 // Throws ConfigError when runtime.adapt is on where it cannot be: with the residual sampler
 // at temperature > 0 (its text depends on k). Mode nonsi ignores runtime.adapt.
 void check_adapt(const RunConfig& cfg);
+
+// The most nodes a token tree may have (dsi.tree): the verifier runs them in one forward.
+inline constexpr int kMaxTreeNodes = 64;
+
+// Throws ConfigError naming dsi.tree when the tree cannot run with the rest of the config
+// (SI only, greedy or the Gumbel coupling, not with runtime.adapt, within the node budget and
+// the context).
+void check_tree_config(const RunConfig& cfg);
 
 // The sampling block of a run (greedy when temperature is 0): what every worker and the
 // simulator sample with.

@@ -143,6 +143,7 @@ RunReport Coordinator::run(const RunConfig& cfg, int n_targets, const OnCommit& 
 std::unique_ptr<Coordinator::Run> Coordinator::configure(const RunConfig& cfg, int n_targets,
                                                          const OnCommit& on_commit) {
   check_adapt(cfg);
+  check_tree_config(cfg);
   ++run_;
   auto run = std::make_unique<Run>();
   Run& r = *run;
@@ -194,7 +195,8 @@ std::unique_ptr<Coordinator::Run> Coordinator::configure(const RunConfig& cfg, i
                       .queue = cfg.queue,
                       .target_choice = cfg.target_choice,
                       .stop_tokens = stop_tokens,
-                      .kv = kv_options(cfg, ready, r.first_target)};
+                      .kv = kv_options(cfg, ready, r.first_target),
+                      .tree = cfg.tree};
   r.sched = std::make_unique<Scheduler>(so, r.rep.prompt);
   r.committed = r.sched->committed().size();
   if (cfg.adapt && cfg.mode != Mode::kNonSi) {
@@ -277,6 +279,8 @@ void Coordinator::generate(Run& r, const CancelFlag* stop) {
     if (const auto* d = std::get_if<msg::Draft>(&m.body)) {
       if (r.adapt) r.adapt->draft(d->busy_s);
       execute(r, sched.on_draft(d->chain, d->pos, d->token));
+    } else if (const auto* dt = std::get_if<msg::DraftTree>(&m.body)) {
+      execute(r, sched.on_draft_tree(dt->chain, dt->pos, TokenTree{dt->tokens, dt->parents}));
     } else if (const auto* res = std::get_if<msg::Result>(&m.body)) {
       if (r.adapt) r.adapt->forward(res->computed, res->busy_s);
       execute(r, sched.on_result(res->task, res->tokens, Forward{res->computed, res->busy_s}));
@@ -311,7 +315,8 @@ void Coordinator::execute(Run& r, const std::vector<Action>& acts) {
                                                     .committed = a.seq,
                                                     .window = a.window,
                                                     .stop_len = a.stop_len,
-                                                    .notify_every = a.notify_every}});
+                                                    .notify_every = a.notify_every,
+                                                    .tree = a.tree}});
         break;
       case Action::kVerify:
         ch_.send(r.rank(a.target), Message{.run = run_,
@@ -320,7 +325,8 @@ void Coordinator::execute(Run& r, const std::vector<Action>& acts) {
                                                                .seq = a.seq,
                                                                .n_logits = a.n_logits,
                                                                .bonus_anchor = a.bonus_anchor,
-                                                               .bonus_period = a.bonus_period}});
+                                                               .bonus_period = a.bonus_period,
+                                                               .parents = a.parents}});
         break;
       case Action::kCancel:
         ch_.send(r.rank(a.target), Message{.run = run_, .body = msg::Cancel{.task = a.id}});

@@ -1,6 +1,7 @@
 // The drafter role (core/worker_roles.h): drafts along the current chain.
 #include <cstring>
 
+#include "core/tree_draft.h"
 #include "core/worker_roles.h"
 
 namespace dsi {
@@ -17,6 +18,7 @@ void DrafterRole::start(const msg::StartChain& m) {
   stop_len_ = m.stop_len;
   chain_base_ = m.committed.size();
   notify_every_ = std::max(1, m.notify_every);
+  tree_ = m.tree;
   active_ = true;
 }
 
@@ -30,6 +32,10 @@ void DrafterRole::step() {
   }
   const double t0 = steady_now_s();
   const size_t keep = ctx_.reuse_prefix(seq, 1);
+  if (!tree_.empty()) {
+    step_tree(chain, seq, keep, t0);
+    return;
+  }
   try {
     const auto todo = std::span(seq).subspan(keep);
     const int pos = static_cast<int>(seq.size());
@@ -67,6 +73,37 @@ void DrafterRole::step() {
                             .token = tok,
                             .busy_s = static_cast<float>(steady_now_s() - t0)},
                  !wake);
+    }
+  } catch (const Cancelled&) {
+    ctx_.log.record({.kind = SpanKind::kDraft, .id = chain, .cancelled = true}, t0, steady_now_s());
+    std::lock_guard lk(mu_);
+    drafting_ = false;
+  }
+}
+
+void DrafterRole::step_tree(uint64_t chain, const std::vector<Token>& seq, size_t keep, double t0) {
+  const int pos = static_cast<int>(seq.size());
+  try {
+    std::vector<int> shape;
+    {
+      std::lock_guard lk(mu_);
+      shape.assign(tree_.begin(), tree_.end());
+    }
+    const Logits first = ctx_.engine->forward(std::span(seq).subspan(keep), 1, ctx_.cancel);
+    ctx_.cached = seq;
+    const TokenTree tree =
+        draft_tree(*ctx_.engine, first.row(0), shape, pos, ctx_.sampling, ctx_.cancel);
+    ctx_.log.record({.kind = SpanKind::kDraft, .id = chain, .drafts = tree.size(), .pos = pos}, t0,
+                    steady_now_s());
+    std::lock_guard lk(mu_);
+    drafting_ = false;
+    if (chain == chain_ && active_) {
+      window_ = 0;  // one tree per chain
+      ctx_.reply(msg::DraftTree{.chain = chain,
+                                .pos = pos,
+                                .tokens = tree.tokens,
+                                .parents = {tree.parents.begin(), tree.parents.end()},
+                                .busy_s = static_cast<float>(steady_now_s() - t0)});
     }
   } catch (const Cancelled&) {
     ctx_.log.record({.kind = SpanKind::kDraft, .id = chain, .cancelled = true}, t0, steady_now_s());

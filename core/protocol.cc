@@ -323,6 +323,8 @@ const char* msg_type_name(MsgType t) {
       return "KvSend";
     case MsgType::kKvExpect:
       return "KvExpect";
+    case MsgType::kDraftTree:
+      return "DraftTree";
   }
   return "?";
 }

@@ -25,7 +25,8 @@ namespace dsi {
 inline constexpr uint32_t kProtocolMagic = 0x31495344;  // "DSI1" read little-endian
 // 3: typed messages, each field encoded in its own width; the worker spec and the Stopped
 // report are binary structs (were JSON text).
-inline constexpr uint16_t kProtocolVersion = 7;
+// 8: token trees (StartChain.tree, DraftTree, Verify.parents).
+inline constexpr uint16_t kProtocolVersion = 8;
 
 // The type id on the wire; each is the index of its struct in Message::Body plus one.
 enum class MsgType : uint16_t {
@@ -46,6 +47,7 @@ enum class MsgType : uint16_t {
   kError,
   kKvSend,
   kKvExpect,
+  kDraftTree,
 };
 
 // KV handoff counters of one worker in one run.
@@ -144,9 +146,10 @@ struct StartChain {
       "progress.";
   uint64_t chain = 0;
   std::vector<Token> committed;
-  int32_t window = -1;       // drafts to make (-1: unlimited; SI: k)
-  int32_t stop_len = 0;      // draft no position >= stop_len
-  int32_t notify_every = 1;  // wake the coordinator for every n-th draft only (0, 1: each)
+  int32_t window = -1;        // drafts to make (-1: unlimited; SI: k)
+  int32_t stop_len = 0;       // draft no position >= stop_len
+  int32_t notify_every = 1;   // wake the coordinator for every n-th draft only (0, 1: each)
+  std::vector<int32_t> tree;  // SI with token trees: the branching factor per depth
   bool operator==(const StartChain&) const = default;
 };
 template <Is<StartChain> S, class V>
@@ -158,6 +161,9 @@ void wire_fields(S& s, V&& v) {
   v(s.notify_every, "notify_every",
     "drafts n·notify_every of the chain (and its last) wake the coordinator; the others are "
     "deferred (read with the next)");
+  v(s.tree, "tree",
+    "token trees: draft one tree of this shape (branching factor per depth) and reply "
+    "DraftTree; empty: a chain of Draft messages");
 }
 
 struct Draft {
@@ -189,6 +195,7 @@ struct Verify {
   int32_t n_logits = 0;    // m = drafts + 1 positions to check
   int32_t bonus_anchor = -1;
   int32_t bonus_period = 0;
+  std::vector<int32_t> parents;  // token tree: the parent of each of seq's last nodes
   bool operator==(const Verify&) const = default;
 };
 template <Is<Verify> S, class V>
@@ -200,6 +207,9 @@ void wire_fields(S& s, V&& v) {
   v(s.bonus_anchor, "bonus_anchor",
     "sampling: positions anchor + i·period are the target's own samples");
   v(s.bonus_period, "bonus_period", "0: only the last position (docs/sampling.md)");
+  v(s.parents, "parents",
+    "token tree: the last parents.size() tokens of seq are a tree's nodes, each following the "
+    "node parents[i] (-1: the committed sequence); empty: the drafts are a chain");
 }
 
 struct Result {
@@ -215,7 +225,9 @@ struct Result {
 template <Is<Result> S, class V>
 void wire_fields(S& s, V&& v) {
   v(s.task, "task", "the task's id");
-  v(s.tokens, "tokens", "the target's tokens at positions |S|−m+1 … |S|");
+  v(s.tokens, "tokens",
+    "the target's tokens at positions |S|−m+1 … |S|; a tree: the accepted path's tokens, then "
+    "the target's token after it");
   v(s.computed, "computed", "tokens the forward computed (the rest came from the cache)");
   v(s.busy_s, "busy_s", "seconds the verification took");
 }
@@ -353,6 +365,26 @@ void wire_fields(S& s, V&& v) {
   v(s.tokens, "tokens", "the committed sequence up to end");
 }
 
+struct DraftTree {
+  static constexpr MsgType kType = MsgType::kDraftTree;
+  static constexpr const char* kDir = "D→C";
+  static constexpr const char* kDoc = "The token tree a chain's StartChain.tree asked for.";
+  uint64_t chain = 0;
+  int32_t pos = 0;
+  std::vector<Token> tokens;
+  std::vector<int32_t> parents;
+  float busy_s = 0;
+  bool operator==(const DraftTree&) const = default;
+};
+template <Is<DraftTree> S, class V>
+void wire_fields(S& s, V&& v) {
+  v(s.chain, "chain", "the chain it drafts for");
+  v(s.pos, "pos", "the position of its depth-0 nodes (the committed sequence's length)");
+  v(s.tokens, "tokens", "its nodes' tokens, level by level");
+  v(s.parents, "parents", "each node's parent (-1: the committed sequence), an earlier node");
+  v(s.busy_s, "busy_s", "seconds its forwards took");
+}
+
 }  // namespace msg
 
 struct Message {
@@ -360,7 +392,7 @@ struct Message {
   using Body = std::variant<msg::Configure, msg::Ready, msg::Prefill, msg::PrefillDone,
                             msg::StartChain, msg::Draft, msg::Verify, msg::Result, msg::Cancel,
                             msg::Cancelled, msg::Heartbeat, msg::Stop, msg::Stopped, msg::Exit,
-                            msg::Error, msg::KvSend, msg::KvExpect>;
+                            msg::Error, msg::KvSend, msg::KvExpect, msg::DraftTree>;
   uint32_t run = 0;  // run index within one launch (a bench runs many)
   Body body;
 

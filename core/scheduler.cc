@@ -141,6 +141,7 @@ void Scheduler::begin_chain(std::vector<Action>& out) {
   chain_base_ = static_cast<int>(committed_.size());
   drafts_.clear();
   checked_ = 0;
+  tree_drafted_ = false;
   if (plan_.mode == Mode::kNonSi) {
     // One token at a time; a drafter still drafting an earlier chain gets a chain with no
     // window, which stops it.
@@ -163,14 +164,17 @@ void Scheduler::begin_chain(std::vector<Action>& out) {
                        .seq = committed_,
                        .window = window,
                        .stop_len = goal_len(),
-                       .notify_every = plan_.lookahead});
+                       .notify_every = plan_.lookahead,
+                       .tree = plan_.mode == Mode::kSi ? opts_.tree : std::vector<int>{}});
   // DSI launches a task with no drafts at every chain start: never slower than non-SI.
   if (plan_.mode == Mode::kDsi) submit(committed_, 1, out);
 }
 
-void Scheduler::submit(std::vector<Token> seq, int n_logits, std::vector<Action>& out) {
+void Scheduler::submit(std::vector<Token> seq, int n_logits, std::vector<Action>& out,
+                       std::vector<int> parents) {
   Task t{next_task_++, std::move(seq), n_logits,
          chain_,       chain_base_,    plan_.mode == Mode::kDsi ? plan_.lookahead : 0};
+  t.parents = std::move(parents);
   if (opts_.queue == QueuePolicy::kNewest) {
     // A queued task whose sequence is a prefix of the new one proves nothing the new one
     // does not; drop it.
@@ -219,7 +223,8 @@ void Scheduler::launch_queued(std::vector<Action>& out) {
              .id = t.id,
              .seq = t.seq,
              .n_logits = t.n_logits,
-             .chain = t.chain};
+             .chain = t.chain,
+             .parents = t.parents};
     if (t.period > 0) {
       // DSI tasks end on the grid chain start + i*k; the bonus rule keeps every position on
       // it a target sample whichever task decides it (core/verify.h).
@@ -257,7 +262,69 @@ std::vector<Action> Scheduler::on_draft(uint64_t chain, int pos, Token token) {
   return out;
 }
 
+std::vector<Action> Scheduler::on_draft_tree(uint64_t chain, int pos, const TokenTree& tree) {
+  std::vector<Action> out;
+  if (done_ || chain != chain_ || plan_.mode != Mode::kSi || opts_.tree.empty()) return out;
+  if (pos != chain_base_ || pos != static_cast<int>(committed_.size())) return out;  // stale
+  if (const std::string why = tree.invalid(); !why.empty() || tree.size() == 0) {
+    throw Error("the drafter's token tree is malformed: " + (why.empty() ? "no nodes" : why));
+  }
+  stats_.drafts_received += tree.size();
+  tree_drafted_ = true;
+  std::vector<Token> seq = committed_;
+  seq.insert(seq.end(), tree.tokens.begin(), tree.tokens.end());
+  submit(std::move(seq), tree.size() + 1, out, tree.parents);
+  launch_queued(out);
+  return out;
+}
+
+void Scheduler::commit(Token tok) {
+  committed_.push_back(tok);
+  const bool stop =
+      std::find(opts_.stop_tokens.begin(), opts_.stop_tokens.end(), tok) != opts_.stop_tokens.end();
+  if (stop || static_cast<int>(committed_.size()) >= goal_len()) done_ = true;
+}
+
+void Scheduler::apply_tree(const Task& t, std::span<const Token> y) {
+  const int base = t.base();
+  if (static_cast<int>(committed_.size()) != base ||
+      common_prefix(t.seq, committed_) < static_cast<size_t>(base)) {
+    return;  // stale
+  }
+  // y: a top-down path of the tree's tokens, then the target's token after it.
+  const TokenTree tree{{t.seq.begin() + base, t.seq.end()}, t.parents};
+  if (y.empty()) throw Error("a tree verification's result holds no token");
+  int node = -1;
+  for (size_t i = 0; i + 1 < y.size(); ++i) {
+    int next = -1;
+    for (int c : tree.children(node)) {
+      if (tree.tokens[c] == y[i]) {
+        next = c;
+        break;
+      }
+    }
+    if (next < 0) throw Error("a tree verification's result is not a path of its tree");
+    node = next;
+  }
+  const int accepted = static_cast<int>(y.size()) - 1;
+  stats_.drafts_accepted += accepted;
+  for (int d = 0; d < accepted; ++d)
+    ++stats_.accepted_at[std::min(d, SchedulerStats::kPositions - 1)];
+  if (accepted < tree.height()) {
+    ++stats_.drafts_rejected;
+    ++stats_.rejected_at[std::min(accepted, SchedulerStats::kPositions - 1)];
+  }
+  for (Token tok : y) {
+    if (done_) break;
+    commit(tok);
+  }
+}
+
 void Scheduler::apply(const Task& t, std::span<const Token> y) {
+  if (!t.parents.empty()) {
+    apply_tree(t, y);
+    return;
+  }
   const int s = static_cast<int>(t.seq.size());
   const int first = s - t.n_logits + 1;  // position predicted by y[0]
   int p = static_cast<int>(committed_.size());
@@ -270,10 +337,7 @@ void Scheduler::apply(const Task& t, std::span<const Token> y) {
   }
   while (p <= s && !done_) {
     const Token tok = y[p - first];
-    committed_.push_back(tok);
-    const bool stop = std::find(opts_.stop_tokens.begin(), opts_.stop_tokens.end(), tok) !=
-                      opts_.stop_tokens.end();
-    if (stop || static_cast<int>(committed_.size()) >= goal_len()) done_ = true;
+    commit(tok);
     if (p < s && t.seq[p] != tok) break;  // correction: later predictions assumed the draft
     ++p;
   }
@@ -333,7 +397,8 @@ void Scheduler::reconcile(std::vector<Action>& out) {
     } else if (plan_.mode == Mode::kSi && !reject) {
       // SI: a verification finished (or none is needed yet); drafting resumes from the new
       // committed prefix once the previous window has been verified.
-      const bool window_spent = static_cast<int>(drafts_.size()) >= plan_.lookahead ||
+      const bool window_spent = tree_drafted_ ||
+                                static_cast<int>(drafts_.size()) >= plan_.lookahead ||
                                 chain_base_ + static_cast<int>(drafts_.size()) >= goal_len();
       if (window_spent || static_cast<int>(committed_.size()) > chain_base_) new_chain(out);
     } else if (plan_.mode == Mode::kDsi &&
@@ -365,7 +430,14 @@ std::vector<Action> Scheduler::on_result(uint64_t task, std::span<const Token> y
   Task t = std::move(it->second);
   free_target(task);
   ++stats_.tasks_completed;
-  kv_.computed(t.target, t.seq);  // the worker caches the whole sequence
+  if (t.parents.empty()) {
+    kv_.computed(t.target, t.seq);  // the worker caches the whole sequence
+  } else {
+    // A tree's target keeps the committed text and the accepted path (y but its last token).
+    std::vector<Token> kept(t.seq.begin(), t.seq.begin() + t.base());
+    if (!y.empty()) kept.insert(kept.end(), y.begin(), y.end() - 1);
+    kv_.computed(t.target, kept);
+  }
   kv_.observe(f.tokens, f.seconds);
   const size_t before = committed_.size();
   if (!done_) apply(t, y);
@@ -382,8 +454,14 @@ std::vector<Action> Scheduler::on_cancelled(uint64_t task) {
   std::vector<Action> out;
   auto it = running_.find(task);
   if (it == running_.end()) return out;
-  // If it had started, the worker rolled back to what it kept of the task's sequence.
-  kv_.cancelled(it->second.target, it->second.seq, it->second.n_logits);
+  // If it had started, the worker rolled back to what it kept of the task's sequence (of a
+  // tree's: the committed text but its last token, whose logits the tree needs).
+  const Task& t = it->second;
+  if (t.parents.empty()) {
+    kv_.cancelled(t.target, t.seq, t.n_logits);
+  } else {
+    kv_.cancelled(t.target, std::span(t.seq).first(t.base()), 1);
+  }
   free_target(task);
   if (!done_) reconcile(out);
   return out;

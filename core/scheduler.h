@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "common/token.h"
+#include "common/token_tree.h"
 #include "core/kv_handoff.h"
 
 namespace dsi {
@@ -58,6 +59,9 @@ struct SchedulerOptions {
   TargetChoice target_choice = TargetChoice::kCache;
   std::vector<Token> stop_tokens;  // committing one ends generation (EOS)
   KvHandoffOptions kv;             // KV handoff between targets (default: none)
+  // SI with token trees: the drafter drafts one tree of this shape (branching factor per
+  // depth) per chain and the target verifies it at once. Empty: chains. SI only.
+  std::vector<int> tree;
 };
 
 struct Action {
@@ -79,9 +83,11 @@ struct Action {
   uint64_t chain = 0;      // kVerify: the chain its drafts come from
   int bonus_anchor = -1;   // kVerify: sampling decides anchor + i * period from p (BonusRule)
   int bonus_period = 0;
-  int dst = -1;            // kKvHandoff: destination target
-  int begin = 0, end = 0;  // kKvHandoff: token range; handoffs are numbered from 1 in plan
-                           // order, which workers rely on (a destination drops older ones)
+  int dst = -1;              // kKvHandoff: destination target
+  int begin = 0, end = 0;    // kKvHandoff: token range; handoffs are numbered from 1 in plan
+                             // order, which workers rely on (a destination drops older ones)
+  std::vector<int> tree;     // kStartChain: draft one token tree of this shape (empty: a chain)
+  std::vector<int> parents;  // kVerify of a tree: the parent of each of seq's last nodes
 };
 
 // What a target reported with a verification result: the forward's length and time (the
@@ -138,8 +144,12 @@ class Scheduler {
 
   std::vector<Action> start();
   std::vector<Action> on_draft(uint64_t chain, int pos, Token token);
-  // y: the target's tokens at positions |S|-m+1 .. |S| of the task's sequence S. After it,
-  // KV handoffs of what the task committed to the targets that lack it.
+  // The token tree drafted for `chain` from position pos (options.tree): verified at once.
+  // Throws Error for a malformed tree.
+  std::vector<Action> on_draft_tree(uint64_t chain, int pos, const TokenTree& tree);
+  // y: the target's tokens at positions |S|-m+1 .. |S| of the task's sequence S; for a tree
+  // task the accepted path's tokens, then the target's token after it. After it, KV handoffs
+  // of what the task committed to the targets that lack it.
   std::vector<Action> on_result(uint64_t task, std::span<const Token> y, Forward f);
   std::vector<Action> on_cancelled(uint64_t task);
 
@@ -170,16 +180,21 @@ class Scheduler {
     int period = 0;  // DSI: the chain's lookahead (the bonus grid); 0 otherwise
     int target = -1;
     bool cancelling = false;
+    std::vector<int> parents;  // a tree task: seq's last parents.size() tokens are its nodes
+    int base() const { return static_cast<int>(seq.size() - parents.size()); }
   };
 
   void new_chain(std::vector<Action>& out);  // replan(), then begin_chain()
   void begin_chain(std::vector<Action>& out);
   // At a chain boundary: asks the planner (if any) what runs from here.
   void replan();
-  void submit(std::vector<Token> seq, int n_logits, std::vector<Action>& out);
+  void submit(std::vector<Token> seq, int n_logits, std::vector<Action>& out,
+              std::vector<int> parents = {});
   void launch_queued(std::vector<Action>& out);
   // Commits the target tokens a result proves (it ignores a stale result).
   void apply(const Task& t, std::span<const Token> y);
+  void apply_tree(const Task& t, std::span<const Token> y);
+  void commit(Token tok);  // appends; done_ at a stop token or the goal
   void reconcile(std::vector<Action>& out);
   void hand_over(const KvRange& r, std::vector<Action>& out);  // emits a kKvHandoff
   bool useful(const Task& t) const;
@@ -198,7 +213,8 @@ class Scheduler {
   uint64_t chain_ = 0;
   int chain_base_ = 0;
   std::vector<Token> drafts_;
-  int checked_ = 0;  // drafts_ already compared with committed tokens
+  int checked_ = 0;            // drafts_ already compared with committed tokens
+  bool tree_drafted_ = false;  // the chain's token tree has come (SI with trees)
 
   uint64_t next_task_ = 1;
   std::map<uint64_t, Task> running_;  // by task id

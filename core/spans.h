@@ -36,7 +36,7 @@ struct Span {
   double dur_us = 0;
   uint64_t id = 0;         // verify: task; draft: chain; kv send / kv import: handoff
   int32_t tokens = 0;      // prefill, verify: tokens computed; kv: tokens of the range
-  int32_t drafts = 0;      // verify: drafts checked
+  int32_t drafts = 0;      // verify: drafts checked; draft of a token tree: its nodes
   int32_t pos = 0;         // draft: the position drafted
   int32_t peer = -1;       // kv send: destination rank; kv import: source rank
   bool cancelled = false;  // verify, draft: preempted before it finished
@@ -58,7 +58,7 @@ void wire_fields(S& s, V&& v) {
   v(s.id, "id", "verify: task; draft: chain; kv send, kv import: handoff");
   v(s.tokens, "tokens",
     "prefill, verify: tokens computed; kv send, kv import: tokens of the range");
-  v(s.drafts, "drafts", "verify: drafts checked");
+  v(s.drafts, "drafts", "verify: drafts checked; draft of a token tree: its nodes");
   v(s.pos, "pos", "draft: the position drafted");
   v(s.peer, "peer", "kv send: destination rank; kv import: source rank");
   v(s.cancelled, "cancelled", "verify, draft: preempted before it finished");

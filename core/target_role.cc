@@ -45,9 +45,81 @@ std::vector<Token> decide_sampled(WorkerContext& ctx, const msg::Verify& m, cons
                         ctx.sampling);
 }
 
+// A verification of a token tree: the committed tokens the cache lacks (at least the last, for
+// its logits) as a chain, the tree below them, all in one tree forward; the accepted path's KV
+// stays.
+void verify_tree(WorkerContext& ctx, const msg::Verify& m) {
+  const double t0 = steady_now_s();
+  const size_t n_nodes = m.parents.size();
+  if (n_nodes == 0 || n_nodes >= m.seq.size()) {
+    throw Error(fmt::format("a tree verification of {} nodes in a sequence of {} tokens", n_nodes,
+                            m.seq.size()));
+  }
+  const auto committed = std::span(m.seq).first(m.seq.size() - n_nodes);
+  const TokenTree drafts{{m.seq.end() - n_nodes, m.seq.end()},
+                         {m.parents.begin(), m.parents.end()}};
+  if (const std::string why = drafts.invalid(); !why.empty()) {
+    throw Error("a malformed token tree to verify: " + why);
+  }
+  const size_t keep = ctx.reuse_prefix(committed, 1);
+  TokenTree v = TokenTree::chain(committed.subspan(keep));
+  const int top = v.size();  // drafts node i is node top + i of v; -1 is top - 1
+  for (int i = 0; i < drafts.size(); ++i) {
+    v.add(drafts.tokens[i], drafts.parents[i] < 0 ? top - 1 : top + drafts.parents[i]);
+  }
+  Span span{.kind = SpanKind::kVerify, .id = m.task, .drafts = drafts.size()};
+  try {
+    const Logits l = ctx.engine->forward_tree(v, 0, ctx.cancel);
+    auto row = [&](int node) { return l.row(top + node); };
+    TreeVerdict verdict;
+    if (ctx.sampling.greedy()) {
+      const std::vector<Token> ys = l.argmax();
+      verdict = verify_tree_exact(drafts, [&](int node) { return ys[top + node]; });
+    } else {
+      std::vector<float> p;
+      verdict = verify_tree_sampled(
+          drafts, static_cast<int>(committed.size()),
+          [&](int node) {
+            p = sampling_probs(row(node), ctx.sampling);
+            return std::span<const float>(p);
+          },
+          [&](int) -> std::span<const float> {
+            throw Error("a token tree with the residual coupling (not supported)");
+          },
+          ctx.sampling);
+    }
+    std::vector<int> path(top);
+    for (int i = 0; i < top; ++i) path[i] = i;
+    std::vector<Token> y;
+    for (int node : verdict.path) {
+      path.push_back(top + node);
+      y.push_back(drafts.tokens[node]);
+    }
+    ctx.engine->keep_path(v, path, ctx.cancel);
+    ctx.cached.assign(committed.begin(), committed.end());
+    ctx.cached.insert(ctx.cached.end(), y.begin(), y.end());
+    y.push_back(verdict.next);
+    if (ctx.imported_from < static_cast<int>(keep)) ++ctx.kv.verified_on_imported;
+    const double t1 = steady_now_s();
+    span.tokens = v.size();
+    ctx.log.record(span, t0, t1);
+    ctx.reply(msg::Result{
+        .task = m.task, .tokens = std::move(y), .computed = v.size(), .busy_s = t1 - t0});
+  } catch (const Cancelled&) {
+    const double t1 = steady_now_s();
+    span.cancelled = true;
+    ctx.log.record(span, t0, t1);
+    ctx.reply(msg::Cancelled{.task = m.task, .busy_s = t1 - t0});
+  }
+}
+
 }  // namespace
 
 void verify(WorkerContext& ctx, const msg::Verify& m) {
+  if (!m.parents.empty()) {
+    verify_tree(ctx, m);
+    return;
+  }
   const double t0 = steady_now_s();
   const size_t n_logits = static_cast<size_t>(m.n_logits);
   const size_t keep = ctx.reuse_prefix(m.seq, n_logits);

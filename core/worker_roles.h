@@ -102,6 +102,9 @@ class DrafterRole {
   void step();
 
  private:
+  // step() of a chain with a token-tree shape: the whole tree, then DraftTree.
+  void step_tree(uint64_t chain, const std::vector<Token>& seq, size_t keep, double t0);
+
   WorkerContext& ctx_;
   std::mutex& mu_;
   std::vector<int32_t> targets_;
@@ -113,6 +116,7 @@ class DrafterRole {
   int stop_len_ = 0;
   size_t chain_base_ = 0;  // the chain's first draft position
   int notify_every_ = 1;
+  std::vector<int32_t> tree_;  // the chain's token-tree shape (empty: a chain)
 };
 
 }  // namespace dsi

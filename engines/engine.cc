@@ -24,6 +24,29 @@ void check_tree(const TokenTree& tree) {
   }
 }
 
+void check_tree_forward(const TokenTree& kept, const TokenTree& tree, int from) {
+  check_tree(tree);
+  if (from < 0 || from > tree.size())
+    throw std::invalid_argument("forward_tree: from out of range");
+  if (from > 0 && (kept.size() != from || !tree.grew_from(kept))) {
+    throw std::logic_error("forward_tree: the first nodes are not the previous call's tree");
+  }
+}
+
+bool check_keep_path(const TokenTree& kept, const TokenTree& tree, std::span<const int> path) {
+  if (path.empty()) return false;
+  if (kept.size() == 0 || !tree.grew_from(kept)) {
+    throw std::logic_error("keep_path: this tree's KV is not kept (forward_tree it first)");
+  }
+  if (!tree.is_path(path))
+    throw std::invalid_argument("keep_path: not a top-down path of the tree");
+  if (path.back() >= kept.size()) {
+    throw std::invalid_argument("keep_path: node " + std::to_string(path.back()) +
+                                " was not run by forward_tree");
+  }
+  return true;
+}
+
 Logits Engine::forward_tree(const TokenTree& tree, int from, const CancelFlag& cancel) {
   check_tree(tree);
   if (from < 0 || from > tree.size())

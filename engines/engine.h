@@ -41,6 +41,11 @@ struct KvBlob {
 
 // Throws std::invalid_argument naming what is wrong with a malformed tree.
 void check_tree(const TokenTree& tree);
+// The checks of an engine that keeps a tree's KV (`kept`: the nodes it ran) before
+// forward_tree(tree, from) and keep_path(tree, path); the latter returns false when the path is
+// empty (nothing to keep).
+void check_tree_forward(const TokenTree& kept, const TokenTree& tree, int from);
+bool check_keep_path(const TokenTree& kept, const TokenTree& tree, std::span<const int> path);
 
 class Engine {
  public:
@@ -73,10 +78,11 @@ class Engine {
   // for a malformed tree. This default runs a chain forward per node (correct on any engine,
   // and slow); engines with a tree attention mask override it.
   virtual Logits forward_tree(const TokenTree& tree, int from, const CancelFlag& cancel);
-  // After forward_tree(tree): appends the KV of `path`, a top-down path of the tree, at
-  // kv_len(). Engines that kept the tree's KV move it into place (no recomputation); any other
-  // call in between (forward, truncate, import_kv) drops it, and keep_path then throws
-  // std::logic_error. This default computes the path with a chain forward.
+  // After forward_tree: appends the KV of `path` at kv_len(), a top-down path of `tree` (the
+  // tree forward_tree ran, or one grown from it) through nodes that forward_tree ran. Engines
+  // that kept the tree's KV move it into place (no recomputation); any other call in between
+  // (forward, truncate, import_kv) drops it, and keep_path then throws std::logic_error. This
+  // default computes the path with a chain forward.
   virtual void keep_path(const TokenTree& tree, std::span<const int> path,
                          const CancelFlag& cancel);
 

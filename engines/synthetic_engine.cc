@@ -110,14 +110,8 @@ Logits SyntheticEngine::forward(std::span<const Token> tokens, int n_logits,
 }
 
 Logits SyntheticEngine::forward_tree(const TokenTree& tree, int from, const CancelFlag& cancel) {
-  check_tree(tree);
+  check_tree_forward(tree_, tree, from);
   const int size = tree.size();
-  if (from < 0 || from > size) throw std::invalid_argument("forward_tree: from out of range");
-  if (from > 0 && (tree_.size() != from ||
-                   !std::equal(tree_.tokens.begin(), tree_.tokens.end(), tree.tokens.begin()) ||
-                   !std::equal(tree_.parents.begin(), tree_.parents.end(), tree.parents.begin()))) {
-    throw std::logic_error("forward_tree: the first nodes are not the previous call's tree");
-  }
   for (Token t : tree.tokens) {
     if (t < 0 || t >= p_.vocab) throw std::out_of_range("token id out of vocab");
   }
@@ -140,12 +134,7 @@ Logits SyntheticEngine::forward_tree(const TokenTree& tree, int from, const Canc
 void SyntheticEngine::keep_path(const TokenTree& tree, std::span<const int> path,
                                 const CancelFlag& cancel) {
   (void)cancel;
-  if (tree.size() == 0 && path.empty()) return;
-  if (tree.size() == 0 || tree_.tokens != tree.tokens || tree_.parents != tree.parents) {
-    throw std::logic_error("keep_path: this tree's KV is not kept (forward_tree it first)");
-  }
-  if (!tree.is_path(path))
-    throw std::invalid_argument("keep_path: not a top-down path of the tree");
+  if (!check_keep_path(tree_, tree, path)) return;
   for (int node : path) hashes_.push_back(tree_hashes_[node]);
   tree_ = {};
 }

@@ -10,6 +10,8 @@
 #include <random>
 #include <stdexcept>
 
+#include "core/tree_draft.h"
+
 namespace dsi {
 namespace {
 
@@ -94,7 +96,8 @@ SimConfig sim_config(const RunConfig& cfg, int sp) {
               .n_targets = sp,
               .max_new_tokens = cfg.max_new_tokens,
               .queue = cfg.queue,
-              .target_choice = cfg.target_choice};
+              .target_choice = cfg.target_choice,
+              .tree = cfg.tree};
   sc.target = {.seed = cfg.seed,
                .vocab = cfg.vocab,
                .forward_ms = cfg.t_ms,
@@ -220,6 +223,38 @@ SimResult simulate(const SimConfig& cfg) {
     });
   };
 
+  // SI with token trees: the drafter's forward of the committed text, then one tree forward
+  // per further depth, and the tree (tree_children of the drafter's logits at every node).
+  auto draft_tree_now = [&](uint64_t gen, const std::vector<int>& shape) {
+    if (iid) throw std::invalid_argument("token trees need the synthetic token model");
+    const int pos0 = static_cast<int>(d_seq.size());
+    TokenTree tree;
+    double cost = d_cost;
+    auto children = [&](const std::vector<Token>& ctx, int b) {
+      std::vector<float> logits(cfg.drafter.vocab);
+      synthetic::logits(cfg.drafter, hash_of(cfg.drafter.seed, ctx, ctx.size()), ctx.size(),
+                        logits.data());
+      return tree_children(logits, b, static_cast<int>(ctx.size()), cfg.sampling);
+    };
+    for (Token t : children(d_seq, shape[0])) tree.add(t, -1);
+    for (size_t d = 1, begin = 0; d < shape.size(); ++d) {
+      const size_t end = tree.size();
+      cost += cfg.drafter.forward_ms + (end - begin) * cfg.drafter.per_token_ms;
+      for (size_t node = begin; node < end; ++node) {
+        std::vector<Token> ctx = d_seq;
+        for (Token t : tree.path_tokens(static_cast<int>(node))) ctx.push_back(t);
+        for (Token t : children(ctx, shape[d])) tree.add(t, static_cast<int>(node));
+      }
+      begin = end;
+    }
+    at(now + cost, [&, gen, pos0, tree, cost] {
+      if (gen != d_gen) return;
+      d_window = 0;
+      if (adapter) adapter->draft(cost / 1e3);
+      run_actions(sched.on_draft_tree(d_chain, pos0, tree));
+    });
+  };
+
   auto done_work = [&](int t) {
     tg[t].busy = false;
     kick(t);
@@ -239,7 +274,66 @@ SimResult simulate(const SimConfig& cfg) {
     done_work(t);
   };
 
+  // A tree verification: the committed tokens the cache lacks (at least the last) and the
+  // tree in one forward; the target keeps the accepted path.
+  auto verify_tree = [&](int t, const Action& a) {
+    SimTarget& w = tg[t];
+    const size_t base = a.seq.size() - a.parents.size();
+    const size_t keep = std::min(common_prefix(w.cache, a.seq), base - 1);
+    if (static_cast<int>(keep) <= w.imported_from) w.imported_from = INT_MAX;
+    w.n = static_cast<int>(a.seq.size() - keep);
+    w.cache.assign(a.seq.begin(), a.seq.begin() + keep);
+    w.task = a.id;
+    w.start = now;
+    const double cost = cfg.target.forward_ms + w.n * cfg.target.per_token_ms;
+    at(now + cost, [&, t, a, base] {
+      SimTarget& w = tg[t];
+      if (w.task != a.id) return;  // cancelled meanwhile
+      w.task = 0;
+      const double busy = now - w.start;
+      res.target_busy_ms += busy;
+      const TokenTree drafts{{a.seq.begin() + base, a.seq.end()}, a.parents};
+      const std::vector<Token> committed(a.seq.begin(), a.seq.begin() + base);
+      auto ctx_of = [&](int node) {
+        std::vector<Token> c = committed;
+        if (node >= 0) {
+          for (Token x : drafts.path_tokens(node)) c.push_back(x);
+        }
+        return c;
+      };
+      TreeVerdict v;
+      if (sampling) {
+        std::vector<float> p;
+        v = verify_tree_sampled(
+            drafts, static_cast<int>(base),
+            [&](int node) {
+              p = synthetic_probs(cfg.target, ctx_of(node), cfg.sampling);
+              return std::span<const float>(p);
+            },
+            nullptr, cfg.sampling);
+      } else {
+        v = verify_tree_exact(drafts, [&](int node) {
+          const auto c = ctx_of(node);
+          return target_at(c, c.size());
+        });
+      }
+      std::vector<Token> y;
+      for (int node : v.path) y.push_back(drafts.tokens[node]);
+      w.cache = committed;
+      w.cache.insert(w.cache.end(), y.begin(), y.end());
+      y.push_back(v.next);
+      w.busy = false;
+      if (adapter) adapter->forward(w.n, busy / 1e3);
+      run_actions(sched.on_result(a.id, y, Forward{w.n, busy / 1e3}));
+      kick(t);
+    });
+  };
+
   auto verify = [&](int t, const Action& a) {
+    if (!a.parents.empty()) {
+      verify_tree(t, a);
+      return;
+    }
     SimTarget& w = tg[t];
     const size_t keep = std::min(common_prefix(w.cache, a.seq), a.seq.size() - a.n_logits);
     if (static_cast<int>(keep) <= w.imported_from) w.imported_from = INT_MAX;
@@ -352,7 +446,11 @@ SimResult simulate(const SimConfig& cfg) {
         d_seq = a.seq;
         d_window = a.window;
         d_stop = a.stop_len;
-        draft_step(d_gen);
+        if (a.tree.empty()) {
+          draft_step(d_gen);
+        } else if (d_window != 0 && static_cast<int>(d_seq.size()) < d_stop) {
+          draft_tree_now(d_gen, a.tree);
+        }
       } else if (a.kind == Action::kVerify || a.kind == Action::kPrefill) {
         deliver(a.target, Work{a});
       } else if (a.kind == Action::kKvHandoff) {

@@ -130,14 +130,8 @@ Logits LlamaEngine::forward(std::span<const Token> tokens, int n_logits, const C
 }
 
 Logits LlamaEngine::forward_tree(const TokenTree& tree, int from, const CancelFlag& cancel) {
-  check_tree(tree);
+  check_tree_forward(tree_, tree, from);
   const int size = tree.size();
-  if (from < 0 || from > size) throw std::invalid_argument("forward_tree: from out of range");
-  if (from > 0 && (tree_.size() != from ||
-                   !std::equal(tree_.tokens.begin(), tree_.tokens.end(), tree.tokens.begin()) ||
-                   !std::equal(tree_.parents.begin(), tree_.parents.end(), tree.parents.begin()))) {
-    throw std::logic_error("forward_tree: the first nodes are not the previous call's tree");
-  }
   const std::span<const Token> fresh = std::span(tree.tokens).subspan(from);
   check_llama_forward(tree.tokens, 0, kv_len_, max_ctx_, model_->config.n_vocab);
   tree_ = {};
@@ -164,12 +158,7 @@ Logits LlamaEngine::forward_tree(const TokenTree& tree, int from, const CancelFl
 void LlamaEngine::keep_path(const TokenTree& tree, std::span<const int> path,
                             const CancelFlag& cancel) {
   (void)cancel;  // moving rows is not worth interrupting
-  if (tree.size() == 0 && path.empty()) return;
-  if (tree.size() == 0 || tree_.tokens != tree.tokens || tree_.parents != tree.parents) {
-    throw std::logic_error("keep_path: this tree's KV is not kept (forward_tree it first)");
-  }
-  if (!tree.is_path(path))
-    throw std::invalid_argument("keep_path: not a top-down path of the tree");
+  if (!check_keep_path(tree_, tree, path)) return;
   // Row kv_len_ + path[d] moves to kv_len_ + d <= it; rows of later path nodes lie beyond both.
   const size_t row = static_cast<size_t>(model_->config.kv_dim()) * sizeof(float);
   for (size_t slot = 0; slot < layers_.size(); ++slot) {

@@ -74,6 +74,32 @@ TEST(Config, AdaptAndDriftingAcceptance) {
   }
 }
 
+TEST(Config, TokenTrees) {
+  const RunConfig c = parse_config("mode: si\ndsi: {tree: [3, 2, 1, 1]}\n", "t.yaml");
+  EXPECT_EQ(c.tree, (std::vector<int>{3, 2, 1, 1}));
+  EXPECT_EQ(c.lookahead, 4);  // the tree's depth
+  EXPECT_EQ(parse_config("mode: si", "t.yaml", {"dsi.tree=2,2"}).tree, (std::vector<int>{2, 2}));
+  EXPECT_TRUE(parse_config("mode: si\ndsi: {tree: []}\n", "t.yaml").tree.empty());
+  // Refused with the key named: the shape, the node budget, the context, and what trees do
+  // not run with yet.
+  auto has = [](const std::string& err, const std::string& what) {
+    EXPECT_NE(err.find(what), std::string::npos) << err;
+  };
+  has(error_of("mode: si\ndsi: {tree: [2, 0]}\n"), "dsi.tree");
+  has(error_of("mode: si\ndsi: {tree: [4, 4, 4]}\n"),
+      "dsi.tree: the tree has 84 nodes, more than the 64");
+  has(error_of("mode: si\ndsi: {tree: x}\n"), "dsi.tree");
+  has(error_of("mode: si\ndsi: {tree: {a: 1}}\n"), "key 'dsi.tree' must be a list");
+  has(error_of("mode: si\nmodel: {max_context: 64}\ngeneration: {max_new_tokens: 60}\n"
+               "dsi: {tree: [3, 2]}\n"),
+      "dsi.tree: a tree of 9 nodes after 60 new tokens does not fit model.max_context (64)");
+  has(error_of("dsi: {tree: [2, 2]}\n"), "dsi.tree runs with mode si only");
+  has(error_of("mode: si\nruntime: {adapt: on}\ndsi: {tree: [2, 2]}\n"), "runtime.adapt");
+  has(error_of("mode: si\nsampling: {temperature: 0.7, coupling: residual}\ndsi: {tree: [2]}\n"),
+      "dsi.tree needs sampling.coupling: gumbel");
+  EXPECT_EQ(error_of("mode: si\nsampling: {temperature: 0.7}\ndsi: {tree: [2, 1]}\n"), "");
+}
+
 TEST(Config, WorldSizeMustFitTheRoles) {
   RunConfig c;
   EXPECT_THROW(c.n_targets(2), ConfigError);

@@ -104,6 +104,7 @@ TEST(Protocol, EveryMemberIsOnTheWire) {
   expect_every_member_listed<msg::Error>("Error");
   expect_every_member_listed<msg::KvSend>("KvSend");
   expect_every_member_listed<msg::KvExpect>("KvExpect");
+  expect_every_member_listed<msg::DraftTree>("DraftTree");
   expect_every_member_listed<WorkerSpec>("WorkerSpec");
   expect_every_member_listed<SyntheticParams>("SyntheticParams");
   expect_every_member_listed<LlamaSpec>("LlamaSpec");
@@ -181,8 +182,8 @@ TEST(Protocol, RejectsDamagedFrames) {
   EXPECT_HAS(error_of(bad_magic), "bad magic number");
   auto bad_version = bytes;
   bad_version[4] = 2;
-  EXPECT_HAS(error_of(bad_version), "protocol version 2 (this build speaks 7)");
-  for (uint8_t t : {0, 18, 200}) {
+  EXPECT_HAS(error_of(bad_version), "protocol version 2 (this build speaks 8)");
+  for (uint8_t t : {0, 19, 200}) {
     auto bad_type = bytes;
     bad_type[6] = t;
     EXPECT_HAS(error_of(bad_type), fmt::format("unknown type {}", t));
@@ -193,7 +194,7 @@ TEST(Protocol, RejectsBadFieldsByName) {
   // A body cut short inside a field, with a header that agrees: the field is named.
   auto verify = encode(Message{.body = msg::Verify{.task = 3, .seq = {1, 2, 3}, .n_logits = 2}});
   EXPECT_HAS(error_of(patched({verify.begin(), verify.end() - 2})),
-             "Verify message: field 'bonus_period' is cut short (4 bytes needed, 2 left)");
+             "Verify message: field 'parents' is cut short (4 bytes needed, 2 left)");
   // A token count beyond the frame.
   auto lie = verify;
   const uint32_t huge = 1u << 30;
@@ -285,7 +286,7 @@ TEST(ProtocolDoc, RendersEveryMessageAndType) {
         "Role", "LlamaDevice", "CudaDtype", "SpanKind", "KvOutcome"}) {
     EXPECT_HAS(doc, fmt::format("\n### {}\n", type));
   }
-  EXPECT_HAS(doc, "Protocol version 7.");
+  EXPECT_HAS(doc, "Protocol version 8.");
   EXPECT_HAS(doc, "| seq | i32[] | the whole sequence S = committed + drafts |");
   EXPECT_HAS(doc, "| engine | one of: 0 SyntheticParams, 1 LlamaSpec |");
   EXPECT_HAS(doc, "u8, what a worker rank does: 0 `drafter`, 1 `target`.");

@@ -354,3 +354,65 @@ TEST(Scheduler, SaysWhichDraftsWakeItAndWhenItAwaitsOne) {
 
 }  // namespace
 }  // namespace dsi
+
+namespace dsi {
+namespace {
+
+// SI with token trees, in virtual time: the text is the target's own for every shape, greedy
+// and sampled (Gumbel coupling), and stop tokens end it as with chains.
+TEST(SchedulerTrees, SiWithTreesIsLosslessForEveryShape) {
+  const std::vector<std::vector<int>> shapes = {{1}, {1, 1, 1}, {3}, {2, 2, 1}, {3, 2, 1, 1}};
+  for (const auto& shape : shapes) {
+    for (double a : {0.0, 0.6, 1.0}) {
+      for (uint64_t seed : {1, 2}) {
+        SimConfig cfg = make(Mode::kSi, 1, static_cast<int>(shape.size()), a, 20, 2, 60, seed);
+        cfg.sched.tree = shape;
+        ASSERT_EQ(simulate(cfg).tokens, synthetic_reference(cfg.target, cfg.prompt, 60))
+            << "shape of " << shape.size() << " levels, a=" << a << " seed=" << seed;
+        cfg.sampling = {.temperature = 0.8f, .seed = seed};
+        ASSERT_EQ(simulate(cfg).tokens,
+                  synthetic_sampled_reference(cfg.target, cfg.prompt, 60, cfg.sampling))
+            << "sampled, shape of " << shape.size() << " levels, a=" << a;
+      }
+    }
+  }
+  SimConfig cfg = make(Mode::kSi, 1, 2, 0.7, 20, 2, 200, 5);
+  cfg.sched.tree = {3, 2};
+  const auto full = synthetic_reference(cfg.target, cfg.prompt, 200);
+  cfg.sched.stop_tokens = {full[17]};
+  EXPECT_EQ(simulate(cfg).tokens,
+            synthetic_reference(cfg.target, cfg.prompt, 200, cfg.sched.stop_tokens));
+}
+
+TEST(SchedulerTrees, ATreeTaskCommitsThePathAndTheTargetsToken) {
+  SchedulerOptions o{
+      .mode = Mode::kSi, .lookahead = 2, .n_targets = 1, .max_new_tokens = 10, .tree = {2, 2}};
+  Scheduler s(o, {1, 2, 3});
+  prefill_all(s);
+  const auto starts = of_kind(s.start(), Action::kStartChain);
+  ASSERT_EQ(starts.size(), 1u);
+  EXPECT_EQ(starts[0].tree, (std::vector<int>{2, 2}));
+  // Tree: 7 and 8 at depth 0; 9, 10 below 7; 11, 12 below 8.
+  const TokenTree tree{{7, 8, 9, 10, 11, 12}, {-1, -1, 0, 0, 1, 1}};
+  EXPECT_TRUE(s.on_draft_tree(starts[0].id + 1, 3, tree).empty());  // another chain: dropped
+  const auto verifies = of_kind(s.on_draft_tree(starts[0].id, 3, tree), Action::kVerify);
+  ASSERT_EQ(verifies.size(), 1u);
+  EXPECT_EQ(verifies[0].seq, (std::vector<Token>{1, 2, 3, 7, 8, 9, 10, 11, 12}));
+  EXPECT_EQ(verifies[0].parents, tree.parents);
+  // The target accepted 8 then 12 and says 5 after them.
+  const auto next = s.on_result(verifies[0].id, std::vector<Token>{8, 12, 5}, Forward{7, 0.01});
+  EXPECT_EQ(s.committed(), (std::vector<Token>{1, 2, 3, 8, 12, 5}));
+  EXPECT_EQ(s.stats().drafts_accepted, 2);
+  EXPECT_EQ(s.kv().cached(0), (std::vector<Token>{1, 2, 3, 8, 12}));  // the path's KV stays
+  const auto again = of_kind(next, Action::kStartChain);              // the next chain from there
+  ASSERT_EQ(again.size(), 1u);
+  EXPECT_EQ(again[0].seq, s.committed());
+  // A result that is not a path of its tree is an error, not a commit.
+  const auto v2 = of_kind(s.on_draft_tree(again[0].id, 6, tree), Action::kVerify);
+  ASSERT_EQ(v2.size(), 1u);
+  EXPECT_THROW(s.on_result(v2[0].id, std::vector<Token>{9, 5}, Forward{}), Error);
+  EXPECT_THROW(s.on_draft_tree(again[0].id, 6, TokenTree{{1}, {3}}), Error);
+}
+
+}  // namespace
+}  // namespace dsi
