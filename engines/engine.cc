@@ -47,6 +47,23 @@ bool check_keep_path(const TokenTree& kept, const TokenTree& tree, std::span<con
   return true;
 }
 
+void tree_attention_mask(const TokenTree& tree, int from, int cached, std::vector<uint8_t>& mask,
+                         std::vector<int>& depth) {
+  // Ancestors sit at increasing rows in the order of their positions, so attention visits the
+  // same keys in the same order as a chain forward of the node's path does.
+  const int n = tree.size() - from, n_kv = cached + tree.size();
+  depth.assign(n, -1);
+  mask.assign(static_cast<size_t>(n) * n_kv, 0);
+  for (int r = 0; r < n; ++r) {
+    uint8_t* row = mask.data() + static_cast<size_t>(r) * n_kv;
+    std::fill(row, row + cached, uint8_t{1});
+    for (int a = from + r; a >= 0; a = tree.parents[a]) {
+      row[cached + a] = 1;
+      ++depth[r];
+    }
+  }
+}
+
 Logits Engine::forward_tree(const TokenTree& tree, int from, const CancelFlag& cancel) {
   check_tree(tree);
   if (from < 0 || from > tree.size())

@@ -46,6 +46,11 @@ void check_tree(const TokenTree& tree);
 // empty (nothing to keep).
 void check_tree_forward(const TokenTree& kept, const TokenTree& tree, int from);
 bool check_keep_path(const TokenTree& kept, const TokenTree& tree, std::span<const int> path);
+// The tree attention of nodes [from, tree.size()) of a forward_tree over a cache of `cached`
+// positions, the nodes at rows cached + i: mask (n, cached + tree.size()) with node from + r
+// seeing the cache, its ancestors and itself (row r), and each node's depth.
+void tree_attention_mask(const TokenTree& tree, int from, int cached, std::vector<uint8_t>& mask,
+                         std::vector<int>& depth);
 
 class Engine {
  public:

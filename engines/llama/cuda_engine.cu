@@ -180,6 +180,19 @@ bool wait_stream(cudaStream_t st, std::chrono::steady_clock::time_point deadline
   }
 }
 
+// keep_path's row moves, grid (kept layers, K and V): the pairs in order, each finished before
+// the next (a move's destination may be an earlier move's source row, never a later one's).
+__global__ void move_rows_kernel(float* k_cache, float* v_cache, const int2* moves, int n_moves,
+                                 size_t layer_stride, int kv_dim) {
+  float* c = (blockIdx.y == 0 ? k_cache : v_cache) + blockIdx.x * layer_stride;
+  for (int m = 0; m < n_moves; ++m) {
+    const float* src = c + static_cast<size_t>(moves[m].x) * kv_dim;
+    float* dst = c + static_cast<size_t>(moves[m].y) * kv_dim;
+    for (int d = threadIdx.x; d < kv_dim; d += blockDim.x) dst[d] = src[d];
+    __syncthreads();
+  }
+}
+
 }  // namespace
 
 struct CudaEngine::State {
@@ -199,6 +212,8 @@ struct CudaEngine::State {
   DeviceBuffer logits, argmax;
   PinnedBuffer h_ids, h_logits, h_argmax;
   DeviceBuffer send_buf, recv_buf;  // KV handoff staging, in the blob layout
+  DeviceBuffer mask, moves;         // tree forwards: the attention mask; keep_path's row moves
+  PinnedBuffer h_mask, h_moves;
 
   cudaStream_t s() const { return stream.s; }
 };
@@ -320,11 +335,18 @@ std::string CudaEngine::device_name() const {
 
 Logits CudaEngine::forward(std::span<const Token> tokens, int n_logits, const CancelFlag& cancel) {
   check_llama_forward(tokens, n_logits, kv_len_, max_ctx_, config_.n_vocab);
-  Logits out{n_logits, config_.n_vocab, {}};
-  if (tokens.empty()) return out;
+  tree_ = {};
+  if (tokens.empty()) return Logits{n_logits, config_.n_vocab, {}};
   CUDA_CHECK(cudaSetDevice(device_));
   enqueue_forward_or_drain(tokens, n_logits, cancel);
+  Logits out = fetch_logits(n_logits);
+  kv_len_ += static_cast<int>(tokens.size());
+  return out;
+}
+
+Logits CudaEngine::fetch_logits(int n_logits) {
   State& s = *s_;
+  Logits out{n_logits, config_.n_vocab, {}};
   const size_t count = static_cast<size_t>(n_logits) * config_.n_vocab;
   if (n_logits > 0) {
     if (n_logits > s.h_logits_n) {
@@ -336,13 +358,32 @@ Logits CudaEngine::forward(std::span<const Token> tokens, int n_logits, const Ca
   }
   CUDA_CHECK(cudaStreamSynchronize(s.s()));
   if (n_logits > 0) out.data.assign(s.h_logits.get<float>(), s.h_logits.get<float>() + count);
-  kv_len_ += static_cast<int>(tokens.size());
+  return out;
+}
+
+Logits CudaEngine::forward_tree(const TokenTree& tree, int from, const CancelFlag& cancel) {
+  check_tree_forward(tree_, tree, from);
+  check_llama_forward(tree.tokens, 0, kv_len_, max_ctx_, config_.n_vocab);
+  tree_ = {};
+  const int n = tree.size() - from;
+  if (n == 0) {
+    tree_ = tree;
+    return Logits{0, config_.n_vocab, {}};
+  }
+  std::vector<int> depth;
+  tree_attention_mask(tree, from, kv_len_, mask_, depth);
+  CUDA_CHECK(cudaSetDevice(device_));
+  const TreeRows rows{depth, kv_len_ + from, &mask_};
+  enqueue_forward_or_drain(std::span(tree.tokens).subspan(from), n, cancel, &rows);
+  Logits out = fetch_logits(n);
+  tree_ = tree;
   return out;
 }
 
 std::vector<Token> CudaEngine::forward_argmax(std::span<const Token> tokens, int n_logits,
                                               const CancelFlag& cancel) {
   check_llama_forward(tokens, n_logits, kv_len_, max_ctx_, config_.n_vocab);
+  tree_ = {};
   std::vector<Token> out(n_logits);
   if (tokens.empty()) return out;
   CUDA_CHECK(cudaSetDevice(device_));
@@ -362,9 +403,9 @@ std::vector<Token> CudaEngine::forward_argmax(std::span<const Token> tokens, int
 }
 
 void CudaEngine::enqueue_forward_or_drain(std::span<const Token> tokens, int n_logits,
-                                          const CancelFlag& cancel) {
+                                          const CancelFlag& cancel, const TreeRows* tree) {
   try {
-    enqueue_forward(tokens, n_logits, cancel);
+    enqueue_forward(tokens, n_logits, cancel, tree);
   } catch (...) {
     // What was enqueued before the error still runs and reads the pinned inputs: let it
     // finish before the next forward rewrites them.
@@ -374,7 +415,7 @@ void CudaEngine::enqueue_forward_or_drain(std::span<const Token> tokens, int n_l
 }
 
 void CudaEngine::enqueue_forward(std::span<const Token> tokens, int n_logits,
-                                 const CancelFlag& cancel) {
+                                 const CancelFlag& cancel, const TreeRows* tree) {
   const LlamaConfig& c = config_;
   const int n = static_cast<int>(tokens.size());
   State& s = *s_;
@@ -437,18 +478,28 @@ void CudaEngine::enqueue_forward(std::span<const Token> tokens, int n_logits,
     throw Cancelled();
   };
 
-  // One upload: token ids then positions. The pinned buffer is free (every forward ends
-  // with a stream synchronisation).
-  const int start = kv_len_;
+  // One upload: token ids then positions (and a tree's mask). The pinned buffers are free
+  // (every forward ends with a stream synchronisation).
+  const int start = tree ? tree->row0 : kv_len_;
   int32_t* hid = s.h_ids.get<int32_t>();
   for (int i = 0; i < n; ++i) {
     hid[i] = tokens[i];
-    hid[n + i] = start + i;
+    hid[n + i] = tree ? kv_len_ + tree->depth[i] : start + i;
   }
   const int32_t* d_tokens = s.ids.get<int32_t>();
   const int32_t* d_pos = d_tokens + n;
   CUDA_CHECK(
       cudaMemcpyAsync(s.ids.get(), hid, 2 * un * sizeof(int32_t), cudaMemcpyHostToDevice, st));
+  const uint8_t* d_mask = nullptr;
+  if (tree) {
+    const size_t bytes = tree->mask->size();
+    s.h_mask.reserve(bytes);
+    s.mask.reserve(bytes);
+    std::memcpy(s.h_mask.get<uint8_t>(), tree->mask->data(), bytes);
+    CUDA_CHECK(
+        cudaMemcpyAsync(s.mask.get(), s.h_mask.get<uint8_t>(), bytes, cudaMemcpyHostToDevice, st));
+    d_mask = s.mask.get<uint8_t>();
+  }
   float* x = s.x.get<float>();
   float* xb = s.xb.get<float>();
   float* q = s.q.get<float>();
@@ -479,7 +530,7 @@ void CudaEngine::enqueue_forward(std::span<const Token> tokens, int n_logits,
                        st);
     kernels::rope_cuda(kc, d_pos, n, c.n_kv_heads, c.head_dim, c.rope_dim, c.rope_base,
                        c.rope_layout, st);
-    kernels::attention_cuda(att, q, k0, v0, nullptr, n, start + n, start, c.n_heads, c.n_kv_heads,
+    kernels::attention_cuda(att, q, k0, v0, d_mask, n, start + n, start, c.n_heads, c.n_kv_heads,
                             c.head_dim, c.kv_dim(), 0, c.n_heads, st);
     gemm(xb, gemm_in(att, un * c.q_dim()), L.wo, nullptr, c.q_dim(), c.dim);
     add_into_x(xb);
@@ -505,9 +556,41 @@ void CudaEngine::enqueue_forward(std::span<const Token> tokens, int n_logits,
   }
 }
 
+void CudaEngine::keep_path(const TokenTree& tree, std::span<const int> path,
+                           const CancelFlag& cancel) {
+  (void)cancel;  // one short kernel
+  if (!check_keep_path(tree_, tree, path)) return;
+  std::vector<int2> moves;  // (from, to) rows, in path order: row to <= from, see below
+  for (size_t d = 0; d < path.size(); ++d) {
+    if (path[d] != static_cast<int>(d)) {
+      moves.push_back({kv_len_ + path[d], kv_len_ + static_cast<int>(d)});
+    }
+  }
+  if (!moves.empty()) {
+    CUDA_CHECK(cudaSetDevice(device_));
+    State& s = *s_;
+    const size_t bytes = moves.size() * sizeof(int2);
+    s.h_moves.reserve(bytes);
+    s.moves.reserve(bytes);
+    std::memcpy(s.h_moves.get<int2>(), moves.data(), bytes);
+    CUDA_CHECK(cudaMemcpyAsync(s.moves.get(), s.h_moves.get<int2>(), bytes, cudaMemcpyHostToDevice,
+                               s.s()));
+    const dim3 grid(static_cast<unsigned>(layers_.size()), 2);
+    move_rows_kernel<<<grid, 256, 0, s.s()>>>(s.k_cache.get<float>(), s.v_cache.get<float>(),
+                                              s.moves.get<int2>(), static_cast<int>(moves.size()),
+                                              static_cast<size_t>(max_ctx_) * config_.kv_dim(),
+                                              config_.kv_dim());
+    CUDA_CHECK_LAUNCH("move_rows_kernel");
+    CUDA_CHECK(cudaStreamSynchronize(s.s()));
+  }
+  kv_len_ += static_cast<int>(path.size());
+  tree_ = {};
+}
+
 void CudaEngine::truncate(int n) {
   if (n < 0 || n > kv_len_) throw std::out_of_range("truncate beyond the KV cache");
   kv_len_ = n;
+  tree_ = {};
 }
 
 KvBlob CudaEngine::export_kv(int begin, int end) const {
@@ -543,6 +626,7 @@ void CudaEngine::check_kv_import(int begin, int end, size_t bytes) const {
 
 void CudaEngine::import_kv(const KvBlob& kv) {
   check_kv_import(kv.begin, kv.end, kv.bytes.size());
+  tree_ = {};
   CUDA_CHECK(cudaSetDevice(device_));
   const size_t row = static_cast<size_t>(config_.kv_dim()) * sizeof(float);
   const size_t span = (kv.end - kv.begin) * row;
@@ -617,6 +701,7 @@ bool CudaEngine::recv_kv(DataChannel& ch, const DataKey& key, int begin, int end
   // later work on the stream, which rewrites rows from kv_len_ on anyway).
   if (!wait_stream(st, deadline, cancel)) return false;
   kv_len_ = end;
+  tree_ = {};
   return true;
 }
 

@@ -68,6 +68,12 @@ class CudaEngine final : public Engine {
   // argmax): only n_logits token ids cross to the host.
   std::vector<Token> forward_argmax(std::span<const Token> tokens, int n_logits,
                                     const CancelFlag& cancel) override;
+  // One forward under a tree attention mask (uploaded with the token ids); the nodes' KV waits
+  // in the cache rows after kv_len() until keep_path moves a path's rows into place on the
+  // device (one kernel for every layer).
+  Logits forward_tree(const TokenTree& tree, int from, const CancelFlag& cancel) override;
+  void keep_path(const TokenTree& tree, std::span<const int> path,
+                 const CancelFlag& cancel) override;
   void truncate(int n) override;
   int kv_len() const override { return kv_len_; }
   int vocab_size() const override { return config_.n_vocab; }
@@ -94,15 +100,25 @@ class CudaEngine final : public Engine {
 
  private:
   struct State;  // device buffers, stream, events, cuBLAS handle (cuda_engine.cu)
+  // A tree forward's rows: node i at cache row row0 + i and position kv_len_ + depth[i],
+  // seeing the keys `mask` (n, row0 + n) marks.
+  struct TreeRows {
+    std::span<const int> depth;
+    int row0 = 0;
+    const std::vector<uint8_t>* mask = nullptr;
+  };
 
   void check_kv_import(int begin, int end, size_t bytes) const;
   // Enqueues a checked forward on the engine's stream, up to the logits of the last n_logits
   // positions in device memory; the caller copies what it needs, synchronises and then moves
   // kv_len_. Throws Cancelled (after synchronising) when `cancel` is raised between layers.
-  void enqueue_forward(std::span<const Token> tokens, int n_logits, const CancelFlag& cancel);
+  void enqueue_forward(std::span<const Token> tokens, int n_logits, const CancelFlag& cancel,
+                       const TreeRows* tree = nullptr);
   // enqueue_forward; on an error, waits for what it had enqueued before rethrowing.
   void enqueue_forward_or_drain(std::span<const Token> tokens, int n_logits,
-                                const CancelFlag& cancel);
+                                const CancelFlag& cancel, const TreeRows* tree = nullptr);
+  // Copies the last forward's n_logits rows of logits to the host (synchronises).
+  Logits fetch_logits(int n_logits);
 
   LlamaConfig config_;
   std::vector<int> layers_;  // file layer numbers, in run order
@@ -111,6 +127,8 @@ class CudaEngine final : public Engine {
   bool cublas_gemm_;
   int device_;
   int kv_len_ = 0;
+  TokenTree tree_;  // the nodes forward_tree ran, while their KV waits after kv_len_
+  std::vector<uint8_t> mask_;
   std::function<void(int)> after_layer_;
   std::unique_ptr<State> s_;
 };

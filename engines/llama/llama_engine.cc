@@ -135,22 +135,10 @@ Logits LlamaEngine::forward_tree(const TokenTree& tree, int from, const CancelFl
   const std::span<const Token> fresh = std::span(tree.tokens).subspan(from);
   check_llama_forward(tree.tokens, 0, kv_len_, max_ctx_, model_->config.n_vocab);
   tree_ = {};
-  // Node i sees the cache, its ancestors and itself. Ancestors sit at increasing rows in the
-  // order of their positions, so attention visits the same keys in the same order as a chain
-  // forward of the path does.
-  const int start = kv_len_, n = size - from, n_kv = start + size;
-  std::vector<int> depth(n);
-  mask_.assign(static_cast<size_t>(n) * n_kv, 0);
-  for (int r = 0; r < n; ++r) {
-    uint8_t* row = mask_.data() + static_cast<size_t>(r) * n_kv;
-    std::fill(row, row + start, uint8_t{1});
-    for (int a = from + r; a >= 0; a = tree.parents[a]) {
-      row[start + a] = 1;
-      ++depth[r];
-    }
-    --depth[r];
-  }
-  Logits out = run(fresh, depth, start + from, mask_.data(), n, cancel);
+  const int start = kv_len_;
+  std::vector<int> depth;
+  tree_attention_mask(tree, from, start, mask_, depth);
+  Logits out = run(fresh, depth, start + from, mask_.data(), size - from, cancel);
   tree_ = tree;
   return out;
 }

@@ -1,8 +1,11 @@
 // CUDA twin of kernels/cpu/attention.cc. Grid (n_q, head_end - head_begin), one block per
 // (query, head): the query row sits in shared memory, each warp scores keys j = warp,
 // warp + n_warps, ... (lanes split head_dim, so K rows are read coalesced), the scores row
-// (n_kv floats of dynamic shared memory) goes through a block softmax, then each thread owns
-// output dimensions d and sums p_j * V[j][d] over the visible keys (coalesced V reads).
+// (n_kv floats of dynamic shared memory) goes through a block max and exponentials, then each
+// thread owns output dimensions d and sums e_j * V[j][d] and e_j over the visible keys in key
+// order (coalesced V reads). The denominator is summed in key order, not by a block reduction:
+// a tree node (explicit mask) sees its ancestors at other rows than its chain does, but in the
+// same order, so its logits keep the chain's bits.
 #include "kernels/attention_cuda.h"
 #include "kernels/cuda/reduce.cuh"
 #include "kernels/cuda_check.h"
@@ -44,23 +47,22 @@ __global__ void attention_kernel(float* out, const float* q, const float* k, con
   float mx = -INFINITY;
   for (int j = threadIdx.x; j < n_vis; j += blockDim.x) mx = fmaxf(mx, scores[j]);
   mx = detail::block_max(mx, scratch);
-  float sum = 0;
   for (int j = threadIdx.x; j < n_vis; j += blockDim.x) {
-    const float e = expf(scores[j] - mx);  // masked keys: exp(-inf) = 0
-    scores[j] = e;
-    sum += e;
+    scores[j] = expf(scores[j] - mx);  // masked keys: exp(-inf) = 0
   }
-  sum = detail::block_sum(sum, scratch);  // its barriers also publish scores[]
-  const float inv = 1.0f / sum;
+  __syncthreads();
 
   const float* vg = v + static_cast<long>(g) * head_dim;
   for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
-    float acc = 0;
+    float acc = 0, sum = 0;
     for (int j = 0; j < n_vis; ++j) {
-      const float p = scores[j];
-      if (p != 0.0f) acc += p * vg[static_cast<long>(j) * kv_stride + d];
+      const float e = scores[j];
+      if (e != 0.0f) {
+        acc += e * vg[static_cast<long>(j) * kv_stride + d];
+        sum += e;
+      }
     }
-    out[q_off + d] = acc * inv;
+    out[q_off + d] = acc * (1.0f / sum);
   }
 }
 

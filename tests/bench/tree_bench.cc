@@ -214,7 +214,10 @@ int main(int argc, char** argv) {
         if (got != want[p]) tot.lossless = false;
       }
       std::string name;
-      for (size_t i = 0; i < shape.size(); ++i) name += (i ? "," : "") + std::to_string(shape[i]);
+      for (size_t i = 0; i < shape.size(); ++i) {
+        if (i > 0) name += ',';
+        name += std::to_string(shape[i]);
+      }
       const double ms = tot.wall_s * 1e3 / tot.tokens;
       std::printf("%-12s %5d %8.2f %10.2f %10.2f %9.2f %9.2f %8s %8d\n", name.c_str(),
                   tree_shape_nodes(shape), static_cast<double>(tot.tokens) / tot.verifications,

@@ -296,6 +296,61 @@ TEST(CudaEngine, LogitsHaveTheSameBitsDecodedVerifiedOrPrefilled) {
   }
 }
 
+// Token trees on the GPU: every node of a tree forward (one forward under a tree attention
+// mask) has the bits of its path's chain forward, grown in two calls too, and after keep_path
+// (rows moved on the device) the engine decodes as if the path had been decoded.
+TEST(CudaEngine, TreeNodesGetTheLogitsOfTheirPaths) {
+  SKIP_WITHOUT_GPU();
+  for (const char* name : {"tiny-f16", "tiny-q8_0"}) {
+    const auto m = model(name);
+    const auto prefix = prompt_for(*m, 6);
+    const int vocab = m->config.n_vocab;
+    TokenTree tree;  // two tops, branching, depths 0..3, nodes not in depth order
+    const int a = tree.add(1 % vocab, -1), b = tree.add(2 % vocab, a), g = tree.add(3 % vocab, -1);
+    const int c = tree.add(4 % vocab, b), e = tree.add(5 % vocab, a);
+    tree.add(6 % vocab, g);
+    tree.add(7 % vocab, c);
+    const int f = tree.add(8 % vocab, e);
+    for (CudaDtype dtype : {CudaDtype::kF16, CudaDtype::kF32}) {
+      SCOPED_TRACE(std::string(name) + " dtype " + std::to_string(int(dtype)));
+      CudaEngine te(*m, gpu_opts(dtype)), ce(*m, gpu_opts(dtype));
+      CancelFlag never;
+      auto same_bits = [](std::span<const float> x, std::span<const float> y) {
+        return x.size() == y.size() && std::memcmp(x.data(), y.data(), y.size() * 4) == 0;
+      };
+      (void)te.forward(prefix, 0, never);
+      const Logits got = te.forward_tree(tree, 0, never);
+      ASSERT_EQ(got.n, tree.size());
+      for (int i = 0; i < tree.size(); ++i) {
+        ce.truncate(0);
+        std::vector<Token> seq = prefix;
+        for (Token x : tree.path_tokens(i)) seq.push_back(x);
+        EXPECT_TRUE(same_bits(got.row(i), ce.forward(seq, 1, never).row(0))) << "node " << i;
+      }
+      CudaEngine ge(*m, gpu_opts(dtype));
+      (void)ge.forward(prefix, 0, never);
+      TokenTree part = tree;
+      part.tokens.resize(5);
+      part.parents.resize(5);
+      const Logits first = ge.forward_tree(part, 0, never);
+      const Logits rest = ge.forward_tree(tree, 5, never);
+      for (int i = 0; i < tree.size(); ++i) {
+        EXPECT_TRUE(same_bits(got.row(i), i < 5 ? first.row(i) : rest.row(i - 5))) << i;
+      }
+      te.keep_path(tree, std::vector<int>{a, e, f}, never);
+      EXPECT_EQ(te.kv_len(), static_cast<int>(prefix.size()) + 3);
+      const std::vector<Token> more = {9 % vocab, 10 % vocab};
+      const Logits next = te.forward(more, 2, never);
+      std::vector<Token> seq = prefix;
+      for (Token x : {tree.tokens[a], tree.tokens[e], tree.tokens[f], more[0], more[1]}) {
+        seq.push_back(x);
+      }
+      ce.truncate(0);
+      EXPECT_TRUE(same_bits(next.data, ce.forward(seq, 2, never).data));
+    }
+  }
+}
+
 TEST_P(CudaEngineF32, GreedyEqualsCpuEngine) {
   SKIP_WITHOUT_GPU();
   SKIP_WITHOUT_MODEL(GetParam());

@@ -1,7 +1,7 @@
 // MPI test: greedy DSI and SI on a real model generate exactly non-SI's tokens, for several
 // prompts (in the model's chat template when it has one), SP 1 .. max_sp and k in KS
 // (default 1,4,8).
-//   llama_lossless MODEL DRAFTER N_PROMPTS MAX_NEW_TOKENS MAX_SP [KV_HANDOFF] [KS] [T]
+//   llama_lossless MODEL DRAFTER N_PROMPTS MAX_NEW_TOKENS MAX_SP [KV_HANDOFF] [KS] [T] [TREES]
 // DRAFTER: the target's layers that a layer-skip drafter keeps ("0-11,19-29"), or the path of a
 // drafter model of its own (a .gguf file, e.g. the Qwen2.5-Coder pair's 0.5B).
 // KV_HANDOFF: auto (default) | never | always: with always, tasks go round robin over the
@@ -12,6 +12,8 @@
 // importing junk: the test then passes only if some run's tokens differ (the check sees a bad
 // handoff). T > 0: sampled at temperature T under the Gumbel coupling (the default), seed i + 1
 // for prompt i, where every mode must give non-SI's text as in greedy decoding (docs/sampling.md).
+// KS "-": no chains. TREES: token-tree shapes for SI, e.g. "2,1;3,2,1,1;2,2,2" (dsi.tree), each
+// run per prompt and checked the same way.
 // Prints "N passed, M failed"; exits 77 (skipped) when MODEL is empty or missing.
 #include <fmt/format.h>
 
@@ -57,9 +59,20 @@ int main(int argc, char** argv) {
   std::vector<int> ks;
   {
     std::stringstream list(argc > 7 ? argv[7] : "1,4,8");
-    for (std::string k; std::getline(list, k, ',');) ks.push_back(std::stoi(k));
+    for (std::string k; std::getline(list, k, ',');) {
+      if (k != "-") ks.push_back(std::stoi(k));
+    }
   }
   const double temperature = argc > 8 ? std::atof(argv[8]) : 0.0;
+  std::vector<std::vector<int>> trees;
+  {
+    std::stringstream list(argc > 9 ? argv[9] : "");
+    for (std::string shape; std::getline(list, shape, ';');) {
+      std::stringstream factors(shape);
+      trees.emplace_back();
+      for (std::string b; std::getline(factors, b, ',');) trees.back().push_back(std::stoi(b));
+    }
+  }
   const std::string drafter = argv[2];
   const bool drafter_file = drafter.size() > 5 && drafter.ends_with(".gguf");
   dsi::SessionOptions opts;
@@ -111,6 +124,28 @@ int main(int argc, char** argv) {
                 }
               }
             }
+          }
+          for (const auto& shape : trees) {
+            // SI with token trees: the target's text whatever the shape.
+            dsi::RunConfig tc = cfg;
+            tc.mode = dsi::Mode::kSi;
+            tc.tree = shape;
+            tc.lookahead = static_cast<int>(shape.size());
+            const auto r = coord.run(tc, 1);
+            std::string name;
+            for (int b : shape) {
+              if (!name.empty()) name += ',';
+              name += std::to_string(b);
+            }
+            if (r.tokens == ref) {
+              ++passed;
+            } else {
+              ++failed;
+              fmt::print("{} prompt {} si tree [{}]: tokens differ from non-SI\n",
+                         corrupt ? "expected:" : "FAIL", i, name);
+            }
+            fmt::print("prompt {} tree [{}]: {} tokens in {} verifications\n", i, name,
+                       r.tokens.size(), r.stats.tasks_completed);
           }
           if (temperature <= 0 || cfg.coupling == "gumbel") {
             // runtime.adapt: the policy's switches of mode, k and SP never change a token.

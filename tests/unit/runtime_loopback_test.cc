@@ -4,6 +4,7 @@
 
 #include <thread>
 
+#include "core/config.h"
 #include "core/coordinator.h"
 #include "core/worker.h"
 #include "sim/simulator.h"
@@ -66,6 +67,30 @@ TEST(RuntimeLoopback, EveryModeIsLosslessAndReportsPerRank) {
       EXPECT_EQ(streamed, r.tokens);
       EXPECT_EQ(static_cast<int>(r.ranks.size()), cfg.n_drafters() + sp);
       for (const auto& rk : r.ranks) EXPECT_GT(rk.busy_s, 0) << rk.role;
+    }
+  }
+  coord.exit_all(0);
+}
+
+TEST(RuntimeLoopback, SiWithTokenTreesIsLossless) {
+  // The drafter expands trees, the target verifies them in one tree forward: the target's
+  // text, greedy and sampled (Gumbel coupling), whatever the shape.
+  World w(3);
+  Coordinator coord(*w.coord_ch, 50, 5);
+  for (const std::vector<int>& shape : {std::vector<int>{3, 2, 1}, std::vector<int>{2, 2}}) {
+    for (double temperature : {0.0, 0.9}) {
+      RunConfig cfg = fast_config(Mode::kSi, 0.6, static_cast<int>(shape.size()));
+      cfg.tree = shape;
+      cfg.temperature = temperature;
+      RunReport r = coord.run(cfg, 1);
+      SyntheticParams target{.seed = cfg.seed, .vocab = cfg.vocab};
+      const auto want = temperature > 0
+                            ? synthetic_sampled_reference(target, r.prompt, cfg.max_new_tokens,
+                                                          sampling_params(cfg))
+                            : synthetic_reference(target, r.prompt, cfg.max_new_tokens);
+      EXPECT_EQ(r.tokens, want) << "T=" << temperature << " shape of " << shape.size();
+      EXPECT_GT(r.stats.drafts_accepted, 0);
+      EXPECT_LT(r.stats.tasks_completed, cfg.max_new_tokens);
     }
   }
   coord.exit_all(0);
