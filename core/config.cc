@@ -214,6 +214,12 @@ const std::vector<Key>& keys() {
        [](RunConfig& c, const YAML::Node& n, const std::string& key) {
          c.vocab = integer(n, key, 2, 1 << 24);
        }},
+      {"synthetic.second",
+       "when a draft is wrong, the probability that the target's token is the drafter's second "
+       "best (what token trees' siblings catch; 0..1, default 0)",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) {
+         c.second = number(n, key, 0, 1);
+       }},
       {"synthetic.overlap", "how much of the target's logit noise the drafter shares (0..1)",
        [](RunConfig& c, const YAML::Node& n, const std::string& key) {
          c.overlap = number(n, key, 0, 1);

@@ -55,6 +55,7 @@ struct RunConfig {
   double per_token_ms = 0;
   int vocab = 64;
   double overlap = 0.5;  // drafter's share of the target's logit noise (sampling)
+  double second = 0;     // a wrong drafter ranks the target's token second this often (trees)
   // Drifting acceptance: a_phases[i] holds for generated tokens [i, i + 1) * phase_tokens
   // (the last for the rest of the run); empty: `a` throughout.
   std::vector<double> a_phases;

@@ -78,6 +78,7 @@ WorkerSpec worker_spec(const RunConfig& cfg, bool drafter) {
       p.forward_ms = cfg.c * cfg.t_ms;
       p.acceptance = cfg.a;
       p.overlap = cfg.overlap;
+      p.second = cfg.second;
       p.phases = cfg.a_phases;
       p.phase_start = cfg.prompt_tokens;
       p.phase_len = cfg.phase_tokens;
@@ -101,10 +102,11 @@ WorkerSpec worker_spec_from_json(const json& j) {
   const std::string engine = need<std::string>(j, "engine", "any");
   s.role = parse_enum<Role>(get<std::string>(j, "role", "target"), "role");
   if (engine == "synthetic") {
-    check_keys(j,
-               {"engine", "role", "sampling", "targets", "seed", "vocab", "acceptance", "ttft_ms",
-                "forward_ms", "per_token_ms", "overlap", "phases", "phase_start", "phase_len"},
-               "a synthetic worker spec");
+    check_keys(
+        j,
+        {"engine", "role", "sampling", "targets", "seed", "vocab", "acceptance", "ttft_ms",
+         "forward_ms", "per_token_ms", "overlap", "phases", "phase_start", "phase_len", "second"},
+        "a synthetic worker spec");
     SyntheticParams p;
     p.seed = need<uint64_t>(j, "seed", "synthetic");
     p.vocab = need<int>(j, "vocab", "synthetic");
@@ -113,6 +115,8 @@ WorkerSpec worker_spec_from_json(const json& j) {
     p.forward_ms = need<double>(j, "forward_ms", "synthetic");
     p.per_token_ms = get<double>(j, "per_token_ms", 0.0);
     p.overlap = get<double>(j, "overlap", 0.5);
+    p.second = get<double>(j, "second", 0.0);
+    if (!(p.second >= 0 && p.second <= 1)) throw SpecError("synthetic second must lie in [0, 1]");
     p.phases = get<std::vector<double>>(j, "phases", {});
     p.phase_start = get<int>(j, "phase_start", 0);
     p.phase_len = get<int>(j, "phase_len", 1);
@@ -169,6 +173,7 @@ json worker_spec_json(const WorkerSpec& s) {
               {"forward_ms", p->forward_ms},
               {"per_token_ms", p->per_token_ms},
               {"overlap", p->overlap},
+              {"second", p->second},
               {"phases", p->phases},
               {"phase_start", p->phase_start},
               {"phase_len", p->phase_len}});

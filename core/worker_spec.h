@@ -37,7 +37,7 @@ WorkerSpec worker_spec(const RunConfig& cfg, bool drafter);
 // The JSON form (docs/benchmarks.md, `dsi profile --target-spec`):
 //   {"engine": "synthetic" | "llama", "role": "drafter" | "target" (default target),
 //    synthetic: "seed", "vocab", "ttft_ms", "forward_ms", "acceptance", "per_token_ms",
-//               "overlap";
+//               "overlap", "second";
 //    llama: "model", "device", "dtype", "gpu", "threads", "layers", "max_context",
 //           "activations";
 //    "sampling": {"temperature", "top_k", "top_p", "seed", "request", "coupling"},
@@ -111,6 +111,8 @@ void wire_fields(S& s, V&& v) {
   v(s.phase_start, "phase_start",
     "drafter: position where the phases start (the prompt before it is phase 0)");
   v(s.phase_len, "phase_len", "drafter: positions per phase");
+  v(s.second, "second",
+    "drafter: when wrong, the probability that the target's token is its second best");
 }
 
 constexpr WireInfo wire_info(const LlamaSpec*) {

@@ -19,6 +19,7 @@ uint64_t mix(uint64_t x) {
 constexpr uint64_t kTargetSalt = 0x7461726765740000ULL;
 constexpr uint64_t kDrawSalt = 0x6472617700000000ULL;
 constexpr uint64_t kWrongSalt = 0x77726f6e67000000ULL;
+constexpr uint64_t kSecondSalt = 0x7365636f6e640000ULL;
 }  // namespace
 
 uint64_t start_hash(uint64_t seed) {
@@ -59,6 +60,12 @@ void logits(const SyntheticParams& p, uint64_t h, size_t pos, float* out) {
   const Token peak = p.drafter ? drafter_next(p.seed, h, p.vocab, acceptance_at(p, pos))
                                : target_next(p.seed, h, p.vocab);
   out[peak] += kPeak;
+  if (p.drafter && p.second > 0) {
+    const Token right = target_next(p.seed, h, p.vocab);
+    const double u = static_cast<double>(mix(h ^ p.seed ^ kSecondSalt) >> 11) * 0x1.0p-53;
+    // Below the peak (>= kPeak) and above every other token (< kSpread).
+    if (right != peak && u < p.second) out[right] = kPeak - 1e-3f;
+  }
 }
 }  // namespace synthetic
 

@@ -26,6 +26,9 @@ struct SyntheticParams {
   std::vector<double> phases;
   int phase_start = 0;
   int phase_len = 1;
+  // Drafter only: when its best token is not the target's, the probability that the target's
+  // is its second best (what a token tree's siblings can catch; 0: only by chance).
+  double second = 0;
   bool operator==(const SyntheticParams&) const = default;
 };
 
@@ -41,7 +44,8 @@ double acceptance_at(const SyntheticParams& p, size_t pos);
 // Logits after the context with hash h and length pos: noise in [0, kSpread) per token plus kPeak
 // on the model's greedy token (target_next / drafter_next), so argmax is exactly the greedy token
 // while sampling sees a full distribution. The drafter's noise is `overlap` times the
-// target's plus (1 - overlap) times its own.
+// target's plus (1 - overlap) times its own; with probability `second` (a keyed draw) a wrong
+// drafter ranks the target's token second, just below its peak.
 inline constexpr float kSpread = 3.0f;
 inline constexpr float kPeak = 3.5f;
 void logits(const SyntheticParams& p, uint64_t h, size_t pos, float* out);

@@ -110,7 +110,8 @@ SimConfig sim_config(const RunConfig& cfg, int sp) {
                 .overlap = cfg.overlap,
                 .phases = cfg.a_phases,
                 .phase_start = cfg.prompt_tokens,
-                .phase_len = cfg.phase_tokens};
+                .phase_len = cfg.phase_tokens,
+                .second = cfg.second};
   sc.prompt = synthetic_prompt(cfg.seed, cfg.prompt_tokens, cfg.vocab);
   // Synthetic engines hold no KV that can be handed over (kv_bytes_per_token 0): a real run
   // plans no handoff, and neither does its simulation.
