@@ -1,5 +1,6 @@
 // The drafter role (core/worker_roles.h): drafts along the current chain.
 #include <cstring>
+#include <stdexcept>
 
 #include "core/tree_draft.h"
 #include "core/worker_roles.h"
@@ -31,11 +32,11 @@ void DrafterRole::step() {
     seq = seq_;
   }
   const double t0 = steady_now_s();
-  const size_t keep = ctx_.reuse_prefix(seq, 1);
   if (!tree_.empty()) {
-    step_tree(chain, seq, keep, t0);
+    step_tree(chain, seq, t0);
     return;
   }
+  const size_t keep = ctx_.reuse_prefix(seq, 1);
   try {
     const auto todo = std::span(seq).subspan(keep);
     const int pos = static_cast<int>(seq.size());
@@ -81,8 +82,38 @@ void DrafterRole::step() {
   }
 }
 
-void DrafterRole::step_tree(uint64_t chain, const std::vector<Token>& seq, size_t keep, double t0) {
+void DrafterRole::keep_drafted_path(const std::vector<Token>& seq) {
+  // The committed text that follows the last tree down its nodes: keep their KV (the engine
+  // holds every node but the deepest level's) instead of computing them again.
+  const TokenTree& t = last_tree_;
+  const size_t base = ctx_.cached.size();
+  if (t.size() == 0 || seq.size() <= base || common_prefix(ctx_.cached, seq) != base) return;
+  const int ran = drafted_nodes_run(t);
+  std::vector<int> path;
+  for (size_t i = base; i < seq.size(); ++i) {
+    int next = -1;
+    for (int c : t.children(path.empty() ? -1 : path.back())) {
+      if (c < ran && t.tokens[c] == seq[i]) {
+        next = c;
+        break;
+      }
+    }
+    if (next < 0) break;
+    path.push_back(next);
+  }
+  try {
+    ctx_.engine->keep_path(t, path, ctx_.cancel);
+  } catch (const std::logic_error&) {
+    return;  // the engine no longer holds the tree's rows (a new run): compute them again
+  }
+  ctx_.cached.insert(ctx_.cached.end(), seq.begin() + base, seq.begin() + base + path.size());
+}
+
+void DrafterRole::step_tree(uint64_t chain, const std::vector<Token>& seq, double t0) {
   const int pos = static_cast<int>(seq.size());
+  keep_drafted_path(seq);
+  last_tree_ = {};
+  const size_t keep = ctx_.reuse_prefix(seq, 1);
   try {
     std::vector<int> shape;
     {
@@ -93,6 +124,7 @@ void DrafterRole::step_tree(uint64_t chain, const std::vector<Token>& seq, size_
     ctx_.cached = seq;
     const TokenTree tree =
         draft_tree(*ctx_.engine, first.row(0), shape, pos, ctx_.sampling, ctx_.cancel);
+    last_tree_ = tree;
     ctx_.log.record({.kind = SpanKind::kDraft, .id = chain, .drafts = tree.size(), .pos = pos}, t0,
                     steady_now_s());
     std::lock_guard lk(mu_);

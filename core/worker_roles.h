@@ -103,7 +103,9 @@ class DrafterRole {
 
  private:
   // step() of a chain with a token-tree shape: the whole tree, then DraftTree.
-  void step_tree(uint64_t chain, const std::vector<Token>& seq, size_t keep, double t0);
+  void step_tree(uint64_t chain, const std::vector<Token>& seq, double t0);
+  // Before the next tree: the KV of the last tree's nodes that the committed text took.
+  void keep_drafted_path(const std::vector<Token>& seq);
 
   WorkerContext& ctx_;
   std::mutex& mu_;
@@ -117,6 +119,7 @@ class DrafterRole {
   size_t chain_base_ = 0;  // the chain's first draft position
   int notify_every_ = 1;
   std::vector<int32_t> tree_;  // the chain's token-tree shape (empty: a chain)
+  TokenTree last_tree_;        // working thread only: the last tree drafted (its KV kept)
 };
 
 }  // namespace dsi

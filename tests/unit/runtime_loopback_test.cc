@@ -93,6 +93,12 @@ TEST(RuntimeLoopback, SiWithTokenTreesIsLossless) {
       EXPECT_LT(r.stats.tasks_completed, cfg.max_new_tokens);
     }
   }
+  // A drafter that is always right, on the KV it kept of its previous tree: every
+  // verification takes the whole depth and the target's token.
+  RunConfig cfg = fast_config(Mode::kSi, 1.0, 3);
+  cfg.tree = {2, 1, 1};
+  RunReport r = coord.run(cfg, 1);
+  EXPECT_EQ(r.stats.tasks_completed, cfg.max_new_tokens / 4);
   coord.exit_all(0);
 }
 
