@@ -275,24 +275,38 @@ SimResult simulate(const SimConfig& cfg) {
     done_work(t);
   };
 
-  // A tree verification: the committed tokens the cache lacks (at least the last) and the
-  // tree in one forward; the target keeps the accepted path.
-  auto verify_tree = [&](int t, const Action& a) {
+  // A verification starts on target t: its cache keeps `keep` tokens, the forward computes the
+  // rest of a.seq.
+  auto start_forward = [&](int t, const Action& a, size_t keep) {
     SimTarget& w = tg[t];
-    const size_t base = a.seq.size() - a.parents.size();
-    const size_t keep = std::min(common_prefix(w.cache, a.seq), base - 1);
     if (static_cast<int>(keep) <= w.imported_from) w.imported_from = INT_MAX;
     w.n = static_cast<int>(a.seq.size() - keep);
     w.cache.assign(a.seq.begin(), a.seq.begin() + keep);
     w.task = a.id;
     w.start = now;
-    const double cost = cfg.target.forward_ms + w.n * cfg.target.per_token_ms;
-    at(now + cost, [&, t, a, base] {
+  };
+  auto forward_cost = [&](int t) {
+    return cfg.target.forward_ms + tg[t].n * cfg.target.per_token_ms;
+  };
+  // Its forward ends: the busy time, or -1 when the task was cancelled meanwhile.
+  auto forward_done = [&](int t, uint64_t task) {
+    SimTarget& w = tg[t];
+    if (w.task != task) return -1.0;
+    w.task = 0;
+    const double busy = now - w.start;
+    res.target_busy_ms += busy;
+    return busy;
+  };
+
+  // A tree verification: the committed tokens the cache lacks (at least the last) and the
+  // tree in one forward; the target keeps the accepted path.
+  auto verify_tree = [&](int t, const Action& a) {
+    const size_t base = a.seq.size() - a.parents.size();
+    start_forward(t, a, std::min(common_prefix(tg[t].cache, a.seq), base - 1));
+    at(now + forward_cost(t), [&, t, a, base] {
       SimTarget& w = tg[t];
-      if (w.task != a.id) return;  // cancelled meanwhile
-      w.task = 0;
-      const double busy = now - w.start;
-      res.target_busy_ms += busy;
+      const double busy = forward_done(t, a.id);
+      if (busy < 0) return;  // cancelled meanwhile
       const TokenTree drafts{{a.seq.begin() + base, a.seq.end()}, a.parents};
       const std::vector<Token> committed(a.seq.begin(), a.seq.begin() + base);
       auto ctx_of = [&](int node) {
@@ -335,20 +349,12 @@ SimResult simulate(const SimConfig& cfg) {
       verify_tree(t, a);
       return;
     }
-    SimTarget& w = tg[t];
-    const size_t keep = std::min(common_prefix(w.cache, a.seq), a.seq.size() - a.n_logits);
-    if (static_cast<int>(keep) <= w.imported_from) w.imported_from = INT_MAX;
-    w.n = static_cast<int>(a.seq.size() - keep);
-    w.cache.assign(a.seq.begin(), a.seq.begin() + keep);
-    w.task = a.id;
-    w.start = now;
-    const double cost = cfg.target.forward_ms + w.n * cfg.target.per_token_ms;
-    at(now + cost, [&, t, a, keep] {
+    const size_t keep = std::min(common_prefix(tg[t].cache, a.seq), a.seq.size() - a.n_logits);
+    start_forward(t, a, keep);
+    at(now + forward_cost(t), [&, t, a, keep] {
       SimTarget& w = tg[t];
-      if (w.task != a.id) return;  // cancelled meanwhile
-      w.task = 0;
-      const double busy = now - w.start;
-      res.target_busy_ms += busy;
+      const double busy = forward_done(t, a.id);
+      if (busy < 0) return;  // cancelled meanwhile
       const auto& seq = a.seq;
       w.cache = seq;
       if (w.imported_from < static_cast<int>(keep)) ++res.kv.verified_on_imported;
