@@ -58,6 +58,44 @@ bool TokenTree::grew_from(const TokenTree& other) const {
          std::equal(other.parents.begin(), other.parents.end(), parents.begin());
 }
 
+int TokenTree::follow(std::span<const Token> path) const {
+  int node = -1;
+  for (Token t : path) {
+    int next = -2;
+    for (int i = node + 1; i < size(); ++i) {
+      if (parents[i] == node && tokens[i] == t) {
+        next = i;
+        break;
+      }
+    }
+    if (next < 0) return -2;
+    node = next;
+  }
+  return node;
+}
+
+std::vector<int> TokenTree::first_path() const {
+  std::vector<int> path;
+  for (int i = 0; i < size(); ++i) {
+    if (parents[i] == (path.empty() ? -1 : path.back())) path.push_back(i);
+  }
+  return path;
+}
+
+TokenTree TokenTree::below(int node) const {
+  TokenTree sub;
+  std::vector<int> index(size(), -1);  // node -> its index in sub
+  for (int i = node + 1; i < size(); ++i) {
+    const int p = parents[i];
+    if (p == node) {
+      index[i] = sub.add(tokens[i], -1);
+    } else if (p > node && index[p] >= 0) {
+      index[i] = sub.add(tokens[i], index[p]);
+    }
+  }
+  return sub;
+}
+
 int TokenTree::height() const {
   int h = 0;
   for (int i = 0; i < size(); ++i) h = std::max(h, depth(i) + 1);

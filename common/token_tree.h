@@ -33,6 +33,15 @@ struct TokenTree {
   bool is_path(std::span<const int> path) const;
   // Whether the first nodes of this tree are `other`'s (this one grew from it).
   bool grew_from(const TokenTree& other) const;
+  // The node that the top-down path of `tokens` ends at (-1 for no tokens), or -2 when the
+  // tree holds no such path.
+  int follow(std::span<const Token> tokens) const;
+  // The first child of each node from the top down (a drafter's chain, when children come
+  // best first): its nodes.
+  std::vector<int> first_path() const;
+  // The nodes below `node` as a tree of their own (node's children at depth 0), in index
+  // order; below(-1) is the whole tree.
+  TokenTree below(int node) const;
   // The greatest depth + 1 (0 for an empty tree).
   int height() const;
   // "" if well formed (as many parents as tokens, each -1 or an earlier node), else what is

@@ -99,8 +99,8 @@ const std::vector<Key>& keys() {
          c.lookahead = integer(n, key, 1, 1024);
        }},
       {"dsi.tree",
-       "SI with token trees: the branching factor per depth, e.g. [3, 2, 1, 1] (its depth is "
-       "the lookahead; at most 64 nodes); [] or absent: chains",
+       "token trees (SI and DSI): the branching factor per depth, e.g. [3, 2, 1, 1] (its depth "
+       "is the lookahead; at most 64 nodes); [] or absent: chains",
        [](RunConfig& c, const YAML::Node& n, const std::string& key) {
          c.tree.clear();
          if (n.IsScalar() && !n.Scalar().empty()) {  // "3,2,1,1" (an override)
@@ -481,10 +481,8 @@ void check_tree_config(const RunConfig& cfg) {
   if (const std::string why = invalid_tree_shape(cfg.tree, kMaxTreeNodes); !why.empty()) {
     throw ConfigError("dsi.tree: " + why);
   }
-  if (cfg.mode != Mode::kSi) {
-    throw ConfigError(fmt::format(
-        "dsi.tree runs with mode si only for now (mode is {}); DSI with trees is not built yet",
-        mode_name(cfg.mode)));
+  if (cfg.mode == Mode::kNonSi) {
+    throw ConfigError("dsi.tree needs mode si or dsi (non-SI drafts nothing)");
   }
   if (cfg.adapt) throw ConfigError("dsi.tree does not run with runtime.adapt: on yet");
   if (cfg.temperature > 0 && cfg.coupling == "residual") {

@@ -1,4 +1,5 @@
 // The drafter role (core/worker_roles.h): drafts along the current chain.
+#include <algorithm>
 #include <cstring>
 #include <stdexcept>
 
@@ -119,6 +120,8 @@ void DrafterRole::step_tree(uint64_t chain, const std::vector<Token>& seq, doubl
     {
       std::lock_guard lk(mu_);
       shape.assign(tree_.begin(), tree_.end());
+      // No node at or past the stop length.
+      shape.resize(std::clamp<int>(stop_len_ - pos, 1, static_cast<int>(shape.size())));
     }
     const Logits first = ctx_.engine->forward(std::span(seq).subspan(keep), 1, ctx_.cancel);
     ctx_.cached = seq;
@@ -130,7 +133,12 @@ void DrafterRole::step_tree(uint64_t chain, const std::vector<Token>& seq, doubl
     std::lock_guard lk(mu_);
     drafting_ = false;
     if (chain == chain_ && active_) {
-      window_ = 0;  // one tree per chain
+      if (window_ > 0) {
+        window_ = 0;  // SI: one tree per chain
+      } else {
+        // DSI: the next tree grows below this one's first path, the chain's drafts.
+        for (int node : tree.first_path()) seq_.push_back(tree.tokens[node]);
+      }
       ctx_.reply(msg::DraftTree{.chain = chain,
                                 .pos = pos,
                                 .tokens = tree.tokens,

@@ -165,7 +165,7 @@ void Scheduler::begin_chain(std::vector<Action>& out) {
                        .window = window,
                        .stop_len = goal_len(),
                        .notify_every = plan_.lookahead,
-                       .tree = plan_.mode == Mode::kSi ? opts_.tree : std::vector<int>{}});
+                       .tree = opts_.tree});
   // DSI launches a task with no drafts at every chain start: never slower than non-SI.
   if (plan_.mode == Mode::kDsi) submit(committed_, 1, out);
 }
@@ -264,11 +264,15 @@ std::vector<Action> Scheduler::on_draft(uint64_t chain, int pos, Token token) {
 
 std::vector<Action> Scheduler::on_draft_tree(uint64_t chain, int pos, const TokenTree& tree) {
   std::vector<Action> out;
-  if (done_ || chain != chain_ || plan_.mode != Mode::kSi || opts_.tree.empty()) return out;
-  if (pos != chain_base_ || pos != static_cast<int>(committed_.size())) return out;  // stale
+  if (done_ || chain != chain_ || plan_.mode == Mode::kNonSi || opts_.tree.empty()) return out;
   if (const std::string why = tree.invalid(); !why.empty() || tree.size() == 0) {
     throw Error("the drafter's token tree is malformed: " + (why.empty() ? "no nodes" : why));
   }
+  if (plan_.mode == Mode::kDsi) {
+    on_dsi_tree(pos, tree, out);
+    return out;
+  }
+  if (pos != chain_base_ || pos != static_cast<int>(committed_.size())) return out;  // stale
   stats_.drafts_received += tree.size();
   tree_drafted_ = true;
   std::vector<Token> seq = committed_;
@@ -276,6 +280,34 @@ std::vector<Action> Scheduler::on_draft_tree(uint64_t chain, int pos, const Toke
   submit(std::move(seq), tree.size() + 1, out, tree.parents);
   launch_queued(out);
   return out;
+}
+
+void Scheduler::on_dsi_tree(int pos, const TokenTree& tree, std::vector<Action>& out) {
+  if (pos != chain_base_ + static_cast<int>(drafts_.size())) return;  // out of order: drop
+  const std::vector<int> first = tree.first_path();
+  stats_.drafts_received += tree.size();
+  for (int node : first) drafts_.push_back(tree.tokens[node]);
+  // The task: the committed text, the chain's drafts between it and pos, and the tree below
+  // them (below the committed text's end when that is already inside the tree).
+  const int c = static_cast<int>(committed_.size());
+  TokenTree task;
+  if (c <= pos) {
+    task = TokenTree::chain(std::span(drafts_).subspan(c - chain_base_, pos - c));
+    const int top = task.size();
+    for (int i = 0; i < tree.size(); ++i) {
+      task.add(tree.tokens[i], tree.parents[i] < 0 ? top - 1 : top + tree.parents[i]);
+    }
+  } else if (const int m = c - pos; m < static_cast<int>(first.size()) &&
+                                    std::equal(committed_.begin() + pos, committed_.end(),
+                                               drafts_.begin() + (pos - chain_base_))) {
+    task = tree.below(first[m - 1]);
+  }
+  if (task.size() > 0) {
+    std::vector<Token> seq = committed_;
+    seq.insert(seq.end(), task.tokens.begin(), task.tokens.end());
+    submit(std::move(seq), task.size() + 1, out, std::move(task.parents));
+  }
+  reconcile(out);
 }
 
 void Scheduler::commit(Token tok) {
@@ -286,35 +318,31 @@ void Scheduler::commit(Token tok) {
 }
 
 void Scheduler::apply_tree(const Task& t, std::span<const Token> y) {
-  const int base = t.base();
-  if (static_cast<int>(committed_.size()) != base ||
-      common_prefix(t.seq, committed_) < static_cast<size_t>(base)) {
-    return;  // stale
-  }
   // y: a top-down path of the tree's tokens, then the target's token after it.
-  const TokenTree tree{{t.seq.begin() + base, t.seq.end()}, t.parents};
+  const TokenTree tree = t.tree();
   if (y.empty()) throw Error("a tree verification's result holds no token");
-  int node = -1;
-  for (size_t i = 0; i + 1 < y.size(); ++i) {
-    int next = -1;
-    for (int c : tree.children(node)) {
-      if (tree.tokens[c] == y[i]) {
-        next = c;
-        break;
-      }
+  if (tree.follow(y.first(y.size() - 1)) == -2) {
+    throw Error("a tree verification's result is not a path of its tree");
+  }
+  const int base = t.base();
+  const int have = static_cast<int>(committed_.size()) - base;  // committed since it was made
+  if (have < 0 || have >= static_cast<int>(y.size()) ||
+      common_prefix(t.seq, committed_) < static_cast<size_t>(base) ||
+      !std::equal(y.begin(), y.begin() + have, committed_.begin() + base)) {
+    return;  // stale, or nothing new
+  }
+  if (t.period == 0) {
+    // SI: the chain's drafts are the tree's (DSI counts its chain's drafts in reconcile).
+    const int accepted = static_cast<int>(y.size()) - 1;
+    stats_.drafts_accepted += accepted;
+    for (int d = 0; d < accepted; ++d)
+      ++stats_.accepted_at[std::min(d, SchedulerStats::kPositions - 1)];
+    if (accepted < tree.height()) {
+      ++stats_.drafts_rejected;
+      ++stats_.rejected_at[std::min(accepted, SchedulerStats::kPositions - 1)];
     }
-    if (next < 0) throw Error("a tree verification's result is not a path of its tree");
-    node = next;
   }
-  const int accepted = static_cast<int>(y.size()) - 1;
-  stats_.drafts_accepted += accepted;
-  for (int d = 0; d < accepted; ++d)
-    ++stats_.accepted_at[std::min(d, SchedulerStats::kPositions - 1)];
-  if (accepted < tree.height()) {
-    ++stats_.drafts_rejected;
-    ++stats_.rejected_at[std::min(accepted, SchedulerStats::kPositions - 1)];
-  }
-  for (Token tok : y) {
+  for (Token tok : y.subspan(have)) {
     if (done_) break;
     commit(tok);
   }
@@ -345,6 +373,13 @@ void Scheduler::apply(const Task& t, std::span<const Token> y) {
 
 bool Scheduler::useful(const Task& t) const {
   const size_t c = committed_.size();
+  if (!t.parents.empty()) {
+    // A tree task predicts the token after each of its nodes: useful while the committed text
+    // runs from its base down a path of its tree.
+    const size_t base = t.base();
+    return c >= base && common_prefix(t.seq, committed_) >= base &&
+           t.tree().follow(std::span(committed_).subspan(base)) != -2;
+  }
   if (t.seq.size() < c) return false;  // predicts only committed positions
   return common_prefix(t.seq, committed_) == c;
 }

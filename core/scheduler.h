@@ -59,8 +59,10 @@ struct SchedulerOptions {
   TargetChoice target_choice = TargetChoice::kCache;
   std::vector<Token> stop_tokens;  // committing one ends generation (EOS)
   KvHandoffOptions kv;             // KV handoff between targets (default: none)
-  // SI with token trees: the drafter drafts one tree of this shape (branching factor per
-  // depth) per chain and the target verifies it at once. Empty: chains. SI only.
+  // Token trees of this shape (branching factor per depth). SI: the drafter drafts one tree
+  // per chain and the target verifies it at once. DSI: the drafter drafts one tree after
+  // another down their first paths (its chain), and each tree's task verifies the chain's
+  // pending drafts and the tree below them. Empty: chains.
   std::vector<int> tree;
 };
 
@@ -145,6 +147,7 @@ class Scheduler {
   std::vector<Action> start();
   std::vector<Action> on_draft(uint64_t chain, int pos, Token token);
   // The token tree drafted for `chain` from position pos (options.tree): verified at once.
+  // DSI: the tree's first path (the first child of each node) is the chain's drafts from pos.
   // Throws Error for a malformed tree.
   std::vector<Action> on_draft_tree(uint64_t chain, int pos, const TokenTree& tree);
   // y: the target's tokens at positions |S|-m+1 .. |S| of the task's sequence S; for a tree
@@ -182,6 +185,7 @@ class Scheduler {
     bool cancelling = false;
     std::vector<int> parents;  // a tree task: seq's last parents.size() tokens are its nodes
     int base() const { return static_cast<int>(seq.size() - parents.size()); }
+    TokenTree tree() const { return {{seq.begin() + base(), seq.end()}, parents}; }
   };
 
   void new_chain(std::vector<Action>& out);  // replan(), then begin_chain()
@@ -194,6 +198,7 @@ class Scheduler {
   // Commits the target tokens a result proves (it ignores a stale result).
   void apply(const Task& t, std::span<const Token> y);
   void apply_tree(const Task& t, std::span<const Token> y);
+  void on_dsi_tree(int pos, const TokenTree& tree, std::vector<Action>& out);
   void commit(Token tok);  // appends; done_ at a stop token or the goal
   void reconcile(std::vector<Action>& out);
   void hand_over(const KvRange& r, std::vector<Action>& out);  // emits a kKvHandoff

@@ -224,11 +224,16 @@ SimResult simulate(const SimConfig& cfg) {
     });
   };
 
-  // SI with token trees: the drafter's forward of the committed text, then one tree forward
-  // per further depth, and the tree (tree_children of the drafter's logits at every node).
-  auto draft_tree_now = [&](uint64_t gen, const std::vector<int>& shape) {
+  // Token trees: the drafter's forward of the committed text, then one tree forward per
+  // further depth, and the tree (tree_children of the drafter's logits at every node). SI
+  // drafts one per chain; DSI the next below this one's first path, until the stop length.
+  std::function<void(uint64_t, std::vector<int>)> draft_tree_now = [&](uint64_t gen,
+                                                                       std::vector<int> shape) {
     if (iid) throw std::invalid_argument("token trees need the synthetic token model");
     const int pos0 = static_cast<int>(d_seq.size());
+    if (d_window == 0 || pos0 >= d_stop) return;
+    const std::vector<int> full = shape;
+    shape.resize(std::min<size_t>(shape.size(), d_stop - pos0));
     TokenTree tree;
     double cost = d_cost;
     auto children = [&](const std::vector<Token>& ctx, int b) {
@@ -248,11 +253,16 @@ SimResult simulate(const SimConfig& cfg) {
       }
       begin = end;
     }
-    at(now + cost, [&, gen, pos0, tree, cost] {
+    at(now + cost, [&, gen, pos0, tree, cost, full] {
       if (gen != d_gen) return;
-      d_window = 0;
+      if (d_window > 0) {
+        d_window = 0;
+      } else {
+        for (int node : tree.first_path()) d_seq.push_back(tree.tokens[node]);
+      }
       if (adapter) adapter->draft(cost / 1e3);
       run_actions(sched.on_draft_tree(d_chain, pos0, tree));
+      if (gen == d_gen) draft_tree_now(gen, full);
     });
   };
 
@@ -455,7 +465,7 @@ SimResult simulate(const SimConfig& cfg) {
         d_stop = a.stop_len;
         if (a.tree.empty()) {
           draft_step(d_gen);
-        } else if (d_window != 0 && static_cast<int>(d_seq.size()) < d_stop) {
+        } else {
           draft_tree_now(d_gen, a.tree);
         }
       } else if (a.kind == Action::kVerify || a.kind == Action::kPrefill) {

@@ -12,8 +12,8 @@
 // importing junk: the test then passes only if some run's tokens differ (the check sees a bad
 // handoff). T > 0: sampled at temperature T under the Gumbel coupling (the default), seed i + 1
 // for prompt i, where every mode must give non-SI's text as in greedy decoding (docs/sampling.md).
-// KS "-": no chains. TREES: token-tree shapes for SI, e.g. "2,1;3,2,1,1;2,2,2" (dsi.tree), each
-// run per prompt and checked the same way.
+// KS "-": no chains. TREES: token-tree shapes, e.g. "2,1;3,2,1,1;2,2,2" (dsi.tree), each run
+// per prompt with SI and with DSI for SP 1 .. max_sp, and checked the same way.
 // Prints "N passed, M failed"; exits 77 (skipped) when MODEL is empty or missing.
 #include <fmt/format.h>
 
@@ -126,26 +126,31 @@ int main(int argc, char** argv) {
             }
           }
           for (const auto& shape : trees) {
-            // SI with token trees: the target's text whatever the shape.
+            // SI and DSI with token trees: the target's text whatever the shape and SP.
             dsi::RunConfig tc = cfg;
-            tc.mode = dsi::Mode::kSi;
             tc.tree = shape;
             tc.lookahead = static_cast<int>(shape.size());
-            const auto r = coord.run(tc, 1);
             std::string name;
             for (int b : shape) {
               if (!name.empty()) name += ',';
               name += std::to_string(b);
             }
-            if (r.tokens == ref) {
-              ++passed;
-            } else {
-              ++failed;
-              fmt::print("{} prompt {} si tree [{}]: tokens differ from non-SI\n",
-                         corrupt ? "expected:" : "FAIL", i, name);
+            for (dsi::Mode mode : {dsi::Mode::kSi, dsi::Mode::kDsi}) {
+              tc.mode = mode;
+              for (int sp = 1; sp <= (mode == dsi::Mode::kSi ? 1 : max_sp); ++sp) {
+                const auto r = coord.run(tc, sp);
+                if (r.tokens == ref) {
+                  ++passed;
+                } else {
+                  ++failed;
+                  fmt::print("{} prompt {} {} sp={} tree [{}]: tokens differ from non-SI\n",
+                             corrupt ? "expected:" : "FAIL", i, dsi::mode_name(mode), sp, name);
+                }
+                fmt::print("prompt {} {} sp={} tree [{}]: {} tokens in {} verifications\n", i,
+                           dsi::mode_name(mode), sp, name, r.tokens.size(),
+                           r.stats.tasks_completed);
+              }
             }
-            fmt::print("prompt {} tree [{}]: {} tokens in {} verifications\n", i, name,
-                       r.tokens.size(), r.stats.tasks_completed);
           }
           if (temperature <= 0 || cfg.coupling == "gumbel") {
             // runtime.adapt: the policy's switches of mode, k and SP never change a token.

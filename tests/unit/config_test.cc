@@ -93,7 +93,8 @@ TEST(Config, TokenTrees) {
   has(error_of("mode: si\nmodel: {max_context: 64}\ngeneration: {max_new_tokens: 60}\n"
                "dsi: {tree: [3, 2]}\n"),
       "dsi.tree: a tree of 9 nodes after 60 new tokens does not fit model.max_context (64)");
-  has(error_of("dsi: {tree: [2, 2]}\n"), "dsi.tree runs with mode si only");
+  has(error_of("mode: nonsi\ndsi: {tree: [2, 2]}\n"), "dsi.tree needs mode si or dsi");
+  EXPECT_EQ(error_of("mode: dsi\ndsi: {tree: [2, 2]}\n"), "");
   has(error_of("mode: si\nruntime: {adapt: on}\ndsi: {tree: [2, 2]}\n"), "runtime.adapt");
   has(error_of("mode: si\nsampling: {temperature: 0.7, coupling: residual}\ndsi: {tree: [2]}\n"),
       "dsi.tree needs sampling.coupling: gumbel");

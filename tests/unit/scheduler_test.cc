@@ -405,6 +405,116 @@ TEST(SchedulerTrees, SiblingsRaiseTheTokensPerVerification) {
   EXPECT_GT(tree_tokens, 1.2 * chain_tokens) << chain_tokens / 3 << " vs " << tree_tokens / 3;
 }
 
+// DSI with token trees, in virtual time: the target's text for SP 1-4, several shapes (k up
+// to 6), greedy and sampled (Gumbel coupling), with stop tokens, drafters faster and slower
+// than the targets.
+TEST(SchedulerTrees, DsiWithTreesIsLosslessForEverySpAndShape) {
+  const std::vector<std::vector<int>> shapes = {{1},          {3},       {2, 1, 1},
+                                                {3, 2, 1, 1}, {2, 2, 2}, {2, 1, 1, 1, 1, 1}};
+  for (const auto& shape : shapes) {
+    for (int sp = 1; sp <= 4; ++sp) {
+      for (double a : {0.0, 0.6, 1.0}) {
+        for (double c : {2.0, 30.0}) {
+          const uint64_t seed = 1 + sp;
+          SimConfig cfg = make(Mode::kDsi, sp, static_cast<int>(shape.size()), a, 20, c, 60, seed);
+          cfg.sched.tree = shape;
+          cfg.drafter.second = 0.7;
+          ASSERT_EQ(simulate(cfg).tokens, synthetic_reference(cfg.target, cfg.prompt, 60))
+              << "shape of " << shape.size() << " levels, sp=" << sp << " a=" << a << " c=" << c;
+          cfg.sampling = {.temperature = 0.8f, .seed = seed};
+          ASSERT_EQ(simulate(cfg).tokens,
+                    synthetic_sampled_reference(cfg.target, cfg.prompt, 60, cfg.sampling))
+              << "sampled, shape of " << shape.size() << " levels, sp=" << sp << " a=" << a;
+        }
+      }
+    }
+  }
+  SimConfig cfg = make(Mode::kDsi, 3, 2, 0.7, 20, 2, 200, 5);
+  cfg.sched.tree = {3, 2};
+  const auto full = synthetic_reference(cfg.target, cfg.prompt, 200);
+  cfg.sched.stop_tokens = {full[17]};
+  EXPECT_EQ(simulate(cfg).tokens,
+            synthetic_reference(cfg.target, cfg.prompt, 200, cfg.sched.stop_tokens));
+}
+
+// DSI: siblings catch what the chain misses, so fewer rejections restart the drafter and the
+// text comes sooner than with the chain of the same depth (the same drafter forwards, cheap
+// tree forwards as on a GPU).
+TEST(SchedulerTrees, DsiTreesCommitFasterThanChains) {
+  double chain_ms = 0, tree_ms = 0;
+  for (uint64_t seed : {1, 2, 3}) {
+    SimConfig cfg = make(Mode::kDsi, 4, 4, 0.6, 5, 0.5, 200, seed);
+    cfg.drafter.second = 0.7;
+    const auto ref = synthetic_reference(cfg.target, cfg.prompt, 200);
+    cfg.sched.tree = {1, 1, 1, 1};
+    const SimResult chain = simulate(cfg);
+    cfg.sched.tree = {3, 2, 1, 1};
+    const SimResult tree = simulate(cfg);
+    ASSERT_EQ(chain.tokens, ref);
+    ASSERT_EQ(tree.tokens, ref);
+    chain_ms += chain.total_ms;
+    tree_ms += tree.total_ms;
+  }
+  EXPECT_LT(tree_ms, 0.9 * chain_ms) << chain_ms / 3 << " vs " << tree_ms / 3;
+}
+
+// A DSI tree task: the chain's pending drafts, then the tree below them. A sibling's
+// acceptance restarts the chain but keeps the task that holds it; a tree that arrives after
+// the committed text entered it is verified below the committed text's end.
+TEST(SchedulerTrees, DsiTreeTasksHangBelowTheChainsPendingDrafts) {
+  SchedulerOptions o{.mode = Mode::kDsi,
+                     .lookahead = 2,
+                     .n_targets = 2,
+                     .max_new_tokens = 20,
+                     .target_choice = TargetChoice::kRoundRobin,
+                     .tree = {2, 1}};
+  Scheduler s(o, {1, 2, 3});
+  prefill_all(s);
+  const auto start = s.start();
+  const auto starts = of_kind(start, Action::kStartChain);
+  ASSERT_EQ(starts.size(), 1u);
+  EXPECT_EQ(starts[0].tree, (std::vector<int>{2, 1}));
+  const auto a = of_kind(start, Action::kVerify);  // DSI's task without drafts
+  ASSERT_EQ(a.size(), 1u);
+  // Tree 1 at 3: 7 (first path: 7 9) and 8; 9 below 7, 10 below 8.
+  const TokenTree t1{{7, 8, 9, 10}, {-1, -1, 0, 1}};
+  const auto b = of_kind(s.on_draft_tree(starts[0].id, 3, t1), Action::kVerify);
+  ASSERT_EQ(b.size(), 1u);
+  EXPECT_EQ(b[0].seq, (std::vector<Token>{1, 2, 3, 7, 8, 9, 10}));
+  EXPECT_EQ(b[0].parents, t1.parents);
+  // Tree 2 at 5, below 7 9: its task holds 7 9 as a chain, then the tree; both targets are
+  // busy, so it waits.
+  const TokenTree t2{{11, 12, 13, 14}, {-1, -1, 0, 1}};
+  EXPECT_TRUE(of_kind(s.on_draft_tree(starts[0].id, 5, t2), Action::kVerify).empty());
+  EXPECT_EQ(s.queued(), 1);
+  // The target says 8 at 3: the chain (7) is rejected, tree 2's task goes, tree 1's task
+  // stays (8 is its node), and a new chain starts from 1 2 3 8.
+  const auto r1 = s.on_result(a[0].id, std::vector<Token>{8}, Forward{1, 0.01});
+  EXPECT_EQ(s.committed(), (std::vector<Token>{1, 2, 3, 8}));
+  EXPECT_EQ(s.queued(), 0);
+  EXPECT_TRUE(of_kind(r1, Action::kCancel).empty());
+  const auto starts2 = of_kind(r1, Action::kStartChain);
+  ASSERT_EQ(starts2.size(), 1u);
+  EXPECT_EQ(starts2[0].seq, s.committed());
+  EXPECT_EQ(s.stats().drafts_rejected, 1);
+  const auto d = of_kind(r1, Action::kVerify);  // the new chain's task without drafts
+  ASSERT_EQ(d.size(), 1u);
+  // Tree 1's result: 8, 10 below it, and the target's 5 after them.
+  const auto r2 = s.on_result(b[0].id, std::vector<Token>{8, 10, 5}, Forward{4, 0.01});
+  EXPECT_EQ(s.committed(), (std::vector<Token>{1, 2, 3, 8, 10, 5}));
+  EXPECT_EQ(s.kv().cached(1), (std::vector<Token>{1, 2, 3, 8, 10}));  // the path's KV stays
+  ASSERT_EQ(of_kind(r2, Action::kCancel).size(), 1u);                 // d is pointless now
+  // The new chain's tree at 4 arrives after the text took 10 5 of its first path (10 5 6):
+  // the task is the tree below 5.
+  const TokenTree t3{{10, 11, 5, 6, 7}, {-1, -1, 0, 2, 2}};
+  const auto e = of_kind(s.on_draft_tree(starts2[0].id, 4, t3), Action::kVerify);
+  ASSERT_EQ(e.size(), 1u);
+  EXPECT_EQ(e[0].seq, (std::vector<Token>{1, 2, 3, 8, 10, 5, 6, 7}));
+  EXPECT_EQ(e[0].parents, (std::vector<int>{-1, -1}));
+  // A result that is not a path of its tree is an error, not a commit.
+  EXPECT_THROW(s.on_result(e[0].id, std::vector<Token>{9, 5}, Forward{}), Error);
+}
+
 TEST(SchedulerTrees, ATreeTaskCommitsThePathAndTheTargetsToken) {
   SchedulerOptions o{
       .mode = Mode::kSi, .lookahead = 2, .n_targets = 1, .max_new_tokens = 10, .tree = {2, 2}};

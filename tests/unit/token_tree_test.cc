@@ -50,8 +50,20 @@ TEST(TokenTree, PathsDepthsAndChildren) {
   EXPECT_EQ(t.children(0), (std::vector<int>{1, 4}));
   EXPECT_TRUE(t.is_path(std::vector<int>{2, 8}));
   EXPECT_TRUE(t.is_path(std::vector<int>{}));
-  EXPECT_FALSE(t.is_path(std::vector<int>{1, 3}));  // does not start at depth 0
-  EXPECT_FALSE(t.is_path(std::vector<int>{0, 3}));  // 3 is not a child of 0
+  EXPECT_FALSE(t.is_path(std::vector<int>{1, 3}));      // does not start at depth 0
+  EXPECT_FALSE(t.is_path(std::vector<int>{0, 3}));      // 3 is not a child of 0
+  EXPECT_EQ(t.follow(std::vector<Token>{5, 3, 6}), 7);  // a e f
+  EXPECT_EQ(t.follow(std::vector<Token>{7}), 2);
+  EXPECT_EQ(t.follow(std::vector<Token>{}), -1);
+  EXPECT_EQ(t.follow(std::vector<Token>{7, 9}), -2);          // g has no child 9
+  EXPECT_EQ(t.follow(std::vector<Token>{5, 3, 6, 1}), -2);    // f is a leaf
+  EXPECT_EQ(t.first_path(), (std::vector<int>{0, 1, 3, 6}));  // a b c d
+  const TokenTree below_a = t.below(0);                       // b c d and e f
+  EXPECT_EQ(below_a.tokens, (std::vector<Token>{9, 2, 3, 4, 6}));
+  EXPECT_EQ(below_a.parents, (std::vector<int>{-1, 0, -1, 1, 2}));
+  EXPECT_EQ(t.below(-1).tokens, t.tokens);
+  EXPECT_EQ(t.below(-1).parents, t.parents);
+  EXPECT_EQ(t.below(6).size(), 0);
 
   const TokenTree c = TokenTree::chain(std::vector<Token>{4, 4, 1});
   EXPECT_EQ(c.parents, (std::vector<int>{-1, 0, 1}));
