@@ -499,6 +499,40 @@ void check_tree_config(const RunConfig& cfg) {
   }
 }
 
+std::vector<std::vector<int>> parse_tree_shapes(const std::string& s, const std::string& what) {
+  std::vector<std::vector<int>> out;
+  std::stringstream list(s);
+  for (std::string item; std::getline(list, item, ';');) {
+    std::vector<int> shape;
+    std::stringstream factors(item);
+    for (std::string f; std::getline(factors, f, ',');) {
+      size_t used = 0;
+      int b = 0;
+      try {
+        b = std::stoi(f, &used);
+      } catch (const std::exception&) {
+        used = 0;
+      }
+      if (used == 0 || used != f.size()) {
+        throw ConfigError(fmt::format("{}: '{}' in '{}' is not a branching factor", what, f, item));
+      }
+      shape.push_back(b);
+    }
+    if (const std::string why = invalid_tree_shape(shape, kMaxTreeNodes); !why.empty()) {
+      throw ConfigError(fmt::format("{}: tree '{}': {}", what, item, why));
+    }
+    out.push_back(std::move(shape));
+  }
+  if (out.empty()) throw ConfigError(fmt::format("{}: no tree shape in '{}'", what, s));
+  return out;
+}
+
+std::string tree_shape_name(const std::vector<int>& shape) {
+  std::string name;
+  for (int b : shape) name += (name.empty() ? "" : ",") + std::to_string(b);
+  return name;
+}
+
 void check_adapt(const RunConfig& cfg) {
   if (!cfg.adapt || cfg.mode == Mode::kNonSi) return;  // non-SI has nothing to adapt
   if (cfg.temperature > 0 && cfg.coupling == "residual") {

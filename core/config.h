@@ -25,8 +25,8 @@ struct RunConfig {
   int prompt_tokens = 16;  // synthetic prompt length
   // dsi
   int lookahead = 5;
-  // Token trees (SI): the branching factor per depth, e.g. {3, 2, 1, 1}; its depth is the
-  // lookahead. Empty: chains.
+  // Token trees (SI and DSI): the branching factor per depth, e.g. {3, 2, 1, 1}; its depth
+  // is the lookahead. Empty: chains.
   std::vector<int> tree;
   QueuePolicy queue = QueuePolicy::kNewest;
   TargetChoice target_choice = TargetChoice::kCache;
@@ -110,9 +110,15 @@ void check_adapt(const RunConfig& cfg);
 inline constexpr int kMaxTreeNodes = 64;
 
 // Throws ConfigError naming dsi.tree when the tree cannot run with the rest of the config
-// (SI only, greedy or the Gumbel coupling, not with runtime.adapt, within the node budget and
-// the context).
+// (SI or DSI, greedy or the Gumbel coupling, not with runtime.adapt, within the node budget
+// and the context).
 void check_tree_config(const RunConfig& cfg);
+
+// Tree shapes written "3,2,1,1;2,1,1,1" (a command-line list): each checked as dsi.tree is;
+// ConfigError naming `what` and the bad item otherwise.
+std::vector<std::vector<int>> parse_tree_shapes(const std::string& s, const std::string& what);
+// A shape as written there ("3,2,1,1").
+std::string tree_shape_name(const std::vector<int>& shape);
 
 // The sampling block of a run (greedy when temperature is 0): what every worker and the
 // simulator sample with.

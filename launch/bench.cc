@@ -1,7 +1,8 @@
 // `dsi bench`: non-SI, SI and DSI over a grid of (c, a, k, SP) with the synthetic engine in
 // one launch. For every row: measured latency per token, the closed-form ideal of docs/dsi.md,
 // the zero-overhead ideal of the same schedule (simulator), efficiency, speedups, and
-// whether the tokens equal non-SI's. docs/benchmarks.md defines the columns.
+// whether the tokens equal non-SI's; with --trees, SI and DSI with token trees of each shape
+// too. docs/benchmarks.md defines the columns.
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -46,6 +47,7 @@ std::vector<Point> parse_grid(const std::string& s) {
 int cmd_bench(const CommonOptions& common, const BenchOptions& opts) {
   std::vector<Point> grid;
   std::vector<int> sps;
+  std::vector<std::vector<int>> trees;
   return with_session(
       common,
       [&](Session& s) {
@@ -62,6 +64,19 @@ int cmd_bench(const CommonOptions& common, const BenchOptions& opts) {
         if (opts.tokens < 1) throw ConfigError("--tokens must be at least 1");
         for (double t : opts.temperatures) {
           if (t < 0) throw ConfigError("--temperatures must not be negative");
+        }
+        if (!opts.trees.empty()) {
+          trees = parse_tree_shapes(opts.trees, "--trees");
+          for (const auto& shape : trees) {
+            RunConfig tc = s.cfg;
+            tc.mode = Mode::kDsi;
+            tc.tree = shape;
+            tc.max_new_tokens = opts.tokens;
+            for (double t : opts.temperatures) {
+              tc.temperature = t;
+              check_tree_config(tc);
+            }
+          }
         }
         check_model_paths(s.cfg);
       },
@@ -82,11 +97,11 @@ int cmd_bench(const CommonOptions& common, const BenchOptions& opts) {
         }
         // Rank 0's view of how ranks wait: the overhead columns depend on it.
         fmt::print("control plane: {}\n", s.channel->describe());
-        const std::string head =
-            fmt::format("{:>5} {:>4} {:>2} {:>4} {:>6} {:>3} {:>10} {:>10} {:>10} {:>6} {:>7} "
-                        "{:>6} {:>8} {:>8} {:>6} {:>7} {:>8}",
-                        "c", "a", "k", "T", "mode", "SP", "meas_ms", "ideal_ms", "sched_ms", "eff",
-                        "ovh_us", "eff_f", "vs_SI", "vs_nonSI", "acc", "preempt", "lossless");
+        const std::string head = fmt::format(
+            "{:>5} {:>4} {:>2} {:>4} {:>6} {:>9} {:>3} {:>10} {:>10} {:>10} {:>6} "
+            "{:>7} {:>6} {:>8} {:>8} {:>6} {:>6} {:>7} {:>8}",
+            "c", "a", "k", "T", "mode", "tree", "SP", "meas_ms", "ideal_ms", "sched_ms", "eff",
+            "ovh_us", "eff_f", "vs_SI", "vs_nonSI", "acc", "tok/v", "preempt", "lossless");
         fmt::print("{}\n{}\n", head, std::string(head.size(), '-'));
         bool all_ok = true;
         for (const Point& p : grid) {
@@ -103,16 +118,19 @@ int cmd_bench(const CommonOptions& common, const BenchOptions& opts) {
             double lat_non = 0, lat_si = 0;
             std::vector<Token> ref, dsi_first;
             // adapt: runtime.adapt on (the policy picks the mode, k and SP from base's start).
-            auto one = [&](Mode m, int sp, bool adapt = false) {
+            // tree: token trees of this shape (k is its depth); empty: chains.
+            auto one = [&](Mode m, int sp, bool adapt = false, const std::vector<int>& tree = {}) {
               RunConfig cfg = base;
               cfg.mode = m;
               cfg.adapt = adapt;
+              cfg.tree = tree;
+              if (!tree.empty()) cfg.lookahead = static_cast<int>(tree.size());
               RunReport r = coord.run(cfg, sp);
               if (m == Mode::kNonSi) {
                 ref = r.tokens;
                 lat_non = r.latency_per_token_ms;
               }
-              if (m == Mode::kSi) lat_si = r.latency_per_token_ms;
+              if (m == Mode::kSi && tree.empty()) lat_si = r.latency_per_token_ms;
               double id = 0, sim = 0;
               // The check: greedy runs, and sampled runs under the Gumbel coupling, equal
               // non-SI's tokens; sampled synthetic runs also equal the simulator's (a pure
@@ -122,9 +140,10 @@ int cmd_bench(const CommonOptions& common, const BenchOptions& opts) {
               std::string check = "n/a";
               bool ok = true;
               if (synthetic) {
-                // Adaptive: the ideal is the best mode's closed form at this k.
+                // Adaptive: the ideal is the best mode's closed form at this k. Trees: none (the
+                // closed forms are for chains).
                 const LatencyInputs in{.t_ms = opts.t_ms, .c_ms = p.c * opts.t_ms, .a = p.a};
-                id = ideal_latency_ms(m, in, p.k);
+                id = tree.empty() ? ideal_latency_ms(m, in, p.k) : 0.0;
                 if (adapt) {
                   for (Mode o : {Mode::kNonSi, Mode::kSi})
                     id = std::min(id, ideal_latency_ms(o, in, p.k));
@@ -147,15 +166,24 @@ int cmd_bench(const CommonOptions& common, const BenchOptions& opts) {
               // Orchestration overhead per token: measured against the zero-overhead schedule.
               const double overhead_us = synthetic ? (lat - sim) * 1000 : 0;
               const double vs_si = m == Mode::kNonSi ? 0.0 : lat_si / lat;
-              fmt::print("{:5.2f} {:4.2f} {:2} {:4.2f} {:>6} {:3} {:10.3f} {:10.3f} {:10.3f} "
-                         "{:6.3f} {:7.1f} {:6.3f} {:8.2f} {:8.2f} {:6.3f} {:7} {:>8}\n",
-                         p.c, p.a, p.k, temp, adapt ? "adapt" : mode_name(m), sp, lat, id, sim, eff,
-                         overhead_us, eff_f, vs_si, lat_non / lat, r.acceptance_rate(),
-                         r.stats.tasks_preempted, check);
+              // Tokens committed per verification (accepted drafts + the target's own).
+              const double per_verify = r.stats.tasks_completed > 0
+                                            ? static_cast<double>(r.tokens.size()) /
+                                                  static_cast<double>(r.stats.tasks_completed)
+                                            : 0.0;
+              const std::string tree_name = tree.empty() ? "-" : tree_shape_name(tree);
+              fmt::print("{:5.2f} {:4.2f} {:2} {:4.2f} {:>6} {:>9} {:3} {:10.3f} {:10.3f} "
+                         "{:10.3f} {:6.3f} {:7.1f} {:6.3f} {:8.2f} {:8.2f} {:6.3f} {:6.2f} {:7} "
+                         "{:>8}\n",
+                         p.c, p.a, cfg.lookahead, temp, adapt ? "adapt" : mode_name(m), tree_name,
+                         sp, lat, id, sim, eff, overhead_us, eff_f, vs_si, lat_non / lat,
+                         r.acceptance_rate(), per_verify, r.stats.tasks_preempted, check);
               std::fflush(stdout);
               rows.push_back({{"c", p.c},
                               {"a", p.a},
-                              {"k", p.k},
+                              {"k", cfg.lookahead},
+                              {"tree", tree.empty() ? "" : tree_shape_name(tree)},
+                              {"tokens_per_verification", per_verify},
                               {"temperature", temp},
                               {"mode", adapt ? "adapt" : mode_name(m)},
                               {"sp", sp},
@@ -187,6 +215,10 @@ int cmd_bench(const CommonOptions& common, const BenchOptions& opts) {
             one(Mode::kNonSi, 1);
             one(Mode::kSi, 1);
             for (int sp : sps) one(Mode::kDsi, sp);
+            for (const auto& tree : trees) {
+              one(Mode::kSi, 1, false, tree);
+              for (int sp : sps) one(Mode::kDsi, sp, false, tree);
+            }
             if (opts.adapt && temp > 0 && base.coupling == "residual") {
               fmt::print("      adapt: skipped (the residual coupling's text depends on k)\n");
             } else if (opts.adapt) {

@@ -28,6 +28,7 @@ struct BenchOptions {
   std::vector<double> temperatures = {0};
   std::string json_path;
   bool adapt = false;  // also a runtime.adapt row per point
+  std::string trees;   // token-tree shapes "3,2,1,1;2,1,1,1": SI and DSI rows with each
 };
 
 struct SimulateOptions {
@@ -77,6 +78,7 @@ struct SweepOptions {
   bool no_plot = false;
   int sim_runs = 20;
   bool adapt = false;  // also a runtime.adapt row per SP
+  std::string trees;   // token-tree shapes "3,2,1,1;2,1,1,1": SI and DSI rows with each
 };
 
 struct MakeModelOptions {

@@ -92,6 +92,9 @@ int main(int argc, char** argv) {
   bench->add_option("--json-file", bench_opts.json_path, "write the JSON results here");
   bench->add_flag("--adapt", bench_opts.adapt,
                   "also run each point with runtime.adapt: on at the largest SP (mode 'adapt')");
+  bench->add_option("--trees", bench_opts.trees,
+                    "token-tree shapes, e.g. \"3,2,1,1;2,1,1,1\": also SI and DSI with each "
+                    "(dsi.tree; k is the depth)");
 
   dsi::cli::SimulateOptions sim;
   auto* simulate = app.add_subcommand(
@@ -193,6 +196,9 @@ int main(int argc, char** argv) {
                     "plotting script (default: launch/plot_sweep.py)");
   sweep->add_option("--python", sw.python, "Python with matplotlib")->capture_default_str();
   sweep->add_flag("--no-plot", sw.no_plot, "write CSV and JSON only");
+  sweep->add_option("--trees", sw.trees,
+                    "token-tree shapes, e.g. \"3,2,1,1;2,1,1,1\": also SI and DSI at each SP "
+                    "with each (dsi.tree; k is the depth)");
   sweep->add_flag("--adapt", sw.adapt,
                   "also run runtime.adapt: on at each SP (mode 'adapt', starting from DSI at the "
                   "first k)");

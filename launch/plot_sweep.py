@@ -26,10 +26,11 @@ def main(src, dst):
     ax_l.axhline(non["formula_ms"], color="black", lw=0.8, ls=":", label="non-SI closed form")
     ax_s.axhline(1.0, color="black", lw=1.0, ls=":", label="non-SI")
     ax_l.plot([non["ranks"]], [non["latency_ms"]], "o", color="black", ms=7)
+    chains = [r for r in rows if not r.get("tree")]
     for i, k in enumerate(d["lookaheads"]):
         col = colors[i % len(colors)]
-        si = next(r for r in rows if r["mode"] == "si" and r["k"] == k)
-        ds = sorted((r for r in rows if r["mode"] == "dsi" and r["k"] == k), key=lambda r: r["ranks"])
+        si = next(r for r in chains if r["mode"] == "si" and r["k"] == k)
+        ds = sorted((r for r in chains if r["mode"] == "dsi" and r["k"] == k), key=lambda r: r["ranks"])
         ax_l.plot([si["ranks"]], [si["latency_ms"]], "s", color=col, ms=7, label=f"SI k={k} measured")
         ax_l.axhline(si["formula_ms"], color=col, lw=0.8, ls="-.", label=f"SI k={k} closed form")
         ax_s.plot([si["ranks"]], [si["speedup_vs_nonsi"]], "s", color=col, ms=7, label=f"SI k={k} measured")
@@ -48,6 +49,22 @@ def main(src, dst):
                   label=f"DSI k={k} simulated (i.i.d.)")
         ax_s.hlines(non["formula_ms"] / ds[0]["formula_ms"], lo, hi, color=col, lw=0.8, ls="--",
                     label=f"DSI k={k} closed form")
+    # Token trees (--trees): measured and simulated (same tokens); no closed form.
+    shapes = list(dict.fromkeys(r["tree"] for r in rows if r.get("tree")))
+    for j, shape in enumerate(shapes):
+        col = colors[(len(d["lookaheads"]) + j) % len(colors)]
+        si = next(r for r in rows if r["mode"] == "si" and r.get("tree") == shape)
+        ds = sorted((r for r in rows if r["mode"] == "dsi" and r.get("tree") == shape),
+                    key=lambda r: r["ranks"])
+        ax_l.plot([si["ranks"]], [si["latency_ms"]], "D", color=col, ms=7, label=f"SI tree [{shape}] measured")
+        ax_s.plot([si["ranks"]], [si["speedup_vs_nonsi"]], "D", color=col, ms=7, label=f"SI tree [{shape}] measured")
+        if not ds:
+            continue
+        x = [r["ranks"] for r in ds]
+        ax_l.plot(x, [r["latency_ms"] for r in ds], "D-", color=col, lw=2, label=f"DSI tree [{shape}] measured")
+        ax_l.plot(x, [r["sim_same_tokens_ms"] for r in ds], "x--", color=col, lw=1,
+                  label=f"DSI tree [{shape}] simulated (same tokens)")
+        ax_s.plot(x, [r["speedup_vs_nonsi"] for r in ds], "D-", color=col, lw=2, label=f"DSI tree [{shape}] measured")
     for ax in (ax_l, ax_s):
         ax.set_xlabel("MPI ranks (coordinator + drafter + SP targets; GPUs = ranks - 1)")
         ax.set_xticks(all_ranks)

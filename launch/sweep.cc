@@ -2,8 +2,10 @@
 // in ONE MPI launch: the coordinator uses the first SP targets of the world, the others idle.
 // For every run: measured latency per token, the closed form of docs/dsi.md, the simulated schedule
 // on the same tokens (zero overhead) and the i.i.d. simulator's prediction (`dsi simulate`),
-// speedups and losslessness. Writes PREFIX.csv and PREFIX.json, then (rank 0, after MPI has
-// finished) draws PREFIX.png with launch/plot_sweep.py. Bad input fails before any run.
+// speedups and losslessness; with --trees, SI and DSI with token trees of each shape too (no
+// closed form or i.i.d. prediction: those model chains). Writes PREFIX.csv and PREFIX.json, then
+// (rank 0, after MPI has finished) draws PREFIX.png with launch/plot_sweep.py. Bad input fails
+// before any run.
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
@@ -81,6 +83,7 @@ std::string shell_quote(const std::string& s) {
 int cmd_sweep(const CommonOptions& common, const SweepOptions& opts) {
   std::vector<int> sps;  // DSI SP degrees, ascending
   std::vector<int> ks;
+  std::vector<std::vector<int>> trees;  // --trees
   bool coordinator = false;
   int rc = with_session(
       common,
@@ -134,6 +137,16 @@ int cmd_sweep(const CommonOptions& common, const SweepOptions& opts) {
         }
         if (opts.sim_runs < 1)
           throw ConfigError(fmt::format("--sim-runs {}: must be at least 1", opts.sim_runs));
+        if (!opts.trees.empty()) {
+          trees = parse_tree_shapes(opts.trees, "--trees");
+          for (const auto& shape : trees) {
+            RunConfig tc = s.cfg;
+            tc.mode = Mode::kDsi;
+            tc.tree = shape;
+            if (opts.tokens > 0) tc.max_new_tokens = opts.tokens;
+            check_tree_config(tc);
+          }
+        }
         const std::string dir = std::filesystem::path(opts.out_prefix).parent_path().string();
         if (!dir.empty() && !std::filesystem::is_directory(dir)) {
           throw ConfigError(
@@ -152,7 +165,7 @@ int cmd_sweep(const CommonOptions& common, const SweepOptions& opts) {
                              .runs = opts.sim_runs,
                              .seed = base.seed,
                              .queue = base.queue};
-        const int n_runs = 1 + static_cast<int>(ks.size() * (1 + sps.size())) +
+        const int n_runs = 1 + static_cast<int>((ks.size() + trees.size()) * (1 + sps.size())) +
                            (opts.adapt ? static_cast<int>(sps.size()) : 0);
         fmt::print("dsi sweep: synthetic engine, t = {} ms, c = {} t, a = {}, {} tokens per run, "
                    "k in {{{}}}, SP in {{{}}}, world {} ranks; {} runs\n",
@@ -166,11 +179,14 @@ int cmd_sweep(const CommonOptions& common, const SweepOptions& opts) {
         bool all_lossless = true;
         int run_no = 0;
         // adapt: runtime.adapt on, starting from DSI with lookahead k.
-        auto one = [&](Mode m, int k, int sp, double lat_si, bool adapt = false) {
+        // tree: token trees of this shape (k is its depth); empty: chains.
+        auto one = [&](Mode m, int k, int sp, double lat_si, bool adapt = false,
+                       const std::vector<int>& tree = {}) {
           RunConfig cfg = base;
           cfg.mode = m;
           cfg.adapt = adapt;
           cfg.lookahead = k;
+          cfg.tree = tree;
           cfg.max_new_tokens = tokens;
           const int ranks = m == Mode::kNonSi ? 2 : sp + 2;
           RunReport r = coord.run(cfg, sp);
@@ -179,7 +195,8 @@ int cmd_sweep(const CommonOptions& common, const SweepOptions& opts) {
             lat_non = r.latency_per_token_ms;
           }
           const double meas = r.latency_per_token_ms;
-          double formula = ideal_latency_ms(m, in, k);
+          // The closed forms and the i.i.d. simulator model chains: 0 (n/a) on tree rows.
+          double formula = tree.empty() ? ideal_latency_ms(m, in, k) : 0.0;
           if (adapt) {
             // the best closed form over the modes and lookaheads it may choose
             for (int kk = 1; kk <= std::max(8, k); ++kk) {
@@ -189,19 +206,28 @@ int cmd_sweep(const CommonOptions& common, const SweepOptions& opts) {
           }
           const double sched = simulated_same_tokens(cfg, sp);
           // The i.i.d. simulator has no adaptive policy: 0 (n/a) on adaptive rows.
-          const double iid = adapt ? 0.0 : simulate_iid(m, in, k, sp, po).latency_ms;
+          const double iid =
+              adapt || !tree.empty() ? 0.0 : simulate_iid(m, in, k, sp, po).latency_ms;
+          const double per_verify = r.stats.tasks_completed > 0
+                                        ? static_cast<double>(r.tokens.size()) /
+                                              static_cast<double>(r.stats.tasks_completed)
+                                        : 0.0;
           const char* name = adapt ? "adapt" : mode_name(m);
           const bool lossless = r.tokens == ref;
           all_lossless &= lossless;
           ++run_no;
-          fmt::print("[{:2}/{}] {:>5} k={:<2} SP={:<2} ranks={:<2} meas {:8.3f} ms/token  formula "
-                     "{:8.3f}  sim {:8.3f}  iid-sim {:8.3f}  eff {:5.3f}  vs non-SI {:5.2f}x  acc "
-                     "{:.3f}  {}\n",
-                     run_no, n_runs, name, k, sp, ranks, meas, formula, sched, iid, sched / meas,
-                     lat_non / meas, r.acceptance_rate(), lossless ? "lossless" : "NOT LOSSLESS");
+          fmt::print("[{:2}/{}] {:>5}{} k={:<2} SP={:<2} ranks={:<2} meas {:8.3f} ms/token  "
+                     "formula {:8.3f}  sim {:8.3f}  iid-sim {:8.3f}  eff {:5.3f}  vs non-SI "
+                     "{:5.2f}x  acc {:.3f}  tok/verify {:.2f}  {}\n",
+                     run_no, n_runs, name,
+                     tree.empty() ? std::string() : " tree " + tree_shape_name(tree), k, sp, ranks,
+                     meas, formula, sched, iid, sched / meas, lat_non / meas, r.acceptance_rate(),
+                     per_verify, lossless ? "lossless" : "NOT LOSSLESS");
           std::fflush(stdout);
           rows.push_back({{"mode", name},
+                          {"tree", tree_shape_name(tree)},
                           {"k", m == Mode::kNonSi ? 0 : k},
+                          {"tokens_per_verification", per_verify},
                           {"sp", sp},
                           {"ranks", ranks},
                           {"gpus", ranks - 1},
@@ -235,6 +261,12 @@ int cmd_sweep(const CommonOptions& common, const SweepOptions& opts) {
           rows.back()["speedup_vs_si"] = 1.0;
           for (int sp : sps) one(Mode::kDsi, k, sp, lat_si);
         }
+        for (const auto& tree : trees) {
+          const int k = static_cast<int>(tree.size());
+          const double lat_si = one(Mode::kSi, k, 1, 0, false, tree);
+          rows.back()["speedup_vs_si"] = 1.0;
+          for (int sp : sps) one(Mode::kDsi, k, sp, lat_si, false, tree);
+        }
         if (opts.adapt) {
           for (int sp : sps) one(Mode::kDsi, ks.front(), sp, 0, true);
         }
@@ -245,7 +277,8 @@ int cmd_sweep(const CommonOptions& common, const SweepOptions& opts) {
         for (auto& r : rows) {
           if (r["mode"] != "dsi") continue;
           for (const auto& top : rows) {
-            if (top["mode"] == "dsi" && top["k"] == r["k"] && top["sp"] == sps.back()) {
+            if (top["mode"] == "dsi" && top["k"] == r["k"] && top["tree"] == r["tree"] &&
+                top["sp"] == sps.back()) {
               r["slowdown_measured"] =
                   r["latency_ms"].get<double>() / top["latency_ms"].get<double>();
               r["slowdown_sim"] =
@@ -277,6 +310,7 @@ int cmd_sweep(const CommonOptions& common, const SweepOptions& opts) {
         jf << out.dump(1) << "\n";
         std::ofstream cf(csv_path);
         const std::vector<std::string> cols = {"mode",
+                                               "tree",
                                                "k",
                                                "sp",
                                                "ranks",
@@ -292,6 +326,7 @@ int cmd_sweep(const CommonOptions& common, const SweepOptions& opts) {
                                                "speedup_vs_si",
                                                "sp_needed",
                                                "acceptance_rate",
+                                               "tokens_per_verification",
                                                "tasks_launched",
                                                "tasks_preempted",
                                                "tasks_cancelled_queued",
@@ -308,7 +343,9 @@ int cmd_sweep(const CommonOptions& common, const SweepOptions& opts) {
           std::vector<std::string> v;
           for (const auto& c : cols) {
             const json x = r.value(c, json());
-            v.push_back(x.is_string() ? x.get<std::string>() : x.is_null() ? "" : x.dump());
+            std::string f = x.is_string() ? x.get<std::string>() : x.is_null() ? "" : x.dump();
+            if (f.find(',') != std::string::npos) f = '"' + f + '"';  // a tree: "3,2,1,1"
+            v.push_back(std::move(f));
           }
           cf << fmt::format("{}\n", fmt::join(v, ","));
         }

@@ -46,6 +46,50 @@ assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20000, len(png)
 print(f"ok: 9 lossless runs, CSV + JSON + PNG ({len(png)} bytes)")
 PY
     ;;
+  sweep_trees)
+    # Token trees beside chains: SI and DSI with each shape, lossless, the tree column filled,
+    # and (a wrong drafter ranking the target's token second) more tokens per verification.
+    mpi -np 4 "$dsi" sweep --config "$cfg" --sp 1,2 -k 4 --tokens 60 --trees "3,2,1,1;2,1,1,1" \
+      --set synthetic.t_ms=5 --set synthetic.a=0.6 --set synthetic.second=0.7 \
+      --out "$tmp/s" >"$tmp/out" 2>&1 || fail "sweep failed"
+    cat "$tmp/out"
+    python3 - "$tmp/s" <<'PY' || fail "output check"
+import csv, json, sys
+p = sys.argv[1]
+rows = json.load(open(p + ".json"))["rows"]
+assert [(r["mode"], r["tree"]) for r in rows] == [
+    ("nonsi", ""), ("si", ""), ("dsi", ""), ("dsi", ""), ("si", "3,2,1,1"), ("dsi", "3,2,1,1"),
+    ("dsi", "3,2,1,1"), ("si", "2,1,1,1"), ("dsi", "2,1,1,1"), ("dsi", "2,1,1,1")], rows
+assert all(r["lossless"] and r["tokens"] == 60 for r in rows), rows
+si = {r["tree"]: r for r in rows if r["mode"] == "si"}
+assert si["3,2,1,1"]["tokens_per_verification"] > si[""]["tokens_per_verification"], si
+assert all(r["sim_same_tokens_ms"] > 0 for r in rows), rows
+c = list(csv.DictReader(open(p + ".csv")))
+assert len(c) == 10 and c[4]["tree"] == "3,2,1,1" and float(c[4]["tokens_per_verification"]) > 1, c
+print("ok: 10 lossless runs, trees", {t: r["tokens_per_verification"] for t, r in si.items()})
+PY
+    ;;
+  sweep_bad_trees)
+    expect_sweep_error 3 "--trees: tree '2,0': the branching factor at depth 1 is 0" --config "$cfg" \
+      --trees "3,1;2,0" ;;
+  bench_trees)
+    # dsi bench with --trees: chain and tree rows (SI, DSI at SP 1-2), every one lossless.
+    mpi -np 4 "$dsi" bench --config "$cfg" --t-ms 5 --grid 0.1:0.6:4 --sp 1,2 --tokens 40 \
+      --trees "3,2,1,1" --set synthetic.second=0.7 --json-file "$tmp/b.json" >"$tmp/out" 2>&1 \
+      || fail "bench failed"
+    cat "$tmp/out"
+    python3 - "$tmp/b.json" <<'PY' || fail "output check"
+import json, sys
+rows = json.load(open(sys.argv[1]))["rows"]
+assert [(r["mode"], r["tree"], r["sp"]) for r in rows] == [
+    ("nonsi", "", 1), ("si", "", 1), ("dsi", "", 1), ("dsi", "", 2), ("si", "3,2,1,1", 1),
+    ("dsi", "3,2,1,1", 1), ("dsi", "3,2,1,1", 2)], rows
+assert all(r["check"] == "yes" and r["tokens"] == 40 for r in rows), rows
+print("ok: bench tree rows", [round(r["tokens_per_verification"], 2) for r in rows])
+PY
+    mpi -np 3 "$dsi" bench --config "$cfg" --sp 1 --trees "4,4,4" >"$tmp/out" 2>&1 && fail "84 nodes accepted"
+    grep -q -- "--trees: tree '4,4,4': the tree has 84 nodes" "$tmp/out" || fail "no message naming --trees"
+    echo "ok: a tree over the node budget refused" ;;
   sweep_ranks_too_small)
     expect_sweep_error 4 "--ranks 1: a run needs at least 2 ranks" --config "$cfg" --ranks 1-3 ;;
   sweep_ranks_above_world)
