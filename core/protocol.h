@@ -26,7 +26,9 @@ inline constexpr uint32_t kProtocolMagic = 0x31495344;  // "DSI1" read little-en
 // 3: typed messages, each field encoded in its own width; the worker spec and the Stopped
 // report are binary structs (were JSON text).
 // 8: token trees (StartChain.tree, DraftTree, Verify.parents).
-inline constexpr uint16_t kProtocolVersion = 8;
+// 9: DSI with token trees: a DSI chain's drafter replies DraftTree after DraftTree, each below
+// the last one's first path.
+inline constexpr uint16_t kProtocolVersion = 9;
 
 // The type id on the wire; each is the index of its struct in Message::Body plus one.
 enum class MsgType : uint16_t {
@@ -149,7 +151,7 @@ struct StartChain {
   int32_t window = -1;        // drafts to make (-1: unlimited; SI: k)
   int32_t stop_len = 0;       // draft no position >= stop_len
   int32_t notify_every = 1;   // wake the coordinator for every n-th draft only (0, 1: each)
-  std::vector<int32_t> tree;  // SI with token trees: the branching factor per depth
+  std::vector<int32_t> tree;  // token trees: the branching factor per depth
   bool operator==(const StartChain&) const = default;
 };
 template <Is<StartChain> S, class V>
@@ -162,8 +164,8 @@ void wire_fields(S& s, V&& v) {
     "drafts n·notify_every of the chain (and its last) wake the coordinator; the others are "
     "deferred (read with the next)");
   v(s.tree, "tree",
-    "token trees: draft one tree of this shape (branching factor per depth) and reply "
-    "DraftTree; empty: a chain of Draft messages");
+    "token trees: draft trees of this shape (branching factor per depth) and reply DraftTree "
+    "(one with a window, SI; tree after tree without, DSI); empty: a chain of Draft messages");
 }
 
 struct Draft {
@@ -368,7 +370,10 @@ void wire_fields(S& s, V&& v) {
 struct DraftTree {
   static constexpr MsgType kType = MsgType::kDraftTree;
   static constexpr const char* kDir = "D→C";
-  static constexpr const char* kDoc = "The token tree a chain's StartChain.tree asked for.";
+  static constexpr const char* kDoc =
+      "A token tree of the shape a chain's StartChain.tree asked for, drafted from pos. SI: one "
+      "per chain. DSI: one after another, each below the last one's first path (the first "
+      "child of each node), which is the chain's drafts.";
   uint64_t chain = 0;
   int32_t pos = 0;
   std::vector<Token> tokens;

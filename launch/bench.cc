@@ -71,6 +71,7 @@ int cmd_bench(const CommonOptions& common, const BenchOptions& opts) {
             RunConfig tc = s.cfg;
             tc.mode = Mode::kDsi;
             tc.tree = shape;
+            tc.adapt = false;  // tree rows run without it
             tc.max_new_tokens = opts.tokens;
             for (double t : opts.temperatures) {
               tc.temperature = t;

@@ -143,6 +143,7 @@ int cmd_sweep(const CommonOptions& common, const SweepOptions& opts) {
             RunConfig tc = s.cfg;
             tc.mode = Mode::kDsi;
             tc.tree = shape;
+            tc.adapt = false;  // tree rows run without it
             if (opts.tokens > 0) tc.max_new_tokens = opts.tokens;
             check_tree_config(tc);
           }

@@ -182,7 +182,7 @@ TEST(Protocol, RejectsDamagedFrames) {
   EXPECT_HAS(error_of(bad_magic), "bad magic number");
   auto bad_version = bytes;
   bad_version[4] = 2;
-  EXPECT_HAS(error_of(bad_version), "protocol version 2 (this build speaks 8)");
+  EXPECT_HAS(error_of(bad_version), "protocol version 2 (this build speaks 9)");
   for (uint8_t t : {0, 19, 200}) {
     auto bad_type = bytes;
     bad_type[6] = t;
@@ -286,7 +286,7 @@ TEST(ProtocolDoc, RendersEveryMessageAndType) {
         "Role", "LlamaDevice", "CudaDtype", "SpanKind", "KvOutcome"}) {
     EXPECT_HAS(doc, fmt::format("\n### {}\n", type));
   }
-  EXPECT_HAS(doc, "Protocol version 8.");
+  EXPECT_HAS(doc, "Protocol version 9.");
   EXPECT_HAS(doc, "| seq | i32[] | the whole sequence S = committed + drafts |");
   EXPECT_HAS(doc, "| engine | one of: 0 SyntheticParams, 1 LlamaSpec |");
   EXPECT_HAS(doc, "u8, what a worker rank does: 0 `drafter`, 1 `target`.");
