@@ -5,6 +5,8 @@
 // assumptions.
 #pragma once
 
+#include <vector>
+
 #include "core/scheduler.h"
 
 namespace dsi {
@@ -16,6 +18,9 @@ struct LatencyInputs {
   double c_ms = 2;
   double a = 0.9;
   double per_token_ms = 0;
+  // Token trees: the probability that the target's token is the drafter's 2nd, 3rd, ... best
+  // (its best: a), what siblings catch. The closed forms model chains and ignore it.
+  std::vector<double> ranks;
   double target_ms(int n_tokens) const { return t_ms + n_tokens * per_token_ms; }
 };
 

@@ -49,8 +49,12 @@ struct SimulateOptions {
   double tolerance = 0.01;
   bool json = false;
   std::string json_path;
-  // Which of t/c/a/per-token were given on the command line (they win over a profile).
-  bool t_set = false, c_set = false, a_set = false, pt_set = false;
+  // Token trees: shapes "3,2,1,1;2,1,1,1" simulated beside the chains, and the probability
+  // that the target's token is the drafter's 2nd, 3rd, ... best (a profile measures them).
+  std::string trees;
+  std::vector<double> ranks;
+  // Which of t/c/a/per-token/ranks were given on the command line (they win over a profile).
+  bool t_set = false, c_set = false, a_set = false, pt_set = false, ranks_set = false;
 };
 
 struct ProfileOptions {

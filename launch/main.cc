@@ -131,6 +131,14 @@ int main(int argc, char** argv) {
       ->add_option("--tolerance", sim.tolerance,
                    "recommend the smallest SP within this fraction of the best")
       ->capture_default_str();
+  simulate->add_option("--trees", sim.trees,
+                       "token-tree shapes, e.g. \"3,2,1,1;2,1,1,1\": SI and DSI with each, and "
+                       "the best SP per shape beside the chains' recommendation");
+  auto* o_ranks = simulate
+                      ->add_option("--ranks", sim.ranks,
+                                   "trees: probability that the target's token is the drafter's "
+                                   "2nd, 3rd, ... best (default: a profile's, else none)")
+                      ->delimiter(',');
   simulate->add_flag("--json", sim.json, "print one JSON object instead of the table");
   simulate->add_option("--json-file", sim.json_path, "also write the JSON here");
 
@@ -245,6 +253,7 @@ int main(int argc, char** argv) {
     sim.c_set = o_c->count() > 0 || o_cms->count() > 0;
     sim.a_set = o_a->count() > 0;
     sim.pt_set = o_pt->count() > 0;
+    sim.ranks_set = o_ranks->count() > 0;
     return dsi::cli::cmd_simulate(sim);
   }
   if (make_model->parsed()) return dsi::cli::cmd_make_model(mk);

@@ -7,6 +7,8 @@
 // JSON `dsi simulate` reads (format in docs/benchmarks.md). A plain process: no MPI.
 #include <fmt/format.h>
 
+#include <array>
+
 #include <algorithm>
 #include <chrono>
 #include <fstream>
@@ -50,6 +52,16 @@ std::vector<Token> timed_forward(Engine& e, std::span<const Token> tokens, int n
 // Expected acceptance of speculative sampling at one position. The residual coupling's is
 // sum_x min(p(x), q(x)); the Gumbel coupling's, the chance that both races pick one token,
 // has no closed form and is estimated over 32 independent races (keys 0..31 of this seed).
+// The rank of token t among the drafter's logits (1: its best; ties to the lower index, as
+// argmax and the tree drafter's top tokens order them).
+int rank_of(std::span<const float> logits, Token t) {
+  int r = 1;
+  for (size_t i = 0; i < logits.size(); ++i) {
+    r += logits[i] > logits[t] || (logits[i] == logits[t] && i < static_cast<size_t>(t));
+  }
+  return r;
+}
+
 double sampled_acceptance(const Logits& target, const Logits& drafter, const SamplingParams& sp) {
   const auto p = sampling_probs(target.row(target.n - 1), sp);
   const auto q = sampling_probs(drafter.row(drafter.n - 1), sp);
@@ -174,6 +186,10 @@ int cmd_profile(const ProfileOptions& o) {
     std::vector<double> ttft, decode, d_ttft, d_decode;
     json per_prompt = json::array();
     int64_t agree = 0, compared = 0;
+    // How often the target's greedy token is the drafter's 1st .. kRanks-th best (token trees'
+    // siblings catch ranks 2 and on).
+    constexpr int kRanks = 4;
+    std::array<int64_t, kRanks> by_rank{};
     std::vector<Token> verify_ctx;
     int verify_len = 0;
     double ms = 0;
@@ -199,11 +215,17 @@ int cmd_profile(const ProfileOptions& o) {
       Token d = timed_forward(*drafter, prompt, 1, ms, &dl)[0];
       d_ttft.push_back(ms);
       agree_p += d == g[0];
+      auto count_rank = [&](Token target_token) {
+        const int r = rank_of(dl.row(0), target_token);
+        if (r <= kRanks) ++by_rank[r - 1];
+      };
+      count_rank(g[0]);
       if (sampling) sampled_p += sampled_acceptance(tl[0], dl, sp);
       for (int i = 1; i < o.tokens; ++i) {
         d = timed_forward(*drafter, std::span(&g[i - 1], 1), 1, ms, &dl)[0];
         d_decode.push_back(ms);
         agree_p += d == g[i];
+        count_rank(g[i]);
         if (sampling) sampled_p += sampled_acceptance(tl[i], dl, sp);
       }
       agree += agree_p;
@@ -263,6 +285,11 @@ int cmd_profile(const ProfileOptions& o) {
     const double a_greedy = compared ? double(agree) / compared : 0;
     const double a = sampling ? (compared ? sampled_sum / compared : 0) : a_greedy;
     const double c_ms = median(d_decode);
+    std::vector<double> rank_p, ranks;  // ranks: 2nd best on, for simulate
+    for (int r = 0; r < kRanks; ++r) {
+      rank_p.push_back(compared ? double(by_rank[r]) / compared : 0);
+      if (r > 0) ranks.push_back(rank_p.back());
+    }
     json out = {
         {"format", "dsi-profile"},
         {"version", 1},
@@ -285,7 +312,9 @@ int cmd_profile(const ProfileOptions& o) {
           {"top_p", sp.top_p},
           {"coupling", enum_names(sp.coupling)[static_cast<int>(sp.coupling)]}}},
         {"acceptance_by_prompt", per_prompt},
-        {"simulate", {{"t_ms", t0}, {"per_token_ms", slope}, {"c_ms", c_ms}, {"a", a}}},
+        {"acceptance_by_rank", rank_p},
+        {"simulate",
+         {{"t_ms", t0}, {"per_token_ms", slope}, {"c_ms", c_ms}, {"a", a}, {"ranks", ranks}}},
     };
     if (o.json) {
       fmt::print("{}\n", out.dump());
@@ -302,6 +331,9 @@ int cmd_profile(const ProfileOptions& o) {
                                         sp.temperature, a_greedy)
                           : std::string("greedy"),
                  prompts.size(), o.tokens);
+      fmt::print("the target's greedy token is the drafter's best / 2nd / 3rd / 4th: {:.3f} / "
+                 "{:.3f} / {:.3f} / {:.3f} (what token trees' siblings catch)\n",
+                 rank_p[0], rank_p[1], rank_p[2], rank_p[3]);
     }
     if (!o.out_path.empty()) {
       std::ofstream f(o.out_path);

@@ -3,11 +3,13 @@
 // simulation of the real scheduler (i.i.d. acceptance, queueing when SP is short), and
 // recommends a lookahead k and an SP degree. A plain process: no MPI.
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "core/config.h"
 #include "launch/commands.h"
 #include "sim/planner.h"
 
@@ -21,7 +23,8 @@ LatencyInputs inputs(const SimulateOptions& o, json& source) {
   LatencyInputs in{.t_ms = o.t_ms,
                    .c_ms = o.c_ms >= 0 ? o.c_ms : o.c * o.t_ms,
                    .a = o.a,
-                   .per_token_ms = o.per_token_ms};
+                   .per_token_ms = o.per_token_ms,
+                   .ranks = o.ranks};
   source = {{"kind", "command line"}};
   if (!o.profile_path.empty()) {
     std::ifstream f(o.profile_path);
@@ -43,6 +46,7 @@ LatencyInputs inputs(const SimulateOptions& o, json& source) {
       if (!o.c_set) in.c_ms = s.at("c_ms").get<double>();
       if (!o.a_set) in.a = s.at("a").get<double>();
       if (!o.pt_set) in.per_token_ms = s.value("per_token_ms", 0.0);
+      if (!o.ranks_set) in.ranks = s.value("ranks", std::vector<double>{});
     } catch (const json::exception& e) {
       throw UsageError(fmt::format("profile '{}': {}", o.profile_path, e.what()));
     }
@@ -55,6 +59,15 @@ LatencyInputs inputs(const SimulateOptions& o, json& source) {
     throw UsageError(fmt::format("a must lie in [0, 1], got {}", in.a));
   if (!(in.per_token_ms >= 0)) {
     throw UsageError(fmt::format("per-token cost must be >= 0, got {}", in.per_token_ms));
+  }
+  double sum = in.a;
+  for (double r : in.ranks) {
+    if (!(r >= 0)) throw UsageError(fmt::format("--ranks: a probability must be >= 0, got {}", r));
+    sum += r;
+  }
+  if (sum > 1 + 1e-9) {
+    throw UsageError(fmt::format(
+        "--ranks: a ({}) and the ranks' probabilities sum to {}, more than 1", in.a, sum));
   }
   return in;
 }
@@ -130,6 +143,45 @@ int cmd_simulate(const SimulateOptions& o) {
       }
     }
 
+    // Token trees: SI and DSI with each shape at every SP of the table (the closed forms are
+    // for chains).
+    std::vector<std::vector<int>> trees;
+    if (!o.trees.empty()) {
+      try {
+        trees = parse_tree_shapes(o.trees, "--trees");
+      } catch (const ConfigError& e) {
+        throw UsageError(std::string(e.message()));
+      }
+    }
+    json tree_rows = json::array();
+    if (!trees.empty() && !o.json) {
+      fmt::print("\ntoken trees (ranks 2.. of the target's token among the drafter's: {}):\n{:>9} "
+                 "{:>4} {:>9} {:>9} {:>7} {:>7} {:>8}\n",
+                 in.ranks.empty() ? std::string("none given")
+                                  : fmt::format("{}", fmt::join(in.ranks, ", ")),
+                 "tree", "SP", "si_sim", "dsi_sim", "tok/v", "vs_SI", "vs_nonSI");
+    }
+    for (const auto& tree : trees) {
+      const int k = static_cast<int>(tree.size());
+      const SimEstimate si = simulate_iid(Mode::kSi, in, k, 1, po, tree);
+      for (int sp : o.sp) {
+        const SimEstimate e = simulate_iid(Mode::kDsi, in, k, sp, po, tree);
+        if (!o.json) {
+          fmt::print("{:>9} {:4} {:9.3f} {:9.3f} {:7.2f} {:7.2f} {:8.2f}\n", tree_shape_name(tree),
+                     sp, si.latency_ms, e.latency_ms, si.tokens_per_verification,
+                     si.latency_ms / e.latency_ms, non_s / e.latency_ms);
+        }
+        tree_rows.push_back({{"tree", tree_shape_name(tree)},
+                             {"k", k},
+                             {"sp", sp},
+                             {"si_sim_ms", si.latency_ms},
+                             {"si_tokens_per_verification", si.tokens_per_verification},
+                             {"dsi_sim_ms", e.latency_ms},
+                             {"speedup_vs_si", si.latency_ms / e.latency_ms},
+                             {"speedup_vs_nonsi", non_s / e.latency_ms}});
+      }
+    }
+
     // The scan uses fewer runs: it ranks configurations rather than reporting them.
     PlanOptions scan = po;
     scan.runs = std::max(1, o.runs / 4);
@@ -152,6 +204,35 @@ int cmd_simulate(const SimulateOptions& o) {
                 {"speedup_vs_nonsi", non_s / rec_ms},
                 {"tolerance", o.tolerance},
                 {"scanned", {{"max_k", o.max_k}, {"max_sp", o.max_sp}, {"runs", scan.runs}}}};
+    // The chains' plan against each tree shape at its own best SP: the planner's choice of
+    // chain or tree.
+    std::string tree_text;
+    if (!trees.empty()) {
+      json tplans = json::array();
+      int win = -1;
+      double win_ms = rec_ms * (1 - o.tolerance);
+      for (const TreePlan& p : recommend_trees(in, trees, o.max_sp, o.tolerance, scan)) {
+        const int k = static_cast<int>(p.tree.size());
+        const double ms = simulate_iid(Mode::kDsi, in, k, p.sp, po, p.tree).latency_ms;
+        tree_text += fmt::format(
+            "  DSI tree [{}] at SP = {} ({} ranks): {:.3f} ms/token ({:.2f}x the chains' plan); SI "
+            "with it {:.3f}\n",
+            tree_shape_name(p.tree), p.sp, p.sp + 2, ms, rec_ms / ms, p.si_ms);
+        if (ms < win_ms) {
+          win = static_cast<int>(tplans.size());
+          win_ms = ms;
+        }
+        tplans.push_back({{"tree", tree_shape_name(p.tree)},
+                          {"sp", p.sp},
+                          {"dsi_ms", ms},
+                          {"si_ms", p.si_ms},
+                          {"vs_chains", rec_ms / ms}});
+      }
+      rec["choice"] =
+          win < 0 ? std::string("chains") : "tree " + tplans[win]["tree"].get<std::string>();
+      rec["trees"] = tplans;
+      tree_text += fmt::format("  choice: {}\n", rec["choice"].get<std::string>());
+    }
     if (!o.json) {
       fmt::print("\nrecommendation (scan k = 1..{}, SP = 1..{}, smallest SP within {:.1f}% of the "
                  "best):\n  DSI k = {}, SP = {} ({} ranks): {:.3f} ms/token; best seen k = {}, "
@@ -160,6 +241,7 @@ int cmd_simulate(const SimulateOptions& o) {
                  o.max_k, o.max_sp, 100 * o.tolerance, r.recommended.k, r.recommended.sp,
                  r.recommended.sp + 2, rec_ms, r.best.k, r.best.sp, best_ms, r.si_k, si_best, non_s,
                  si_best / rec_ms, non_s / rec_ms);
+      fmt::print("{}", tree_text);
       if (rec_ms > 0.99 * std::min(non_s, si_best)) {
         fmt::print("  note: DSI gains less than 1% here over {}; the extra ranks buy nothing\n",
                    non_s <= si_best ? "non-SI" : "SI");
@@ -190,6 +272,7 @@ int cmd_simulate(const SimulateOptions& o) {
                   {"c_ms", in.c_ms},
                   {"a", in.a},
                   {"per_token_ms", in.per_token_ms},
+                  {"ranks", in.ranks},
                   {"source", source}}},
                 {"tokens", o.tokens},
                 {"runs", o.runs},
@@ -197,6 +280,7 @@ int cmd_simulate(const SimulateOptions& o) {
                 {"queue", o.queue},
                 {"model", "iid"},
                 {"rows", rows},
+                {"tree_rows", tree_rows},
                 {"recommendation", rec},
                 {"frontier", frontier},
                 {"scan", grid}};

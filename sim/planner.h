@@ -24,12 +24,14 @@ struct SimEstimate {
   double cancelled_queued_per_token = 0;
   double target_busy_ms_per_token = 0;
   double wasted_ms_per_token = 0;
+  double tokens_per_verification = 0;  // committed tokens per completed verification
 };
 
 // Simulated latency per token of `mode` with lookahead k on sp targets (SI and non-SI use
-// one target whatever sp is).
-SimEstimate simulate_iid(Mode mode, const LatencyInputs& in, int k, int sp,
-                         const PlanOptions& opts);
+// one target whatever sp is); with a token-tree shape (k is then its depth), trees whose
+// siblings catch the target's token as in.ranks says.
+SimEstimate simulate_iid(Mode mode, const LatencyInputs& in, int k, int sp, const PlanOptions& opts,
+                         const std::vector<int>& tree = {});
 
 struct PlanPoint {
   int k = 0;
@@ -49,5 +51,17 @@ struct Recommendation {
 // Scans k in [1, max_k] and sp in [1, max_sp].
 Recommendation recommend(const LatencyInputs& in, int max_k, int max_sp, double tolerance,
                          const PlanOptions& opts);
+
+// The best DSI plan with each token-tree shape over sp in [1, max_sp] (the smallest SP within
+// `tolerance` of the shape's best), for the planner to set beside the chains' recommendation.
+struct TreePlan {
+  std::vector<int> tree;
+  int sp = 0;
+  double dsi_ms = 0;
+  double si_ms = 0;  // SI with the same tree
+};
+std::vector<TreePlan> recommend_trees(const LatencyInputs& in,
+                                      const std::vector<std::vector<int>>& trees, int max_sp,
+                                      double tolerance, const PlanOptions& opts);
 
 }  // namespace dsi

@@ -229,7 +229,6 @@ SimResult simulate(const SimConfig& cfg) {
   // drafts one per chain; DSI the next below this one's first path, until the stop length.
   std::function<void(uint64_t, std::vector<int>)> draft_tree_now = [&](uint64_t gen,
                                                                        std::vector<int> shape) {
-    if (iid) throw std::invalid_argument("token trees need the synthetic token model");
     const int pos0 = static_cast<int>(d_seq.size());
     if (d_window == 0 || pos0 >= d_stop) return;
     const std::vector<int> full = shape;
@@ -237,6 +236,22 @@ SimResult simulate(const SimConfig& cfg) {
     TokenTree tree;
     double cost = d_cost;
     auto children = [&](const std::vector<Token>& ctx, int b) {
+      if (iid) {
+        // The target's token is the drafter's best with probability a, its r-th best with
+        // iid_ranks[r - 2]; the other children are wrong.
+        const Token right = iid_target(cfg.target.seed, ctx.size(), cfg.target.vocab);
+        double u = uniform(rng), edge = synthetic::acceptance_at(cfg.drafter, ctx.size());
+        int rank = u < edge ? 0 : -1;
+        for (size_t r = 0; rank < 0 && r < cfg.iid_ranks.size(); ++r) {
+          edge += cfg.iid_ranks[r];
+          if (u < edge) rank = static_cast<int>(r) + 1;
+        }
+        std::vector<Token> out;
+        for (int j = 0; j < b; ++j) {
+          out.push_back(j == rank ? right : static_cast<Token>((right + 1 + j) % cfg.target.vocab));
+        }
+        return out;
+      }
       std::vector<float> logits(cfg.drafter.vocab);
       synthetic::logits(cfg.drafter, hash_of(cfg.drafter.seed, ctx, ctx.size()), ctx.size(),
                         logits.data());

@@ -35,6 +35,9 @@ struct SimConfig {
   VerifierVariant verifier = VerifierVariant::kCorrect;
   TokenModel model = TokenModel::kSynthetic;  // kIid: greedy only
   uint64_t iid_seed = 1;
+  // kIid with token trees: the probability that the target's token is the drafter's 2nd,
+  // 3rd, ... best (its best: drafter.acceptance), drawn per tree node.
+  std::vector<double> iid_ranks;
   // runtime.adapt: the adaptive policy (core/adapt.h) plans every chain, in virtual time.
   std::optional<AdaptOptions> adapt;
   // Otherwise, a planner of the test's own (e.g. random plans, which must not change a token).

@@ -124,6 +124,34 @@ assert 1 <= r["k"] <= 3 and 1 <= r["sp"] <= 4 and r["dsi_ms"] < r["si_ms"] < r["
 print("ok: JSON rows and recommendation", r["k"], r["sp"])
 PY
     ;;
+  simulate_trees)
+    # Trees in the i.i.d. model: with siblings that catch 70% of the misses (ranks 0.28 at a =
+    # 0.6), DSI with the tree beats the chain of its depth and the planner chooses the tree;
+    # with no ranks it keeps the chains.
+    timeout 120 "$dsi" simulate -t 5 --c 0.1 -a 0.6 --ranks 0.28 -k 4 --sp 1,4 --trees "3,2,1,1" \
+      --runs 10 --max-k 4 --max-sp 4 --json >"$tmp/sim.json" 2>"$tmp/out" || fail "simulate failed"
+    timeout 120 "$dsi" simulate -t 5 --c 0.1 -a 0.6 -k 4 --sp 4 --trees "3,2,1,1" --runs 10 \
+      --max-k 4 --max-sp 4 --json >"$tmp/none.json" 2>"$tmp/out" || fail "simulate without ranks failed"
+    python3 - "$tmp/sim.json" "$tmp/none.json" <<'PY' || fail "JSON check"
+import json, sys
+d = json.load(open(sys.argv[1]))
+assert d["inputs"]["ranks"] == [0.28], d["inputs"]
+chain = {r["sp"]: r for r in d["rows"]}
+tree = {r["sp"]: r for r in d["tree_rows"]}
+assert sorted(tree) == [1, 4] and all(r["tree"] == "3,2,1,1" and r["k"] == 4 for r in tree.values())
+assert tree[4]["dsi_sim_ms"] < 0.9 * chain[4]["dsi_sim_ms"], (tree[4], chain[4])
+assert tree[1]["si_tokens_per_verification"] > 3, tree[1]
+assert d["recommendation"]["choice"] == "tree 3,2,1,1", d["recommendation"]
+n = json.load(open(sys.argv[2]))
+assert n["recommendation"]["choice"] == "chains", n["recommendation"]
+print("ok: tree", tree[4]["dsi_sim_ms"], "chain", chain[4]["dsi_sim_ms"], d["recommendation"]["trees"])
+PY
+    "$dsi" simulate -a 0.6 --ranks 0.5 --trees "2,1" >"$tmp/out" 2>&1; rc=$?
+    [ $rc -eq 2 ] && grep -q "ranks. probabilities sum to .*, more than 1" "$tmp/out" || fail "ranks summing above 1 accepted (rc $rc)"
+    "$dsi" simulate --trees "2,x" >"$tmp/out" 2>&1; rc=$?
+    [ $rc -eq 2 ] && grep -q -- "--trees: 'x' in '2,x' is not a branching factor" "$tmp/out" \
+      || fail "a bad shape accepted (rc $rc)"
+    echo "ok: bad ranks and shapes refused" ;;
   simulate_bad_input)
     "$dsi" simulate -a 1.5 >"$tmp/out" 2>&1; rc=$?
     [ $rc -eq 2 ] && grep -q "a must lie in \[0, 1\], got 1.5" "$tmp/out" || fail "a = 1.5 accepted (rc $rc)"

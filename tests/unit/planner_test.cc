@@ -128,6 +128,59 @@ TEST(IidSimulator, ShortSpIsSlowerAndQueues) {
   EXPECT_LE(one.latency_ms, in.t_ms * 1.001);
 }
 
+// Token trees in the i.i.d. model: a node's children hold the target's token when its
+// drafter rank is within their number (rank 1 with probability a, rank r with ranks[r - 2]).
+// SI with one level of b candidates commits 1 + P(rank <= b) tokens per verification; the text
+// is the target's for SI and DSI; without ranks, siblings catch nothing.
+TEST(IidSimulator, TreesCatchTheRanksTheyHold) {
+  LatencyInputs in{.t_ms = 5, .c_ms = 0.5, .a = 0.5, .ranks = {0.2, 0.1}};
+  const PlanOptions po{.tokens = 1000, .runs = 20};
+  const double want[] = {1.5, 1.7, 1.8, 1.8};  // b = 1, 2, 3, 4 (rank 4 has probability 0)
+  for (int b = 1; b <= 4; ++b) {
+    const SimEstimate e = simulate_iid(Mode::kSi, in, 1, 1, po, {b});
+    EXPECT_NEAR(e.tokens_per_verification, want[b - 1], 0.02) << "b = " << b;
+  }
+  LatencyInputs none = in;
+  none.ranks.clear();
+  EXPECT_NEAR(simulate_iid(Mode::kSi, none, 1, 1, po, {3}).tokens_per_verification, 1.5, 0.02);
+  // Deeper trees, SI and DSI: the target's text, and faster than the chain of their depth.
+  for (Mode mode : {Mode::kSi, Mode::kDsi}) {
+    for (const std::vector<int>& tree : {std::vector<int>{3, 2, 1, 1}, std::vector<int>{2, 2}}) {
+      SimConfig sc;
+      sc.sched = {.mode = mode,
+                  .lookahead = static_cast<int>(tree.size()),
+                  .n_targets = 3,
+                  .max_new_tokens = 200,
+                  .tree = tree};
+      sc.target = {.seed = 4, .vocab = 50, .forward_ms = 5};
+      sc.drafter = {.seed = 4, .vocab = 50, .acceptance = 0.5, .forward_ms = 0.5, .drafter = true};
+      sc.prompt = synthetic_prompt(4, 6, 50);
+      sc.model = TokenModel::kIid;
+      sc.iid_ranks = in.ranks;
+      const SimResult r = simulate(sc);
+      ASSERT_EQ(r.tokens, simulated_reference(sc)) << mode_name(mode) << " " << tree.size();
+      const int k = static_cast<int>(tree.size());
+      const int sp = mode == Mode::kDsi ? 3 : 1;
+      EXPECT_LT(simulate_iid(mode, in, k, sp, po, tree).latency_ms,
+                0.95 * simulate_iid(mode, in, k, sp, po).latency_ms)
+          << mode_name(mode) << " tree of depth " << k;
+    }
+  }
+}
+
+TEST(Planner, ChoosesTreesWhenSiblingsCatchEnough) {
+  LatencyInputs in{.t_ms = 5, .c_ms = 0.5, .a = 0.6};
+  const PlanOptions po{.tokens = 400, .runs = 8};
+  const std::vector<std::vector<int>> trees = {{3, 2, 1, 1}};
+  // Siblings that catch a quarter of the misses: the tree beats the chain of its depth.
+  in.ranks = {0.1};
+  const auto with = recommend_trees(in, trees, 4, 0.01, po);
+  ASSERT_EQ(with.size(), 1u);
+  EXPECT_GE(with[0].sp, 1);
+  EXPECT_LT(with[0].dsi_ms, 0.97 * simulate_iid(Mode::kDsi, in, 4, with[0].sp, po).latency_ms);
+  EXPECT_LT(with[0].si_ms, simulate_iid(Mode::kSi, in, 4, 1, po).latency_ms);
+}
+
 TEST(Planner, RecommendsSmallestSpNearTheBest) {
   const LatencyInputs in{.t_ms = 20, .c_ms = 2, .a = 0.8};
   const PlanOptions opts{.tokens = 400, .runs = 4, .seed = 1};
