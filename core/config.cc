@@ -116,6 +116,16 @@ const std::vector<Key>& keys() {
          }
          if (!c.tree.empty()) c.lookahead = static_cast<int>(c.tree.size());
        }},
+      {"dsi.stage",
+       "none | ngram: the drafter speculates for itself with prompt lookup (staged drafting; "
+       "the same drafts, sooner when the text repeats itself)",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) {
+         c.stage = one_of(n, key, {"none", "ngram"});
+       }},
+      {"dsi.stage_tokens", "staged drafting: looked-up tokens the drafter checks per forward",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) {
+         c.stage_tokens = integer(n, key, 1, kMaxStageTokens);
+       }},
       {"dsi.queue", "newest | fifo: which queued task a freed target takes",
        [](RunConfig& c, const YAML::Node& n, const std::string& key) {
          auto q = parse_queue_policy(scalar<std::string>(n, key, "a string"));
@@ -478,6 +488,9 @@ RunConfig parse_config(const std::string& yaml_text, const std::string& origin,
 
 void check_tree_config(const RunConfig& cfg) {
   if (cfg.tree.empty()) return;
+  if (cfg.stage != "none") {
+    throw ConfigError("dsi.tree does not run with dsi.stage yet (staged drafting drafts chains)");
+  }
   if (const std::string why = invalid_tree_shape(cfg.tree, kMaxTreeNodes); !why.empty()) {
     throw ConfigError("dsi.tree: " + why);
   }

@@ -28,6 +28,10 @@ struct RunConfig {
   // Token trees (SI and DSI): the branching factor per depth, e.g. {3, 2, 1, 1}; its depth
   // is the lookahead. Empty: chains.
   std::vector<int> tree;
+  // Staged drafting (core/staged_draft.h): "none" or "ngram" (prompt lookup), and the most
+  // looked-up tokens checked per drafter forward.
+  std::string stage = "none";
+  int stage_tokens = 4;
   QueuePolicy queue = QueuePolicy::kNewest;
   TargetChoice target_choice = TargetChoice::kCache;
   // engine
@@ -108,6 +112,8 @@ void check_adapt(const RunConfig& cfg);
 
 // The most nodes a token tree may have (dsi.tree): the verifier runs them in one forward.
 inline constexpr int kMaxTreeNodes = 64;
+// The most looked-up tokens a staged drafter checks in one forward (dsi.stage_tokens).
+inline constexpr int kMaxStageTokens = 16;
 
 // Throws ConfigError naming dsi.tree when the tree cannot run with the rest of the config
 // (SI or DSI, greedy or the Gumbel coupling, not with runtime.adapt, within the node budget

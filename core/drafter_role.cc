@@ -3,14 +3,72 @@
 #include <cstring>
 #include <stdexcept>
 
+#include "core/staged_draft.h"
 #include "core/tree_draft.h"
 #include "core/worker_roles.h"
 
 namespace dsi {
 
-void DrafterRole::configure(std::vector<int32_t> targets) {
+namespace {
+// Prompt lookup matches the text's last 1 .. kStageNgram tokens.
+constexpr int kStageNgram = 3;
+}  // namespace
+
+void DrafterRole::configure(std::vector<int32_t> targets, int stage_tokens) {
   targets_ = std::move(targets);
+  stage_tokens_ = stage_tokens;
   active_ = false;
+}
+
+void DrafterRole::announce(uint64_t chain, int pos, std::span<const Token> drafts, double busy_s) {
+  for (size_t i = 0; i < drafts.size() && can_draft(); ++i) {
+    seq_.push_back(drafts[i]);
+    if (window_ > 0) --window_;
+    // The coordinator acts on every notify_every-th draft of a chain (it launches a
+    // verification) and on the last; it reads the others with those.
+    const size_t n = seq_.size() - chain_base_;
+    const bool wake = n % notify_every_ == 0 || !can_draft();
+    ctx_.reply(msg::Draft{.chain = chain,
+                          .pos = pos + static_cast<int>(i),
+                          .token = drafts[i],
+                          .busy_s = static_cast<float>(busy_s / drafts.size())},
+               !wake);
+  }
+}
+
+void DrafterRole::step_staged(uint64_t chain, const std::vector<Token>& seq, size_t keep,
+                              const std::vector<Token>& proposal, double t0) {
+  const int pos = static_cast<int>(seq.size());
+  try {
+    const bool probs = needs_draft_probs(ctx_.sampling);
+    const StagedDrafts d = staged_draft(*ctx_.engine, std::span(seq).subspan(keep), proposal, pos,
+                                        ctx_.sampling, probs, ctx_.cancel);
+    ctx_.cached = seq;
+    ctx_.cached.insert(ctx_.cached.end(), d.tokens.begin(), d.tokens.end() - 1);
+    if (probs) {
+      for (size_t i = 0; i < d.probs.size(); ++i) {
+        std::vector<uint8_t> bytes(d.probs[i].size() * sizeof(float));
+        std::memcpy(bytes.data(), d.probs[i].data(), bytes.size());
+        const int at = pos + static_cast<int>(i);
+        for (int r : targets_)
+          ctx_.data->send(r, DataKey{ctx_.run, DataKind::kDraftProbs, chain, at}, bytes);
+      }
+    }
+    const double t1 = steady_now_s();
+    ctx_.log.record({.kind = SpanKind::kDraft,
+                     .id = chain,
+                     .tokens = d.forward_tokens,
+                     .drafts = static_cast<int32_t>(d.tokens.size()),
+                     .pos = pos},
+                    t0, t1);
+    std::lock_guard lk(mu_);
+    drafting_ = false;
+    if (chain == chain_ && active_) announce(chain, pos, d.tokens, t1 - t0);
+  } catch (const Cancelled&) {
+    ctx_.log.record({.kind = SpanKind::kDraft, .id = chain, .cancelled = true}, t0, steady_now_s());
+    std::lock_guard lk(mu_);
+    drafting_ = false;
+  }
 }
 
 void DrafterRole::start(const msg::StartChain& m) {
@@ -38,6 +96,21 @@ void DrafterRole::step() {
     return;
   }
   const size_t keep = ctx_.reuse_prefix(seq, 1);
+  if (stage_tokens_ > 0) {
+    // Staged drafting: prompt lookup proposes what follows, one forward checks it.
+    int budget;
+    {
+      std::lock_guard lk(mu_);
+      budget = stop_len_ - static_cast<int>(seq.size());
+      if (window_ > 0) budget = std::min(budget, window_);
+    }
+    const std::vector<Token> proposal =
+        ngram_proposal(seq, kStageNgram, std::min(stage_tokens_, budget - 1));
+    if (!proposal.empty()) {
+      step_staged(chain, seq, keep, proposal, t0);
+      return;
+    }
+  }
   try {
     const auto todo = std::span(seq).subspan(keep);
     const int pos = static_cast<int>(seq.size());
@@ -63,19 +136,7 @@ void DrafterRole::step() {
     ctx_.log.record({.kind = SpanKind::kDraft, .id = chain, .pos = pos}, t0, steady_now_s());
     std::lock_guard lk(mu_);
     drafting_ = false;
-    if (chain == chain_ && active_) {
-      seq_.push_back(tok);
-      if (window_ > 0) --window_;
-      // The coordinator acts on every notify_every-th draft of a chain (it launches a
-      // verification) and on the last; it reads the others with those.
-      const size_t n = seq_.size() - chain_base_;
-      const bool wake = n % notify_every_ == 0 || !can_draft();
-      ctx_.reply(msg::Draft{.chain = chain,
-                            .pos = pos,
-                            .token = tok,
-                            .busy_s = static_cast<float>(steady_now_s() - t0)},
-                 !wake);
-    }
+    if (chain == chain_ && active_) announce(chain, pos, std::span(&tok, 1), steady_now_s() - t0);
   } catch (const Cancelled&) {
     ctx_.log.record({.kind = SpanKind::kDraft, .id = chain, .cancelled = true}, t0, steady_now_s());
     std::lock_guard lk(mu_);

@@ -27,7 +27,7 @@ inline constexpr uint32_t kProtocolMagic = 0x31495344;  // "DSI1" read little-en
 // report are binary structs (were JSON text).
 // 8: token trees (StartChain.tree, DraftTree, Verify.parents).
 // 9: DSI with token trees: a DSI chain's drafter replies DraftTree after DraftTree, each below
-// the last one's first path.
+// the last one's first path; WorkerSpec.stage_tokens (staged drafting).
 inline constexpr uint16_t kProtocolVersion = 9;
 
 // The type id on the wire; each is the index of its struct in Message::Body plus one.

@@ -34,13 +34,13 @@ struct Span {
   SpanKind kind = SpanKind::kIdle;
   double ts_us = 0;  // start, from the run's clock origin
   double dur_us = 0;
-  uint64_t id = 0;         // verify: task; draft: chain; kv send / kv import: handoff
-  int32_t tokens = 0;      // prefill, verify: tokens computed; kv: tokens of the range
-  int32_t drafts = 0;      // verify: drafts checked; draft of a token tree: its nodes
-  int32_t pos = 0;         // draft: the position drafted
-  int32_t peer = -1;       // kv send: destination rank; kv import: source rank
-  bool cancelled = false;  // verify, draft: preempted before it finished
-  bool ok = false;         // kv send: the range was held and sent
+  uint64_t id = 0;     // verify: task; draft: chain; kv send / kv import: handoff
+  int32_t tokens = 0;  // prefill, verify, staged draft: tokens computed; kv: of the range
+  int32_t drafts = 0;  // verify: drafts checked; draft: a tree's nodes, a staged forward's drafts
+  int32_t pos = 0;     // draft: the position drafted
+  int32_t peer = -1;   // kv send: destination rank; kv import: source rank
+  bool cancelled = false;                    // verify, draft: preempted before it finished
+  bool ok = false;                           // kv send: the range was held and sent
   KvOutcome outcome = KvOutcome::kImported;  // kv import
   bool operator==(const Span&) const = default;
 };

@@ -56,7 +56,7 @@ void Worker::configure(const msg::Configure& m) {
   ctx_.kv = {};
   {
     std::lock_guard lk(mu_);
-    drafter_.configure(m.spec.targets);
+    drafter_.configure(m.spec.targets, m.spec.stage_tokens);
   }
   try {
     // The engine (its weights and its KV cache) outlives runs that differ only in sampling

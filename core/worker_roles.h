@@ -86,8 +86,9 @@ class DrafterRole {
  public:
   DrafterRole(WorkerContext& ctx, std::mutex& mu) : ctx_(ctx), mu_(mu) {}
 
-  // A new run: where the probability vectors go (sampling), no chain yet. mu held.
-  void configure(std::vector<int32_t> targets);
+  // A new run: where the probability vectors go (sampling), the staged drafter's looked-up
+  // tokens per forward (0: no stage), no chain yet. mu held.
+  void configure(std::vector<int32_t> targets, int stage_tokens = 0);
   // mu held.
   void start(const msg::StartChain& m);
   void stop() { active_ = false; }  // mu held: no more drafts this run
@@ -106,6 +107,11 @@ class DrafterRole {
   void step_tree(uint64_t chain, const std::vector<Token>& seq, double t0);
   // Before the next tree: the KV of the last tree's nodes that the committed text took.
   void keep_drafted_path(const std::vector<Token>& seq);
+  // step() with a prompt-lookup proposal: the drafts one forward checks (staged drafting).
+  void step_staged(uint64_t chain, const std::vector<Token>& seq, size_t keep,
+                   const std::vector<Token>& proposal, double t0);
+  // Sends the drafts of one forward from position pos (mu held; the chain is current).
+  void announce(uint64_t chain, int pos, std::span<const Token> drafts, double busy_s);
 
   WorkerContext& ctx_;
   std::mutex& mu_;
@@ -119,6 +125,7 @@ class DrafterRole {
   size_t chain_base_ = 0;  // the chain's first draft position
   int notify_every_ = 1;
   std::vector<int32_t> tree_;  // the chain's token-tree shape (empty: a chain)
+  int stage_tokens_ = 0;       // staged drafting: looked-up tokens per forward (0: none)
   TokenTree last_tree_;        // working thread only: the last tree drafted (its KV kept)
 };
 

@@ -61,6 +61,7 @@ WorkerSpec worker_spec(const RunConfig& cfg, bool drafter) {
   WorkerSpec s;
   s.role = drafter ? Role::kDrafter : Role::kTarget;
   s.sampling = sampling_params(cfg);
+  if (drafter && cfg.stage == "ngram") s.stage_tokens = cfg.stage_tokens;
   if (cfg.engine == "llama") {
     LlamaSpec l;
     l.model = drafter && !cfg.drafter_model_path.empty() ? cfg.drafter_model_path : cfg.model_path;
@@ -102,11 +103,11 @@ WorkerSpec worker_spec_from_json(const json& j) {
   const std::string engine = need<std::string>(j, "engine", "any");
   s.role = parse_enum<Role>(get<std::string>(j, "role", "target"), "role");
   if (engine == "synthetic") {
-    check_keys(
-        j,
-        {"engine", "role", "sampling", "targets", "seed", "vocab", "acceptance", "ttft_ms",
-         "forward_ms", "per_token_ms", "overlap", "phases", "phase_start", "phase_len", "second"},
-        "a synthetic worker spec");
+    check_keys(j,
+               {"engine", "role", "sampling", "targets", "stage_tokens", "seed", "vocab",
+                "acceptance", "ttft_ms", "forward_ms", "per_token_ms", "overlap", "phases",
+                "phase_start", "phase_len", "second"},
+               "a synthetic worker spec");
     SyntheticParams p;
     p.seed = need<uint64_t>(j, "seed", "synthetic");
     p.vocab = need<int>(j, "vocab", "synthetic");
@@ -126,8 +127,8 @@ WorkerSpec worker_spec_from_json(const json& j) {
   } else if (engine == "llama") {
     // seed and vocab belong to the synthetic engine; specs written for both carry them.
     check_keys(j,
-               {"engine", "role", "sampling", "targets", "seed", "vocab", "model", "device",
-                "dtype", "gpu", "threads", "layers", "max_context", "activations"},
+               {"engine", "role", "sampling", "targets", "stage_tokens", "seed", "vocab", "model",
+                "device", "dtype", "gpu", "threads", "layers", "max_context", "activations"},
                "a llama worker spec");
     LlamaSpec l;
     l.model = need<std::string>(j, "model", "llama");
@@ -159,6 +160,11 @@ WorkerSpec worker_spec_from_json(const json& j) {
         parse_enum<Coupling>(get<std::string>(sj, "coupling", "gumbel"), "coupling");
   }
   s.targets = get<std::vector<int>>(j, "targets", {});
+  s.stage_tokens = get<int>(j, "stage_tokens", 0);
+  if (s.stage_tokens < 0 || s.stage_tokens > kMaxStageTokens) {
+    throw SpecError(fmt::format("worker spec stage_tokens must lie in [0, {}], got {}",
+                                kMaxStageTokens, s.stage_tokens));
+  }
   return s;
 }
 
@@ -198,6 +204,7 @@ json worker_spec_json(const WorkerSpec& s) {
                      {"coupling", enum_name(s.sampling.coupling)}};
   }
   if (!s.targets.empty()) j["targets"] = s.targets;
+  if (s.stage_tokens > 0) j["stage_tokens"] = s.stage_tokens;
   return j;
 }
 

@@ -23,6 +23,9 @@ struct WorkerSpec {
   EngineSpec engine;
   SamplingParams sampling;       // temperature 0: greedy
   std::vector<int32_t> targets;  // drafter with sampling: the ranks its probabilities go to
+  // Drafter: staged drafting with prompt lookup (core/staged_draft.h), up to this many looked-up
+  // tokens checked per forward; 0: none.
+  int32_t stage_tokens = 0;
   bool operator==(const WorkerSpec&) const = default;
 };
 
@@ -41,7 +44,7 @@ WorkerSpec worker_spec(const RunConfig& cfg, bool drafter);
 //    llama: "model", "device", "dtype", "gpu", "threads", "layers", "max_context",
 //           "activations";
 //    "sampling": {"temperature", "top_k", "top_p", "seed", "request", "coupling"},
-//    "targets": [ranks]}
+//    "targets": [ranks], "stage_tokens": n}
 // Throws SpecError naming the key for an unknown key, a wrong type or a bad value.
 WorkerSpec worker_spec_from_json(const nlohmann::json& j);
 nlohmann::json worker_spec_json(const WorkerSpec& spec);
@@ -92,6 +95,9 @@ void wire_fields(S& s, V&& v) {
   v(s.engine, "engine", "the engine to build (rebuilt only when the spec changes)");
   v(s.sampling, "sampling", "temperature 0: greedy");
   v(s.targets, "targets", "drafter with sampling: the target ranks its probability vectors go to");
+  v(s.stage_tokens, "stage_tokens",
+    "drafter: staged drafting with prompt lookup, up to this many looked-up tokens checked per "
+    "forward (0: none)");
 }
 
 constexpr WireInfo wire_info(const SyntheticParams*) {

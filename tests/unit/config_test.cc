@@ -1,4 +1,5 @@
 #include "core/config.h"
+#include "core/worker_spec.h"
 
 #include <gtest/gtest.h>
 
@@ -72,6 +73,29 @@ TEST(Config, AdaptAndDriftingAcceptance) {
     ss << in.rdbuf();
     EXPECT_TRUE(parse_config(ss.str(), name).adapt) << name;
   }
+}
+
+TEST(Config, StagedDrafting) {
+  const RunConfig c = parse_config("dsi: {stage: ngram, stage_tokens: 6}\n", "t.yaml");
+  EXPECT_EQ(c.stage, "ngram");
+  EXPECT_EQ(c.stage_tokens, 6);
+  EXPECT_EQ(parse_config("mode: si", "t.yaml").stage, "none");
+  auto error_of = [](const std::string& yaml) {
+    try {
+      check_tree_config(parse_config(yaml, "t.yaml"));
+    } catch (const ConfigError& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  EXPECT_NE(error_of("dsi: {stage: lookup}\n").find("dsi.stage"), std::string::npos);
+  EXPECT_NE(error_of("dsi: {stage_tokens: 0}\n").find("dsi.stage_tokens"), std::string::npos);
+  EXPECT_NE(error_of("dsi: {stage_tokens: 17}\n").find("dsi.stage_tokens"), std::string::npos);
+  EXPECT_NE(error_of("mode: si\ndsi: {stage: ngram, tree: [2, 1]}\n").find("dsi.stage"),
+            std::string::npos);
+  // The drafter's spec carries it; the targets' do not.
+  EXPECT_EQ(worker_spec(c, true).stage_tokens, 6);
+  EXPECT_EQ(worker_spec(c, false).stage_tokens, 0);
 }
 
 TEST(Config, TokenTrees) {
