@@ -53,6 +53,8 @@ nlohmann::json span_trace_event(const Span& s) {
         args["cancelled"] = true;
       } else {
         args["pos"] = s.pos;
+        if (s.drafts > 0) args["drafts"] = s.drafts;  // a tree's nodes, a staged forward's drafts
+        if (s.tokens > 0) args["tokens"] = s.tokens;  // a staged forward's length
       }
       break;
     case SpanKind::kKvSend:
