@@ -13,7 +13,8 @@
 // handoff). T > 0: sampled at temperature T under the Gumbel coupling (the default), seed i + 1
 // for prompt i, where every mode must give non-SI's text as in greedy decoding (docs/sampling.md).
 // KS "-": no chains. TREES: token-tree shapes, e.g. "2,1;3,2,1,1;2,2,2" (dsi.tree), each run
-// per prompt with SI and with DSI for SP 1 .. max_sp, and checked the same way.
+// per prompt with SI and with DSI for SP 1 .. max_sp, and checked the same way. Every prompt
+// also runs SI and DSI (max_sp) with staged drafting (dsi.stage: ngram, k = 4).
 // Prints "N passed, M failed"; exits 77 (skipped) when MODEL is empty or missing.
 #include <fmt/format.h>
 
@@ -149,6 +150,26 @@ int main(int argc, char** argv) {
                 fmt::print("prompt {} {} sp={} tree [{}]: {} tokens in {} verifications\n", i,
                            dsi::mode_name(mode), sp, name, r.tokens.size(),
                            r.stats.tasks_completed);
+              }
+            }
+          }
+          {
+            // Staged drafting (prompt lookup checked by the drafter): the drafter's drafts are
+            // its own, so SI and DSI keep the target's text.
+            dsi::RunConfig sc = cfg;
+            sc.stage = "ngram";
+            sc.stage_tokens = 4;
+            sc.lookahead = 4;
+            for (dsi::Mode mode : {dsi::Mode::kSi, dsi::Mode::kDsi}) {
+              sc.mode = mode;
+              const int sp = mode == dsi::Mode::kSi ? 1 : max_sp;
+              const auto r = coord.run(sc, sp);
+              if (r.tokens == ref) {
+                ++passed;
+              } else {
+                ++failed;
+                fmt::print("{} prompt {} {} sp={} staged drafting: tokens differ from non-SI\n",
+                           corrupt ? "expected:" : "FAIL", i, dsi::mode_name(mode), sp);
               }
             }
           }
