@@ -498,11 +498,10 @@ void check_tree_config(const RunConfig& cfg) {
     throw ConfigError("dsi.tree needs mode si or dsi (non-SI drafts nothing)");
   }
   if (cfg.adapt) throw ConfigError("dsi.tree does not run with runtime.adapt: on yet");
-  if (cfg.temperature > 0 && cfg.coupling == "residual") {
+  if (cfg.temperature > 0 && cfg.coupling == "residual" && cfg.mode == Mode::kDsi) {
     throw ConfigError(
-        "dsi.tree needs sampling.coupling: gumbel when sampling.temperature > 0 (multi-step "
-        "speculative sampling over the residual needs the drafter's probabilities per node, "
-        "not sent yet)");
+        "dsi.tree with mode dsi needs sampling.coupling: gumbel when sampling.temperature > 0 "
+        "(multi-step speculative sampling over the residual runs with mode si only for now)");
   }
   const int nodes = tree_shape_nodes(cfg.tree);
   if (cfg.max_context > 0 && cfg.max_new_tokens + nodes + 1 > cfg.max_context) {

@@ -186,9 +186,21 @@ void DrafterRole::step_tree(uint64_t chain, const std::vector<Token>& seq, doubl
     }
     const Logits first = ctx_.engine->forward(std::span(seq).subspan(keep), 1, ctx_.cancel);
     ctx_.cached = seq;
-    const TokenTree tree =
-        draft_tree(*ctx_.engine, first.row(0), shape, pos, ctx_.sampling, ctx_.cancel);
+    // The residual coupling's targets test each node's children against q after the node.
+    const bool send_probs = needs_draft_probs(ctx_.sampling);
+    std::vector<std::vector<float>> probs;
+    const TokenTree tree = draft_tree(*ctx_.engine, first.row(0), shape, pos, ctx_.sampling,
+                                      ctx_.cancel, send_probs ? &probs : nullptr);
     last_tree_ = tree;
+    for (size_t i = 0; i < probs.size(); ++i) {
+      if (probs[i].empty()) continue;
+      std::vector<uint8_t> bytes(probs[i].size() * sizeof(float));
+      std::memcpy(bytes.data(), probs[i].data(), bytes.size());
+      for (int r : targets_) {
+        ctx_.data->send(r, DataKey{ctx_.run, DataKind::kTreeProbs, chain, static_cast<int32_t>(i)},
+                        bytes);
+      }
+    }
     ctx_.log.record({.kind = SpanKind::kDraft, .id = chain, .drafts = tree.size(), .pos = pos}, t0,
                     steady_now_s());
     std::lock_guard lk(mu_);

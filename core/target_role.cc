@@ -2,11 +2,40 @@
 #include <fmt/format.h>
 
 #include <cstring>
+#include <string>
 
 #include "core/worker_roles.h"
 
 namespace dsi {
 namespace {
+
+// The drafter's probability vector q under `key` (kind, chain, index) from the data channel,
+// into q; Cancelled when the task is cancelled meanwhile, Error naming `what` when it does not
+// come within the peer timeout or has the wrong size. Vectors of older chains will never be
+// asked for again and are dropped first. (Only those: a KV handoff's stream is a handoff
+// number, and its KvExpect may still be queued.)
+std::span<const float> recv_probs(WorkerContext& ctx, const DataKey& key, int vocab,
+                                  const std::string& what, std::vector<float>& q) {
+  ctx.data->discard([&](const DataKey& k) {
+    return k.run != key.run ||
+           ((k.kind == DataKind::kDraftProbs || k.kind == DataKind::kTreeProbs) &&
+            k.stream < key.stream);
+  });
+  std::vector<uint8_t> bytes;
+  if (!ctx.data->recv(key, bytes, ctx.peer_deadline(), &ctx.cancel)) {
+    if (ctx.cancel.cancelled()) throw Cancelled();
+    throw Error(
+        fmt::format("the drafter's probabilities for {} (chain {}) did not arrive within {} s",
+                    what, key.stream, ctx.opts.peer_timeout_s));
+  }
+  if (bytes.size() != static_cast<size_t>(vocab) * sizeof(float)) {
+    throw Error(fmt::format("drafter probabilities of {} bytes for a vocabulary of {}",
+                            bytes.size(), vocab));
+  }
+  q.resize(vocab);
+  std::memcpy(q.data(), bytes.data(), bytes.size());
+  return q;
+}
 
 // Speculative sampling: the decided tokens of a verification, with the drafter's probability
 // vectors of m.chain from the data channel.
@@ -14,32 +43,14 @@ std::vector<Token> decide_sampled(WorkerContext& ctx, const msg::Verify& m, cons
   const int end = static_cast<int>(m.seq.size());
   const int first = end - l.n + 1;
   const uint32_t run = ctx.run;
-  // Probability vectors of older chains will never be asked for again. (Only those: a KV
-  // handoff's stream is a handoff number, and its KvExpect may still be queued.)
-  ctx.data->discard([&](const DataKey& k) {
-    return k.run != run || (k.kind == DataKind::kDraftProbs && k.stream < m.chain);
-  });
   std::vector<float> p, q;
   auto p_at = [&](int pos) {
     p = sampling_probs(l.row(pos - first), ctx.sampling);
     return std::span<const float>(p);
   };
   auto q_at = [&](int pos) {
-    std::vector<uint8_t> bytes;
-    const DataKey key{run, DataKind::kDraftProbs, m.chain, pos};
-    if (!ctx.data->recv(key, bytes, ctx.peer_deadline(), &ctx.cancel)) {
-      if (ctx.cancel.cancelled()) throw Cancelled();
-      throw Error(fmt::format(
-          "the drafter's probabilities for position {} (chain {}) did not arrive within {} s", pos,
-          m.chain, ctx.opts.peer_timeout_s));
-    }
-    if (bytes.size() != l.row(0).size() * sizeof(float)) {
-      throw Error(fmt::format("drafter probabilities of {} bytes for a vocabulary of {}",
-                              bytes.size(), l.vocab));
-    }
-    q.resize(l.vocab);
-    std::memcpy(q.data(), bytes.data(), bytes.size());
-    return std::span<const float>(q);
+    return recv_probs(ctx, DataKey{run, DataKind::kDraftProbs, m.chain, pos}, l.vocab,
+                      fmt::format("position {}", pos), q);
   };
   return verify_sampled(m.seq, first, p_at, q_at, BonusRule{m.bonus_anchor, m.bonus_period},
                         ctx.sampling);
@@ -76,15 +87,17 @@ void verify_tree(WorkerContext& ctx, const msg::Verify& m) {
       const std::vector<Token> ys = l.argmax();
       verdict = verify_tree_exact(drafts, [&](int node) { return ys[top + node]; });
     } else {
-      std::vector<float> p;
+      std::vector<float> p, q;
       verdict = verify_tree_sampled(
           drafts, static_cast<int>(committed.size()),
           [&](int node) {
             p = sampling_probs(row(node), ctx.sampling);
             return std::span<const float>(p);
           },
-          [&](int) -> std::span<const float> {
-            throw Error("a token tree with the residual coupling (not supported)");
+          [&](int node) {
+            // The residual coupling: q after the node, which the drafter sent with the tree.
+            return recv_probs(ctx, DataKey{ctx.run, DataKind::kTreeProbs, m.chain, node + 1},
+                              l.vocab, fmt::format("tree node {}", node), q);
           },
           ctx.sampling);
     }

@@ -3,6 +3,9 @@
 #include <algorithm>
 #include <numeric>
 
+#include "common/rng.h"
+#include "kernels/sampling.h"
+
 namespace dsi {
 
 int tree_shape_nodes(const std::vector<int>& shape) {
@@ -46,6 +49,14 @@ std::vector<Token> tree_children(std::span<const float> logits, int b, int pos,
   if (sp.greedy()) return top_tokens(logits, b);
   const auto q = sampling_probs(logits, sp);
   std::vector<Token> out = {draft_sample(q, pos, sp)};
+  if (sp.coupling == Coupling::kResidual) {
+    for (int j = 1; j < b; ++j) {
+      const double u = rng_uniform_at(sp.seed, sp.request, static_cast<uint32_t>(pos),
+                                      RngPurpose::kSample, static_cast<uint32_t>(j));
+      out.push_back(kernels::sample_cdf_cpu(q.data(), static_cast<int>(q.size()), u));
+    }
+    return out;
+  }
   for (Token t : top_tokens(q, b)) {
     if (static_cast<int>(out.size()) == b) break;
     if (t != out[0]) out.push_back(t);
@@ -54,22 +65,27 @@ std::vector<Token> tree_children(std::span<const float> logits, int b, int pos,
 }
 
 TokenTree draft_tree(Engine& drafter, std::span<const float> first, const std::vector<int>& shape,
-                     int pos0, const SamplingParams& sp, const CancelFlag& cancel) {
+                     int pos0, const SamplingParams& sp, const CancelFlag& cancel,
+                     std::vector<std::vector<float>>* probs) {
   TokenTree tree;
   if (shape.empty()) return tree;
+  if (probs) probs->assign(1, sampling_probs(first, sp));
   for (Token t : tree_children(first, shape[0], pos0, sp)) tree.add(t, -1);
   int level_begin = 0;
   for (size_t d = 1; d < shape.size(); ++d) {
     const int level_end = tree.size();
     const Logits l = drafter.forward_tree(tree, level_begin, cancel);
     const int pos = pos0 + static_cast<int>(d);
+    if (probs) probs->resize(level_end + 1);
     for (int node = level_begin; node < level_end; ++node) {
+      if (probs) (*probs)[node + 1] = sampling_probs(l.row(node - level_begin), sp);
       for (Token t : tree_children(l.row(node - level_begin), shape[d], pos, sp)) {
         tree.add(t, node);
       }
     }
     level_begin = level_end;
   }
+  if (probs) probs->resize(tree.size() + 1);  // leaves: none
   return tree;
 }
 

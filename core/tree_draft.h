@@ -25,8 +25,10 @@ std::string invalid_tree_shape(const std::vector<int>& shape, int max_nodes);
 std::vector<Token> top_tokens(std::span<const float> logits, int b);
 
 // The b children of a node whose drafter logits are `logits`, for position pos. Greedy: the
-// top b. Sampling (the Gumbel coupling): the drafter's own draw first (the chain's draft, so
-// that q == p proposes the target's token), then the most probable others.
+// top b. The Gumbel coupling: the drafter's own draw first (the chain's draft, so that q == p
+// proposes the target's token), then the most probable others. The residual coupling: b
+// draws i.i.d. from q, as multi-step speculative sampling needs (the first is the chain's
+// draft; the others are keyed by (pos, sibling index)), repeats included.
 std::vector<Token> tree_children(std::span<const float> logits, int b, int pos,
                                  const SamplingParams& sp);
 
@@ -34,8 +36,11 @@ std::vector<Token> tree_children(std::span<const float> logits, int b, int pos,
 // drafter's row after its last committed token, which its cache then holds). Runs
 // forward_tree once per depth but the first; the drafter keeps the tree's KV, so keep_path
 // can take an accepted path through the nodes it ran (drafted_nodes_run) afterwards.
+// probs (when given) gets q after each node that has children: probs[node + 1] (node -1: the
+// first row), empty for leaves.
 TokenTree draft_tree(Engine& drafter, std::span<const float> first, const std::vector<int>& shape,
-                     int pos0, const SamplingParams& sp, const CancelFlag& cancel);
+                     int pos0, const SamplingParams& sp, const CancelFlag& cancel,
+                     std::vector<std::vector<float>>* probs = nullptr);
 
 // draft_tree with greedy children.
 TokenTree draft_tree_greedy(Engine& drafter, std::span<const float> first,

@@ -343,14 +343,18 @@ SimResult simulate(const SimConfig& cfg) {
       };
       TreeVerdict v;
       if (sampling) {
-        std::vector<float> p;
+        std::vector<float> p, q;
         v = verify_tree_sampled(
             drafts, static_cast<int>(base),
             [&](int node) {
               p = synthetic_probs(cfg.target, ctx_of(node), cfg.sampling);
               return std::span<const float>(p);
             },
-            nullptr, cfg.sampling);
+            [&](int node) {  // the residual coupling: the drafter's q after the node
+              q = synthetic_probs(cfg.drafter, ctx_of(node), cfg.sampling);
+              return std::span<const float>(q);
+            },
+            cfg.sampling);
       } else {
         v = verify_tree_exact(drafts, [&](int node) {
           const auto c = ctx_of(node);

@@ -20,6 +20,7 @@ namespace dsi {
 
 enum class DataKind : uint32_t {
   kDraftProbs = 1,  // the drafter's sampling probabilities q of one draft: float32[vocab]
+  kTreeProbs = 4,   // q after one node of a chain's token tree (pos: node + 1): float32[vocab]
   kKvHeader = 2,    // KV handoff: KvHeader (does the blob follow?), always host memory
   kKvCache = 3,     // KV handoff: the engine's blob of a token range (host or device memory)
   kTest = 99,

@@ -120,8 +120,11 @@ TEST(Config, TokenTrees) {
   has(error_of("mode: nonsi\ndsi: {tree: [2, 2]}\n"), "dsi.tree needs mode si or dsi");
   EXPECT_EQ(error_of("mode: dsi\ndsi: {tree: [2, 2]}\n"), "");
   has(error_of("mode: si\nruntime: {adapt: on}\ndsi: {tree: [2, 2]}\n"), "runtime.adapt");
-  has(error_of("mode: si\nsampling: {temperature: 0.7, coupling: residual}\ndsi: {tree: [2]}\n"),
-      "dsi.tree needs sampling.coupling: gumbel");
+  has(error_of("mode: dsi\nsampling: {temperature: 0.7, coupling: residual}\ndsi: {tree: [2]}\n"),
+      "dsi.tree with mode dsi needs sampling.coupling: gumbel");
+  EXPECT_EQ(
+      error_of("mode: si\nsampling: {temperature: 0.7, coupling: residual}\ndsi: {tree: [2]}\n"),
+      "");
   EXPECT_EQ(error_of("mode: si\nsampling: {temperature: 0.7}\ndsi: {tree: [2, 1]}\n"), "");
 }
 

@@ -93,6 +93,17 @@ TEST(RuntimeLoopback, SiWithTokenTreesIsLossless) {
       EXPECT_LT(r.stats.tasks_completed, cfg.max_new_tokens);
     }
   }
+  // The residual coupling: the drafter sends q after every node with children, the target
+  // runs multi-step speculative sampling; the text is the simulator's for the seed.
+  for (const std::vector<int>& shape : {std::vector<int>{3, 2, 1}, std::vector<int>{2, 2}}) {
+    RunConfig cfg = fast_config(Mode::kSi, 0.6, static_cast<int>(shape.size()));
+    cfg.tree = shape;
+    cfg.temperature = 0.9;
+    cfg.coupling = "residual";
+    RunReport r = coord.run(cfg, 1);
+    EXPECT_EQ(r.tokens, simulate(sim_config(cfg, 1)).tokens)
+        << "residual, shape of " << shape.size();
+  }
   // A drafter that is always right, on the KV it kept of its previous tree: every
   // verification takes the whole depth and the target's token.
   RunConfig cfg = fast_config(Mode::kSi, 1.0, 3);

@@ -6,8 +6,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 
 #include "sim/simulator.h"
+#include "tests/stats.h"
 
 namespace dsi {
 namespace {
@@ -513,6 +515,53 @@ TEST(SchedulerTrees, DsiTreeTasksHangBelowTheChainsPendingDrafts) {
   EXPECT_EQ(e[0].parents, (std::vector<int>{-1, -1}));
   // A result that is not a path of its tree is an error, not a commit.
   EXPECT_THROW(s.on_result(e[0].id, std::vector<Token>{9, 5}, Forward{}), Error);
+}
+
+// The residual coupling with trees, as the runtime runs it (simulated): siblings drawn i.i.d.
+// from q with keyed draws, verified by multi-step speculative sampling. The joint distribution
+// of the first two tokens is the target's (a chi-square test over 4000 seeds; the first
+// verification often commits one token, so the second spans two verifications), and a tree of
+// one child per level makes the chain's text (the same draws).
+TEST(SchedulerTrees, ResidualTreesSampleTheTargetsDistribution) {
+  const SyntheticParams target{.seed = 42, .vocab = 6, .forward_ms = 10};
+  const SyntheticParams drafter{
+      .seed = 42, .vocab = 6, .acceptance = 0.3, .forward_ms = 1, .drafter = true, .overlap = 0.1};
+  const std::vector<Token> prompt = {1, 2, 3};
+  auto run = [&](const std::vector<int>& tree, int k, uint64_t seed, int n) {
+    SimConfig cfg;
+    cfg.sched = {
+        .mode = Mode::kSi, .lookahead = k, .n_targets = 1, .max_new_tokens = n, .tree = tree};
+    cfg.target = target;
+    cfg.drafter = drafter;
+    cfg.prompt = prompt;
+    cfg.sampling = {.temperature = 1, .seed = seed, .coupling = Coupling::kResidual};
+    return simulate(cfg).tokens;
+  };
+  for (uint64_t seed = 1; seed <= 20; ++seed) {
+    ASSERT_EQ(run({1, 1}, 2, seed, 30), run({}, 2, seed, 30)) << "seed " << seed;
+  }
+  const int runs = 4000;
+  std::map<std::pair<int, int>, int> counts;
+  for (int r = 0; r < runs; ++r) {
+    const auto t = run({3, 2}, 2, 5000 + r, 2);
+    ASSERT_EQ(t.size(), 2u);
+    ++counts[{t[0], t[1]}];
+  }
+  const SamplingParams sp{.temperature = 1};
+  const auto p1 = synthetic_probs(target, prompt, sp);
+  double chi2 = 0;
+  int cells = 0;
+  for (int a = 0; a < 6; ++a) {
+    std::vector<Token> ctx = prompt;
+    ctx.push_back(a);
+    const auto p2 = synthetic_probs(target, ctx, sp);
+    for (int b = 0; b < 6; ++b) {
+      const double e = runs * static_cast<double>(p1[a]) * p2[b];
+      chi2 += (counts[{a, b}] - e) * (counts[{a, b}] - e) / e;
+      ++cells;
+    }
+  }
+  EXPECT_GT(gamma_q((cells - 1) / 2.0, chi2 / 2), 1e-4) << "chi2 " << chi2;
 }
 
 TEST(SchedulerTrees, ATreeTaskCommitsThePathAndTheTargetsToken) {
