@@ -9,18 +9,22 @@
 namespace dsi {
 namespace {
 
+// Before a sampled verification of `chain`: the drafter's probability vectors of older chains
+// and every earlier run's data will never be asked for again. (Only those: a KV handoff's
+// stream is a handoff number, and its KvExpect may still be queued.)
+void discard_stale(WorkerContext& ctx, uint64_t chain) {
+  const uint32_t run = ctx.run;
+  ctx.data->discard([&](const DataKey& k) {
+    return k.run != run || ((k.kind == DataKind::kDraftProbs || k.kind == DataKind::kTreeProbs) &&
+                            k.stream < chain);
+  });
+}
+
 // The drafter's probability vector q under `key` (kind, chain, index) from the data channel,
 // into q; Cancelled when the task is cancelled meanwhile, Error naming `what` when it does not
-// come within the peer timeout or has the wrong size. Vectors of older chains will never be
-// asked for again and are dropped first. (Only those: a KV handoff's stream is a handoff
-// number, and its KvExpect may still be queued.)
+// come within the peer timeout or has the wrong size.
 std::span<const float> recv_probs(WorkerContext& ctx, const DataKey& key, int vocab,
                                   const std::string& what, std::vector<float>& q) {
-  ctx.data->discard([&](const DataKey& k) {
-    return k.run != key.run ||
-           ((k.kind == DataKind::kDraftProbs || k.kind == DataKind::kTreeProbs) &&
-            k.stream < key.stream);
-  });
   std::vector<uint8_t> bytes;
   if (!ctx.data->recv(key, bytes, ctx.peer_deadline(), &ctx.cancel)) {
     if (ctx.cancel.cancelled()) throw Cancelled();
@@ -43,6 +47,7 @@ std::vector<Token> decide_sampled(WorkerContext& ctx, const msg::Verify& m, cons
   const int end = static_cast<int>(m.seq.size());
   const int first = end - l.n + 1;
   const uint32_t run = ctx.run;
+  discard_stale(ctx, m.chain);
   std::vector<float> p, q;
   auto p_at = [&](int pos) {
     p = sampling_probs(l.row(pos - first), ctx.sampling);
@@ -87,6 +92,7 @@ void verify_tree(WorkerContext& ctx, const msg::Verify& m) {
       const std::vector<Token> ys = l.argmax();
       verdict = verify_tree_exact(drafts, [&](int node) { return ys[top + node]; });
     } else {
+      discard_stale(ctx, m.chain);
       std::vector<float> p, q;
       verdict = verify_tree_sampled(
           drafts, static_cast<int>(committed.size()),
