@@ -128,10 +128,13 @@ PY
     # Trees in the i.i.d. model: with siblings that catch 70% of the misses (ranks 0.28 at a =
     # 0.6), DSI with the tree beats the chain of its depth and the planner chooses the tree;
     # with no ranks it keeps the chains.
+    # (300 tokens x 6 runs: a fraction of a second here, seconds under ASan.)
     timeout 120 "$dsi" simulate -t 5 --c 0.1 -a 0.6 --ranks 0.28 -k 4 --sp 1,4 --trees "3,2,1,1" \
-      --runs 10 --max-k 4 --max-sp 4 --json >"$tmp/sim.json" 2>"$tmp/out" || fail "simulate failed"
-    timeout 120 "$dsi" simulate -t 5 --c 0.1 -a 0.6 -k 4 --sp 4 --trees "3,2,1,1" --runs 10 \
-      --max-k 4 --max-sp 4 --json >"$tmp/none.json" 2>"$tmp/out" || fail "simulate without ranks failed"
+      --tokens 300 --runs 6 --max-k 3 --max-sp 4 --json >"$tmp/sim.json" 2>"$tmp/out" \
+      || fail "simulate failed"
+    timeout 120 "$dsi" simulate -t 5 --c 0.1 -a 0.6 -k 4 --sp 4 --trees "3,2,1,1" --tokens 300 \
+      --runs 6 --max-k 3 --max-sp 4 --json >"$tmp/none.json" 2>"$tmp/out" \
+      || fail "simulate without ranks failed"
     python3 - "$tmp/sim.json" "$tmp/none.json" <<'PY' || fail "JSON check"
 import json, sys
 d = json.load(open(sys.argv[1]))
