@@ -66,18 +66,7 @@ int cmd_bench(const CommonOptions& common, const BenchOptions& opts) {
           if (t < 0) throw ConfigError("--temperatures must not be negative");
         }
         if (!opts.trees.empty()) {
-          trees = parse_tree_shapes(opts.trees, "--trees");
-          for (const auto& shape : trees) {
-            RunConfig tc = s.cfg;
-            tc.mode = Mode::kDsi;
-            tc.tree = shape;
-            tc.adapt = false;  // tree rows run without it
-            tc.max_new_tokens = opts.tokens;
-            for (double t : opts.temperatures) {
-              tc.temperature = t;
-              check_tree_config(tc);
-            }
-          }
+          trees = tree_rows(s.cfg, opts.trees, opts.tokens, opts.temperatures);
         }
         check_model_paths(s.cfg);
       },

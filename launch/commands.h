@@ -118,6 +118,11 @@ int cmd_sweep(const CommonOptions& common, const SweepOptions& opts);
 int cmd_run(const CommonOptions& common, const RunOptions& opts);
 // ConfigError when a model file the config names is missing (checked on every rank).
 void check_model_paths(const RunConfig& cfg);
+// The shapes of a --trees option, each checked as its SI and DSI rows run it (without
+// runtime.adapt, `tokens` new tokens, at each of the temperatures); ConfigError naming --trees
+// or dsi.tree otherwise.
+std::vector<std::vector<int>> tree_rows(const RunConfig& cfg, const std::string& trees, int tokens,
+                                        const std::vector<double>& temperatures);
 int cmd_bench(const CommonOptions& common, const BenchOptions& opts);
 
 }  // namespace dsi::cli

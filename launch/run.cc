@@ -21,6 +21,23 @@ void write_json(const std::string& path, const nlohmann::json& j) {
 }
 }  // namespace
 
+std::vector<std::vector<int>> tree_rows(const RunConfig& cfg, const std::string& trees, int tokens,
+                                        const std::vector<double>& temperatures) {
+  const auto shapes = parse_tree_shapes(trees, "--trees");
+  for (const auto& shape : shapes) {
+    RunConfig tc = cfg;
+    tc.mode = Mode::kDsi;
+    tc.tree = shape;
+    tc.adapt = false;  // tree rows run without it
+    tc.max_new_tokens = tokens;
+    for (double t : temperatures) {
+      tc.temperature = t;
+      check_tree_config(tc);
+    }
+  }
+  return shapes;
+}
+
 void check_model_paths(const RunConfig& cfg) {
   if (cfg.engine != "llama") return;
   for (const auto& [key, path] : {std::pair{"model.path", cfg.model_path},

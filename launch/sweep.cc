@@ -138,15 +138,8 @@ int cmd_sweep(const CommonOptions& common, const SweepOptions& opts) {
         if (opts.sim_runs < 1)
           throw ConfigError(fmt::format("--sim-runs {}: must be at least 1", opts.sim_runs));
         if (!opts.trees.empty()) {
-          trees = parse_tree_shapes(opts.trees, "--trees");
-          for (const auto& shape : trees) {
-            RunConfig tc = s.cfg;
-            tc.mode = Mode::kDsi;
-            tc.tree = shape;
-            tc.adapt = false;  // tree rows run without it
-            if (opts.tokens > 0) tc.max_new_tokens = opts.tokens;
-            check_tree_config(tc);
-          }
+          trees = tree_rows(s.cfg, opts.trees, opts.tokens > 0 ? opts.tokens : s.cfg.max_new_tokens,
+                            {s.cfg.temperature});
         }
         const std::string dir = std::filesystem::path(opts.out_prefix).parent_path().string();
         if (!dir.empty() && !std::filesystem::is_directory(dir)) {
