@@ -69,9 +69,11 @@ const std::vector<Key>& keys() {
                fmt::format("key '{}' must be dsi, si or nonsi, got '{}'", key, n.Scalar()));
          c.mode = *m;
        }},
-      {"roles.drafters", "drafter ranks (1; ignored by nonsi)",
+      {"roles.drafters",
+       "drafter ranks, 1-4 (ignored by nonsi); beyond the first they merge their proposals into "
+       "the lead's chain as token trees",
        [](RunConfig& c, const YAML::Node& n, const std::string& key) {
-         c.drafters = integer(n, key, 1, 1);
+         c.drafters = integer(n, key, 1, kMaxDrafters);
        }},
       {"roles.targets", "target ranks, the SP degree (auto = all remaining ranks)",
        [](RunConfig& c, const YAML::Node& n, const std::string& key) {
@@ -163,6 +165,33 @@ const std::vector<Key>& keys() {
            for (const auto& v : n) c.drafter_layers.push_back(integer(v, key, 0, 100000));
          } else {
            c.drafter_layers = parse_layer_list(scalar<std::string>(n, key, "a layer list"), key);
+         }
+       }},
+      {"model.extra_drafters",
+       "llama, roles.drafters > 1: one {path, layers} per drafter after the first (path default: "
+       "the first drafter's model; layers default: all)",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) {
+         if (!n.IsSequence()) throw ConfigError(fmt::format("key '{}' must be a list", key));
+         c.extra_drafters.clear();
+         for (size_t i = 0; i < n.size(); ++i) {
+           const YAML::Node& e = n[i];
+           const std::string at = fmt::format("{}[{}]", key, i);
+           if (!e.IsMap()) {
+             throw ConfigError(fmt::format("key '{}' must be a map with path and layers", at));
+           }
+           ExtraDrafter d;
+           for (const auto& kv : e) {
+             const std::string k = kv.first.as<std::string>();
+             if (k == "path") {
+               d.path = expand_path(scalar<std::string>(kv.second, at + ".path", "a path"));
+             } else if (k == "layers") {
+               d.layers = parse_layer_list(
+                   scalar<std::string>(kv.second, at + ".layers", "a layer list"), at + ".layers");
+             } else {
+               throw ConfigError(fmt::format("unknown key '{}.{}' (path or layers)", at, k));
+             }
+           }
+           c.extra_drafters.push_back(std::move(d));
          }
        }},
       {"model.threads", "llama: compute threads per worker rank",
@@ -477,6 +506,7 @@ RunConfig parse_config(const std::string& yaml_text, const std::string& origin,
     }
     check_adapt(cfg);
     check_tree_config(cfg);
+    check_drafters_config(cfg);
     return cfg;
   } catch (const ConfigError& e) {
     throw ConfigError(fmt::format("{}: {}", origin, e.message()));
@@ -508,6 +538,27 @@ void check_tree_config(const RunConfig& cfg) {
     throw ConfigError(fmt::format(
         "dsi.tree: a tree of {} nodes after {} new tokens does not fit model.max_context ({})",
         nodes, cfg.max_new_tokens, cfg.max_context));
+  }
+}
+
+void check_drafters_config(const RunConfig& cfg) {
+  if (cfg.n_drafters() <= 1) return;
+  const std::string n = fmt::format("roles.drafters = {}", cfg.drafters);
+  if (!cfg.tree.empty()) {
+    throw ConfigError(n + " does not run with dsi.tree yet (merged drafters extend chains)");
+  }
+  if (cfg.adapt) throw ConfigError(n + " does not run with runtime.adapt: on yet");
+  if (cfg.temperature > 0 && cfg.coupling == "residual") {
+    throw ConfigError(
+        n + " needs sampling.coupling: gumbel when sampling.temperature > 0 (the residual "
+            "sampler's text would depend on which proposals arrived in time)");
+  }
+  const size_t extra = static_cast<size_t>(cfg.drafters - 1);
+  if (cfg.engine == "llama" && cfg.extra_drafters.size() != extra) {
+    throw ConfigError(fmt::format(
+        "{} needs {} entries in model.extra_drafters (a model or layers for each drafter after "
+        "the first), got {}",
+        n, extra, cfg.extra_drafters.size()));
   }
 }
 

@@ -15,8 +15,21 @@
 
 namespace dsi {
 
+// A drafter beyond the lead (roles.drafters > 1, model.extra_drafters): its model and layers.
+struct ExtraDrafter {
+  std::string path;         // empty: the lead drafter's model
+  std::vector<int> layers;  // kept layers; empty: all
+  bool operator==(const ExtraDrafter&) const = default;
+};
+
+// The most drafter ranks (roles.drafters).
+inline constexpr int kMaxDrafters = 4;
+
 struct RunConfig {
   Mode mode = Mode::kDsi;
+  // Drafter ranks. Beyond the first (the lead, whose drafts are the chain), each proposes its
+  // own token at every position of the lead's chain, and the proposals merge into one token
+  // tree per verification (merged drafters, docs/design.md).
   int drafters = 1;
   int targets = -1;  // -1: every rank left after the coordinator and the drafter
   // generation
@@ -40,12 +53,13 @@ struct RunConfig {
   std::string model_path;           // GGUF file or Hugging Face folder (~ and $VARS expanded)
   std::string drafter_model_path;   // empty: the target's file (layer-skip self-drafting)
   std::vector<int> drafter_layers;  // kept layers of the drafter; empty: all
-  int threads = 1;                  // per worker rank
-  int max_context = 0;              // 0: the model's
-  std::string device = "cpu";       // where targets compute: cpu | cuda
-  std::string drafter_device;       // where the drafter computes; empty: as `device`
-  std::string activations = "f32";  // llama on cpu: f32 | q8
-  std::string dtype = "f16";        // cuda weights: f32 | f16 | bf16
+  std::vector<ExtraDrafter> extra_drafters;  // drafters 1.. of roles.drafters (llama)
+  int threads = 1;                           // per worker rank
+  int max_context = 0;                       // 0: the model's
+  std::string device = "cpu";                // where targets compute: cpu | cuda
+  std::string drafter_device;                // where the drafter computes; empty: as `device`
+  std::string activations = "f32";           // llama on cpu: f32 | q8
+  std::string dtype = "f16";                 // cuda weights: f32 | f16 | bf16
   std::string prompt = "Tell me a short story about a robot who learns to paint.";
   bool chat = true;  // wrap the prompt in the model's chat template if it has one
   // Set by a caller (the server), not by a config file: the prompt as token ids, used instead
@@ -119,6 +133,11 @@ inline constexpr int kMaxStageTokens = 16;
 // (SI or DSI, greedy or the Gumbel coupling, not with runtime.adapt, within the node budget
 // and the context).
 void check_tree_config(const RunConfig& cfg);
+
+// Throws ConfigError naming roles.drafters when merged drafters cannot run with the rest of the
+// config (SI or DSI; chains; not with runtime.adapt or the residual coupling; a model for
+// each extra llama drafter).
+void check_drafters_config(const RunConfig& cfg);
 
 // Tree shapes written "3,2,1,1;2,1,1,1" (a command-line list): each checked as dsi.tree is;
 // ConfigError naming `what` and the bad item otherwise.

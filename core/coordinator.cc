@@ -60,6 +60,10 @@ struct Coordinator::Run {
   Clock::time_point t_start, last_commit;
   size_t committed = 0;  // the prompt, then what on_commit has seen
   int64_t rejected = 0;
+  // Merged drafters: when the current chain started, and how long SI waits for the other
+  // drafters' proposals once its window is drafted.
+  Clock::time_point chain_started;
+  std::optional<Clock::time_point> proposals_due;
 
   int rank(int target) const { return first_target + target; }
   double stamp_us() const { return seconds(Clock::now() - origin) * 1e6; }
@@ -144,6 +148,7 @@ std::unique_ptr<Coordinator::Run> Coordinator::configure(const RunConfig& cfg, i
                                                          const OnCommit& on_commit) {
   check_adapt(cfg);
   check_tree_config(cfg);
+  check_drafters_config(cfg);
   ++run_;
   auto run = std::make_unique<Run>();
   Run& r = *run;
@@ -174,10 +179,14 @@ std::unique_ptr<Coordinator::Run> Coordinator::configure(const RunConfig& cfg, i
 
   for (int w : r.workers) {
     const bool drafter = w < r.first_target;
-    WorkerSpec spec = worker_spec(cfg, drafter);
+    WorkerSpec spec = worker_spec(cfg, drafter, drafter ? w - 1 : 0);
     if (drafter) {
       // where the drafter's probability vectors go
       for (int t = 0; t < n_targets; ++t) spec.targets.push_back(r.rank(t));
+    }
+    // Merged drafters: the lead's drafts go to the others too.
+    if (w == 1) {
+      for (int f = 2; f < r.first_target; ++f) spec.followers.push_back(f);
     }
     ch_.send(w, Message{.run = run_, .body = msg::Configure{.origin_s = origin_s, .spec = spec}});
   }
@@ -196,7 +205,8 @@ std::unique_ptr<Coordinator::Run> Coordinator::configure(const RunConfig& cfg, i
                       .target_choice = cfg.target_choice,
                       .stop_tokens = stop_tokens,
                       .kv = kv_options(cfg, ready, r.first_target),
-                      .tree = cfg.tree};
+                      .tree = cfg.tree,
+                      .followers = std::max(0, r.n_drafters - 1)};
   r.sched = std::make_unique<Scheduler>(so, r.rep.prompt);
   r.committed = r.sched->committed().size();
   if (cfg.adapt && cfg.mode != Mode::kNonSi) {
@@ -273,12 +283,36 @@ void Coordinator::generate(Run& r, const CancelFlag* stop) {
     // Drafts that do not launch a verification are deferred (they do not wake this rank):
     // poll for them while one would be acted on at once.
     constexpr auto kDraftPoll = std::chrono::microseconds(20);
-    auto env = next(Clock::now() + (sched.awaits_drafts() ? kDraftPoll : heartbeat_));
+    auto deadline = Clock::now() + (sched.awaits_drafts() ? kDraftPoll : heartbeat_);
+    if (sched.awaits_proposals()) {
+      // SI with merged drafters: the window is drafted; wait for the other drafters'
+      // proposals at most half as long as the window took (a slow or silent drafter costs
+      // that, never a token).
+      const auto now = Clock::now();
+      if (!r.proposals_due) {
+        r.proposals_due = now + std::max<Clock::duration>(std::chrono::microseconds(200),
+                                                          (now - r.chain_started) / 2);
+      }
+      if (now >= *r.proposals_due) {
+        ++r.rep.proposal_waits_given_up;
+        r.proposals_due.reset();
+        execute(r, sched.stop_waiting());
+        continue;
+      }
+      deadline = std::min(deadline, *r.proposals_due);
+    } else {
+      r.proposals_due.reset();
+    }
+    auto env = next(deadline);
     if (!env) continue;
     const Message& m = env->msg;
     if (const auto* d = std::get_if<msg::Draft>(&m.body)) {
       if (r.adapt) r.adapt->draft(d->busy_s);
       execute(r, sched.on_draft(d->chain, d->pos, d->token));
+    } else if (const auto* p = std::get_if<msg::Proposals>(&m.body)) {
+      if (env->src >= 2 && env->src < r.first_target) {
+        execute(r, sched.on_proposals(env->src - 2, p->chain, p->pos, p->tokens));
+      }
     } else if (const auto* dt = std::get_if<msg::DraftTree>(&m.body)) {
       execute(r, sched.on_draft_tree(dt->chain, dt->pos, TokenTree{dt->tokens, dt->parents}));
     } else if (const auto* res = std::get_if<msg::Result>(&m.body)) {
@@ -310,13 +344,17 @@ void Coordinator::execute(Run& r, const std::vector<Action>& acts) {
         ch_.send(r.rank(a.target), Message{.run = run_, .body = msg::Prefill{.tokens = a.seq}});
         break;
       case Action::kStartChain:
-        ch_.send(1, Message{.run = run_,
-                            .body = msg::StartChain{.chain = a.id,
-                                                    .committed = a.seq,
-                                                    .window = a.window,
-                                                    .stop_len = a.stop_len,
-                                                    .notify_every = a.notify_every,
-                                                    .tree = a.tree}});
+        // Every drafter: the lead drafts the chain, the others propose along it.
+        for (int d = 1; d < r.first_target; ++d) {
+          ch_.send(d, Message{.run = run_,
+                              .body = msg::StartChain{.chain = a.id,
+                                                      .committed = a.seq,
+                                                      .window = a.window,
+                                                      .stop_len = a.stop_len,
+                                                      .notify_every = a.notify_every,
+                                                      .tree = a.tree}});
+        }
+        r.chain_started = Clock::now();
         break;
       case Action::kVerify:
         ch_.send(r.rank(a.target), Message{.run = run_,

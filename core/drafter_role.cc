@@ -14,14 +14,19 @@ namespace {
 constexpr int kStageNgram = 3;
 }  // namespace
 
-void DrafterRole::configure(std::vector<int32_t> targets, int stage_tokens) {
+void DrafterRole::configure(std::vector<int32_t> targets, int stage_tokens, int index,
+                            std::vector<int32_t> followers) {
   targets_ = std::move(targets);
   stage_tokens_ = stage_tokens;
+  index_ = index;
+  followers_ = std::move(followers);
+  early_.clear();
   active_ = false;
 }
 
 void DrafterRole::announce(uint64_t chain, int pos, std::span<const Token> drafts, double busy_s) {
-  for (size_t i = 0; i < drafts.size() && can_draft(); ++i) {
+  size_t sent = 0;
+  for (size_t i = 0; i < drafts.size() && can_draft(); ++i, ++sent) {
     seq_.push_back(drafts[i]);
     if (window_ > 0) --window_;
     // The coordinator acts on every notify_every-th draft of a chain (it launches a
@@ -33,6 +38,12 @@ void DrafterRole::announce(uint64_t chain, int pos, std::span<const Token> draft
                           .token = drafts[i],
                           .busy_s = static_cast<float>(busy_s / drafts.size())},
                !wake);
+  }
+  // The other drafters propose along these drafts: each wakes at once to do so.
+  if (sent > 0) {
+    const msg::Follow f{
+        .chain = chain, .pos = pos, .tokens = {drafts.begin(), drafts.begin() + sent}};
+    for (int r : followers_) ctx_.link.send(r, Message{.run = ctx_.run, .body = f});
   }
 }
 
@@ -80,17 +91,95 @@ void DrafterRole::start(const msg::StartChain& m) {
   notify_every_ = std::max(1, m.notify_every);
   tree_ = m.tree;
   active_ = true;
+  if (index_ > 0) {
+    // A follower proposes from the chain's first position to its window (SI) or stop length.
+    next_ = chain_base_;
+    limit_ = static_cast<size_t>(std::max(0, m.stop_len));
+    if (m.window >= 0) limit_ = std::min(limit_, chain_base_ + static_cast<size_t>(m.window));
+    std::vector<msg::Follow> early;
+    early.swap(early_);
+    for (msg::Follow& f : early) follow(f);
+  }
+}
+
+void DrafterRole::follow(const msg::Follow& m) {
+  if (index_ == 0 || m.chain < chain_) return;  // not a follower, or a superseded chain
+  if (m.chain > chain_ || !active_) {
+    early_.push_back(m);
+    return;
+  }
+  // One sender, in order: the drafts continue the sequence (anything else is stale).
+  if (m.pos == static_cast<int>(seq_.size()))
+    seq_.insert(seq_.end(), m.tokens.begin(), m.tokens.end());
+}
+
+void DrafterRole::step_follow(uint64_t chain, std::vector<Token> seq, size_t from, double t0) {
+  // Propose at positions from .. to = |seq|: the logits after each of seq's last n tokens.
+  const size_t to = seq.size();
+  const int n = static_cast<int>(to - from + 1);
+  const size_t keep = ctx_.reuse_prefix(seq, n);
+  try {
+    const auto todo = std::span(seq).subspan(keep);
+    std::vector<Token> toks;
+    if (ctx_.sampling.greedy()) {
+      toks = ctx_.engine->forward_argmax(todo, n, ctx_.cancel);
+    } else {
+      // The Gumbel coupling: each drafter draws with the position's shared key.
+      const Logits l = ctx_.engine->forward(todo, n, ctx_.cancel);
+      for (int i = 0; i < n; ++i) {
+        toks.push_back(draft_sample(sampling_probs(l.row(i), ctx_.sampling),
+                                    static_cast<int>(from) + i, ctx_.sampling));
+      }
+    }
+    ctx_.cached = seq;
+    const double t1 = steady_now_s();
+    ctx_.log.record({.kind = SpanKind::kDraft,
+                     .id = chain,
+                     .tokens = static_cast<int32_t>(todo.size()),
+                     .drafts = n,
+                     .pos = static_cast<int32_t>(from)},
+                    t0, t1);
+    std::lock_guard lk(mu_);
+    drafting_ = false;
+    if (chain == chain_ && active_ && next_ == from) {
+      next_ = to + 1;
+      // SI waits for them; DSI reads them with its next message.
+      ctx_.reply(msg::Proposals{.chain = chain,
+                                .pos = static_cast<int32_t>(from),
+                                .tokens = std::move(toks),
+                                .busy_s = static_cast<float>(t1 - t0)},
+                 window_ < 0);
+    }
+  } catch (const Cancelled&) {
+    ctx_.log.record({.kind = SpanKind::kDraft, .id = chain, .cancelled = true}, t0, steady_now_s());
+    std::lock_guard lk(mu_);
+    drafting_ = false;
+  }
 }
 
 void DrafterRole::step() {
   uint64_t chain;
   std::vector<Token> seq;
+  size_t from = 0, to = 0;
   {
     std::lock_guard lk(mu_);
     chain = chain_;
     seq = seq_;
+    if (index_ > 0) {
+      from = next_;
+      to = std::min(seq.size(), limit_ - 1);
+      if (!can_draft() || from > to) {
+        drafting_ = false;  // a new chain came between claiming the step and taking it
+        return;
+      }
+    }
   }
   const double t0 = steady_now_s();
+  if (index_ > 0) {
+    seq.resize(to);
+    step_follow(chain, std::move(seq), from, t0);
+    return;
+  }
   if (!tree_.empty()) {
     step_tree(chain, seq, t0);
     return;

@@ -325,6 +325,10 @@ const char* msg_type_name(MsgType t) {
       return "KvExpect";
     case MsgType::kDraftTree:
       return "DraftTree";
+    case MsgType::kFollow:
+      return "Follow";
+    case MsgType::kProposals:
+      return "Proposals";
   }
   return "?";
 }

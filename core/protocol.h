@@ -28,7 +28,10 @@ inline constexpr uint32_t kProtocolMagic = 0x31495344;  // "DSI1" read little-en
 // 8: token trees (StartChain.tree, DraftTree, Verify.parents).
 // 9: DSI with token trees: a DSI chain's drafter replies DraftTree after DraftTree, each below
 // the last one's first path; WorkerSpec.stage_tokens (staged drafting).
-inline constexpr uint16_t kProtocolVersion = 9;
+// 10: merged drafters: Follow (the lead drafter's drafts to the other drafters), Proposals
+// (their tokens along the lead's chain); WorkerSpec.drafter_index and .followers,
+// SyntheticParams.stream.
+inline constexpr uint16_t kProtocolVersion = 10;
 
 // The type id on the wire; each is the index of its struct in Message::Body plus one.
 enum class MsgType : uint16_t {
@@ -50,6 +53,8 @@ enum class MsgType : uint16_t {
   kKvSend,
   kKvExpect,
   kDraftTree,
+  kFollow,
+  kProposals,
 };
 
 // KV handoff counters of one worker in one run.
@@ -390,14 +395,54 @@ void wire_fields(S& s, V&& v) {
   v(s.busy_s, "busy_s", "seconds its forwards took");
 }
 
+struct Follow {
+  static constexpr MsgType kType = MsgType::kFollow;
+  static constexpr const char* kDir = "D→D";
+  static constexpr const char* kDoc =
+      "Merged drafters: the lead drafter's drafts of a chain, sent to every other drafter as they "
+      "are made (with roles.drafters > 1).";
+  uint64_t chain = 0;
+  int32_t pos = 0;
+  std::vector<Token> tokens;
+  bool operator==(const Follow&) const = default;
+};
+template <Is<Follow> S, class V>
+void wire_fields(S& s, V&& v) {
+  v(s.chain, "chain", "the chain they extend");
+  v(s.pos, "pos", "the position of the first");
+  v(s.tokens, "tokens", "the lead drafter's drafts from pos on");
+}
+
+struct Proposals {
+  static constexpr MsgType kType = MsgType::kProposals;
+  static constexpr const char* kDir = "D→C";
+  static constexpr const char* kDoc =
+      "Merged drafters: a drafter other than the lead proposes its own token at positions of the "
+      "lead's chain, each after the committed text and the lead's drafts before it; where one "
+      "differs from the lead's draft it becomes a sibling in the token tree verified.";
+  uint64_t chain = 0;
+  int32_t pos = 0;
+  std::vector<Token> tokens;
+  float busy_s = 0;
+  bool operator==(const Proposals&) const = default;
+};
+template <Is<Proposals> S, class V>
+void wire_fields(S& s, V&& v) {
+  v(s.chain, "chain", "the chain they are for");
+  v(s.pos, "pos", "the position of the first");
+  v(s.tokens, "tokens", "its tokens at positions pos, pos + 1, ...");
+  v(s.busy_s, "busy_s", "seconds its forward took");
+}
+
 }  // namespace msg
 
 struct Message {
   // In MsgType order.
-  using Body = std::variant<msg::Configure, msg::Ready, msg::Prefill, msg::PrefillDone,
-                            msg::StartChain, msg::Draft, msg::Verify, msg::Result, msg::Cancel,
-                            msg::Cancelled, msg::Heartbeat, msg::Stop, msg::Stopped, msg::Exit,
-                            msg::Error, msg::KvSend, msg::KvExpect, msg::DraftTree>;
+  using Body =
+      std::variant<msg::Configure, msg::Ready, msg::Prefill, msg::PrefillDone, msg::StartChain,
+                   msg::Draft, msg::Verify, msg::Result, msg::Cancel, msg::Cancelled,
+                   msg::Heartbeat, msg::Stop, msg::Stopped, msg::Exit, msg::Error, msg::KvSend,
+                   msg::KvExpect, msg::DraftTree, msg::Follow, msg::Proposals>;
   uint32_t run = 0;  // run index within one launch (a bench runs many)
   Body body;
 

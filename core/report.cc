@@ -100,6 +100,13 @@ json summary_json(const RunReport& r) {
         {"verified_on_imported", r.kv.verified_on_imported}}},
       {"ranks", ranks},
   };
+  if (r.cfg.n_drafters() > 1) {
+    out["merged_drafters"] = {{"drafters", r.cfg.n_drafters()},
+                              {"proposals", s.proposals_received},
+                              {"siblings_verified", s.siblings_verified},
+                              {"siblings_committed", s.siblings_committed},
+                              {"waits_given_up", r.proposal_waits_given_up}};
+  }
   if (r.cfg.adapt && r.cfg.mode != Mode::kNonSi) {
     json decisions = json::array();
     for (const auto& d : r.adapt) decisions.push_back(adapt_json(d));
@@ -140,6 +147,13 @@ std::string summary_text(const RunReport& r) {
         s.plan_changes, r.tokens_by_mode[static_cast<int>(Mode::kNonSi)],
         r.tokens_by_mode[static_cast<int>(Mode::kSi)],
         r.tokens_by_mode[static_cast<int>(Mode::kDsi)], e.a, e.c_ms, e.t0_ms, e.t1_ms);
+  }
+  if (r.cfg.n_drafters() > 1) {
+    out += fmt::format(
+        "merged drafters: {} drafters, {} proposals, {} verified as siblings, {} committed "
+        "(tokens the lead's chain missed); SI gave up waiting {} times\n",
+        r.cfg.n_drafters(), s.proposals_received, s.siblings_verified, s.siblings_committed,
+        r.proposal_waits_given_up);
   }
   if (r.kv.planned > 0) {
     out += fmt::format(

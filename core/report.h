@@ -35,6 +35,7 @@ struct RunReport {
   SchedulerStats stats;
   std::vector<RankReport> ranks;
   KvHandoffStats kv;
+  int64_t proposal_waits_given_up = 0;  // merged drafters: SI windows launched without all
   // runtime.adapt: the policy's decisions, the tokens generated under each mode (by Mode)
   // and its estimates at the end.
   std::vector<AdaptDecision> adapt;

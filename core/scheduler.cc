@@ -142,6 +142,8 @@ void Scheduler::begin_chain(std::vector<Action>& out) {
   drafts_.clear();
   checked_ = 0;
   tree_drafted_ = false;
+  proposals_.assign(std::max(0, opts_.followers), {});
+  si_waiting_ = false;
   if (plan_.mode == Mode::kNonSi) {
     // One token at a time; a drafter still drafting an earlier chain gets a chain with no
     // window, which stops it.
@@ -253,12 +255,81 @@ std::vector<Action> Scheduler::on_draft(uint64_t chain, int pos, Token token) {
   const bool launch = plan_.mode == Mode::kDsi ? (n % plan_.lookahead == 0 || at_goal)
                                                : (n == plan_.lookahead || at_goal);
   if (launch && pos >= c) {
-    // Verify every pending draft: S = committed + drafts beyond it.
-    std::vector<Token> seq = committed_;
-    seq.insert(seq.end(), drafts_.begin() + (c - chain_base_), drafts_.end());
-    submit(std::move(seq), pos - c + 2, out);
+    if (plan_.mode == Mode::kSi && !proposals_complete()) {
+      si_waiting_ = true;  // on_proposals or stop_waiting launches it
+    } else {
+      submit_drafts(out);
+    }
   }
   reconcile(out);
+  return out;
+}
+
+void Scheduler::submit_drafts(std::vector<Action>& out) {
+  // Verify every pending draft: S = committed + drafts beyond it.
+  const int c = static_cast<int>(committed_.size());
+  const int from = std::max(0, c - chain_base_);
+  std::vector<Token> seq = committed_;
+  if (from < static_cast<int>(drafts_.size())) {
+    seq.insert(seq.end(), drafts_.begin() + from, drafts_.end());
+  }
+  const int n = static_cast<int>(seq.size()) - c;  // the drafts
+  // The followers' proposals at depth d (position c + d; d = n is after the last draft)
+  // that differ from the lead's draft there and from each other: leaves below depth d - 1.
+  TokenTree tree;
+  if (c >= chain_base_ && !proposals_.empty()) {
+    tree = TokenTree::chain(std::span(seq).subspan(c));
+    for (int d = 0; d <= n; ++d) {
+      const size_t i = static_cast<size_t>(c - chain_base_ + d);
+      std::vector<Token> seen;
+      if (d < n) seen.push_back(seq[c + d]);
+      for (const auto& props : proposals_) {
+        if (i >= props.size() || std::find(seen.begin(), seen.end(), props[i]) != seen.end()) {
+          continue;
+        }
+        seen.push_back(props[i]);
+        tree.add(props[i], d - 1);
+      }
+    }
+  }
+  if (tree.size() > n) {
+    stats_.siblings_verified += tree.size() - n;
+    seq.insert(seq.end(), tree.tokens.begin() + n, tree.tokens.end());
+    submit(std::move(seq), tree.size() + 1, out, std::move(tree.parents));
+    queue_.back().spine = n;
+  } else {
+    submit(std::move(seq), n + 1, out);
+  }
+}
+
+bool Scheduler::proposals_complete() const {
+  for (const auto& p : proposals_) {
+    if (p.size() < drafts_.size()) return false;
+  }
+  return true;
+}
+
+std::vector<Action> Scheduler::on_proposals(int follower, uint64_t chain, int pos,
+                                            std::span<const Token> tokens) {
+  std::vector<Action> out;
+  if (follower < 0 || follower >= opts_.followers) {
+    throw std::invalid_argument("proposals from a drafter the scheduler does not have");
+  }
+  if (done_ || chain != chain_ || plan_.mode == Mode::kNonSi) return out;
+  auto& props = proposals_[follower];
+  if (pos != chain_base_ + static_cast<int>(props.size())) return out;  // out of order: drop
+  props.insert(props.end(), tokens.begin(), tokens.end());
+  stats_.proposals_received += static_cast<int64_t>(tokens.size());
+  if (si_waiting_ && proposals_complete()) return stop_waiting();
+  return out;
+}
+
+std::vector<Action> Scheduler::stop_waiting() {
+  std::vector<Action> out;
+  if (!si_waiting_) return out;
+  si_waiting_ = false;
+  submit_drafts(out);
+  launch_queued(out);
   return out;
 }
 
@@ -331,8 +402,11 @@ void Scheduler::apply_tree(const Task& t, std::span<const Token> y) {
       !std::equal(y.begin(), y.begin() + have, committed_.begin() + base)) {
     return;  // stale, or nothing new
   }
-  if (t.period == 0) {
-    // SI: the chain's drafts are the tree's (DSI counts its chain's drafts in reconcile).
+  if (t.spine >= 0 && y.size() > 1 && tree.follow(y.first(y.size() - 1)) >= t.spine) {
+    ++stats_.siblings_committed;  // the accepted path ends at a follower's proposal
+  }
+  if (t.period == 0 && t.spine < 0) {
+    // SI trees: the chain's drafts are the tree's (chains count their drafts in reconcile).
     const int accepted = static_cast<int>(y.size()) - 1;
     stats_.drafts_accepted += accepted;
     for (int d = 0; d < accepted; ++d)
@@ -429,7 +503,7 @@ void Scheduler::reconcile(std::vector<Action>& out) {
   if (!in_flight) {
     if (plan_.mode == Mode::kNonSi) {
       new_chain(out);  // a boundary: the next token, or a switch to speculation
-    } else if (plan_.mode == Mode::kSi && !reject) {
+    } else if (plan_.mode == Mode::kSi && !reject && !si_waiting_) {
       // SI: a verification finished (or none is needed yet); drafting resumes from the new
       // committed prefix once the previous window has been verified.
       const bool window_spent = tree_drafted_ ||
@@ -439,13 +513,7 @@ void Scheduler::reconcile(std::vector<Action>& out) {
     } else if (plan_.mode == Mode::kDsi &&
                chain_base_ + static_cast<int>(drafts_.size()) >= goal_len()) {
       // The drafter has stopped at the goal: verify whatever is still pending.
-      const int c = static_cast<int>(committed_.size());
-      std::vector<Token> seq = committed_;
-      if (c - chain_base_ < static_cast<int>(drafts_.size())) {
-        seq.insert(seq.end(), drafts_.begin() + (c - chain_base_), drafts_.end());
-      }
-      const int m = static_cast<int>(seq.size()) - c + 1;
-      submit(std::move(seq), m, out);
+      submit_drafts(out);
     }
   }
   launch_queued(out);

@@ -64,6 +64,12 @@ struct SchedulerOptions {
   // another down their first paths (its chain), and each tree's task verifies the chain's
   // pending drafts and the tree below them. Empty: chains.
   std::vector<int> tree;
+  // Merged drafters: drafters beyond the lead (roles.drafters - 1). Each proposes its own token
+  // at the positions of the lead's chain (on_proposals); where one differs from the lead's
+  // draft it joins the task as a sibling, so tasks verify token trees: the lead's chain plus
+  // one leaf per distinct proposal. SI waits for the proposals of its window (stop_waiting()
+  // gives up on them); DSI takes those that have come.
+  int followers = 0;
 };
 
 struct Action {
@@ -116,6 +122,12 @@ struct SchedulerStats {
   int64_t accepted_at[kPositions] = {};
   int64_t rejected_at[kPositions] = {};
   int64_t plan_changes = 0;  // chain boundaries where the planner changed the plan
+  // Merged drafters: proposals received (one per follower and position), proposals that went
+  // into a verification as siblings, and the siblings that were committed (tokens the lead's
+  // chain missed and another drafter caught).
+  int64_t proposals_received = 0;
+  int64_t siblings_verified = 0;
+  int64_t siblings_committed = 0;
 };
 
 class Scheduler {
@@ -150,6 +162,14 @@ class Scheduler {
   // DSI: the tree's first path (the first child of each node) is the chain's drafts from pos.
   // Throws Error for a malformed tree.
   std::vector<Action> on_draft_tree(uint64_t chain, int pos, const TokenTree& tree);
+  // Merged drafters: follower f (0-based, of options.followers) proposes `tokens` at positions
+  // pos, pos + 1, ... of `chain`. Throws std::invalid_argument for a follower it lacks.
+  std::vector<Action> on_proposals(int follower, uint64_t chain, int pos,
+                                   std::span<const Token> tokens);
+  // SI holds its window's verification for the followers' proposals: whether it does now, and
+  // the verification launched with the proposals that came (the coordinator's deadline).
+  bool awaits_proposals() const { return si_waiting_; }
+  std::vector<Action> stop_waiting();
   // y: the target's tokens at positions |S|-m+1 .. |S| of the task's sequence S; for a tree
   // task the accepted path's tokens, then the target's token after it. After it, KV handoffs
   // of what the task committed to the targets that lack it.
@@ -184,6 +204,7 @@ class Scheduler {
     int target = -1;
     bool cancelling = false;
     std::vector<int> parents;  // a tree task: seq's last parents.size() tokens are its nodes
+    int spine = -1;            // merged drafters: the lead's drafts are its first spine nodes
     int base() const { return static_cast<int>(seq.size() - parents.size()); }
     TokenTree tree() const { return {{seq.begin() + base(), seq.end()}, parents}; }
   };
@@ -199,6 +220,10 @@ class Scheduler {
   void apply(const Task& t, std::span<const Token> y);
   void apply_tree(const Task& t, std::span<const Token> y);
   void on_dsi_tree(int pos, const TokenTree& tree, std::vector<Action>& out);
+  // A task verifying the chain's drafts from the committed text on (with the followers'
+  // proposals as siblings, when any differs from the lead's draft).
+  void submit_drafts(std::vector<Action>& out);
+  bool proposals_complete() const;
   void commit(Token tok);  // appends; done_ at a stop token or the goal
   void reconcile(std::vector<Action>& out);
   void hand_over(const KvRange& r, std::vector<Action>& out);  // emits a kKvHandoff
@@ -220,6 +245,9 @@ class Scheduler {
   std::vector<Token> drafts_;
   int checked_ = 0;            // drafts_ already compared with committed tokens
   bool tree_drafted_ = false;  // the chain's token tree has come (SI with trees)
+  // Merged drafters: proposals_[f][i] is follower f's token at position chain_base_ + i.
+  std::vector<std::vector<Token>> proposals_;
+  bool si_waiting_ = false;  // SI: the window is drafted, its proposals are not all in
 
   uint64_t next_task_ = 1;
   std::map<uint64_t, Task> running_;  // by task id

@@ -56,7 +56,7 @@ void Worker::configure(const msg::Configure& m) {
   ctx_.kv = {};
   {
     std::lock_guard lk(mu_);
-    drafter_.configure(m.spec.targets, m.spec.stage_tokens);
+    drafter_.configure(m.spec.targets, m.spec.stage_tokens, m.spec.drafter_index, m.spec.followers);
   }
   try {
     // The engine (its weights and its KV cache) outlives runs that differ only in sampling
@@ -253,6 +253,11 @@ void Worker::route(Message m) {
       }
     }
     return;  // already finished: its Result is on its way
+  }
+  if (const auto* f = std::get_if<msg::Follow>(&m.body)) {
+    // The lead drafter's drafts: a follower's next forward reads them (no inbox turn).
+    if (m.run == ctx_.run) drafter_.follow(*f);
+    return;
   }
   // A new chain, the end of the run or of the process supersedes the forward in progress.
   if (m.is<msg::StartChain>() || m.is<msg::Stop>() || m.is<msg::Exit>()) {

@@ -79,20 +79,28 @@ void kv_send(WorkerContext& ctx, const msg::KvSend& m);
 void kv_expect(WorkerContext& ctx, const msg::KvExpect& m);
 
 // Drafter: drafts one token at a time along the chain the coordinator last started, until its
-// window or stop length. Its state is guarded by the worker's mutex `mu`, which guards the
-// worker's inbox too, so that an idle thread waits for a message or a draft to make at
-// once; the methods marked so expect mu held.
+// window or stop length. With merged drafters (roles.drafters > 1) the lead drafter (index 0)
+// also sends its drafts to the others (Follow); each other drafter follows the lead's chain
+// and proposes its own token at each position, after the committed text and the lead's drafts
+// before it (Proposals), one forward for all the lead's drafts that arrived meanwhile. Its state is
+// guarded by the worker's mutex `mu`, which guards the worker's inbox too, so that an idle thread
+// waits for a message or a draft to make at once; the methods marked so expect mu held.
 class DrafterRole {
  public:
   DrafterRole(WorkerContext& ctx, std::mutex& mu) : ctx_(ctx), mu_(mu) {}
 
   // A new run: where the probability vectors go (sampling), the staged drafter's looked-up
   // tokens per forward (0: no stage), no chain yet. mu held.
-  void configure(std::vector<int32_t> targets, int stage_tokens = 0);
+  void configure(std::vector<int32_t> targets, int stage_tokens = 0, int index = 0,
+                 std::vector<int32_t> followers = {});
   // mu held.
   void start(const msg::StartChain& m);
+  // mu held: the lead drafter's drafts (a drafter other than the lead); they may come before
+  // their chain's StartChain, from another rank.
+  void follow(const msg::Follow& m);
   void stop() { active_ = false; }  // mu held: no more drafts this run
   bool can_draft() const {          // mu held
+    if (index_ > 0) return active_ && next_ <= seq_.size() && next_ < limit_;
     return active_ && window_ != 0 && static_cast<int>(seq_.size()) < stop_len_;
   }
   bool drafting() const { return drafting_; }  // mu held: a draft forward is running
@@ -112,6 +120,8 @@ class DrafterRole {
                    const std::vector<Token>& proposal, double t0);
   // Sends the drafts of one forward from position pos (mu held; the chain is current).
   void announce(uint64_t chain, int pos, std::span<const Token> drafts, double busy_s);
+  // step() of a drafter other than the lead: its tokens at positions from .. |seq|.
+  void step_follow(uint64_t chain, std::vector<Token> seq, size_t from, double t0);
 
   WorkerContext& ctx_;
   std::mutex& mu_;
@@ -127,6 +137,12 @@ class DrafterRole {
   std::vector<int32_t> tree_;  // the chain's token-tree shape (empty: a chain)
   int stage_tokens_ = 0;       // staged drafting: looked-up tokens per forward (0: none)
   TokenTree last_tree_;        // working thread only: the last tree drafted (its KV kept)
+  // Merged drafters.
+  int index_ = 0;                   // 0: the lead drafter (or the only one)
+  std::vector<int32_t> followers_;  // the lead: the other drafters' ranks
+  size_t next_ = 0;                 // a follower: the next position to propose
+  size_t limit_ = 0;                // a follower: propose no position >= limit_
+  std::vector<msg::Follow> early_;  // a follower: drafts of a chain not started yet
 };
 
 }  // namespace dsi

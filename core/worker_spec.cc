@@ -57,11 +57,16 @@ void check_keys(const json& j, const std::set<std::string>& known, const char* w
 
 }  // namespace
 
-WorkerSpec worker_spec(const RunConfig& cfg, bool drafter) {
+WorkerSpec worker_spec(const RunConfig& cfg, bool drafter, int index) {
   WorkerSpec s;
   s.role = drafter ? Role::kDrafter : Role::kTarget;
   s.sampling = sampling_params(cfg);
-  if (drafter && cfg.stage == "ngram") s.stage_tokens = cfg.stage_tokens;
+  s.drafter_index = drafter ? index : 0;
+  if (drafter && index == 0 && cfg.stage == "ngram") s.stage_tokens = cfg.stage_tokens;
+  const ExtraDrafter* extra =
+      drafter && index > 0 && index <= static_cast<int>(cfg.extra_drafters.size())
+          ? &cfg.extra_drafters[index - 1]
+          : nullptr;
   if (cfg.engine == "llama") {
     LlamaSpec l;
     l.model = drafter && !cfg.drafter_model_path.empty() ? cfg.drafter_model_path : cfg.model_path;
@@ -71,6 +76,10 @@ WorkerSpec worker_spec(const RunConfig& cfg, bool drafter) {
     l.max_context = cfg.max_context;
     l.activations = parse_enum<kernels::Activations>(cfg.activations, "activations");
     if (drafter) l.layers = cfg.drafter_layers;
+    if (extra) {
+      if (!extra->path.empty()) l.model = extra->path;
+      l.layers = extra->layers;
+    }
     s.engine = l;
   } else if (cfg.engine == "synthetic") {
     SyntheticParams p{.seed = cfg.seed, .vocab = cfg.vocab, .drafter = drafter};
@@ -80,6 +89,7 @@ WorkerSpec worker_spec(const RunConfig& cfg, bool drafter) {
       p.acceptance = cfg.a;
       p.overlap = cfg.overlap;
       p.second = cfg.second;
+      p.stream = static_cast<uint32_t>(index);
       p.phases = cfg.a_phases;
       p.phase_start = cfg.prompt_tokens;
       p.phase_len = cfg.phase_tokens;

@@ -26,6 +26,11 @@ struct WorkerSpec {
   // Drafter: staged drafting with prompt lookup (core/staged_draft.h), up to this many looked-up
   // tokens checked per forward; 0: none.
   int32_t stage_tokens = 0;
+  // Merged drafters (roles.drafters > 1): 0 for the lead drafter, whose drafts are the chain's
+  // and go to `followers` too; j > 0 for the others, which propose their own token at each
+  // position of the lead's chain (core/worker_roles.h).
+  int32_t drafter_index = 0;
+  std::vector<int32_t> followers;
   bool operator==(const WorkerSpec&) const = default;
 };
 
@@ -35,7 +40,8 @@ struct SpecError : std::invalid_argument {
 };
 
 // The spec of a run's drafter or of its targets (the coordinator adds the drafter's targets).
-WorkerSpec worker_spec(const RunConfig& cfg, bool drafter);
+// Drafter `index` of roles.drafters (0: the lead) takes its model from model.extra_drafters.
+WorkerSpec worker_spec(const RunConfig& cfg, bool drafter, int index = 0);
 
 // The JSON form (docs/benchmarks.md, `dsi profile --target-spec`):
 //   {"engine": "synthetic" | "llama", "role": "drafter" | "target" (default target),
@@ -98,6 +104,9 @@ void wire_fields(S& s, V&& v) {
   v(s.stage_tokens, "stage_tokens",
     "drafter: staged drafting with prompt lookup, up to this many looked-up tokens checked per "
     "forward (0: none)");
+  v(s.drafter_index, "drafter_index",
+    "merged drafters: 0 for the lead drafter, j > 0 for the others");
+  v(s.followers, "followers", "the lead drafter: the ranks of the other drafters its drafts go to");
 }
 
 constexpr WireInfo wire_info(const SyntheticParams*) {
@@ -119,6 +128,8 @@ void wire_fields(S& s, V&& v) {
   v(s.phase_len, "phase_len", "drafter: positions per phase");
   v(s.second, "second",
     "drafter: when wrong, the probability that the target's token is its second best");
+  v(s.stream, "stream",
+    "drafter: which of merged drafters (0: the lead), each with its own errors");
 }
 
 constexpr WireInfo wire_info(const LlamaSpec*) {

@@ -33,11 +33,19 @@ Token target_next(uint64_t seed, uint64_t h, int vocab) {
   return static_cast<Token>(mix(h ^ seed ^ kTargetSalt) % static_cast<uint64_t>(vocab));
 }
 
-Token drafter_next(uint64_t seed, uint64_t h, int vocab, double acceptance) {
+namespace {
+// Stream 0 keeps the salts of a single drafter; every other stream draws independently.
+uint64_t stream_salt(uint32_t stream) {
+  return stream == 0 ? 0 : mix(0x73747265616d0000ULL + stream);
+}
+}  // namespace
+
+Token drafter_next(uint64_t seed, uint64_t h, int vocab, double acceptance, uint32_t stream) {
   const Token right = target_next(seed, h, vocab);
-  const double u = static_cast<double>(mix(h ^ seed ^ kDrawSalt) >> 11) * 0x1.0p-53;
+  const uint64_t s = stream_salt(stream);
+  const double u = static_cast<double>(mix(h ^ seed ^ kDrawSalt ^ s) >> 11) * 0x1.0p-53;
   if (u < acceptance || vocab < 2) return right;
-  const uint64_t off = 1 + mix(h ^ seed ^ kWrongSalt) % static_cast<uint64_t>(vocab - 1);
+  const uint64_t off = 1 + mix(h ^ seed ^ kWrongSalt ^ s) % static_cast<uint64_t>(vocab - 1);
   return static_cast<Token>((static_cast<uint64_t>(right) + off) % static_cast<uint64_t>(vocab));
 }
 double acceptance_at(const SyntheticParams& p, size_t pos) {
@@ -55,14 +63,16 @@ void logits(const SyntheticParams& p, uint64_t h, size_t pos, float* out) {
   const float w = p.drafter ? static_cast<float>(p.overlap) : 1.0f;
   for (int i = 0; i < p.vocab; ++i) {
     out[i] = w * noise(kTargetSalt, i);
-    if (p.drafter) out[i] += (1 - w) * noise(kWrongSalt, i);
+    if (p.drafter) out[i] += (1 - w) * noise(kWrongSalt ^ stream_salt(p.stream), i);
   }
-  const Token peak = p.drafter ? drafter_next(p.seed, h, p.vocab, acceptance_at(p, pos))
+  const Token peak = p.drafter ? drafter_next(p.seed, h, p.vocab, acceptance_at(p, pos), p.stream)
                                : target_next(p.seed, h, p.vocab);
   out[peak] += kPeak;
   if (p.drafter && p.second > 0) {
     const Token right = target_next(p.seed, h, p.vocab);
-    const double u = static_cast<double>(mix(h ^ p.seed ^ kSecondSalt) >> 11) * 0x1.0p-53;
+    const double u =
+        static_cast<double>(mix(h ^ p.seed ^ kSecondSalt ^ stream_salt(p.stream)) >> 11) *
+        0x1.0p-53;
     // Below the peak (>= kPeak) and above every other token (< kSpread).
     if (right != peak && u < p.second) out[right] = kPeak - 1e-3f;
   }

@@ -29,6 +29,9 @@ struct SyntheticParams {
   // Drafter only: when its best token is not the target's, the probability that the target's
   // is its second best (what a token tree's siblings can catch; 0: only by chance).
   double second = 0;
+  // Drafter only: which of several drafters (merged drafters, roles.drafters > 1) this is.
+  // Each stream draws its own errors at the same acceptance; stream 0 is the lead drafter.
+  uint32_t stream = 0;
   bool operator==(const SyntheticParams&) const = default;
 };
 
@@ -38,7 +41,7 @@ namespace synthetic {
 uint64_t start_hash(uint64_t seed);
 uint64_t extend_hash(uint64_t h, Token t);
 Token target_next(uint64_t seed, uint64_t h, int vocab);
-Token drafter_next(uint64_t seed, uint64_t h, int vocab, double acceptance);
+Token drafter_next(uint64_t seed, uint64_t h, int vocab, double acceptance, uint32_t stream = 0);
 // The drafter's acceptance rate for the token at position pos (the context's length).
 double acceptance_at(const SyntheticParams& p, size_t pos);
 // Logits after the context with hash h and length pos: noise in [0, kSpread) per token plus kPeak

@@ -97,7 +97,8 @@ SimConfig sim_config(const RunConfig& cfg, int sp) {
               .max_new_tokens = cfg.max_new_tokens,
               .queue = cfg.queue,
               .target_choice = cfg.target_choice,
-              .tree = cfg.tree};
+              .tree = cfg.tree,
+              .followers = std::max(0, cfg.n_drafters() - 1)};
   sc.target = {.seed = cfg.seed,
                .vocab = cfg.vocab,
                .forward_ms = cfg.t_ms,
@@ -202,6 +203,52 @@ SimResult simulate(const SimConfig& cfg) {
 
   std::function<void(const std::vector<Action>&)> run_actions;
   std::function<void(int)> kick;
+  // Merged drafters (sched.followers): each follows the lead's chain and, whenever it is idle
+  // and positions are due, proposes its token at all of them in one forward (the drafter's
+  // cost), as core/drafter_role.cc does; stream j + 1 of the drafter model draws its errors.
+  struct Follower {
+    uint64_t gen = 0, chain = 0;
+    std::vector<Token> seq;  // committed + the lead's drafts received
+    size_t next = 0, limit = 0;
+    bool busy = false;
+  };
+  std::vector<Follower> fl(std::max(0, cfg.sched.followers));
+  auto propose_at = [&](int j, const std::vector<Token>& ctx) {
+    SyntheticParams p = cfg.drafter;
+    p.stream = static_cast<uint32_t>(j + 1);
+    const size_t pos = ctx.size();
+    if (iid) {
+      const Token right = iid_target(cfg.target.seed, pos, cfg.target.vocab);
+      if (uniform(rng) < synthetic::acceptance_at(p, pos)) return right;
+      return static_cast<Token>((right + 2 + j) % cfg.target.vocab);
+    }
+    if (sampling) {
+      return draft_sample(synthetic_probs(p, ctx, cfg.sampling), static_cast<int>(pos),
+                          cfg.sampling);
+    }
+    return synthetic::drafter_next(p.seed, hash_of(p.seed, ctx, pos), p.vocab,
+                                   synthetic::acceptance_at(p, pos), p.stream);
+  };
+  std::function<void(int)> follow_step = [&](int j) {
+    Follower& f = fl[j];
+    if (f.busy || f.next > f.seq.size() || f.next >= f.limit) return;
+    const size_t from = f.next, to = std::min(f.seq.size(), f.limit - 1);
+    f.busy = true;
+    const double cost = cfg.drafter.forward_ms + (to - from + 1) * cfg.drafter.per_token_ms;
+    at(now + cost, [&, j, gen = f.gen, from, to] {
+      Follower& g = fl[j];
+      if (gen != g.gen) return;  // a new chain superseded it (and started its own step)
+      g.busy = false;
+      std::vector<Token> toks;
+      for (size_t p = from; p <= to; ++p) {
+        toks.push_back(propose_at(j, std::vector<Token>(g.seq.begin(), g.seq.begin() + p)));
+      }
+      g.next = to + 1;
+      run_actions(sched.on_proposals(j, g.chain, static_cast<int>(from), toks));
+      follow_step(j);
+    });
+  };
+
   std::function<void(uint64_t)> draft_step = [&](uint64_t gen) {
     if (gen != d_gen) return;
     if (d_window == 0 || static_cast<int>(d_seq.size()) >= d_stop) return;
@@ -219,6 +266,12 @@ SimResult simulate(const SimConfig& cfg) {
       d_seq.push_back(tok);
       if (d_window > 0) --d_window;
       if (adapter) adapter->draft(d_cost / 1e3);
+      for (size_t j = 0; j < fl.size(); ++j) {
+        if (fl[j].chain == d_chain && fl[j].seq.size() == static_cast<size_t>(pos)) {
+          fl[j].seq.push_back(tok);
+          follow_step(static_cast<int>(j));
+        }
+      }
       run_actions(sched.on_draft(d_chain, pos, tok));
       draft_step(gen);
     });
@@ -482,6 +535,13 @@ SimResult simulate(const SimConfig& cfg) {
         d_seq = a.seq;
         d_window = a.window;
         d_stop = a.stop_len;
+        for (size_t j = 0; j < fl.size(); ++j) {
+          Follower& f = fl[j];
+          f = Follower{.gen = f.gen + 1, .chain = a.id, .seq = a.seq, .next = a.seq.size()};
+          f.limit = static_cast<size_t>(std::max(0, a.stop_len));
+          if (a.window >= 0) f.limit = std::min(f.limit, a.seq.size() + a.window);
+        }
+        for (size_t j = 0; j < fl.size(); ++j) follow_step(static_cast<int>(j));
         if (a.tree.empty()) {
           draft_step(d_gen);
         } else {

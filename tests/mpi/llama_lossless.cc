@@ -2,6 +2,7 @@
 // prompts (in the model's chat template when it has one), SP 1 .. max_sp and k in KS
 // (default 1,4,8).
 //   llama_lossless MODEL DRAFTER N_PROMPTS MAX_NEW_TOKENS MAX_SP [KV_HANDOFF] [KS] [T] [TREES]
+//                  [MERGED]
 // DRAFTER: the target's layers that a layer-skip drafter keeps ("0-11,19-29"), or the path of a
 // drafter model of its own (a .gguf file, e.g. the Qwen2.5-Coder pair's 0.5B).
 // KV_HANDOFF: auto (default) | never | always: with always, tasks go round robin over the
@@ -14,7 +15,9 @@
 // for prompt i, where every mode must give non-SI's text as in greedy decoding (docs/sampling.md).
 // KS "-": no chains. TREES: token-tree shapes, e.g. "2,1;3,2,1,1;2,2,2" (dsi.tree), each run
 // per prompt with SI and with DSI for SP 1 .. max_sp, and checked the same way. Every prompt
-// also runs SI and DSI (max_sp) with staged drafting (dsi.stage: ngram, k = 4).
+// also runs SI and DSI (max_sp) with staged drafting (dsi.stage: ngram, k = 4). MERGED: merged
+// drafters, the extra drafters each given as DRAFTER is ("0-5/0-3,7" for two), run per prompt
+// with SI and with DSI for every SP the world has left, k = 4.
 // Prints "N passed, M failed"; exits 77 (skipped) when MODEL is empty or missing.
 #include <fmt/format.h>
 
@@ -72,6 +75,17 @@ int main(int argc, char** argv) {
       std::stringstream factors(shape);
       trees.emplace_back();
       for (std::string b; std::getline(factors, b, ',');) trees.back().push_back(std::stoi(b));
+    }
+  }
+  std::vector<dsi::ExtraDrafter> merged;
+  {
+    std::stringstream list(argc > 10 ? argv[10] : "");
+    for (std::string d; std::getline(list, d, '/');) {
+      if (d.size() > 5 && d.ends_with(".gguf")) {
+        merged.push_back({.path = d});
+      } else {
+        merged.push_back({.layers = dsi::parse_layer_list(d, "MERGED")});
+      }
     }
   }
   const std::string drafter = argv[2];
@@ -170,6 +184,32 @@ int main(int argc, char** argv) {
                 ++failed;
                 fmt::print("{} prompt {} {} sp={} staged drafting: tokens differ from non-SI\n",
                            corrupt ? "expected:" : "FAIL", i, dsi::mode_name(mode), sp);
+              }
+            }
+          }
+          if (!merged.empty()) {
+            // Merged drafters: the lead's chain with the others' proposals as siblings.
+            dsi::RunConfig mc = cfg;
+            mc.drafters = 1 + static_cast<int>(merged.size());
+            mc.extra_drafters = merged;
+            mc.lookahead = 4;
+            for (dsi::Mode mode : {dsi::Mode::kSi, dsi::Mode::kDsi}) {
+              mc.mode = mode;
+              const int most = std::min(max_sp, s.world - 1 - mc.drafters);
+              for (int sp = 1; sp <= (mode == dsi::Mode::kSi ? 1 : most); ++sp) {
+                const auto r = coord.run(mc, sp);
+                if (r.tokens == ref) {
+                  ++passed;
+                } else {
+                  ++failed;
+                  fmt::print("{} prompt {} {} sp={} {} drafters: tokens differ from non-SI\n",
+                             corrupt ? "expected:" : "FAIL", i, dsi::mode_name(mode), sp,
+                             mc.drafters);
+                }
+                fmt::print("prompt {} {} sp={} {} drafters: {} tokens in {} verifications, {} "
+                           "siblings committed\n",
+                           i, dsi::mode_name(mode), sp, mc.drafters, r.tokens.size(),
+                           r.stats.tasks_completed, r.stats.siblings_committed);
               }
             }
           }

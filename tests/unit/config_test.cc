@@ -98,6 +98,65 @@ TEST(Config, StagedDrafting) {
   EXPECT_EQ(worker_spec(c, false).stage_tokens, 0);
 }
 
+TEST(Config, MergedDrafters) {
+  const RunConfig c =
+      parse_config("mode: si\nroles: {drafters: 3}\nengine: llama\nmodel:\n  path: /m/target.gguf\n"
+                   "  drafter_path: /m/lead.gguf\n  drafter_layers: \"0-3\"\n"
+                   "  extra_drafters:\n    - {path: /m/second.gguf}\n    - {layers: \"0-1,5\"}\n",
+                   "t.yaml");
+  EXPECT_EQ(c.drafters, 3);
+  EXPECT_EQ(c.n_drafters(), 3);
+  ASSERT_EQ(c.extra_drafters.size(), 2u);
+  EXPECT_EQ(c.extra_drafters[0].path, "/m/second.gguf");
+  EXPECT_EQ(c.extra_drafters[1].layers, (std::vector<int>{0, 1, 5}));
+  // Each drafter's spec: its index, its model (the lead's when the entry names none).
+  const auto lead = std::get<LlamaSpec>(worker_spec(c, true, 0).engine);
+  const auto second = std::get<LlamaSpec>(worker_spec(c, true, 1).engine);
+  const auto third = std::get<LlamaSpec>(worker_spec(c, true, 2).engine);
+  EXPECT_EQ(lead.model, "/m/lead.gguf");
+  EXPECT_EQ(second.model, "/m/second.gguf");
+  EXPECT_TRUE(second.layers.empty());
+  EXPECT_EQ(third.model, "/m/lead.gguf");
+  EXPECT_EQ(third.layers, (std::vector<int>{0, 1, 5}));
+  EXPECT_EQ(worker_spec(c, true, 2).drafter_index, 2);
+  // Synthetic drafters draw their errors from their own streams.
+  const RunConfig syn = parse_config("roles: {drafters: 2}\n", "t.yaml");
+  EXPECT_EQ(std::get<SyntheticParams>(worker_spec(syn, true, 1).engine).stream, 1u);
+  EXPECT_EQ(std::get<SyntheticParams>(worker_spec(syn, true, 0).engine).stream, 0u);
+  // The world: 1 coordinator + 2 drafters + targets.
+  EXPECT_EQ(syn.n_targets(5), 2);
+  auto error_of = [](const std::string& yaml) {
+    try {
+      parse_config(yaml, "t.yaml");
+    } catch (const ConfigError& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  auto has = [](const std::string& text, const std::string& part) {
+    return text.find(part) != std::string::npos;
+  };
+  EXPECT_TRUE(has(error_of("roles: {drafters: 5}\n"), "roles.drafters"));
+  EXPECT_TRUE(has(error_of("roles: {drafters: 2}\ndsi: {tree: [2, 1]}\n"), "dsi.tree"));
+  EXPECT_TRUE(has(error_of("roles: {drafters: 2}\nruntime: {adapt: on}\n"), "runtime.adapt"));
+  EXPECT_TRUE(has(error_of("roles: {drafters: 2}\nsampling: {temperature: 0.8, coupling: "
+                           "residual}\n"),
+                  "sampling.coupling"));
+  EXPECT_TRUE(has(error_of("roles: {drafters: 3}\nengine: llama\nmodel: {path: /m.gguf, "
+                           "extra_drafters: [{path: /a.gguf}]}\n"),
+                  "2 entries in model.extra_drafters"));
+  EXPECT_TRUE(
+      has(error_of("model: {extra_drafters: [{size: 3}]}\n"), "model.extra_drafters[0].size"));
+  EXPECT_TRUE(has(error_of("model: {extra_drafters: [{layers: \"x\"}]}\n"),
+                  "model.extra_drafters[0].layers"));
+  try {
+    syn.n_targets(3);
+    ADD_FAILURE() << "a world of 3 fit 2 drafters and a target";
+  } catch (const ConfigError& e) {
+    EXPECT_TRUE(has(e.what(), "2 drafter")) << e.what();
+  }
+}
+
 TEST(Config, TokenTrees) {
   const RunConfig c = parse_config("mode: si\ndsi: {tree: [3, 2, 1, 1]}\n", "t.yaml");
   EXPECT_EQ(c.tree, (std::vector<int>{3, 2, 1, 1}));

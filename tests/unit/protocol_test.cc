@@ -105,6 +105,8 @@ TEST(Protocol, EveryMemberIsOnTheWire) {
   expect_every_member_listed<msg::KvSend>("KvSend");
   expect_every_member_listed<msg::KvExpect>("KvExpect");
   expect_every_member_listed<msg::DraftTree>("DraftTree");
+  expect_every_member_listed<msg::Follow>("Follow");
+  expect_every_member_listed<msg::Proposals>("Proposals");
   expect_every_member_listed<WorkerSpec>("WorkerSpec");
   expect_every_member_listed<SyntheticParams>("SyntheticParams");
   expect_every_member_listed<LlamaSpec>("LlamaSpec");
@@ -182,8 +184,8 @@ TEST(Protocol, RejectsDamagedFrames) {
   EXPECT_HAS(error_of(bad_magic), "bad magic number");
   auto bad_version = bytes;
   bad_version[4] = 2;
-  EXPECT_HAS(error_of(bad_version), "protocol version 2 (this build speaks 9)");
-  for (uint8_t t : {0, 19, 200}) {
+  EXPECT_HAS(error_of(bad_version), "protocol version 2 (this build speaks 10)");
+  for (uint8_t t : {0, 21, 200}) {
     auto bad_type = bytes;
     bad_type[6] = t;
     EXPECT_HAS(error_of(bad_type), fmt::format("unknown type {}", t));
@@ -286,7 +288,7 @@ TEST(ProtocolDoc, RendersEveryMessageAndType) {
         "Role", "LlamaDevice", "CudaDtype", "SpanKind", "KvOutcome"}) {
     EXPECT_HAS(doc, fmt::format("\n### {}\n", type));
   }
-  EXPECT_HAS(doc, "Protocol version 9.");
+  EXPECT_HAS(doc, "Protocol version 10.");
   EXPECT_HAS(doc, "| seq | i32[] | the whole sequence S = committed + drafts |");
   EXPECT_HAS(doc, "| engine | one of: 0 SyntheticParams, 1 LlamaSpec |");
   EXPECT_HAS(doc, "u8, what a worker rank does: 0 `drafter`, 1 `target`.");

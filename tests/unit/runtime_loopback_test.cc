@@ -7,6 +7,7 @@
 #include "core/config.h"
 #include "core/coordinator.h"
 #include "core/worker.h"
+#include "engines/synthetic_engine.h"
 #include "sim/simulator.h"
 
 namespace dsi {
@@ -136,6 +137,81 @@ TEST(RuntimeLoopback, DsiWithTokenTreesIsLossless) {
         EXPECT_GT(r.stats.drafts_accepted, 0);
       }
     }
+  }
+  coord.exit_all(0);
+}
+
+TEST(RuntimeLoopback, MergedDraftersAreLossless) {
+  // roles.drafters 2-3: the lead drafts the chain and sends its drafts to the others, which
+  // propose their own tokens along it; tasks verify the chain with their proposals as
+  // siblings. The target's text for SI and DSI at every SP that fits, greedy and sampled
+  // (Gumbel coupling), and the siblings do commit tokens the lead missed.
+  World w(6);
+  Coordinator coord(*w.coord_ch, 50, 5);
+  int64_t caught = 0;
+  for (int drafters : {2, 3}) {
+    for (Mode mode : {Mode::kSi, Mode::kDsi}) {
+      for (int sp = 1; sp <= (mode == Mode::kSi ? 1 : 5 - drafters); ++sp) {
+        for (double temperature : {0.0, 0.9}) {
+          RunConfig cfg = fast_config(mode, 0.6, 4);
+          cfg.drafters = drafters;
+          cfg.temperature = temperature;
+          RunReport r = coord.run(cfg, sp);
+          SyntheticParams target{.seed = cfg.seed, .vocab = cfg.vocab};
+          const auto want = temperature > 0
+                                ? synthetic_sampled_reference(target, r.prompt, cfg.max_new_tokens,
+                                                              sampling_params(cfg))
+                                : synthetic_reference(target, r.prompt, cfg.max_new_tokens);
+          EXPECT_EQ(r.tokens, want) << drafters << " drafters, " << mode_name(mode) << " sp=" << sp
+                                    << " T=" << temperature;
+          EXPECT_GT(r.stats.proposals_received, 0);
+          EXPECT_EQ(static_cast<int>(r.ranks.size()), drafters + sp);
+          caught += r.stats.siblings_committed;
+        }
+      }
+    }
+  }
+  EXPECT_GT(caught, 0);
+  coord.exit_all(0);
+}
+
+// A drafter that takes 200 ms per forward (after its prefill): its proposals never come in
+// time.
+class SlowEngine final : public Engine {
+ public:
+  explicit SlowEngine(const SyntheticParams& p) : inner_(p) {}
+  Logits forward(std::span<const Token> tokens, int n_logits, const CancelFlag& cancel) override {
+    if (kv_len() > 0 && !cancellable_sleep_ms(200, cancel)) throw Cancelled();
+    return inner_.forward(tokens, n_logits, cancel);
+  }
+  void truncate(int n) override { inner_.truncate(n); }
+  int kv_len() const override { return inner_.kv_len(); }
+  int vocab_size() const override { return inner_.vocab_size(); }
+
+ private:
+  SyntheticEngine inner_;
+};
+
+TEST(RuntimeLoopback, ASlowDrafterCostsSpeedNotTokens) {
+  // The third drafter is slow: SI gives up waiting for its proposals each window, DSI never
+  // waits; the text is the target's either way.
+  WorkerOptions wo;
+  wo.engine_factory = [](const EngineSpec& spec) -> std::unique_ptr<Engine> {
+    const auto* p = std::get_if<SyntheticParams>(&spec);
+    if (p && p->drafter && p->stream == 2) return std::make_unique<SlowEngine>(*p);
+    return make_engine(spec);
+  };
+  World w(6, wo);
+  Coordinator coord(*w.coord_ch, 50, 5);
+  for (Mode mode : {Mode::kSi, Mode::kDsi}) {
+    RunConfig cfg = fast_config(mode, 0.6, 4);
+    cfg.drafters = 3;
+    const RunReport r = coord.run(cfg, mode == Mode::kSi ? 1 : 2);
+    SyntheticParams target{.seed = cfg.seed, .vocab = cfg.vocab};
+    EXPECT_EQ(r.tokens, synthetic_reference(target, r.prompt, cfg.max_new_tokens))
+        << mode_name(mode);
+    if (mode == Mode::kSi) EXPECT_GT(r.proposal_waits_given_up, 0);
+    EXPECT_LT(r.elapsed_s, 2.0) << mode_name(mode);  // not a wait of 200 ms per window
   }
   coord.exit_all(0);
 }

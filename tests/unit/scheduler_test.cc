@@ -354,9 +354,6 @@ TEST(Scheduler, SaysWhichDraftsWakeItAndWhenItAwaitsOne) {
   }
 }
 
-}  // namespace
-}  // namespace dsi
-
 namespace dsi {
 namespace {
 
@@ -592,6 +589,127 @@ TEST(SchedulerTrees, ATreeTaskCommitsThePathAndTheTargetsToken) {
   ASSERT_EQ(v2.size(), 1u);
   EXPECT_THROW(s.on_result(v2[0].id, std::vector<Token>{9, 5}, Forward{}), Error);
   EXPECT_THROW(s.on_draft_tree(again[0].id, 6, TokenTree{{1}, {3}}), Error);
+}
+
+}  // namespace
+}  // namespace dsi
+
+// Merged drafters in virtual time: the lead drafts the chain, 1-2 followers propose their own
+// tokens along it, and every task is the chain plus their differing proposals as siblings.
+// The text is the target's for SI and DSI, SP 1-4, drafters faster and slower than the
+// targets, greedy and sampled (Gumbel coupling), with a stop token.
+TEST(SchedulerMerged, MergedDraftersAreLosslessForEveryModeAndSp) {
+  int64_t siblings = 0;
+  for (Mode mode : {Mode::kSi, Mode::kDsi}) {
+    for (int followers : {1, 2}) {
+      for (int sp = 1; sp <= (mode == Mode::kSi ? 1 : 4); ++sp) {
+        for (double a : {0.0, 0.6, 1.0}) {
+          for (double c : {2.0, 30.0}) {
+            const uint64_t seed = 3 + sp + followers;
+            SimConfig cfg = make(mode, sp, 4, a, 20, c, 60, seed);
+            cfg.sched.followers = followers;
+            const SimResult r = simulate(cfg);
+            ASSERT_EQ(r.tokens, synthetic_reference(cfg.target, cfg.prompt, 60))
+                << mode_name(mode) << " followers=" << followers << " sp=" << sp << " a=" << a
+                << " c=" << c;
+            siblings += r.stats.siblings_committed;
+            if (a < 1) EXPECT_GT(r.stats.proposals_received, 0);
+            cfg.sampling = {.temperature = 0.8f, .seed = seed};
+            ASSERT_EQ(simulate(cfg).tokens,
+                      synthetic_sampled_reference(cfg.target, cfg.prompt, 60, cfg.sampling))
+                << "sampled, " << mode_name(mode) << " followers=" << followers << " sp=" << sp
+                << " a=" << a;
+          }
+        }
+      }
+    }
+  }
+  EXPECT_GT(siblings, 0);
+  SimConfig cfg = make(Mode::kDsi, 3, 3, 0.6, 20, 2, 200, 5);
+  cfg.sched.followers = 2;
+  const auto full = synthetic_reference(cfg.target, cfg.prompt, 200);
+  cfg.sched.stop_tokens = {full[23]};
+  EXPECT_EQ(simulate(cfg).tokens,
+            synthetic_reference(cfg.target, cfg.prompt, 200, cfg.sched.stop_tokens));
+}
+
+// A second drafter with independent errors catches a share of the lead's misses: more tokens
+// per verification and a lower latency than one drafter, in SI and DSI (virtual time, same
+// forwards).
+TEST(SchedulerMerged, ASecondDrafterCommitsWhatTheLeadMisses) {
+  for (Mode mode : {Mode::kSi, Mode::kDsi}) {
+    double one_ms = 0, two_ms = 0;
+    int64_t one_tasks = 0, two_tasks = 0, caught = 0;
+    for (uint64_t seed : {1, 2, 3}) {
+      SimConfig cfg = make(mode, mode == Mode::kSi ? 1 : 4, 4, 0.6, 5, 0.5, 300, seed);
+      const auto ref = synthetic_reference(cfg.target, cfg.prompt, 300);
+      const SimResult one = simulate(cfg);
+      cfg.sched.followers = 1;
+      const SimResult two = simulate(cfg);
+      ASSERT_EQ(one.tokens, ref);
+      ASSERT_EQ(two.tokens, ref);
+      one_ms += one.total_ms;
+      two_ms += two.total_ms;
+      one_tasks += one.stats.tasks_completed;
+      two_tasks += two.stats.tasks_completed;
+      caught += two.stats.siblings_committed;
+    }
+    // A follower right where the lead is wrong: (1 - a) * a of the positions.
+    EXPECT_GT(caught, 50) << mode_name(mode);
+    EXPECT_LT(two_ms, 0.95 * one_ms)
+        << mode_name(mode) << ": " << one_ms / 3 << " vs " << two_ms / 3;
+    if (mode == Mode::kSi) EXPECT_LT(two_tasks, one_tasks);
+  }
+}
+
+// The task layout by hand: SI waits for the followers' proposals of its window, then verifies
+// the lead's chain with each differing proposal as a leaf under the chain node before it;
+// stop_waiting() launches without the missing ones; a committed sibling starts a new chain.
+TEST(SchedulerMerged, SiWaitsForProposalsAndHangsThemAsSiblings) {
+  SchedulerOptions o{.mode = Mode::kSi, .lookahead = 3, .n_targets = 1, .max_new_tokens = 20};
+  o.followers = 2;
+  Scheduler s(o, {1, 2, 3});
+  auto acts = s.start();
+  ASSERT_EQ(acts.size(), 1u);
+  ASSERT_EQ(acts[0].kind, Action::kStartChain);
+  const uint64_t chain = acts[0].id;
+  EXPECT_TRUE(s.on_draft(chain, 3, 10).empty());
+  EXPECT_TRUE(s.on_proposals(0, chain, 3, std::vector<Token>{10, 21}).empty());
+  EXPECT_TRUE(s.on_draft(chain, 4, 11).empty());
+  EXPECT_TRUE(s.on_draft(chain, 5, 12).empty());
+  EXPECT_TRUE(s.awaits_proposals());  // follower 0 lacks position 5, follower 1 all
+  EXPECT_TRUE(s.on_proposals(1, chain, 3, std::vector<Token>{30, 11, 12}).empty());
+  // Out of order: dropped.
+  EXPECT_TRUE(s.on_proposals(0, chain, 6, std::vector<Token>{7}).empty());
+  acts = s.on_proposals(0, chain, 5, std::vector<Token>{12});
+  EXPECT_FALSE(s.awaits_proposals());
+  ASSERT_EQ(acts.size(), 1u);
+  ASSERT_EQ(acts[0].kind, Action::kVerify);
+  // The chain 10 11 12, then 30 at depth 0 (follower 1) and 21 at depth 1 (follower 0).
+  EXPECT_EQ(acts[0].seq, (std::vector<Token>{1, 2, 3, 10, 11, 12, 30, 21}));
+  EXPECT_EQ(acts[0].parents, (std::vector<int>{-1, 0, 1, -1, 0}));
+  EXPECT_EQ(acts[0].n_logits, 6);
+  EXPECT_EQ(s.stats().siblings_verified, 2);
+  // The target took 10 then the sibling 21, and says 40 after it.
+  acts = s.on_result(acts[0].id, std::vector<Token>{10, 21, 40}, Forward{6, 0.01});
+  EXPECT_EQ(s.committed(), (std::vector<Token>{1, 2, 3, 10, 21, 40}));
+  EXPECT_EQ(s.stats().siblings_committed, 1);
+  EXPECT_EQ(s.stats().drafts_rejected, 1);  // the lead's 11
+  ASSERT_FALSE(acts.empty());
+  EXPECT_EQ(acts[0].kind, Action::kStartChain);
+  EXPECT_EQ(acts[0].seq, s.committed());
+  const uint64_t chain2 = acts[0].id;
+  // Proposals of the old chain are stale; a window without them waits until told not to.
+  EXPECT_TRUE(s.on_proposals(0, chain, 6, std::vector<Token>{5}).empty());
+  s.on_draft(chain2, 6, 50);
+  s.on_draft(chain2, 7, 51);
+  s.on_draft(chain2, 8, 52);
+  EXPECT_TRUE(s.awaits_proposals());
+  acts = s.stop_waiting();
+  ASSERT_EQ(acts.size(), 1u);
+  EXPECT_EQ(acts[0].kind, Action::kVerify);
+  EXPECT_TRUE(acts[0].parents.empty());  // nothing proposed: a chain
+  EXPECT_THROW(s.on_proposals(2, chain2, 6, std::vector<Token>{1}), std::invalid_argument);
 }
 
 }  // namespace
