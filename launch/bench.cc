@@ -2,7 +2,8 @@
 // one launch. For every row: measured latency per token, the closed-form ideal of docs/dsi.md,
 // the zero-overhead ideal of the same schedule (simulator), efficiency, speedups, and
 // whether the tokens equal non-SI's; with --trees, SI and DSI with token trees of each shape
-// too. docs/benchmarks.md defines the columns.
+// too; with --drafters, SI and DSI with merged drafters. docs/benchmarks.md defines the
+// columns.
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -68,6 +69,27 @@ int cmd_bench(const CommonOptions& common, const BenchOptions& opts) {
         if (!opts.trees.empty()) {
           trees = tree_rows(s.cfg, opts.trees, opts.tokens, opts.temperatures);
         }
+        for (int n : opts.drafters) {
+          RunConfig c = s.cfg;
+          c.drafters = n;
+          c.mode = Mode::kSi;
+          if (n < 2 || n > kMaxDrafters) {
+            throw ConfigError(fmt::format("--drafters {}: counts lie in [2, {}]", n, kMaxDrafters));
+          }
+          try {
+            check_drafters_config(c);
+          } catch (const ConfigError& e) {
+            throw ConfigError(fmt::format("--drafters {}: {}", n, e.message()));
+          }
+          for (int sp : sps) {
+            if (1 + n + sp > s.world) {
+              throw ConfigError(fmt::format(
+                  "--drafters {} with --sp {} needs {} ranks (coordinator + {} drafters + {} "
+                  "targets), the world has {}",
+                  n, sp, 1 + n + sp, n, sp, s.world));
+            }
+          }
+        }
         check_model_paths(s.cfg);
       },
       [&](Session& s, Coordinator& coord) {
@@ -88,10 +110,10 @@ int cmd_bench(const CommonOptions& common, const BenchOptions& opts) {
         // Rank 0's view of how ranks wait: the overhead columns depend on it.
         fmt::print("control plane: {}\n", s.channel->describe());
         const std::string head = fmt::format(
-            "{:>5} {:>4} {:>2} {:>4} {:>6} {:>9} {:>3} {:>10} {:>10} {:>10} {:>6} "
+            "{:>5} {:>4} {:>2} {:>4} {:>6} {:>9} {:>2} {:>3} {:>10} {:>10} {:>10} {:>6} "
             "{:>7} {:>6} {:>8} {:>8} {:>6} {:>6} {:>7} {:>8}",
-            "c", "a", "k", "T", "mode", "tree", "SP", "meas_ms", "ideal_ms", "sched_ms", "eff",
-            "ovh_us", "eff_f", "vs_SI", "vs_nonSI", "acc", "tok/v", "preempt", "lossless");
+            "c", "a", "k", "T", "mode", "tree", "dr", "SP", "meas_ms", "ideal_ms", "sched_ms",
+            "eff", "ovh_us", "eff_f", "vs_SI", "vs_nonSI", "acc", "tok/v", "preempt", "lossless");
         fmt::print("{}\n{}\n", head, std::string(head.size(), '-'));
         bool all_ok = true;
         for (const Point& p : grid) {
@@ -109,18 +131,21 @@ int cmd_bench(const CommonOptions& common, const BenchOptions& opts) {
             std::vector<Token> ref, dsi_first;
             // adapt: runtime.adapt on (the policy picks the mode, k and SP from base's start).
             // tree: token trees of this shape (k is its depth); empty: chains.
-            auto one = [&](Mode m, int sp, bool adapt = false, const std::vector<int>& tree = {}) {
+            // drafters: merged drafters (roles.drafters).
+            auto one = [&](Mode m, int sp, bool adapt = false, const std::vector<int>& tree = {},
+                           int drafters = 1) {
               RunConfig cfg = base;
               cfg.mode = m;
               cfg.adapt = adapt;
               cfg.tree = tree;
+              cfg.drafters = drafters;
               if (!tree.empty()) cfg.lookahead = static_cast<int>(tree.size());
               RunReport r = coord.run(cfg, sp);
               if (m == Mode::kNonSi) {
                 ref = r.tokens;
                 lat_non = r.latency_per_token_ms;
               }
-              if (m == Mode::kSi && tree.empty()) lat_si = r.latency_per_token_ms;
+              if (m == Mode::kSi && tree.empty() && drafters == 1) lat_si = r.latency_per_token_ms;
               double id = 0, sim = 0;
               // The check: greedy runs, and sampled runs under the Gumbel coupling, equal
               // non-SI's tokens; sampled synthetic runs also equal the simulator's (a pure
@@ -162,18 +187,21 @@ int cmd_bench(const CommonOptions& common, const BenchOptions& opts) {
                                                   static_cast<double>(r.stats.tasks_completed)
                                             : 0.0;
               const std::string tree_name = tree.empty() ? "-" : tree_shape_name(tree);
-              fmt::print("{:5.2f} {:4.2f} {:2} {:4.2f} {:>6} {:>9} {:3} {:10.3f} {:10.3f} "
+              fmt::print("{:5.2f} {:4.2f} {:2} {:4.2f} {:>6} {:>9} {:2} {:3} {:10.3f} {:10.3f} "
                          "{:10.3f} {:6.3f} {:7.1f} {:6.3f} {:8.2f} {:8.2f} {:6.3f} {:6.2f} {:7} "
                          "{:>8}\n",
                          p.c, p.a, cfg.lookahead, temp, adapt ? "adapt" : mode_name(m), tree_name,
-                         sp, lat, id, sim, eff, overhead_us, eff_f, vs_si, lat_non / lat,
-                         r.acceptance_rate(), per_verify, r.stats.tasks_preempted, check);
+                         cfg.n_drafters(), sp, lat, id, sim, eff, overhead_us, eff_f, vs_si,
+                         lat_non / lat, r.acceptance_rate(), per_verify, r.stats.tasks_preempted,
+                         check);
               std::fflush(stdout);
               rows.push_back({{"c", p.c},
                               {"a", p.a},
                               {"k", cfg.lookahead},
                               {"tree", tree.empty() ? "" : tree_shape_name(tree)},
                               {"tokens_per_verification", per_verify},
+                              {"drafters", cfg.n_drafters()},
+                              {"siblings_committed", r.stats.siblings_committed},
                               {"temperature", temp},
                               {"mode", adapt ? "adapt" : mode_name(m)},
                               {"sp", sp},
@@ -208,6 +236,10 @@ int cmd_bench(const CommonOptions& common, const BenchOptions& opts) {
             for (const auto& tree : trees) {
               one(Mode::kSi, 1, false, tree);
               for (int sp : sps) one(Mode::kDsi, sp, false, tree);
+            }
+            for (int n : opts.drafters) {
+              one(Mode::kSi, 1, false, {}, n);
+              for (int sp : sps) one(Mode::kDsi, sp, false, {}, n);
             }
             if (opts.adapt && temp > 0 && base.coupling == "residual") {
               fmt::print("      adapt: skipped (the residual coupling's text depends on k)\n");

@@ -27,8 +27,9 @@ struct BenchOptions {
   int tokens = 200;
   std::vector<double> temperatures = {0};
   std::string json_path;
-  bool adapt = false;  // also a runtime.adapt row per point
-  std::string trees;   // token-tree shapes "3,2,1,1;2,1,1,1": SI and DSI rows with each
+  bool adapt = false;         // also a runtime.adapt row per point
+  std::string trees;          // token-tree shapes "3,2,1,1;2,1,1,1": SI and DSI rows with each
+  std::vector<int> drafters;  // merged drafters: SI and DSI rows with each count (2-4)
 };
 
 struct SimulateOptions {

@@ -95,6 +95,11 @@ int main(int argc, char** argv) {
   bench->add_option("--trees", bench_opts.trees,
                     "token-tree shapes, e.g. \"3,2,1,1;2,1,1,1\": also SI and DSI with each "
                     "(dsi.tree; k is the depth)");
+  bench
+      ->add_option("--drafters", bench_opts.drafters,
+                   "merged drafters, e.g. 2,3: also SI and DSI with each count of drafter ranks "
+                   "(roles.drafters; real models need model.extra_drafters)")
+      ->delimiter(',');
 
   dsi::cli::SimulateOptions sim;
   auto* simulate = app.add_subcommand(

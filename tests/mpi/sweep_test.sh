@@ -72,6 +72,31 @@ PY
   sweep_bad_trees)
     expect_sweep_error 3 "--trees: tree '2,0': the branching factor at depth 1 is 0" --config "$cfg" \
       --trees "3,1;2,0" ;;
+  bench_drafters)
+    # dsi bench with --drafters 2: merged-drafter rows (SI, DSI at SP 1-2), every one lossless,
+    # and the second drafter's siblings commit tokens the lead's chain missed.
+    mpi -np 5 "$dsi" bench --config "$cfg" --t-ms 5 --grid 0.1:0.6:4 --sp 1,2 --tokens 60 \
+      --drafters 2 --json-file "$tmp/b.json" >"$tmp/out" 2>&1 || fail "bench failed"
+    cat "$tmp/out"
+    python3 - "$tmp/b.json" <<'PY' || fail "output check"
+import json, sys
+rows = json.load(open(sys.argv[1]))["rows"]
+assert [(r["mode"], r["drafters"], r["sp"]) for r in rows] == [
+    ("nonsi", 0, 1), ("si", 1, 1), ("dsi", 1, 1), ("dsi", 1, 2), ("si", 2, 1), ("dsi", 2, 1),
+    ("dsi", 2, 2)], rows
+assert all(r["check"] == "yes" and r["tokens"] == 60 for r in rows), rows
+assert sum(r["siblings_committed"] for r in rows if r["drafters"] == 2) > 0, rows
+print("ok: bench merged rows", [round(r["tokens_per_verification"], 2) for r in rows])
+PY
+    ;;
+  bench_bad_drafters)
+    # A world too small for the drafters and targets asked for: refused before any run.
+    mpi -np 4 "$dsi" bench --config "$cfg" --sp 1,2 --tokens 20 --drafters 2 >"$tmp/out" 2>&1
+    rc=$?
+    [ $rc -ne 0 ] && [ $rc -ne 124 ] || fail "exit code $rc, expected an error"
+    grep -q -- "--drafters 2 with --sp 2 needs 5 ranks" "$tmp/out" || fail "message"
+    ! grep -q "nonsi" "$tmp/out" || fail "a run started"
+    echo "ok: refused" ;;
   bench_trees)
     # dsi bench with --trees: chain and tree rows (SI, DSI at SP 1-2), every one lossless.
     mpi -np 4 "$dsi" bench --config "$cfg" --t-ms 5 --grid 0.1:0.6:4 --sp 1,2 --tokens 40 \
