@@ -5,11 +5,16 @@
 // shape it prints the tokens each verification commits (accepted drafts + the target's own),
 // the drafter's and the target's time per verification, the latency per token and its ratio
 // to target-only decoding measured in the same run; every shape's text is checked token for
-// token against target-only decoding.
+// token against target-only decoding. With --merge (a second drafter: a .gguf file or the
+// target's layers to keep), every chain shape also runs with merged drafters as the runtime
+// does them (docs/design.md, "Merged drafters"): the second drafter proposes its own token at
+// each position of the lead's chain in one forward, and each differing proposal joins the
+// verification as a leaf.
 //
 // usage: tree_bench TARGET.gguf [--drafter DRAFTER.gguf | --skip "0-11,19-29"]
 //                   [--shapes "1,1,1,1;2,1,1,1;3,2,1,1"] [--tokens 64] [--prompts 10]
-//                   [--threads 1]
+//                   [--threads 1] [--merge "0-15,24-29" | --merge SECOND.gguf]
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -64,6 +69,7 @@ struct Totals {
   int tokens = 0, verifications = 0;
   double draft_s = 0, target_s = 0, wall_s = 0;
   bool lossless = true;
+  int siblings = 0;  // merged: verifications whose accepted path ended at the second's leaf
 };
 
 // Target-only greedy decoding of n tokens after the prompt.
@@ -82,15 +88,22 @@ std::vector<Token> target_only(Engine& t, const std::vector<Token>& prompt, int 
   return out;
 }
 
-// SI with trees of `shape`: n tokens after the prompt.
+// SI with trees of `shape`: n tokens after the prompt. With `second` (a chain shape), the
+// second drafter's proposals along the lead's chain join each verification as leaves.
 std::vector<Token> tree_si(Engine& t, Engine& d, const std::vector<Token>& prompt, int n,
-                           const std::vector<int>& shape, Totals& tot) {
+                           const std::vector<int>& shape, Totals& tot, Engine* second = nullptr) {
   CancelFlag never;
   t.truncate(0);
   d.truncate(0);
   const auto head = std::span(prompt).first(prompt.size() - 1);
   (void)t.forward(head, 0, never);
   (void)d.forward(head, 0, never);
+  std::vector<Token> held;  // the tokens whose KV the second drafter holds
+  if (second) {
+    second->truncate(0);
+    (void)second->forward(head, 0, never);
+    held.assign(head.begin(), head.end());
+  }
   std::vector<Token> out;
   Token last = prompt.back();
   const auto t0 = Clock::now();
@@ -99,16 +112,34 @@ std::vector<Token> tree_si(Engine& t, Engine& d, const std::vector<Token>& promp
     auto c0 = Clock::now();
     const Logits first = d.forward(std::span(&last, 1), 1, never);
     const TokenTree drafts = draft_tree_greedy(d, first.row(0), shape, never);
+    TokenTree verified = drafts;
+    if (second) {
+      // Its tokens at each chain position: one forward over `last` and the drafts but the last.
+      std::vector<Token> seq(prompt.begin(), prompt.end());
+      seq.insert(seq.end(), out.begin(), out.end());
+      const size_t at = seq.size();  // the position of the first draft
+      seq.insert(seq.end(), drafts.tokens.begin(), drafts.tokens.end() - 1);
+      const int k = drafts.size();
+      const size_t keep = std::min(common_prefix(held, seq), at - 1);
+      second->truncate(static_cast<int>(keep));
+      const std::vector<Token> props =
+          second->forward_argmax(std::span(seq).subspan(keep), k, never);
+      held = seq;
+      for (int i = 0; i < k; ++i) {
+        if (props[i] != drafts.tokens[i]) verified.add(props[i], i - 1);
+      }
+    }
     tot.draft_s += secs(c0);
     // Verify: `last` on top of the drafts, in one tree forward.
     c0 = Clock::now();
     TokenTree v;
     v.add(last, -1);
-    for (int i = 0; i < drafts.size(); ++i) v.add(drafts.tokens[i], drafts.parents[i] + 1);
+    for (int i = 0; i < verified.size(); ++i) v.add(verified.tokens[i], verified.parents[i] + 1);
     const Logits l = t.forward_tree(v, 0, never);
     // Node i of the drafts is node i + 1 of v; -1 (after the committed text) is v's node 0.
     const std::vector<Token> ys = l.argmax();
-    const TreeVerdict verdict = verify_tree_exact(drafts, [&](int node) { return ys[node + 1]; });
+    const TreeVerdict verdict = verify_tree_exact(verified, [&](int node) { return ys[node + 1]; });
+    if (!verdict.path.empty() && verdict.path.back() >= drafts.size()) ++tot.siblings;
     std::vector<int> keep = {0};
     for (int node : verdict.path) keep.push_back(node + 1);
     t.keep_path(v, keep, never);
@@ -124,10 +155,10 @@ std::vector<Token> tree_si(Engine& t, Engine& d, const std::vector<Token>& promp
     d.keep_path(drafts, kept, never);
     std::vector<Token> rest;
     for (size_t i = kept.size(); i < verdict.path.size(); ++i) {
-      rest.push_back(drafts.tokens[verdict.path[i]]);
+      rest.push_back(verified.tokens[verdict.path[i]]);
     }
     if (!rest.empty()) (void)d.forward(rest, 0, never);
-    for (int node : verdict.path) out.push_back(drafts.tokens[node]);
+    for (int node : verdict.path) out.push_back(verified.tokens[node]);
     out.push_back(verdict.next);
     last = verdict.next;
     ++tot.verifications;
@@ -148,7 +179,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   const std::string target_path = argv[1];
-  std::string drafter_path = target_path, skip,
+  std::string drafter_path = target_path, skip, merge,
               shapes_arg = "1,1,1,1;2,1,1,1;3,1,1,1;2,2,1,1;3,2,1,1";
   int tokens = 64, prompts = 10, threads = 1;
   for (int i = 2; i + 1 < argc; i += 2) {
@@ -165,6 +196,8 @@ int main(int argc, char** argv) {
       prompts = std::min(10, std::stoi(v));
     else if (k == "--threads")
       threads = std::stoi(v);
+    else if (k == "--merge")
+      merge = v;
     else {
       std::fprintf(stderr, "tree_bench: unknown option %s\n", k.c_str());
       return 2;
@@ -193,6 +226,16 @@ int main(int argc, char** argv) {
     dopt.layers = ints(skip);
     auto target = make_llama_engine(to);
     auto drafter = make_llama_engine(dopt);
+    std::unique_ptr<Engine> second;
+    if (!merge.empty()) {
+      LlamaEngineOptions sopt = to;
+      if (merge.ends_with(".gguf")) {
+        sopt.model_path = merge;
+      } else {
+        sopt.layers = ints(merge);
+      }
+      second = make_llama_engine(sopt);
+    }
     std::printf("target %s, drafter %s%s%s, %d prompts x %d tokens, %d thread(s)\n",
                 target_path.c_str(), drafter_path.c_str(), skip.empty() ? "" : " layers ",
                 skip.c_str(), prompts, tokens, threads);
@@ -207,10 +250,17 @@ int main(int argc, char** argv) {
     std::printf("target only: %.2f ms/token\n\n", ref_ms);
     std::printf("%-12s %5s %8s %10s %10s %9s %9s %8s %8s\n", "shape", "nodes", "tok/ver",
                 "draft_ms", "target_ms", "ms/token", "vs_tgt", "lossless", "verifs");
+    std::vector<std::pair<std::vector<int>, bool>> rows;
     for (const auto& shape : shapes) {
+      rows.push_back({shape, false});
+      const bool chain = std::all_of(shape.begin(), shape.end(), [](int b) { return b == 1; });
+      if (second && chain) rows.push_back({shape, true});
+    }
+    for (const auto& [shape, merged] : rows) {
       Totals tot;
       for (int p = 0; p < prompts; ++p) {
-        const auto got = tree_si(*target, *drafter, prompt_ids[p], tokens, shape, tot);
+        const auto got = tree_si(*target, *drafter, prompt_ids[p], tokens, shape, tot,
+                                 merged ? second.get() : nullptr);
         if (got != want[p]) tot.lossless = false;
       }
       std::string name;
@@ -218,11 +268,16 @@ int main(int argc, char** argv) {
         if (i > 0) name += ',';
         name += std::to_string(shape[i]);
       }
+      if (merged) name += " +2nd";
       const double ms = tot.wall_s * 1e3 / tot.tokens;
       std::printf("%-12s %5d %8.2f %10.2f %10.2f %9.2f %9.2f %8s %8d\n", name.c_str(),
                   tree_shape_nodes(shape), static_cast<double>(tot.tokens) / tot.verifications,
                   tot.draft_s * 1e3 / tot.verifications, tot.target_s * 1e3 / tot.verifications, ms,
                   ref_ms / ms, tot.lossless ? "yes" : "NO", tot.verifications);
+      if (merged) {
+        std::printf("%-12s %d of %d verifications ended at the second drafter's leaf\n", "",
+                    tot.siblings, tot.verifications);
+      }
       if (!tot.lossless) return 1;
     }
   } catch (const std::exception& e) {
