@@ -547,7 +547,6 @@ void check_drafters_config(const RunConfig& cfg) {
   if (!cfg.tree.empty()) {
     throw ConfigError(n + " does not run with dsi.tree yet (merged drafters extend chains)");
   }
-  if (cfg.adapt) throw ConfigError(n + " does not run with runtime.adapt: on yet");
   if (cfg.temperature > 0 && cfg.coupling == "residual") {
     throw ConfigError(
         n + " needs sampling.coupling: gumbel when sampling.temperature > 0 (the residual "

@@ -135,8 +135,7 @@ inline constexpr int kMaxStageTokens = 16;
 void check_tree_config(const RunConfig& cfg);
 
 // Throws ConfigError naming roles.drafters when merged drafters cannot run with the rest of the
-// config (SI or DSI; chains; not with runtime.adapt or the residual coupling; a model for
-// each extra llama drafter).
+// config (chains; not with the residual coupling; a model for each extra llama drafter).
 void check_drafters_config(const RunConfig& cfg);
 
 // Tree shapes written "3,2,1,1;2,1,1,1" (a command-line list): each checked as dsi.tree is;

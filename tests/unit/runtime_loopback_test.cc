@@ -172,6 +172,14 @@ TEST(RuntimeLoopback, MergedDraftersAreLossless) {
     }
   }
   EXPECT_GT(caught, 0);
+  // With runtime.adapt: the policy's switches (non-SI stops every drafter) change no token.
+  RunConfig cfg = fast_config(Mode::kDsi, 0.6, 4);
+  cfg.drafters = 2;
+  cfg.adapt = true;
+  cfg.max_new_tokens = 80;
+  const RunReport r = coord.run(cfg, 3);
+  SyntheticParams target{.seed = cfg.seed, .vocab = cfg.vocab};
+  EXPECT_EQ(r.tokens, synthetic_reference(target, r.prompt, cfg.max_new_tokens)) << "adaptive";
   coord.exit_all(0);
 }
 
