@@ -27,11 +27,35 @@ void add_inplace(float* x, const float* y, size_t n) {
   for (size_t i = 0; i < n; ++i) x[i] += y[i];
 }
 
-const float* or_null(const std::vector<float>& v) {
-  return v.empty() ? nullptr : v.data();
+using kernels::MatmulJob;
+using kernels::WeightMatrix;
+
+// Rows [r0, r0 + n) of w.
+WeightMatrix rows_of(const WeightMatrix& w, int64_t r0, int64_t n) {
+  WeightMatrix v = w;
+  v.data = w.row(r0);
+  v.rows = n;
+  return v;
 }
 
-using kernels::MatmulJob;
+// Columns [c0, c0 + n) of w, each row read with w's stride; c0 and n must be whole blocks of
+// w's type.
+WeightMatrix cols_of(const WeightMatrix& w, int64_t c0, int64_t n) {
+  const int64_t block = ggml_block_size(w.type);
+  if (c0 % block != 0 || n % block != 0) {
+    throw std::invalid_argument("tensor parallelism: columns " + std::to_string(c0) + ".." +
+                                std::to_string(c0 + n) + " of a " + ggml_type_name(w.type) +
+                                " matrix are not whole blocks of " + std::to_string(block));
+  }
+  WeightMatrix v = w;
+  v.data = w.data + ggml_row_size(w.type, c0);
+  v.cols = n;
+  return v;
+}
+
+const float* part(const std::vector<float>& v, size_t off) {
+  return v.empty() ? nullptr : v.data() + off;
+}
 
 }  // namespace
 
@@ -90,21 +114,67 @@ LlamaEngine::LlamaEngine(std::shared_ptr<const LlamaModel> model, const LlamaEng
       pool_(threads_),
       after_layer_(o.after_layer) {
   if (max_ctx_ <= 0) throw std::invalid_argument("llama engine: max context must be positive");
-  const size_t n = layers_.size() * static_cast<size_t>(max_ctx_) * model_->config.kv_dim();
+  shard(o.tp);
+  const size_t n = layers_.size() * static_cast<size_t>(max_ctx_) * kv_dim();
   k_cache_.reset(new float[n]);
   v_cache_.reset(new float[n]);
 }
 
+void LlamaEngine::shard(Collective* tp) {
+  const LlamaConfig& c = model_->config;
+  const int n = tp ? tp->size() : 1, r = tp ? tp->rank() : 0;
+  tp_ = n > 1 ? tp : nullptr;
+  if (c.n_heads % n != 0 || c.ffn_dim % n != 0) {
+    throw std::invalid_argument("tensor parallelism of " + std::to_string(n) + " does not divide " +
+                                std::to_string(c.n_heads) + " attention heads and a " +
+                                std::to_string(c.ffn_dim) + "-wide MLP");
+  }
+  heads_ = c.n_heads / n;
+  ffn_ = c.ffn_dim / n;
+  // KV heads: split like the heads, or, when there are fewer than shards, the one whose group
+  // holds this shard's heads (replicated on n / n_kv_heads shards).
+  int kv0;
+  if (c.n_kv_heads % n == 0) {
+    kv_heads_ = c.n_kv_heads / n;
+    kv0 = r * kv_heads_;
+  } else if (n % c.n_kv_heads == 0) {
+    kv_heads_ = 1;
+    kv0 = r * heads_ / (c.n_heads / c.n_kv_heads);
+  } else {
+    throw std::invalid_argument("tensor parallelism of " + std::to_string(n) + " neither divides " +
+                                "nor is a multiple of the " + std::to_string(c.n_kv_heads) +
+                                " KV heads");
+  }
+  const int hd = c.head_dim, q0 = r * heads_ * hd, k0 = kv0 * hd, f0 = r * ffn_;
+  for (int l : layers_) {
+    const LlamaLayerWeights& L = model_->weights.layers[l];
+    shard_.push_back({.wq = rows_of(L.wq, q0, q_dim()),
+                      .wk = rows_of(L.wk, k0, kv_dim()),
+                      .wv = rows_of(L.wv, k0, kv_dim()),
+                      .wo = n > 1 ? cols_of(L.wo, q0, q_dim()) : L.wo,
+                      .w_gate = rows_of(L.w_gate, f0, ffn_),
+                      .w_up = rows_of(L.w_up, f0, ffn_),
+                      .w_down = n > 1 ? cols_of(L.w_down, f0, ffn_) : L.w_down,
+                      .bq = part(L.bq, q0),
+                      .bk = part(L.bk, k0),
+                      .bv = part(L.bv, k0)});
+  }
+}
+
+void LlamaEngine::all_reduce(float* x, size_t n) {
+  if (tp_) tp_->all_reduce_sum(std::span(x, n));
+}
+
 float* LlamaEngine::k_cache(int slot, int pos) {
-  return k_cache_.get() + (static_cast<size_t>(slot) * max_ctx_ + pos) * model_->config.kv_dim();
+  return k_cache_.get() + (static_cast<size_t>(slot) * max_ctx_ + pos) * kv_dim();
 }
 
 float* LlamaEngine::v_cache(int slot, int pos) {
-  return v_cache_.get() + (static_cast<size_t>(slot) * max_ctx_ + pos) * model_->config.kv_dim();
+  return v_cache_.get() + (static_cast<size_t>(slot) * max_ctx_ + pos) * kv_dim();
 }
 
 size_t LlamaEngine::kv_bytes_per_token() const {
-  return 2 * layers_.size() * model_->config.kv_dim() * sizeof(float);
+  return 2 * layers_.size() * kv_dim() * sizeof(float);
 }
 
 void LlamaEngine::ensure_scratch(int n) {
@@ -113,10 +183,10 @@ void LlamaEngine::ensure_scratch(int n) {
   const size_t un = n;
   x_.resize(un * c.dim);
   xb_.resize(un * c.dim);
-  q_.resize(un * c.q_dim());
-  att_.resize(un * std::max(c.q_dim(), c.dim));
-  gate_.resize(un * c.ffn_dim);
-  up_.resize(un * c.ffn_dim);
+  q_.resize(un * q_dim());
+  att_.resize(un * std::max(q_dim(), c.dim));
+  gate_.resize(un * ffn_);
+  up_.resize(un * ffn_);
   pos_.resize(un);
   scratch_n_ = n;
 }
@@ -148,7 +218,7 @@ void LlamaEngine::keep_path(const TokenTree& tree, std::span<const int> path,
   (void)cancel;  // moving rows is not worth interrupting
   if (!check_keep_path(tree_, tree, path)) return;
   // Row kv_len_ + path[d] moves to kv_len_ + d <= it; rows of later path nodes lie beyond both.
-  const size_t row = static_cast<size_t>(model_->config.kv_dim()) * sizeof(float);
+  const size_t row = static_cast<size_t>(kv_dim()) * sizeof(float);
   for (size_t slot = 0; slot < layers_.size(); ++slot) {
     for (size_t d = 0; d < path.size(); ++d) {
       if (path[d] == static_cast<int>(d)) continue;
@@ -183,39 +253,40 @@ Logits LlamaEngine::run(std::span<const Token> tokens, std::span<const int> dept
   for (size_t slot = 0; slot < layers_.size(); ++slot) {
     if (cancel.cancelled()) throw Cancelled();
     const LlamaLayerWeights& L = w.layers[layers_[slot]];
+    const LayerShard& S = shard_[slot];
     float* kc = k_cache(static_cast<int>(slot), start);
     float* vc = v_cache(static_cast<int>(slot), start);
     kernels::rmsnorm_cpu(xb_.data(), x_.data(), L.attn_norm.data(), n, c.dim, c.norm_eps);
-    const MatmulJob qkv[] = {
-        {q_.data(), &L.wq, or_null(L.bq)}, {kc, &L.wk, or_null(L.bk)}, {vc, &L.wv, or_null(L.bv)}};
+    const MatmulJob qkv[] = {{q_.data(), &S.wq, S.bq}, {kc, &S.wk, S.bk}, {vc, &S.wv, S.bv}};
     kernels::qmatmul(qkv, xb_.data(), n, c.dim, pool, kernels::kernel_isa(), act_);
-    kernels::rope_cpu(q_.data(), pos_.data(), n, c.n_heads, c.head_dim, c.rope_dim, c.rope_base,
+    kernels::rope_cpu(q_.data(), pos_.data(), n, heads_, c.head_dim, c.rope_dim, c.rope_base,
                       c.rope_layout);
-    kernels::rope_cpu(kc, pos_.data(), n, c.n_kv_heads, c.head_dim, c.rope_dim, c.rope_base,
+    kernels::rope_cpu(kc, pos_.data(), n, kv_heads_, c.head_dim, c.rope_dim, c.rope_base,
                       c.rope_layout);
     const float* k0 = k_cache(static_cast<int>(slot), 0);
     const float* v0 = v_cache(static_cast<int>(slot), 0);
     auto heads = [&](int h) {
-      kernels::attention_cpu(att_.data(), q_.data(), k0, v0, mask, n, start + n, start, c.n_heads,
-                             c.n_kv_heads, c.head_dim, c.kv_dim(), h, h + 1);
+      kernels::attention_cpu(att_.data(), q_.data(), k0, v0, mask, n, start + n, start, heads_,
+                             kv_heads_, c.head_dim, kv_dim(), h, h + 1);
     };
     // Waking the pool costs ~10 us: not worth it for a decode step over a short context.
-    if (static_cast<int64_t>(n) * (start + n) * c.q_dim() < kParallelAttentionWork) {
-      for (int h = 0; h < c.n_heads; ++h) heads(h);
+    if (static_cast<int64_t>(n) * (start + n) * q_dim() < kParallelAttentionWork) {
+      for (int h = 0; h < heads_; ++h) heads(h);
     } else {
-      pool_.parallel_for(c.n_heads, heads);
+      pool_.parallel_for(heads_, heads);
     }
-    kernels::qmatmul(xb_.data(), att_.data(), L.wo, nullptr, n, pool, kernels::kernel_isa(), act_);
+    kernels::qmatmul(xb_.data(), att_.data(), S.wo, nullptr, n, pool, kernels::kernel_isa(), act_);
+    all_reduce(xb_.data(), nd);  // the heads' shares of the output projection
     add_inplace(x_.data(), xb_.data(), nd);
 
     kernels::rmsnorm_cpu(xb_.data(), x_.data(), L.ffn_norm.data(), n, c.dim, c.norm_eps);
-    const MatmulJob gate_up[] = {{gate_.data(), &L.w_gate, nullptr},
-                                 {up_.data(), &L.w_up, nullptr}};
+    const MatmulJob gate_up[] = {{gate_.data(), &S.w_gate, nullptr},
+                                 {up_.data(), &S.w_up, nullptr}};
     kernels::qmatmul(gate_up, xb_.data(), n, c.dim, pool, kernels::kernel_isa(), act_);
-    kernels::swiglu_cpu(gate_.data(), gate_.data(), up_.data(),
-                        static_cast<int64_t>(n) * c.ffn_dim);
-    kernels::qmatmul(xb_.data(), gate_.data(), L.w_down, nullptr, n, pool, kernels::kernel_isa(),
+    kernels::swiglu_cpu(gate_.data(), gate_.data(), up_.data(), static_cast<int64_t>(n) * ffn_);
+    kernels::qmatmul(xb_.data(), gate_.data(), S.w_down, nullptr, n, pool, kernels::kernel_isa(),
                      act_);
+    all_reduce(xb_.data(), nd);  // the MLP rows' shares of the down projection
     add_inplace(x_.data(), xb_.data(), nd);
     if (after_layer_) after_layer_(static_cast<int>(slot));
   }
@@ -239,7 +310,7 @@ void LlamaEngine::truncate(int n) {
 
 KvBlob LlamaEngine::export_kv(int begin, int end) const {
   if (begin < 0 || end > kv_len_ || begin > end) throw std::out_of_range("KV range");
-  const size_t row = static_cast<size_t>(model_->config.kv_dim()) * sizeof(float);
+  const size_t row = static_cast<size_t>(kv_dim()) * sizeof(float);
   const size_t span = (end - begin) * row;
   KvBlob kv{begin, end, std::vector<uint8_t>(2 * layers_.size() * span)};
   uint8_t* dst = kv.bytes.data();
@@ -256,7 +327,7 @@ void LlamaEngine::import_kv(const KvBlob& kv) {
   if (kv.begin != kv_len_) throw std::invalid_argument("KV import must start at kv_len()");
   tree_ = {};
   if (kv.end < kv.begin || kv.end > max_ctx_) throw std::out_of_range("KV import range");
-  const size_t row = static_cast<size_t>(model_->config.kv_dim()) * sizeof(float);
+  const size_t row = static_cast<size_t>(kv_dim()) * sizeof(float);
   const size_t span = (kv.end - kv.begin) * row;
   if (kv.bytes.size() != 2 * layers_.size() * span) {
     throw std::invalid_argument("KV blob has " + std::to_string(kv.bytes.size()) +

@@ -15,6 +15,7 @@
 #include "engines/engine.h"
 #include "engines/llama/llama_model.h"
 #include "kernels/qmatmul.h"
+#include "transport/collective.h"
 
 namespace dsi {
 
@@ -29,6 +30,13 @@ struct LlamaEngineOptions {
   // Test hook: called on the forward's thread each time a layer is done, with its slot (0 ..
   // kept layers - 1, in run order). Left empty outside tests.
   std::function<void(int slot)> after_layer;
+  // Tensor parallelism (Megatron-style): this engine is shard tp->rank() of tp->size() of the
+  // model. It computes its share of the attention heads (Q/K/V rows; the KV heads too, or one
+  // replicated KV head when there are fewer than shards) and of the MLP's rows, multiplies its
+  // columns of the output and down projections, and sums those over the group (one all-reduce
+  // after attention, one after the MLP); embedding, norms and LM head are replicated. Its KV
+  // cache holds only its KV heads. Null: the whole model. The group outlives the engine.
+  Collective* tp = nullptr;
 };
 
 // Loads options.model_path (only the kept layers; a directory is read as a Hugging Face
@@ -67,8 +75,8 @@ class LlamaEngine final : public Engine {
   int vocab_size() const override { return model_->config.n_vocab; }
 
   // Blob layout (native-endian float32): for each kept layer in run order, the K rows of
-  // positions [begin, end) then the V rows, each row kv_dim floats. Only engines with the same
-  // model and kept layers can exchange blobs; import must start at kv_len().
+  // positions [begin, end) then the V rows, each row kv_dim floats (a shard's: its KV heads). Only
+  // engines with the same model and kept layers can exchange blobs; import must start at kv_len().
   KvBlob export_kv(int begin, int end) const override;
   void import_kv(const KvBlob& kv) override;
 
@@ -87,8 +95,21 @@ class LlamaEngine final : public Engine {
   Logits run(std::span<const Token> tokens, std::span<const int> depth, int row0,
              const uint8_t* mask, int n_logits, const CancelFlag& cancel);
 
+  // What this engine computes of a kept layer: all of it, or its tensor-parallel shard.
+  struct LayerShard {
+    kernels::WeightMatrix wq, wk, wv, wo, w_gate, w_up, w_down;
+    const float *bq = nullptr, *bk = nullptr, *bv = nullptr;
+  };
+  int kv_dim() const { return kv_heads_ * model_->config.head_dim; }
+  int q_dim() const { return heads_ * model_->config.head_dim; }
+  void shard(Collective* tp);
+  void all_reduce(float* x, size_t n);
+
   std::shared_ptr<const LlamaModel> model_;
   std::vector<int> layers_;  // file layer numbers, in run order
+  Collective* tp_ = nullptr;
+  int heads_ = 0, kv_heads_ = 0, ffn_ = 0;  // this engine's share
+  std::vector<LayerShard> shard_;           // by slot
   int threads_;
   kernels::Activations act_;
   int max_ctx_;

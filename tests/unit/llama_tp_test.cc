@@ -1,0 +1,231 @@
+// Tensor parallelism of the CPU llama engine (issue 16, first part): an engine that is one
+// shard of a group of 2-4 (heads, KV heads or one replicated KV head, MLP rows; one all-reduce
+// after attention and one after the MLP, over the loopback collective) gives the logits of the
+// whole model within a float tolerance (the partial sums are added in another order), every
+// shard of a group gives the same bits, and its KV cache holds only its heads.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+#include "engines/llama/llama_engine.h"
+#include "tests/llama_test_model.h"
+#include "tests/quant_test_data.h"
+
+namespace dsi {
+namespace {
+
+std::shared_ptr<LlamaModel> f32_model(int heads, int kv_heads, bool qkv_bias) {
+  auto m = std::make_shared<LlamaModel>();
+  LlamaConfig& c = m->config;
+  c.n_vocab = 97;
+  c.head_dim = 16;
+  c.rope_dim = 16;
+  c.n_heads = heads;
+  c.n_kv_heads = kv_heads;
+  c.dim = 96;
+  c.n_layers = 3;
+  c.ffn_dim = 192;
+  c.qkv_bias = qkv_bias;
+  c.tied_head = !qkv_bias;
+  c.max_context = 64;
+  c.rope_layout = qkv_bias ? kernels::RopeLayout::kHalfSplit : kernels::RopeLayout::kAdjacentPairs;
+  fill_random_llama(*m, 7 + heads * 10 + kv_heads);
+  return m;
+}
+
+// Every matrix Q4_0 (blocks of 32): each shard's columns of wo and w_down are whole blocks.
+std::shared_ptr<LlamaModel> q4_model() {
+  auto m = std::make_shared<LlamaModel>();
+  LlamaConfig& c = m->config;
+  c.n_vocab = 61;
+  c.dim = 128;
+  c.n_layers = 2;
+  c.n_heads = 4;
+  c.n_kv_heads = 2;
+  c.head_dim = 32;
+  c.rope_dim = 32;
+  c.ffn_dim = 256;
+  c.qkv_bias = true;
+  c.max_context = 64;
+  const GgmlType t = GgmlType::Q4_0;
+  uint32_t seed = 1;
+  LlamaWeights& w = m->weights;
+  auto mat = [&](int64_t rows, int64_t cols) {
+    return w.own(t, kernels::quant_test::random_matrix(t, rows, cols, seed++), rows, cols);
+  };
+  auto vec = [&](int64_t n, float mean) {
+    auto v = kernels::quant_test::random_floats(static_cast<size_t>(n), seed++);
+    for (float& x : v) x = mean + 0.1f * x;
+    return v;
+  };
+  w.token_embd = mat(c.n_vocab, c.dim);
+  for (int l = 0; l < c.n_layers; ++l) {
+    LlamaLayerWeights L;
+    L.attn_norm = vec(c.dim, 1);
+    L.wq = mat(c.q_dim(), c.dim);
+    L.wk = mat(c.kv_dim(), c.dim);
+    L.wv = mat(c.kv_dim(), c.dim);
+    L.bq = vec(c.q_dim(), 0);
+    L.bk = vec(c.kv_dim(), 0);
+    L.bv = vec(c.kv_dim(), 0);
+    L.wo = mat(c.dim, c.q_dim());
+    L.ffn_norm = vec(c.dim, 1);
+    L.w_gate = mat(c.ffn_dim, c.dim);
+    L.w_up = mat(c.ffn_dim, c.dim);
+    L.w_down = mat(c.dim, c.ffn_dim);
+    w.layers.push_back(std::move(L));
+  }
+  w.output_norm = vec(c.dim, 1);
+  w.output = mat(c.n_vocab, c.dim);
+  return m;
+}
+
+const std::vector<Token> kPrompt = {3, 14, 15, 9, 26, 53, 58, 9, 7, 32, 38, 46};
+
+// The logits of a prefill of kPrompt (all rows), then of 6 greedy decode steps, then of a
+// verification block of 4: all rows concatenated. Each engine runs the same calls.
+std::vector<float> script(Engine& e, std::vector<Token>* greedy = nullptr) {
+  CancelFlag never;
+  std::vector<float> out;
+  auto keep = [&](const Logits& l) { out.insert(out.end(), l.data.begin(), l.data.end()); };
+  Logits l = e.forward(kPrompt, static_cast<int>(kPrompt.size()), never);
+  keep(l);
+  Token next = l.argmax().back();
+  for (int i = 0; i < 6; ++i) {
+    if (greedy) greedy->push_back(next);
+    l = e.forward(std::span(&next, 1), 1, never);
+    keep(l);
+    next = l.argmax()[0];
+  }
+  const std::vector<Token> block = {next, 5, 11, 2};
+  keep(e.forward(block, 4, never));
+  return out;
+}
+
+// Runs the script on tp shards (threads over a loopback group); returns each shard's logits.
+std::vector<std::vector<float>> run_group(std::shared_ptr<const LlamaModel> m, int tp,
+                                          size_t* kv_bytes = nullptr) {
+  LoopbackCollectiveHub hub(tp);
+  std::vector<std::vector<float>> logits(tp);
+  std::vector<std::thread> threads;
+  std::vector<std::string> errors(tp);
+  for (int r = 0; r < tp; ++r) {
+    threads.emplace_back([&, r] {
+      try {
+        auto member = hub.member(r);
+        LlamaEngineOptions o;
+        o.tp = member.get();
+        LlamaEngine e(m, o);
+        if (r == 0 && kv_bytes) *kv_bytes = e.kv_bytes_per_token();
+        logits[r] = script(e);
+      } catch (const std::exception& ex) {
+        errors[r] = ex.what();
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int r = 0; r < tp; ++r) EXPECT_EQ(errors[r], "") << "shard " << r;
+  return logits;
+}
+
+double max_rel_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  double scale = 1e-6, diff = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    scale = std::max(scale, static_cast<double>(std::fabs(a[i])));
+    diff = std::max(diff, static_cast<double>(std::fabs(a[i] - b[i])));
+  }
+  return diff / scale;
+}
+
+struct Case {
+  const char* name;
+  std::shared_ptr<LlamaModel> model;
+  std::vector<int> tps;
+};
+
+TEST(LlamaTensorParallel, ShardsGiveTheWholeModelsLogits) {
+  const Case cases[] = {
+      {"12 heads, 4 KV heads, tied head", f32_model(12, 4, false), {2, 4}},
+      {"12 heads, 12 KV heads", f32_model(12, 12, false), {2, 3, 4}},
+      {"6 heads, 3 KV heads, QKV bias", f32_model(6, 3, true), {3}},
+      // Fewer KV heads than shards: each KV head replicated on 2 shards.
+      {"4 heads, 2 KV heads, QKV bias (KV heads replicated)", f32_model(4, 2, true), {4}},
+      {"Q4_0, 4 heads, 2 KV heads", q4_model(), {2, 4}},
+  };
+  for (const Case& c : cases) {
+    LlamaEngine whole(c.model, LlamaEngineOptions{});
+    std::vector<Token> greedy;
+    const std::vector<float> ref = script(whole, &greedy);
+    const size_t whole_kv = whole.kv_bytes_per_token();
+    for (int tp : c.tps) {
+      size_t kv = 0;
+      const auto shards = run_group(c.model, tp, &kv);
+      ASSERT_EQ(shards[0].size(), ref.size()) << c.name << " tp " << tp;
+      // Within float tolerance of the whole model (the sums over shards round differently).
+      EXPECT_LT(max_rel_diff(ref, shards[0]), 1e-4) << c.name << " tp " << tp;
+      // The same bits on every shard: the group never disagrees on a token.
+      for (int r = 1; r < tp; ++r) {
+        EXPECT_EQ(std::memcmp(shards[0].data(), shards[r].data(), ref.size() * sizeof(float)), 0)
+            << c.name << " tp " << tp << " shard " << r;
+      }
+      // A shard's KV cache holds its KV heads only (one when they are replicated).
+      const int kv_heads = c.model->config.n_kv_heads;
+      const int per_shard = kv_heads % tp == 0 ? kv_heads / tp : 1;
+      EXPECT_EQ(kv * kv_heads, whole_kv * per_shard) << c.name << " tp " << tp;
+    }
+  }
+}
+
+TEST(LlamaTensorParallel, RefusesDegreesThatDoNotDivideTheModel) {
+  auto error_of = [](std::shared_ptr<const LlamaModel> m, int tp) {
+    LoopbackCollectiveHub hub(tp);
+    auto member = hub.member(0);
+    LlamaEngineOptions o;
+    o.tp = member.get();
+    try {
+      LlamaEngine e(m, o);
+    } catch (const std::invalid_argument& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  EXPECT_NE(error_of(f32_model(12, 4, false), 5).find("12 attention heads"), std::string::npos);
+  EXPECT_NE(error_of(f32_model(12, 4, false), 6).find("4 KV heads"), std::string::npos);
+  // Q4_0 columns of wo for 8 shards: 16 of a head's 32 per shard, not whole blocks.
+  auto m = q4_model();
+  m->config.n_heads = 8;
+  m->config.head_dim = 16;
+  m->config.n_kv_heads = 8;
+  EXPECT_NE(error_of(m, 8).find("not whole blocks"), std::string::npos);
+}
+
+TEST(LoopbackCollective, SumsInRankOrderAndTimesOut) {
+  LoopbackCollectiveHub hub(3, std::chrono::milliseconds(200));
+  std::vector<std::vector<float>> data = {{1e8f, 1}, {-1e8f, 2}, {1, 3}};
+  std::vector<std::thread> t;
+  for (int r = 0; r < 3; ++r) {
+    t.emplace_back([&, r] {
+      auto m = hub.member(r);
+      for (int i = 0; i < 50; ++i) {
+        std::vector<float> d = data[r];
+        m->all_reduce_sum(d);
+        // (1e8 + -1e8) + 1 in rank order, exactly; any other order loses the 1.
+        EXPECT_EQ(d, (std::vector<float>{1, 6}));
+      }
+    });
+  }
+  for (auto& x : t) x.join();
+  // A peer that never joins: the others give up within the timeout, naming it a timeout.
+  LoopbackCollectiveHub lonely(2, std::chrono::milliseconds(100));
+  auto m0 = lonely.member(0);
+  std::vector<float> d = {1};
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_THROW(m0->all_reduce_sum(d), CollectiveTimeout);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(2));
+}
+
+}  // namespace
+}  // namespace dsi
