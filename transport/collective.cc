@@ -28,17 +28,19 @@ class LoopbackCollective final : public Collective {
   int rank() const override { return rank_; }
   int size() const override { return s_.size; }
 
-  void all_reduce_sum(std::span<float> data) override {
+  bool all_reduce(std::span<float> data, bool stop) override {
     std::unique_lock lk(s_.mu);
     const auto deadline = std::chrono::steady_clock::now() + s_.timeout;
     // The previous all-reduce's result must be taken by every rank before this one starts.
     if (!s_.cv.wait_until(lk, deadline, [&] { return s_.left == 0; })) timeout("finish");
     const uint64_t gen = s_.generation;
+    // The stop flag rides as one more element.
     s_.parts[rank_].assign(data.begin(), data.end());
+    s_.parts[rank_].push_back(stop ? 1.0f : 0.0f);
     if (++s_.arrived == s_.size) {
-      s_.sum.assign(data.size(), 0.0f);
+      s_.sum.assign(data.size() + 1, 0.0f);
       for (const auto& p : s_.parts) {
-        if (p.size() != data.size()) throw std::invalid_argument("all_reduce_sum: lengths differ");
+        if (p.size() != data.size() + 1) throw std::invalid_argument("all_reduce: lengths differ");
         for (size_t i = 0; i < p.size(); ++i) s_.sum[i] += p[i];
       }
       s_.arrived = 0;
@@ -49,8 +51,10 @@ class LoopbackCollective final : public Collective {
       --s_.arrived;
       timeout("join");
     }
-    std::copy(s_.sum.begin(), s_.sum.end(), data.begin());
+    std::copy(s_.sum.begin(), s_.sum.end() - 1, data.begin());
+    const bool any_stop = s_.sum.back() > 0;
     if (--s_.left == 0) s_.cv.notify_all();
+    return any_stop;
   }
 
  private:

@@ -23,10 +23,13 @@ class Collective {
   virtual ~Collective() = default;
   virtual int rank() const = 0;  // within the group, 0 .. size() - 1
   virtual int size() const = 0;
-  // Replaces `data` on every rank by the sum over the group's ranks, added in rank order.
-  // Every rank passes the same length. Throws CollectiveTimeout when a peer has not joined
-  // within the group's timeout.
-  virtual void all_reduce_sum(std::span<float> data) = 0;
+  // Replaces `data` on every rank by the sum over the group's ranks, added in rank order, and
+  // returns whether any rank passed stop = true: the agreement by which a group stops as one
+  // (a cancel that reached one rank stops every rank at the same collective). Every rank
+  // passes the same length. Throws CollectiveTimeout when a peer has not joined within the
+  // group's timeout.
+  virtual bool all_reduce(std::span<float> data, bool stop) = 0;
+  void all_reduce_sum(std::span<float> data) { (void)all_reduce(data, false); }
 };
 
 // A group of `size` ranks as threads of one process: member(r) is rank r's end. The hub must

@@ -17,11 +17,14 @@ class MpiCollective final : public Collective {
   int rank() const override { return rank_; }
   int size() const override { return size_; }
 
-  void all_reduce_sum(std::span<float> data) override {
-    const int n = static_cast<int>(data.size());
-    gathered_.resize(static_cast<size_t>(n) * size_);
+  bool all_reduce(std::span<float> data, bool stop) override {
+    // The stop flag rides as one more element.
+    const int n = static_cast<int>(data.size()), m = n + 1;
+    mine_.assign(data.begin(), data.end());
+    mine_.push_back(stop ? 1.0f : 0.0f);
+    gathered_.resize(static_cast<size_t>(m) * size_);
     MPI_Request req;
-    MPI_Iallgather(data.data(), n, MPI_FLOAT, gathered_.data(), n, MPI_FLOAT, comm_, &req);
+    MPI_Iallgather(mine_.data(), m, MPI_FLOAT, gathered_.data(), m, MPI_FLOAT, comm_, &req);
     const auto deadline = std::chrono::steady_clock::now() +
                           std::chrono::duration_cast<std::chrono::steady_clock::duration>(
                               std::chrono::duration<double>(timeout_s_));
@@ -37,16 +40,19 @@ class MpiCollective final : public Collective {
     }
     for (int i = 0; i < n; ++i) {
       float s = 0;
-      for (int r = 0; r < size_; ++r) s += gathered_[static_cast<size_t>(r) * n + i];
+      for (int r = 0; r < size_; ++r) s += gathered_[static_cast<size_t>(r) * m + i];
       data[i] = s;
     }
+    bool any_stop = false;
+    for (int r = 0; r < size_; ++r) any_stop |= gathered_[static_cast<size_t>(r) * m + n] > 0;
+    return any_stop;
   }
 
  private:
   MPI_Comm comm_;
   double timeout_s_;
   int rank_ = 0, size_ = 1;
-  std::vector<float> gathered_;
+  std::vector<float> mine_, gathered_;
 };
 
 }  // namespace

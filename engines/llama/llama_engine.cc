@@ -161,8 +161,8 @@ void LlamaEngine::shard(Collective* tp) {
   }
 }
 
-void LlamaEngine::all_reduce(float* x, size_t n) {
-  if (tp_) tp_->all_reduce_sum(std::span(x, n));
+void LlamaEngine::all_reduce(float* x, size_t n, const CancelFlag& cancel) {
+  if (tp_ && tp_->all_reduce(std::span(x, n), cancel.cancelled())) throw Cancelled();
 }
 
 float* LlamaEngine::k_cache(int slot, int pos) {
@@ -251,7 +251,8 @@ Logits LlamaEngine::run(std::span<const Token> tokens, std::span<const int> dept
   // kv_len_ moves (in forward) only once every layer is done, so a cancelled forward leaves
   // rows beyond kv_len_ that nothing reads.
   for (size_t slot = 0; slot < layers_.size(); ++slot) {
-    if (cancel.cancelled()) throw Cancelled();
+    // A shard stops only where its group agrees to (all_reduce).
+    if (!tp_ && cancel.cancelled()) throw Cancelled();
     const LlamaLayerWeights& L = w.layers[layers_[slot]];
     const LayerShard& S = shard_[slot];
     float* kc = k_cache(static_cast<int>(slot), start);
@@ -276,7 +277,7 @@ Logits LlamaEngine::run(std::span<const Token> tokens, std::span<const int> dept
       pool_.parallel_for(heads_, heads);
     }
     kernels::qmatmul(xb_.data(), att_.data(), S.wo, nullptr, n, pool, kernels::kernel_isa(), act_);
-    all_reduce(xb_.data(), nd);  // the heads' shares of the output projection
+    all_reduce(xb_.data(), nd, cancel);  // the heads' shares of the output projection
     add_inplace(x_.data(), xb_.data(), nd);
 
     kernels::rmsnorm_cpu(xb_.data(), x_.data(), L.ffn_norm.data(), n, c.dim, c.norm_eps);
@@ -286,11 +287,11 @@ Logits LlamaEngine::run(std::span<const Token> tokens, std::span<const int> dept
     kernels::swiglu_cpu(gate_.data(), gate_.data(), up_.data(), static_cast<int64_t>(n) * ffn_);
     kernels::qmatmul(xb_.data(), gate_.data(), S.w_down, nullptr, n, pool, kernels::kernel_isa(),
                      act_);
-    all_reduce(xb_.data(), nd);  // the MLP rows' shares of the down projection
+    all_reduce(xb_.data(), nd, cancel);  // the MLP rows' shares of the down projection
     add_inplace(x_.data(), xb_.data(), nd);
     if (after_layer_) after_layer_(static_cast<int>(slot));
   }
-  if (cancel.cancelled()) throw Cancelled();
+  if (!tp_ && cancel.cancelled()) throw Cancelled();
 
   if (n_logits > 0) {
     const float* last = x_.data() + static_cast<size_t>(n - n_logits) * c.dim;

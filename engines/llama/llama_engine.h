@@ -35,7 +35,10 @@ struct LlamaEngineOptions {
   // replicated KV head when there are fewer than shards) and of the MLP's rows, multiplies its
   // columns of the output and down projections, and sums those over the group (one all-reduce
   // after attention, one after the MLP); embedding, norms and LM head are replicated. Its KV
-  // cache holds only its KV heads. Null: the whole model. The group outlives the engine.
+  // cache holds only its KV heads. A cancel raised on any shard rides in the next all-reduce,
+  // so every shard of the group stops at the same one and keeps the same KV (a shard never
+  // leaves a collective its peers wait in). Null: the whole model. The group outlives the
+  // engine.
   Collective* tp = nullptr;
 };
 
@@ -103,7 +106,8 @@ class LlamaEngine final : public Engine {
   int kv_dim() const { return kv_heads_ * model_->config.head_dim; }
   int q_dim() const { return heads_ * model_->config.head_dim; }
   void shard(Collective* tp);
-  void all_reduce(float* x, size_t n);
+  // Sums x over the group; a cancel raised on any shard stops every shard here (Cancelled).
+  void all_reduce(float* x, size_t n, const CancelFlag& cancel);
 
   std::shared_ptr<const LlamaModel> model_;
   std::vector<int> layers_;  // file layer numbers, in run order

@@ -5,8 +5,10 @@
 // shard of a group gives the same bits, and its KV cache holds only its heads.
 #include <gtest/gtest.h>
 
+#include <barrier>
 #include <cmath>
 #include <cstring>
+#include <random>
 #include <thread>
 #include <vector>
 
@@ -200,6 +202,99 @@ TEST(LlamaTensorParallel, RefusesDegreesThatDoNotDivideTheModel) {
   m->config.head_dim = 16;
   m->config.n_kv_heads = 8;
   EXPECT_NE(error_of(m, 8).find("not whole blocks"), std::string::npos);
+}
+
+// Preemption as one: thousands of cancels raised on shard 0 alone at random moments (before,
+// during and after its forwards) under TP 2-4. Every shard of the group stops at the same
+// all-reduce or none does (no shard waits in a collective its peers left: that would time
+// out), every shard keeps the same KV length, and afterwards the group still computes the
+// whole model's logits for the tokens that went through.
+TEST(LlamaTensorParallel, ACancelOnOneShardStopsTheGroupAsOne) {
+  auto m = f32_model(12, 12, true);
+  for (int tp : {2, 3, 4}) {
+    LoopbackCollectiveHub hub(tp, std::chrono::seconds(5));
+    constexpr int kIters = 700;
+    // The calls, the same for every shard: 1-6 tokens each, from a seeded generator.
+    std::mt19937 gen(tp);
+    std::vector<std::vector<Token>> calls(kIters);
+    for (auto& c : calls) {
+      c.resize(1 + gen() % 6);
+      for (auto& t : c) t = static_cast<Token>(gen() % m->config.n_vocab);
+    }
+    std::vector<std::vector<char>> stopped(tp, std::vector<char>(kIters, 0));
+    std::vector<std::vector<int>> kv(tp, std::vector<int>(kIters, 0));
+    std::vector<std::vector<float>> last(tp);
+    std::vector<std::string> errors(tp);
+    std::barrier sync(tp);
+    std::vector<std::thread> threads;
+    for (int r = 0; r < tp; ++r) {
+      threads.emplace_back([&, r] {
+        try {
+          auto member = hub.member(r);
+          LlamaEngineOptions o;
+          o.tp = member.get();
+          o.max_context = 4096;
+          LlamaEngine e(m, o);
+          CancelFlag flag;
+          std::mt19937 delays(1000 + tp);
+          for (int i = 0; i < kIters; ++i) {
+            flag.reset();
+            std::jthread canceller;      // joined however the call ends
+            if (r == 0 && i % 4 != 3) {  // three calls in four get a cancel at a random moment
+              const auto us = std::chrono::microseconds(delays() % 400);
+              canceller = std::jthread([&flag, us] {
+                std::this_thread::sleep_for(us);
+                flag.cancel();
+              });
+            }
+            try {
+              (void)e.forward(calls[i], 1, flag);
+            } catch (const Cancelled&) {
+              stopped[r][i] = 1;
+            }
+            if (canceller.joinable()) canceller.join();
+            kv[r][i] = e.kv_len();
+            if (e.kv_len() > 3000) e.truncate(0);  // stay within the context
+            sync.arrive_and_wait();
+          }
+          CancelFlag never;
+          const Token t = 5;
+          last[r] = e.forward(std::span(&t, 1), 1, never).data;
+        } catch (const std::exception& ex) {
+          errors[r] = ex.what();
+          sync.arrive_and_drop();
+        }
+      });
+    }
+    for (auto& t : threads) t.join();
+    for (int r = 0; r < tp; ++r) ASSERT_EQ(errors[r], "") << "tp " << tp << " shard " << r;
+    int cancels = 0;
+    for (int i = 0; i < kIters; ++i) cancels += stopped[0][i];
+    // Many calls stopped and many went through.
+    EXPECT_GT(cancels, kIters / 5) << "tp " << tp;
+    EXPECT_LT(cancels, kIters - kIters / 5) << "tp " << tp;
+    for (int r = 1; r < tp; ++r) {
+      EXPECT_EQ(stopped[r], stopped[0]) << "tp " << tp << " shard " << r;
+      EXPECT_EQ(kv[r], kv[0]) << "tp " << tp << " shard " << r;
+      EXPECT_EQ(std::memcmp(last[r].data(), last[0].data(), last[0].size() * sizeof(float)), 0);
+    }
+    // The tokens that went through (since the last truncation), then 5, on the whole model.
+    std::vector<Token> seq;
+    for (int i = 0; i < kIters; ++i) {
+      if (!stopped[0][i]) seq.insert(seq.end(), calls[i].begin(), calls[i].end());
+      if (static_cast<int>(seq.size()) != kv[0][i]) {
+        ASSERT_GT(static_cast<int>(seq.size()), 3000) << "tp " << tp << " call " << i;
+        seq.clear();
+      }
+    }
+    LlamaEngineOptions wo;
+    wo.max_context = 4096;
+    LlamaEngine whole(m, wo);
+    CancelFlag never;
+    seq.push_back(5);
+    const auto ref = whole.forward(seq, 1, never).data;
+    EXPECT_LT(max_rel_diff(ref, last[0]), 1e-4) << "tp " << tp;
+  }
 }
 
 TEST(LoopbackCollective, SumsInRankOrderAndTimesOut) {
