@@ -124,13 +124,12 @@ void LlamaEngine::shard(Collective* tp) {
   const LlamaConfig& c = model_->config;
   const int n = tp ? tp->size() : 1, r = tp ? tp->rank() : 0;
   tp_ = n > 1 ? tp : nullptr;
-  if (c.n_heads % n != 0 || c.ffn_dim % n != 0) {
-    throw std::invalid_argument("tensor parallelism of " + std::to_string(n) + " does not divide " +
-                                std::to_string(c.n_heads) + " attention heads and a " +
-                                std::to_string(c.ffn_dim) + "-wide MLP");
+  if (c.n_heads % n != 0) {
+    throw std::invalid_argument("tensor parallelism of " + std::to_string(n) +
+                                " does not divide the " + std::to_string(c.n_heads) +
+                                " attention heads");
   }
   heads_ = c.n_heads / n;
-  ffn_ = c.ffn_dim / n;
   // KV heads: split like the heads, or, when there are fewer than shards, the one whose group
   // holds this shard's heads (replicated on n / n_kv_heads shards).
   int kv0;
@@ -145,7 +144,24 @@ void LlamaEngine::shard(Collective* tp) {
                                 "nor is a multiple of the " + std::to_string(c.n_kv_heads) +
                                 " KV heads");
   }
-  const int hd = c.head_dim, q0 = r * heads_ * hd, k0 = kv0 * hd, f0 = r * ffn_;
+  // MLP rows: whole blocks of the down projection's columns each (K-quants: 256), spread as
+  // evenly as they go (Qwen2.5-1.5B's 35 blocks: 18 and 17).
+  int64_t unit = 1;
+  for (int l : layers_) {
+    unit = std::max(unit, ggml_block_size(model_->weights.layers[l].w_down.type));
+  }
+  const int64_t units = c.ffn_dim / unit;
+  if (units < n) {
+    throw std::invalid_argument("tensor parallelism of " + std::to_string(n) + " exceeds the " +
+                                std::to_string(units) + " blocks of the MLP");
+  }
+  const int f0 = static_cast<int>(units * r / n * unit);
+  ffn_ = static_cast<int>(units * (r + 1) / n * unit) - f0;
+  // The LM head's rows (the vocabulary) split evenly.
+  head_v0_ = static_cast<int>(static_cast<int64_t>(c.n_vocab) * r / n);
+  head_ = rows_of(model_->weights.head(), head_v0_,
+                  static_cast<int64_t>(c.n_vocab) * (r + 1) / n - head_v0_);
+  const int hd = c.head_dim, q0 = r * heads_ * hd, k0 = kv0 * hd;
   for (int l : layers_) {
     const LlamaLayerWeights& L = model_->weights.layers[l];
     shard_.push_back({.wq = rows_of(L.wq, q0, q_dim()),
@@ -159,6 +175,20 @@ void LlamaEngine::shard(Collective* tp) {
                       .bk = part(L.bk, k0),
                       .bv = part(L.bv, k0)});
   }
+}
+
+size_t LlamaEngine::weight_bytes_per_token() const {
+  const LlamaConfig& c = model_->config;
+  const LlamaWeights& w = model_->weights;
+  auto read = [](const WeightMatrix& m) {
+    return static_cast<size_t>(m.rows) * ggml_row_size(m.type, m.cols);
+  };
+  size_t b = w.token_embd.row_bytes + read(head_) + c.dim * sizeof(float);
+  for (const LayerShard& s : shard_) {
+    b += read(s.wq) + read(s.wk) + read(s.wv) + read(s.wo) + read(s.w_gate) + read(s.w_up) +
+         read(s.w_down) + 2 * c.dim * sizeof(float);
+  }
+  return b;
 }
 
 void LlamaEngine::all_reduce(float* x, size_t n, const CancelFlag& cancel) {
@@ -297,8 +327,23 @@ Logits LlamaEngine::run(std::span<const Token> tokens, std::span<const int> dept
     const float* last = x_.data() + static_cast<size_t>(n - n_logits) * c.dim;
     kernels::rmsnorm_cpu(xb_.data(), last, w.output_norm.data(), n_logits, c.dim, c.norm_eps);
     out.data.resize(static_cast<size_t>(n_logits) * c.n_vocab);
-    kernels::qmatmul(out.data.data(), xb_.data(), w.head(), nullptr, n_logits, pool,
-                     kernels::kernel_isa(), act_);
+    if (!tp_) {
+      kernels::qmatmul(out.data.data(), xb_.data(), w.head(), nullptr, n_logits, pool,
+                       kernels::kernel_isa(), act_);
+    } else {
+      // Vocab-parallel head: this shard's rows of the logits, zeros elsewhere, summed over the
+      // group (adding zeros is exact, so the logits are the bits the whole head gives).
+      const size_t vn = head_.rows, v0 = head_v0_;
+      head_part_.resize(static_cast<size_t>(n_logits) * vn);
+      kernels::qmatmul(head_part_.data(), xb_.data(), head_, nullptr, n_logits, pool,
+                       kernels::kernel_isa(), act_);
+      std::fill(out.data.begin(), out.data.end(), 0.0f);
+      for (int i = 0; i < n_logits; ++i) {
+        std::copy_n(head_part_.data() + i * vn, vn,
+                    out.data.data() + static_cast<size_t>(i) * c.n_vocab + v0);
+      }
+      all_reduce(out.data.data(), out.data.size(), cancel);
+    }
   }
   return out;
 }

@@ -34,7 +34,9 @@ struct LlamaEngineOptions {
   // model. It computes its share of the attention heads (Q/K/V rows; the KV heads too, or one
   // replicated KV head when there are fewer than shards) and of the MLP's rows, multiplies its
   // columns of the output and down projections, and sums those over the group (one all-reduce
-  // after attention, one after the MLP); embedding, norms and LM head are replicated. Its KV
+  // after attention, one after the MLP); the LM head is vocab-parallel (each shard computes
+  // its rows of the logits, gathered by one more all-reduce); embedding and norms are
+  // replicated. Its KV
   // cache holds only its KV heads. A cancel raised on any shard rides in the next all-reduce,
   // so every shard of the group stops at the same one and keeps the same KV (a shard never
   // leaves a collective its peers wait in). Null: the whole model. The group outlives the
@@ -87,6 +89,9 @@ class LlamaEngine final : public Engine {
   const std::vector<int>& layers() const { return layers_; }
   int max_context() const { return max_ctx_; }
   size_t kv_bytes_per_token() const override;
+  // Bytes of weights one decode step reads: this engine's shard of every kept layer's matrices
+  // (all of them without tensor parallelism), one embedding row, the LM head and the norms.
+  size_t weight_bytes_per_token() const;
 
  private:
   float* k_cache(int slot, int pos);
@@ -114,6 +119,9 @@ class LlamaEngine final : public Engine {
   Collective* tp_ = nullptr;
   int heads_ = 0, kv_heads_ = 0, ffn_ = 0;  // this engine's share
   std::vector<LayerShard> shard_;           // by slot
+  kernels::WeightMatrix head_;              // the LM head's rows this engine computes
+  int head_v0_ = 0;                         // the first of them
+  std::vector<float> head_part_;            // a shard's rows of the logits
   int threads_;
   kernels::Activations act_;
   int max_ctx_;

@@ -39,8 +39,9 @@ std::shared_ptr<LlamaModel> f32_model(int heads, int kv_heads, bool qkv_bias) {
   return m;
 }
 
-// Every matrix Q4_0 (blocks of 32): each shard's columns of wo and w_down are whole blocks.
-std::shared_ptr<LlamaModel> q4_model() {
+// Every matrix Q4_0 (blocks of 32): each shard's columns of wo and w_down are whole blocks
+// (an MLP of ffn / 32 blocks that the shards may not divide evenly).
+std::shared_ptr<LlamaModel> q4_model(int ffn = 256) {
   auto m = std::make_shared<LlamaModel>();
   LlamaConfig& c = m->config;
   c.n_vocab = 61;
@@ -50,7 +51,7 @@ std::shared_ptr<LlamaModel> q4_model() {
   c.n_kv_heads = 2;
   c.head_dim = 32;
   c.rope_dim = 32;
-  c.ffn_dim = 256;
+  c.ffn_dim = ffn;
   c.qkv_bias = true;
   c.max_context = 64;
   const GgmlType t = GgmlType::Q4_0;
@@ -157,6 +158,8 @@ TEST(LlamaTensorParallel, ShardsGiveTheWholeModelsLogits) {
       // Fewer KV heads than shards: each KV head replicated on 2 shards.
       {"4 heads, 2 KV heads, QKV bias (KV heads replicated)", f32_model(4, 2, true), {4}},
       {"Q4_0, 4 heads, 2 KV heads", q4_model(), {2, 4}},
+      // 5 blocks of MLP rows: 2 + 3 and 1 + 1 + 1 + 2.
+      {"Q4_0, an MLP of 5 blocks", q4_model(160), {2, 4}},
   };
   for (const Case& c : cases) {
     LlamaEngine whole(c.model, LlamaEngineOptions{});
@@ -196,6 +199,7 @@ TEST(LlamaTensorParallel, RefusesDegreesThatDoNotDivideTheModel) {
     return std::string();
   };
   EXPECT_NE(error_of(f32_model(12, 4, false), 5).find("12 attention heads"), std::string::npos);
+  EXPECT_NE(error_of(q4_model(), 16).find("4 attention heads"), std::string::npos);
   EXPECT_NE(error_of(f32_model(12, 4, false), 6).find("4 KV heads"), std::string::npos);
   // Q4_0 columns of wo for 8 shards: 16 of a head's 32 per shard, not whole blocks.
   auto m = q4_model();
