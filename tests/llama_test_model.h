@@ -12,6 +12,7 @@
 
 #include "common/cancel.h"
 #include "engines/llama/llama_model.h"
+#include "tests/quant_test_data.h"
 
 namespace dsi {
 
@@ -53,6 +54,41 @@ inline void fill_random_llama(LlamaModel& m, uint32_t seed) {
   if (!c.tied_head) {
     w.output = w.own(fill(static_cast<size_t>(c.n_vocab) * c.dim, 0, 0.3f), c.n_vocab, c.dim);
   }
+}
+
+// Fills every tensor that m.config calls for (QKV biases, an untied head) with random values:
+// the matrices of type t (kernels/quant_test), norms near 1 and biases near 0.
+inline void fill_typed_llama(LlamaModel& m, GgmlType t) {
+  const LlamaConfig& c = m.config;
+  uint32_t seed = 1;
+  LlamaWeights& w = m.weights;
+  auto mat = [&](int64_t rows, int64_t cols) {
+    return w.own(t, kernels::quant_test::random_matrix(t, rows, cols, seed++), rows, cols);
+  };
+  auto vec = [&](int64_t n, float mean) {
+    auto v = kernels::quant_test::random_floats(static_cast<size_t>(n), seed++);
+    for (float& x : v) x = mean + 0.1f * x;
+    return v;
+  };
+  w.token_embd = mat(c.n_vocab, c.dim);
+  for (int l = 0; l < c.n_layers; ++l) {
+    LlamaLayerWeights L;
+    L.attn_norm = vec(c.dim, 1);
+    L.wq = mat(c.q_dim(), c.dim);
+    L.wk = mat(c.kv_dim(), c.dim);
+    L.wv = mat(c.kv_dim(), c.dim);
+    L.bq = vec(c.q_dim(), 0);
+    L.bk = vec(c.kv_dim(), 0);
+    L.bv = vec(c.kv_dim(), 0);
+    L.wo = mat(c.dim, c.q_dim());
+    L.ffn_norm = vec(c.dim, 1);
+    L.w_gate = mat(c.ffn_dim, c.dim);
+    L.w_up = mat(c.ffn_dim, c.dim);
+    L.w_down = mat(c.dim, c.ffn_dim);
+    w.layers.push_back(std::move(L));
+  }
+  w.output_norm = vec(c.dim, 1);
+  w.output = mat(c.n_vocab, c.dim);
 }
 
 // A cancel raised by another thread between two layers, after the layer the test chooses,

@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "engines/llama/llama_engine.h"
-#include "tests/quant_test_data.h"
+#include "tests/llama_test_model.h"
 
 namespace dsi {
 namespace {
@@ -39,35 +39,7 @@ std::shared_ptr<LlamaModel> typed_model(GgmlType t) {
   c.tied_head = false;
   c.qkv_bias = true;
   c.max_context = 32;
-  uint32_t seed = 1;
-  LlamaWeights& w = m->weights;
-  auto mat = [&](int64_t rows, int64_t cols) {
-    return w.own(t, kernels::quant_test::random_matrix(t, rows, cols, seed++), rows, cols);
-  };
-  auto vec = [&](int64_t n, float mean) {
-    auto v = kernels::quant_test::random_floats(static_cast<size_t>(n), seed++);
-    for (float& x : v) x = mean + 0.1f * x;
-    return v;
-  };
-  w.token_embd = mat(c.n_vocab, c.dim);
-  for (int l = 0; l < c.n_layers; ++l) {
-    LlamaLayerWeights L;
-    L.attn_norm = vec(c.dim, 1);
-    L.wq = mat(c.q_dim(), c.dim);
-    L.wk = mat(c.kv_dim(), c.dim);
-    L.wv = mat(c.kv_dim(), c.dim);
-    L.bq = vec(c.q_dim(), 0);
-    L.bk = vec(c.kv_dim(), 0);
-    L.bv = vec(c.kv_dim(), 0);
-    L.wo = mat(c.dim, c.q_dim());
-    L.ffn_norm = vec(c.dim, 1);
-    L.w_gate = mat(c.ffn_dim, c.dim);
-    L.w_up = mat(c.ffn_dim, c.dim);
-    L.w_down = mat(c.dim, c.ffn_dim);
-    w.layers.push_back(std::move(L));
-  }
-  w.output_norm = vec(c.dim, 1);
-  w.output = mat(c.n_vocab, c.dim);
+  fill_typed_llama(*m, t);
   return m;
 }
 
