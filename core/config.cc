@@ -83,6 +83,21 @@ const std::vector<Key>& keys() {
            c.targets = integer(n, key, 1, 4096);
          }
        }},
+      {"roles.target_tp",
+       "ranks per target: each target is a tensor-parallel group that shards the model (llama "
+       "on CPUs); the world is 1 + drafters x drafter_tp + targets x target_tp",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) {
+         c.target_tp = integer(n, key, 1, 64);
+       }},
+      {"roles.drafter_tp", "ranks per drafter (tensor-parallel group, as roles.target_tp)",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) {
+         c.drafter_tp = integer(n, key, 1, 64);
+       }},
+      {"roles.allow_cross_node_tp",
+       "let a tensor-parallel group span nodes (default: each group on one node)",
+       [](RunConfig& c, const YAML::Node& n, const std::string& key) {
+         c.allow_cross_node_tp = scalar<bool>(n, key, "true or false");
+       }},
       {"generation.max_new_tokens", "tokens to generate",
        [](RunConfig& c, const YAML::Node& n, const std::string& key) {
          c.max_new_tokens = integer(n, key, 1, 1 << 20);
@@ -438,23 +453,37 @@ std::string expand_path(const std::string& path) {
 }
 
 int RunConfig::n_targets(int world) const {
-  const int fixed = 1 + n_drafters();
+  const int dr = n_drafters() * drafter_tp;
+  const int fixed = 1 + dr;
+  const int per = target_tp;
+  const std::string drafters = drafter_tp > 1
+                                   ? fmt::format("{} drafter x {} ranks", n_drafters(), drafter_tp)
+                                   : fmt::format("{} drafter", n_drafters());
   const std::string roles =
-      n_drafters() ? fmt::format("1 coordinator + {} drafter", n_drafters()) : "1 coordinator";
+      n_drafters() ? fmt::format("1 coordinator + {}", drafters) : "1 coordinator";
+  const std::string unit = per > 1 ? fmt::format(" x {} ranks (roles.target_tp)", per) : "";
   if (targets < 0) {
-    if (world < fixed + 1) {
+    if (world < fixed + per) {
       throw ConfigError(fmt::format(
-          "mode {} needs at least {} ranks ({} + at least 1 target), but the world has {} "
+          "mode {} needs at least {} ranks ({} + at least 1 target{}), but the world has {} "
           "(launch with mpirun -np {} or more)",
-          mode_name(mode), fixed + 1, roles, world, fixed + 1));
+          mode_name(mode), fixed + per, roles, unit, world, fixed + per));
     }
-    return world - fixed;
+    if ((world - fixed) % per != 0) {
+      throw ConfigError(fmt::format(
+          "the world of {} ranks does not fit mode {}: {} leave {} ranks, not a whole number of "
+          "targets of {} ranks (roles.target_tp); launch with mpirun -np {} or {}",
+          world, mode_name(mode), roles, world - fixed, per, fixed + (world - fixed) / per * per,
+          fixed + ((world - fixed) / per + 1) * per));
+    }
+    return (world - fixed) / per;
   }
-  if (world != fixed + targets) {
+  if (world != fixed + targets * per) {
     throw ConfigError(fmt::format(
-        "roles.targets = {} with mode {} needs exactly {} ranks ({} + {} targets), but the world "
-        "has {} (launch with mpirun -np {})",
-        targets, mode_name(mode), fixed + targets, roles, targets, world, fixed + targets));
+        "roles.targets = {} with mode {} needs exactly {} ranks ({} + {} targets{}), but the "
+        "world has {} (launch with mpirun -np {})",
+        targets, mode_name(mode), fixed + targets * per, roles, targets, unit, world,
+        fixed + targets * per));
   }
   return targets;
 }
@@ -507,6 +536,7 @@ RunConfig parse_config(const std::string& yaml_text, const std::string& origin,
     check_adapt(cfg);
     check_tree_config(cfg);
     check_drafters_config(cfg);
+    check_tp_config(cfg);
     return cfg;
   } catch (const ConfigError& e) {
     throw ConfigError(fmt::format("{}: {}", origin, e.message()));
@@ -617,6 +647,21 @@ std::string config_reference() {
   std::string s;
   for (const Key& k : keys()) s += fmt::format("  {:28} {}\n", k.path, k.help);
   return s;
+}
+
+void check_tp_config(const RunConfig& cfg) {
+  if (!cfg.tensor_parallel()) return;
+  const std::string n = cfg.target_tp > 1 ? fmt::format("roles.target_tp = {}", cfg.target_tp)
+                                          : fmt::format("roles.drafter_tp = {}", cfg.drafter_tp);
+  if (cfg.engine != "llama") {
+    throw ConfigError(n + " needs engine llama (the synthetic engine has no shards)");
+  }
+  const bool cuda = (cfg.target_tp > 1 && cfg.device == "cuda") ||
+                    (cfg.n_drafters() > 0 && cfg.drafter_tp > 1 && cfg.drafter_device == "cuda");
+  if (cuda) {
+    throw ConfigError(n +
+                      " runs on CPUs only for now (NCCL groups and CUDA sharding are not built)");
+  }
 }
 
 }  // namespace dsi

@@ -32,6 +32,11 @@ struct RunConfig {
   // tree per verification (merged drafters, docs/design.md).
   int drafters = 1;
   int targets = -1;  // -1: every rank left after the coordinator and the drafter
+  // Tensor parallelism: each target (drafter) is a group of this many ranks that shard one
+  // model (core/tp_group.h); its first rank, the leader, talks to the coordinator.
+  int target_tp = 1;
+  int drafter_tp = 1;
+  bool allow_cross_node_tp = false;  // a group may span nodes
   // generation
   int max_new_tokens = 64;
   uint64_t seed = 1;
@@ -100,9 +105,14 @@ struct RunConfig {
   double kv_gbps = 10;              // the data plane's bandwidth, for the cost model
   std::string data_plane = "auto";  // auto | mpi | nccl
 
-  // Ranks used by this config in a world of `world` ranks (coordinator + drafters +
-  // targets); throws ConfigError naming the counts when it does not fit.
+  // Targets (the SP degree) of this config in a world of `world` ranks (coordinator +
+  // drafters x drafter_tp + targets x target_tp); throws ConfigError naming the counts when it
+  // does not fit.
   int n_targets(int world) const;
+  // Ranks of one drafter (target) group.
+  int drafter_group() const { return drafter_tp; }
+  int target_group() const { return target_tp; }
+  bool tensor_parallel() const { return target_tp > 1 || (n_drafters() > 0 && drafter_tp > 1); }
   int n_drafters() const { return mode == Mode::kNonSi ? 0 : drafters; }
 };
 
@@ -137,6 +147,11 @@ void check_tree_config(const RunConfig& cfg);
 // Throws ConfigError naming roles.drafters when merged drafters cannot run with the rest of the
 // config (chains; not with the residual coupling; a model for each extra llama drafter).
 void check_drafters_config(const RunConfig& cfg);
+
+// Throws ConfigError naming roles.target_tp / roles.drafter_tp when tensor-parallel groups
+// cannot run with the rest of the config (the llama engine on CPUs; NCCL groups and CUDA
+// sharding are not built).
+void check_tp_config(const RunConfig& cfg);
 
 // Tree shapes written "3,2,1,1;2,1,1,1" (a command-line list): each checked as dsi.tree is;
 // ConfigError naming `what` and the bad item otherwise.

@@ -74,10 +74,12 @@ struct Coordinator::Run {
   }
 };
 
-std::string role_of_rank(int rank, int n_drafters, int n_targets) {
+std::string role_of_rank(int rank, int n_drafters, int first_target, int n_targets) {
   if (rank == 0) return "coordinator";
   if (rank <= n_drafters) return n_drafters == 1 ? "drafter" : fmt::format("drafter {}", rank - 1);
-  if (rank <= n_drafters + n_targets) return fmt::format("target {}", rank - 1 - n_drafters);
+  if (rank >= first_target && rank < first_target + n_targets) {
+    return fmt::format("target {}", rank - first_target);
+  }
   return "idle";
 }
 
@@ -154,13 +156,21 @@ std::unique_ptr<Coordinator::Run> Coordinator::configure(const RunConfig& cfg, i
   Run& r = *run;
   r.on_commit = on_commit;
   r.n_drafters = cfg.n_drafters();
-  r.first_target = 1 + r.n_drafters;
+  // Drafter ranks the world keeps (tensor-parallel layouts) stay idle in runs without them.
+  r.first_target = 1 + std::max(r.n_drafters, reserved_drafters_);
+  if (r.n_drafters > reserved_drafters_ && reserved_drafters_ > 0) {
+    throw ConfigError(fmt::format("{} drafters asked for, the world's layout has {}", r.n_drafters,
+                                  reserved_drafters_));
+  }
   if (r.first_target + n_targets > ch_.size()) {
     throw ConfigError(fmt::format("{} targets and {} drafters need {} ranks, the world has {}",
                                   n_targets, r.n_drafters, r.first_target + n_targets, ch_.size()));
   }
-  for (int k = 0; k < ch_.size(); ++k) roles_[k] = role_of_rank(k, r.n_drafters, n_targets);
-  for (int k = 1; k < r.first_target + n_targets; ++k) r.workers.push_back(k);
+  for (int k = 0; k < ch_.size(); ++k) {
+    roles_[k] = role_of_rank(k, r.n_drafters, r.first_target, n_targets);
+  }
+  for (int k = 1; k <= r.n_drafters; ++k) r.workers.push_back(k);
+  for (int k = r.first_target; k < r.first_target + n_targets; ++k) r.workers.push_back(k);
   r.rep.cfg = cfg;
   r.rep.n_targets = n_targets;
   std::vector<Token> stop_tokens;
@@ -178,7 +188,7 @@ std::unique_ptr<Coordinator::Run> Coordinator::configure(const RunConfig& cfg, i
   const double origin_s = std::chrono::duration<double>(r.origin.time_since_epoch()).count();
 
   for (int w : r.workers) {
-    const bool drafter = w < r.first_target;
+    const bool drafter = w <= r.n_drafters;
     WorkerSpec spec = worker_spec(cfg, drafter, drafter ? w - 1 : 0);
     if (drafter) {
       // where the drafter's probability vectors go
@@ -186,7 +196,7 @@ std::unique_ptr<Coordinator::Run> Coordinator::configure(const RunConfig& cfg, i
     }
     // Merged drafters: the lead's drafts go to the others too.
     if (w == 1) {
-      for (int f = 2; f < r.first_target; ++f) spec.followers.push_back(f);
+      for (int f = 2; f <= r.n_drafters; ++f) spec.followers.push_back(f);
     }
     ch_.send(w, Message{.run = run_, .body = msg::Configure{.origin_s = origin_s, .spec = spec}});
   }
@@ -253,7 +263,7 @@ void Coordinator::prefill(Run& r) {
   // says (each its own, or target 0's handed over to the others).
   const std::vector<Token> prefix(r.rep.prompt.begin(), r.rep.prompt.end() - 1);
   std::set<int> pending;  // drafter ranks still prefilling
-  for (int w = 1; w < r.first_target; ++w) {
+  for (int w = 1; w <= r.n_drafters; ++w) {
     ch_.send(w, Message{.run = run_, .body = msg::Prefill{.tokens = prefix}});
     pending.insert(w);
   }
@@ -261,7 +271,7 @@ void Coordinator::prefill(Run& r) {
   while (!pending.empty() || !r.sched->prefilled()) {
     auto env = next(Clock::now() + heartbeat_);
     if (!env || !env->msg.is<msg::PrefillDone>()) continue;
-    if (env->src < r.first_target) {
+    if (env->src <= r.n_drafters) {
       pending.erase(env->src);
     } else {
       execute(r, r.sched->on_prefilled(env->src - r.first_target));
@@ -310,7 +320,7 @@ void Coordinator::generate(Run& r, const CancelFlag* stop) {
       if (r.adapt) r.adapt->draft(d->busy_s);
       execute(r, sched.on_draft(d->chain, d->pos, d->token));
     } else if (const auto* p = std::get_if<msg::Proposals>(&m.body)) {
-      if (env->src >= 2 && env->src < r.first_target) {
+      if (env->src >= 2 && env->src <= r.n_drafters) {
         execute(r, sched.on_proposals(env->src - 2, p->chain, p->pos, p->tokens));
       }
     } else if (const auto* dt = std::get_if<msg::DraftTree>(&m.body)) {
@@ -345,7 +355,7 @@ void Coordinator::execute(Run& r, const std::vector<Action>& acts) {
         break;
       case Action::kStartChain:
         // Every drafter: the lead drafts the chain, the others propose along it.
-        for (int d = 1; d < r.first_target; ++d) {
+        for (int d = 1; d <= r.n_drafters; ++d) {
           ch_.send(d, Message{.run = run_,
                               .body = msg::StartChain{.chain = a.id,
                                                       .committed = a.seq,

@@ -40,6 +40,10 @@ class Coordinator {
   void idle(Clock::time_point until);
   // Tells every worker to leave its loop with `code`.
   void exit_all(int code);
+  // Tensor-parallel layouts (core/tp_group.h): ranks 1..n are the world's drafter groups,
+  // whatever a run's mode; a run without drafters (non-SI) leaves them idle and puts its
+  // targets after them, on target groups.
+  void reserve_drafter_ranks(int n) { reserved_drafters_ = n; }
 
  private:
   struct Run;  // one run's state (coordinator.cc)
@@ -64,6 +68,7 @@ class Coordinator {
   Clock::time_point next_hb_;
   uint32_t run_ = 0;
   std::vector<std::string> roles_;  // role of each rank in the current run, for messages
+  int reserved_drafters_ = 0;
   std::map<std::string, std::shared_ptr<const TextModel>> text_models_;  // by path
   std::string name(int rank) const;
 };

@@ -8,12 +8,16 @@
 
 #include "common/gpu_binding.h"
 #include "engines/llama/llama_engine.h"
+#include "transport/collective.h"
 
 namespace dsi {
 namespace {
 
-std::unique_ptr<Engine> make_llama(const LlamaSpec& spec) {
+std::unique_ptr<Engine> make_llama(const LlamaSpec& spec, Collective* tp) {
   if (spec.device == LlamaDevice::kCuda) {
+    if (tp && tp->size() > 1) {
+      throw std::invalid_argument("tensor parallelism on CUDA is not built yet (CPU groups only)");
+    }
     if (spec.activations != kernels::Activations::kF32) {
       throw std::invalid_argument(
           fmt::format("activations '{}' are for the CPU engine; device 'cuda' computes with "
@@ -39,16 +43,20 @@ std::unique_ptr<Engine> make_llama(const LlamaSpec& spec) {
   o.layers = spec.layers;
   o.max_context = spec.max_context;
   o.activations = spec.activations;
+  o.tp = tp;
   return make_llama_engine(o);
 }
 
 }  // namespace
 
-std::unique_ptr<Engine> make_engine(const EngineSpec& spec) {
+std::unique_ptr<Engine> make_engine(const EngineSpec& spec, Collective* tp) {
   if (const auto* s = std::get_if<SyntheticParams>(&spec)) {
+    if (tp && tp->size() > 1) {
+      throw std::invalid_argument("the synthetic engine cannot be sharded (tensor parallelism)");
+    }
     return std::make_unique<SyntheticEngine>(*s);
   }
-  return make_llama(std::get<LlamaSpec>(spec));
+  return make_llama(std::get<LlamaSpec>(spec), tp);
 }
 
 }  // namespace dsi

@@ -33,6 +33,10 @@ struct LlamaSpec {
 
 using EngineSpec = std::variant<SyntheticParams, LlamaSpec>;
 
-std::unique_ptr<Engine> make_engine(const EngineSpec& spec);
+class Collective;
+
+// `tp`: build shard tp->rank() of a tensor-parallel group (llama on CPUs only; see
+// LlamaEngineOptions::tp); null: the whole model.
+std::unique_ptr<Engine> make_engine(const EngineSpec& spec, Collective* tp = nullptr);
 
 }  // namespace dsi

@@ -3,15 +3,21 @@
 #include <fmt/format.h>
 #include <mpi.h>
 
+#include <algorithm>
+#include <climits>
 #include <cstdlib>
 #include <fstream>
+#include <optional>
 #include <sstream>
 
 #include "common/error.h"
 #include "common/gpu_binding.h"
+#include "core/tp_group.h"
+#include "engines/llama/llama_engine.h"
 #include "launch/faults.h"
 #include "transport/data_plane.h"
 #include "transport/mpi_check.h"
+#include "transport/mpi_collective.h"
 
 namespace dsi {
 namespace {
@@ -49,6 +55,85 @@ int find_local_rank() {
   mpi_check(MPI_Comm_free(&node), "MPI_Comm_free");
   const LocalRank env = local_rank_from_env([](const char* v) { return std::getenv(v); });
   return env.rank >= 0 ? env.rank : from_mpi;
+}
+
+// A tensor-parallel group that cannot go on in step: no clean shutdown can reach a rank that
+// waits in a collective, so the rank that saw it reports and takes the job down.
+[[noreturn]] void group_fatal(const std::string& why) {
+  fmt::print(stderr, "dsi: error: {}\n", Error(why).what());
+  std::fflush(stderr);
+  std::fflush(stdout);
+  MPI_Abort(MPI_COMM_WORLD, 1);
+  std::_Exit(1);
+}
+
+// Tensor-parallel groups are refused before any model loads when the model's heads do not
+// split (GGUF files: read from the header).
+void check_tp_models(const RunConfig& cfg) {
+  if (!cfg.tensor_parallel()) return;
+  auto check = [](const std::string& path, int n, const char* key) {
+    if (n <= 1 || path.empty()) return;
+    std::optional<LlamaConfig> c;
+    try {
+      c = read_llama_config(expand_path(path));
+    } catch (const std::exception& e) {
+      throw ConfigError(fmt::format("{}: cannot read the model '{}': {}", key, path, e.what()));
+    }
+    if (!c) return;
+    if (const std::string why = tensor_parallel_refusal(*c, n); !why.empty()) {
+      throw ConfigError(fmt::format("{} = {}: {} of '{}'", key, n, why, path));
+    }
+  };
+  check(cfg.model_path, cfg.target_tp, "roles.target_tp");
+  if (cfg.n_drafters() > 0) {
+    check(cfg.drafter_model_path.empty() ? cfg.model_path : cfg.drafter_model_path, cfg.drafter_tp,
+          "roles.drafter_tp");
+  }
+}
+
+// The communicators of a run with tensor-parallel groups: the control plane (the coordinator
+// and every group's leader, in layout order) and this rank's group (null when it has none).
+struct Comms {
+  MPI_Comm control = MPI_COMM_WORLD;
+  MPI_Comm group = MPI_COMM_NULL;
+  MPI_Comm collective = MPI_COMM_NULL;
+};
+
+Comms split_world(const RankPlace& me, bool tp) {
+  Comms c;
+  if (!tp) return c;
+  mpi_check(MPI_Comm_split(MPI_COMM_WORLD, me.control >= 0 ? 0 : MPI_UNDEFINED,
+                           std::max(me.control, 0), &c.control),
+            "MPI_Comm_split");
+  const bool grouped = me.kind != RankPlace::Kind::kCoordinator && me.group_size > 1;
+  mpi_check(MPI_Comm_split(MPI_COMM_WORLD, grouped ? me.first : MPI_UNDEFINED, me.shard, &c.group),
+            "MPI_Comm_split");
+  if (c.control != MPI_COMM_NULL) mpi_errors_return(c.control);
+  if (c.group != MPI_COMM_NULL) {
+    mpi_errors_return(c.group);
+    mpi_check(MPI_Comm_dup(c.group, &c.collective), "MPI_Comm_dup");
+  }
+  return c;
+}
+
+// The leader's world rank of the lowest group that spans nodes, or -1 (a collective over the
+// world).
+int group_spanning_nodes(const Comms& c) {
+  int spans = INT_MAX;
+  if (c.group != MPI_COMM_NULL) {
+    MPI_Comm node;
+    mpi_check(MPI_Comm_split_type(c.group, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node),
+              "MPI_Comm_split_type");
+    int on_node = 0, size = 0, rank = 0;
+    mpi_check(MPI_Comm_size(node, &on_node), "MPI_Comm_size");
+    mpi_check(MPI_Comm_size(c.group, &size), "MPI_Comm_size");
+    mpi_check(MPI_Comm_free(&node), "MPI_Comm_free");
+    mpi_check(MPI_Comm_rank(MPI_COMM_WORLD, &rank), "MPI_Comm_rank");
+    if (on_node != size) spans = rank;
+  }
+  int lowest = INT_MAX;
+  mpi_check(MPI_Allreduce(&spans, &lowest, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD), "MPI_Allreduce");
+  return lowest == INT_MAX ? -1 : lowest;
 }
 
 // Everything after MPI_Init_thread; with_session turns an MPI failure thrown from here into
@@ -93,6 +178,29 @@ int session_body(const SessionOptions& common, const std::function<void(Session&
     }
   }
 
+  // Tensor-parallel groups: the layout, refused before any model loads when it cannot run.
+  const bool tp = s.cfg.tensor_parallel();
+  std::vector<RankPlace> layout;
+  try {
+    if (tp) {
+      layout = rank_layout(s.cfg, s.world);
+      check_tp_models(s.cfg);
+    }
+  } catch (const ConfigError& e) {
+    return fail(std::string(e.message()), 2);
+  }
+  const RankPlace me = tp ? layout[static_cast<size_t>(s.rank)] : RankPlace{};
+  const Comms comms = split_world(me, tp);
+  if (tp && !s.cfg.allow_cross_node_tp) {
+    if (const int spans = group_spanning_nodes(comms); spans >= 0) {
+      return fail(fmt::format("{} spans nodes; place each tensor-parallel group on one node "
+                              "(consecutive ranks) or set roles.allow_cross_node_tp: true",
+                              layout[static_cast<size_t>(spans)].group_name()),
+                  2);
+    }
+  }
+  const bool member = tp && me.control < 0;
+
   // The data plane first: when it cannot be had, every rank fails alike before any other
   // channel exists.
   DataPlaneOptions plane;
@@ -100,25 +208,58 @@ int session_body(const SessionOptions& common, const std::function<void(Session&
   // NCCL needs every worker rank on a GPU of its own.
   plane.gpu_ranks = s.cfg.device == "cuda" && s.cfg.drafter_device == "cuda";
   plane.poll_us = s.cfg.poll_min_us;
-  try {
-    s.data = make_data_channel(MPI_COMM_WORLD, plane);
-  } catch (const DataPlaneError& e) {
-    return fail(std::string(e.message()), 2);
+  std::string plane_error;
+  if (!member) {
+    try {
+      s.data = make_data_channel(comms.control, plane);
+    } catch (const DataPlaneError& e) {
+      plane_error = e.message();
+    }
   }
+  if (tp) {  // the members learn whether the control plane could start
+    int ok = plane_error.empty() ? 1 : 0, all = 0;
+    mpi_check(MPI_Allreduce(&ok, &all, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD), "MPI_Allreduce");
+    if (!all && plane_error.empty()) plane_error = "the data plane could not start";
+  }
+  if (!plane_error.empty()) return fail(plane_error, 2);
   const MpiChannel::Polling polling{
       .wait = s.cfg.wait == "spin"    ? MpiChannel::Wait::kSpin
               : s.cfg.wait == "sleep" ? MpiChannel::Wait::kSleep
                                       : MpiChannel::Wait::kAdaptive,
       .spin_us = s.cfg.spin_us,
-      // The coordinator's one thread; a worker's receiving thread and its engine's.
-      .threads = s.rank == 0 ? 1 : 1 + s.cfg.threads,
+      // The coordinator's one thread; a worker's receiving thread and its engine's (a leader's
+      // also count its members', which share its node).
+      .threads = s.rank == 0 ? 1 : (1 + s.cfg.threads) * me.group_size,
       .min_us = s.cfg.poll_min_us,
       .max_us = s.cfg.poll_max_us,
       .hot_ms = s.cfg.poll_hot_ms};
-  s.channel = std::make_unique<MpiChannel>(MPI_COMM_WORLD, polling);
+  // A group's calls from its leader to its members: members wait on their doorbell (the
+  // control plane's policy decides whether the node is oversubscribed; spin only when asked).
+  std::unique_ptr<MpiChannel> group_ch;
+  std::unique_ptr<Collective> coll;
+  if (comms.group != MPI_COMM_NULL) {
+    MpiChannel::Polling gp = polling;
+    gp.wait = s.cfg.wait == "spin" ? MpiChannel::Wait::kSpin : MpiChannel::Wait::kSleep;
+    group_ch = std::make_unique<MpiChannel>(comms.group, gp);
+    coll = make_mpi_collective(comms.collective, s.cfg.peer_timeout_s);
+  }
+  if (member) {
+    std::unique_ptr<ControlChannel> faulty;  // testing: the rank that fails
+    WorkerOptions unused;
+    if (s.rank == common.fault_rank) {
+      faulty = apply_fault(common.fault, common.fault_after_ms, *group_ch, unused);
+    }
+    run_group_member(faulty ? *faulty : *group_ch, *coll, me.group_name(), group_fatal);
+    group_ch.reset();
+    coll.reset();
+    mpi_warn(MPI_Finalize(), "MPI_Finalize");
+    return 0;
+  }
+  s.channel = std::make_unique<MpiChannel>(comms.control, polling);
   int rc = 0;
   if (s.rank == 0) {
     Coordinator coord(*s.channel, s.cfg.heartbeat_ms, s.cfg.peer_timeout_s);
+    if (tp) coord.reserve_drafter_ranks(s.cfg.n_drafters());
     try {
       rc = coordinate(s, coord);
       coord.exit_all(rc);
@@ -144,16 +285,27 @@ int session_body(const SessionOptions& common, const std::function<void(Session&
     if (s.rank == common.fault_rank) {
       faulty = apply_fault(common.fault, common.fault_after_ms, *s.channel, wo);
     }
+    if (group_ch) {
+      wo.engine_factory = [&](const EngineSpec& spec) {
+        return make_group_leader_engine(spec, *group_ch, *coll, me.group_name(), group_fatal);
+      };
+    }
     try {
       rc = run_worker(faulty ? *faulty : *s.channel, wo, s.data.get());
     } catch (const WorkerFatal& e) {
       fmt::print(stderr, "dsi: error: {}\n", e.what());
       MPI_Abort(MPI_COMM_WORLD, 1);
     }
+    if (group_ch) {
+      end_group(*group_ch);
+      group_ch->flush(Clock::now() + std::chrono::seconds(2));
+    }
   }
   s.channel->flush(Clock::now() + std::chrono::seconds(2));
   s.data.reset();
   s.channel.reset();
+  group_ch.reset();
+  coll.reset();
   mpi_warn(MPI_Finalize(), "MPI_Finalize");
   return rc;
 }

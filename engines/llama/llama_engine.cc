@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstring>
 #include <filesystem>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -100,6 +101,24 @@ void check_llama_forward(std::span<const Token> tokens, int n_logits, int kv_len
   }
 }
 
+std::string tensor_parallel_refusal(const LlamaConfig& c, int n) {
+  if (n < 1) return "tensor parallelism must be at least 1, got " + std::to_string(n);
+  if (c.n_heads % n != 0) {
+    return "tensor parallelism of " + std::to_string(n) + " does not divide the " +
+           std::to_string(c.n_heads) + " attention heads";
+  }
+  if (c.n_kv_heads % n != 0 && n % c.n_kv_heads != 0) {
+    return "tensor parallelism of " + std::to_string(n) + " neither divides nor is a multiple of " +
+           "the " + std::to_string(c.n_kv_heads) + " KV heads";
+  }
+  return {};
+}
+
+std::optional<LlamaConfig> read_llama_config(const std::string& path) {
+  if (std::filesystem::is_directory(path)) return std::nullopt;
+  return llama_config_from_gguf(*GgufFile::open(path));
+}
+
 std::unique_ptr<Engine> make_llama_engine(const LlamaEngineOptions& options) {
   return std::make_unique<LlamaEngine>(load_llama_model(options.model_path, options.layers),
                                        options);
@@ -124,10 +143,8 @@ void LlamaEngine::shard(Collective* tp) {
   const LlamaConfig& c = model_->config;
   const int n = tp ? tp->size() : 1, r = tp ? tp->rank() : 0;
   tp_ = n > 1 ? tp : nullptr;
-  if (c.n_heads % n != 0) {
-    throw std::invalid_argument("tensor parallelism of " + std::to_string(n) +
-                                " does not divide the " + std::to_string(c.n_heads) +
-                                " attention heads");
+  if (const std::string why = tensor_parallel_refusal(c, n); !why.empty()) {
+    throw std::invalid_argument(why);
   }
   heads_ = c.n_heads / n;
   // KV heads: split like the heads, or, when there are fewer than shards, the one whose group
@@ -136,13 +153,9 @@ void LlamaEngine::shard(Collective* tp) {
   if (c.n_kv_heads % n == 0) {
     kv_heads_ = c.n_kv_heads / n;
     kv0 = r * kv_heads_;
-  } else if (n % c.n_kv_heads == 0) {
+  } else {
     kv_heads_ = 1;
     kv0 = r * heads_ / (c.n_heads / c.n_kv_heads);
-  } else {
-    throw std::invalid_argument("tensor parallelism of " + std::to_string(n) + " neither divides " +
-                                "nor is a multiple of the " + std::to_string(c.n_kv_heads) +
-                                " KV heads");
   }
   // MLP rows: whole blocks of the down projection's columns each (K-quants: 256), spread as
   // evenly as they go (Qwen2.5-1.5B's 35 blocks: 18 and 17).

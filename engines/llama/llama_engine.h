@@ -8,6 +8,7 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -53,6 +54,14 @@ std::unique_ptr<Engine> make_llama_engine(const LlamaEngineOptions& options);
 // Hugging Face folder, anything else as GGUF.
 std::shared_ptr<LlamaModel> load_llama_model(const std::string& path,
                                              const std::vector<int>& layers);
+
+// Why `n` shards cannot split a model of config `c` by heads (empty: they can): n must divide
+// the attention heads, and divide the KV heads or be a multiple of them. The MLP's block count
+// is checked when the weights are there (LlamaEngine::shard).
+std::string tensor_parallel_refusal(const LlamaConfig& c, int n);
+// The config of the GGUF file at `path`, read from its header (no weights); nullopt for a
+// Hugging Face folder (checked when it loads). Throws ModelError for a malformed file.
+std::optional<LlamaConfig> read_llama_config(const std::string& path);
 
 // The layers an engine runs, in order: `requested`, or all of the model's when it is empty.
 // Throws std::invalid_argument for a layer out of range, not loaded, or out of order.

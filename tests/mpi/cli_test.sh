@@ -123,6 +123,30 @@ print(f"8 ranks: {wall:.2f} s wall, {ru.ru_utime + ru.ru_stime:.2f} s CPU = {cor
 assert cores < 0.6 * os.cpu_count(), "ranks spin while waiting"
 PY
     cat "$tmp/out" ;;
+  tp_world_mismatch)
+    expect_error 5 "the world of 5 ranks does not fit mode dsi: 1 coordinator \+ 1 drafter leave 3 ranks, not a whole number of targets of 2 ranks \(roles.target_tp\); launch with mpirun -np 4 or 6" \
+      run --config "$cfg" --set engine=llama --set model.path=/unused.gguf --set roles.target_tp=2 ;;
+  tp_bad_heads)
+    # Refused before any model loads (read from the GGUF header), naming the numbers.
+    make_model m.gguf
+    expect_error 5 "roles.target_tp = 3: tensor parallelism of 3 does not divide the 8 attention heads" \
+      run --config "$cfg" --set engine=llama --set model.path="$tmp/m.gguf" --set roles.target_tp=3 ;;
+  tp_synthetic)
+    expect_error 5 "roles.target_tp = 2 needs engine llama" run --config "$cfg" --set roles.target_tp=2 ;;
+  tp_member_hangs|tp_member_exits)
+    # Rank 3, the second shard of target 0 (ranks 2-3), stops or dies mid-run. A stopped one
+    # leaves its leader waiting in an all-reduce, which times out (runtime.peer_timeout_s) and
+    # names the group; a dead one is torn down by mpirun, naming the process.
+    make_model m.gguf
+    if [ "$case_name" = tp_member_hangs ]; then
+      fault=hang pattern="rank 2 on [^ :]+: target 0 \(world ranks 2-3\): all-reduce"
+    else
+      fault=exit pattern="\\[\\[[0-9]+,1\\],3\\]|target 0 \\(world ranks 2-3\\)"
+    fi
+    expect_error 6 "$pattern" run --config "$cfg" --set engine=llama --set model.path="$tmp/m.gguf" \
+      --set roles.target_tp=2 --set generation.max_new_tokens=100000 --set model.max_context=100000 \
+      --set generation.chat=false --set runtime.peer_timeout_s=2 \
+      --fault-rank 3 --fault $fault --fault-after-ms 500 ;;
   missing_model)
     expect_error 3 "model.path '/nonexistent/m.gguf' does not exist" run --config "$cfg" \
       --set engine=llama --set model.path=/nonexistent/m.gguf ;;

@@ -2,7 +2,7 @@
 // prompts (in the model's chat template when it has one), SP 1 .. max_sp and k in KS
 // (default 1,4,8).
 //   llama_lossless MODEL DRAFTER N_PROMPTS MAX_NEW_TOKENS MAX_SP [KV_HANDOFF] [KS] [T] [TREES]
-//                  [MERGED]
+//                  [MERGED] [TP]
 // DRAFTER: the target's layers that a layer-skip drafter keeps ("0-11,19-29"), or the path of a
 // drafter model of its own (a .gguf file, e.g. the Qwen2.5-Coder pair's 0.5B).
 // KV_HANDOFF: auto (default) | never | always: with always, tasks go round robin over the
@@ -17,7 +17,9 @@
 // per prompt with SI and with DSI for SP 1 .. max_sp, and checked the same way. Every prompt
 // also runs SI and DSI (max_sp) with staged drafting (dsi.stage: ngram, k = 4). MERGED: merged
 // drafters, the extra drafters each given as DRAFTER is ("0-5/0-3,7" for two), run per prompt
-// with SI and with DSI for every SP the world has left, k = 4.
+// with SI and with DSI for every SP the world has left, k = 4. TP: tensor-parallel groups,
+// "T" or "T/D" (roles.target_tp, roles.drafter_tp): the world is laid out in groups (the
+// non-SI reference runs on a target group too) and SP goes up to the world's target groups.
 // Prints "N passed, M failed"; exits 77 (skipped) when MODEL is empty or missing.
 #include <fmt/format.h>
 
@@ -88,6 +90,7 @@ int main(int argc, char** argv) {
       }
     }
   }
+  const std::string tp = argc > 11 ? argv[11] : "";
   const std::string drafter = argv[2];
   const bool drafter_file = drafter.size() > 5 && drafter.ends_with(".gguf");
   dsi::SessionOptions opts;
@@ -104,6 +107,13 @@ int main(int argc, char** argv) {
                     "runtime.peer_timeout_s=60",
                     "runtime.kv_handoff=" + (corrupt ? std::string("always") : kv)};
   if (corrupt || kv == "always") opts.overrides.push_back("dsi.target_choice=round_robin");
+  if (!tp.empty()) {
+    const size_t slash = tp.find('/');
+    opts.overrides.push_back("roles.target_tp=" + tp.substr(0, slash));
+    if (slash != std::string::npos) {
+      opts.overrides.push_back("roles.drafter_tp=" + tp.substr(slash + 1));
+    }
+  }
 
   return dsi::with_session(
       opts, [](dsi::Session& s) { (void)s.cfg.n_targets(s.world); },
@@ -111,7 +121,7 @@ int main(int argc, char** argv) {
         int passed = 0, failed = 0, handed = 0;
         int must_hand_runs = 0, must_hand_handed = 0;
         int64_t imported_tokens = 0;
-        const int max_sp = std::min(max_sp_arg, s.world - 2);
+        const int max_sp = std::min(max_sp_arg, s.cfg.n_targets(s.world));
         for (int i = 0; i < n_prompts; ++i) {
           dsi::RunConfig cfg = s.cfg;
           cfg.prompt = kPrompts[i % std::size(kPrompts)];

@@ -1,0 +1,301 @@
+#include "core/tp_group.h"
+
+#include <fmt/format.h>
+
+#include <cstring>
+#include <exception>
+#include <utility>
+
+#include "core/protocol.h"
+
+namespace dsi {
+namespace {
+
+// The calls a leader hands on, one frame each: the op's byte, then its fields.
+enum class Op : uint8_t { kBuild = 1, kForward, kTree, kKeepPath, kTruncate, kDrop, kEnd };
+
+struct Out {
+  std::vector<uint8_t> b;
+  explicit Out(Op op) { b.push_back(static_cast<uint8_t>(op)); }
+  void i32(int32_t v) {
+    const size_t at = b.size();
+    b.resize(at + sizeof v);
+    std::memcpy(b.data() + at, &v, sizeof v);
+  }
+  template <class T>
+  void list(std::span<const T> v) {
+    static_assert(sizeof(T) == sizeof(int32_t));
+    i32(static_cast<int32_t>(v.size()));
+    const size_t at = b.size();
+    b.resize(at + v.size_bytes());
+    if (!v.empty()) std::memcpy(b.data() + at, v.data(), v.size_bytes());
+  }
+  void tree(const TokenTree& t) {
+    list(std::span<const Token>(t.tokens));
+    list(std::span<const int>(t.parents));
+  }
+};
+
+struct In {
+  std::span<const uint8_t> b;
+  size_t at = 1;
+  int32_t i32() {
+    int32_t v;
+    if (at + sizeof v > b.size()) throw ProtocolError("group call cut short");
+    std::memcpy(&v, b.data() + at, sizeof v);
+    at += sizeof v;
+    return v;
+  }
+  template <class T>
+  std::vector<T> list() {
+    const int32_t n = i32();
+    if (n < 0 || at + static_cast<size_t>(n) * sizeof(T) > b.size()) {
+      throw ProtocolError("group call cut short");
+    }
+    std::vector<T> v(static_cast<size_t>(n));
+    if (n) std::memcpy(v.data(), b.data() + at, v.size() * sizeof(T));
+    at += v.size() * sizeof(T);
+    return v;
+  }
+  TokenTree tree() {
+    TokenTree t;
+    t.tokens = list<Token>();
+    t.parents = list<int>();
+    return t;
+  }
+};
+
+void to_members(ControlChannel& group, const std::vector<uint8_t>& frame) {
+  for (int r = 1; r < group.size(); ++r) group.send(r, frame, Traffic::kWork);
+}
+
+// After a build: which shards failed, agreed over the group (each adds a 1 at its own rank).
+std::vector<int> failed_shards(Collective& coll, bool failed) {
+  std::vector<float> flags(static_cast<size_t>(coll.size()), 0.f);
+  flags[static_cast<size_t>(coll.rank())] = failed ? 1.f : 0.f;
+  coll.all_reduce_sum(flags);
+  std::vector<int> out;
+  for (int r = 0; r < coll.size(); ++r) {
+    if (flags[static_cast<size_t>(r)] > 0) out.push_back(r);
+  }
+  return out;
+}
+
+std::unique_ptr<Engine> build_shard(const EngineSpec& spec, Collective& coll,
+                                    std::exception_ptr& error) {
+  try {
+    return make_engine(spec, &coll);
+  } catch (...) {
+    error = std::current_exception();
+    return nullptr;
+  }
+}
+
+class GroupLeaderEngine final : public Engine {
+ public:
+  GroupLeaderEngine(std::unique_ptr<Engine> local, ControlChannel& group, std::string name,
+                    GroupFatal fatal)
+      : local_(std::move(local)), group_(group), name_(std::move(name)), fatal_(std::move(fatal)) {}
+  ~GroupLeaderEngine() override { to_members(group_, Out(Op::kDrop).b); }
+
+  Logits forward(std::span<const Token> tokens, int n_logits, const CancelFlag& cancel) override {
+    hand_on_forward(tokens, n_logits);
+    return guard([&] { return local_->forward(tokens, n_logits, cancel); });
+  }
+  std::vector<Token> forward_argmax(std::span<const Token> tokens, int n_logits,
+                                    const CancelFlag& cancel) override {
+    hand_on_forward(tokens, n_logits);
+    return guard([&] { return local_->forward_argmax(tokens, n_logits, cancel); });
+  }
+  Logits forward_tree(const TokenTree& tree, int from, const CancelFlag& cancel) override {
+    Out o(Op::kTree);
+    o.i32(from);
+    o.tree(tree);
+    to_members(group_, o.b);
+    return guard([&] { return local_->forward_tree(tree, from, cancel); });
+  }
+  void keep_path(const TokenTree& tree, std::span<const int> path,
+                 const CancelFlag& cancel) override {
+    Out o(Op::kKeepPath);
+    o.tree(tree);
+    o.list(path);
+    to_members(group_, o.b);
+    guard([&] {
+      local_->keep_path(tree, path, cancel);
+      return 0;
+    });
+  }
+  void truncate(int n) override {
+    Out o(Op::kTruncate);
+    o.i32(n);
+    to_members(group_, o.b);
+    local_->truncate(n);
+  }
+  int kv_len() const override { return local_->kv_len(); }
+  int vocab_size() const override { return local_->vocab_size(); }
+  std::string device_name() const override { return local_->device_name(); }
+  // KV handoff between groups (shard i to shard i) is not built: the coordinator sees no KV
+  // to hand off and the targets recompute.
+  size_t kv_bytes_per_token() const override { return 0; }
+
+ private:
+  void hand_on_forward(std::span<const Token> tokens, int n_logits) {
+    Out o(Op::kForward);
+    o.i32(n_logits);
+    o.list(tokens);
+    to_members(group_, o.b);
+  }
+  // A collective that timed out leaves the group out of step for good.
+  template <class F>
+  auto guard(F&& f) -> decltype(f()) {
+    try {
+      return f();
+    } catch (const CollectiveTimeout& e) {
+      fatal_(fmt::format("{}: {}", name_, e.what()));
+      throw;
+    }
+  }
+
+  std::unique_ptr<Engine> local_;
+  ControlChannel& group_;
+  std::string name_;
+  GroupFatal fatal_;
+};
+
+}  // namespace
+
+std::string RankPlace::group_name() const {
+  if (kind == Kind::kCoordinator) return "the coordinator";
+  const std::string ranks = group_size > 1
+                                ? fmt::format("world ranks {}-{}", first, first + group_size - 1)
+                                : fmt::format("world rank {}", first);
+  return fmt::format("{} {} ({})", kind == Kind::kDrafter ? "drafter" : "target", index, ranks);
+}
+
+std::vector<RankPlace> rank_layout(const RunConfig& cfg, int world) {
+  const int targets = cfg.n_targets(world);
+  std::vector<RankPlace> out(1);
+  int control = 1;
+  auto add = [&](RankPlace::Kind kind, int count, int size) {
+    for (int i = 0; i < count; ++i) {
+      const int first = static_cast<int>(out.size());
+      for (int s = 0; s < size; ++s) {
+        out.push_back({.kind = kind,
+                       .index = i,
+                       .shard = s,
+                       .group_size = size,
+                       .first = first,
+                       .control = s == 0 ? control++ : -1});
+      }
+    }
+  };
+  add(RankPlace::Kind::kDrafter, cfg.n_drafters(), cfg.drafter_tp);
+  add(RankPlace::Kind::kTarget, targets, cfg.target_tp);
+  return out;
+}
+
+std::unique_ptr<Engine> make_group_leader_engine(const EngineSpec& spec, ControlChannel& group,
+                                                 Collective& coll, std::string name,
+                                                 GroupFatal fatal) {
+  msg::Configure c;
+  c.spec.engine = spec;
+  Out o(Op::kBuild);
+  const std::vector<uint8_t> m = encode(Message{.body = c});
+  o.b.insert(o.b.end(), m.begin(), m.end());
+  to_members(group, o.b);
+  std::exception_ptr error;
+  auto local = build_shard(spec, coll, error);
+  std::vector<int> failed;
+  try {
+    failed = failed_shards(coll, error != nullptr);
+  } catch (const CollectiveTimeout& e) {
+    fatal(fmt::format("{}: building the shards: {}", name, e.what()));
+    throw;
+  }
+  if (error) std::rethrow_exception(error);
+  if (!failed.empty()) {
+    throw Error(fmt::format("{}: shard {} could not build its engine (its error is printed by that "
+                            "rank)",
+                            name, fmt::join(failed, ", ")));
+  }
+  return std::make_unique<GroupLeaderEngine>(std::move(local), group, std::move(name),
+                                             std::move(fatal));
+}
+
+void end_group(ControlChannel& group) {
+  to_members(group, Out(Op::kEnd).b);
+}
+
+void run_group_member(ControlChannel& group, Collective& coll, const std::string& name,
+                      const GroupFatal& fatal) {
+  std::unique_ptr<Engine> engine;
+  const CancelFlag never;
+  for (;;) {
+    auto f = group.recv(Clock::now() + std::chrono::seconds(1));
+    if (!f) continue;
+    if (f->bytes.empty()) {
+      fatal(fmt::format("{}: an empty call from the leader", name));
+      return;
+    }
+    In in{f->bytes};
+    const Op op = static_cast<Op>(f->bytes[0]);
+    try {
+      switch (op) {
+        case Op::kBuild: {
+          engine.reset();
+          const Message m = decode(std::span(f->bytes).subspan(1));
+          std::exception_ptr error;
+          engine = build_shard(m.as<msg::Configure>().spec.engine, coll, error);
+          if (error) {
+            try {
+              std::rethrow_exception(error);
+            } catch (const std::exception& e) {
+              fmt::print(stderr, "dsi: error: {}: shard {} building its engine: {}\n", name,
+                         coll.rank(), e.what());
+            }
+          }
+          (void)failed_shards(coll, error != nullptr);
+          break;
+        }
+        case Op::kDrop:
+          engine.reset();
+          break;
+        case Op::kEnd:
+          return;
+        default: {
+          if (!engine) {
+            fatal(fmt::format("{}: shard {} was called without an engine", name, coll.rank()));
+            return;
+          }
+          if (op == Op::kForward) {
+            const int n_logits = in.i32();
+            const auto tokens = in.list<Token>();
+            (void)engine->forward(tokens, n_logits, never);
+          } else if (op == Op::kTree) {
+            const int from = in.i32();
+            (void)engine->forward_tree(in.tree(), from, never);
+          } else if (op == Op::kKeepPath) {
+            const TokenTree tree = in.tree();
+            engine->keep_path(tree, in.list<int>(), never);
+          } else if (op == Op::kTruncate) {
+            engine->truncate(in.i32());
+          } else {
+            fatal(fmt::format("{}: unknown call {} from the leader", name, f->bytes[0]));
+            return;
+          }
+        }
+      }
+    } catch (const CollectiveTimeout& e) {
+      fatal(fmt::format("{}: shard {}: {}", name, coll.rank(), e.what()));
+      return;
+    } catch (const ProtocolError& e) {
+      fatal(fmt::format("{}: shard {}: {}", name, coll.rank(), e.what()));
+      return;
+    } catch (const std::exception&) {
+      // Cancelled, or what the leader's own call throws too (the same checks on the same
+      // arguments): the group stays in step.
+    }
+  }
+}
+
+}  // namespace dsi
