@@ -91,9 +91,21 @@ Coordinator::Coordinator(ControlChannel& ch, int heartbeat_ms, double peer_timeo
       next_hb_(Clock::now()),
       roles_(ch.size(), "worker") {}
 
+int Coordinator::world_rank(int rank) const {
+  return rank >= 0 && rank < static_cast<int>(world_.size()) ? world_[rank] : rank;
+}
+
+std::string Coordinator::role_in_world(int rank) const {
+  std::string role = rank >= 0 && rank < static_cast<int>(roles_.size()) ? roles_[rank] : "?";
+  const int n = rank >= 0 && rank < static_cast<int>(group_size_.size()) ? group_size_[rank] : 1;
+  if (n > 1) {
+    role += fmt::format(", world ranks {}-{}", world_rank(rank), world_rank(rank) + n - 1);
+  }
+  return role;
+}
+
 std::string Coordinator::name(int rank) const {
-  return fmt::format("rank {} ({})", rank,
-                     rank < static_cast<int>(roles_.size()) ? roles_[rank] : "?");
+  return fmt::format("rank {} ({})", world_rank(rank), role_in_world(rank));
 }
 
 std::optional<Envelope> Coordinator::next(Clock::time_point deadline) {
@@ -430,7 +442,8 @@ RunReport Coordinator::finish(Run& r) {
   for (int w : r.workers) ch_.send(w, Message{.run = run_, .body = msg::Stop{}});
   for (auto& [w, m] : wait_all(r.workers, MsgType::kStopped)) {
     auto& st = m.as<msg::Stopped>();
-    rep.ranks.push_back(RankReport{w, roles_[w], st.busy_s, st.wasted_s, std::move(st.spans)});
+    rep.ranks.push_back(
+        RankReport{world_rank(w), role_in_world(w), st.busy_s, st.wasted_s, std::move(st.spans)});
     rep.kv.imported += st.kv.imported;
     rep.kv.imported_tokens += st.kv.imported_tokens;
     rep.kv.sent_bytes += st.kv.sent_bytes;

@@ -44,6 +44,13 @@ class Coordinator {
   // whatever a run's mode; a run without drafters (non-SI) leaves them idle and puts its
   // targets after them, on target groups.
   void reserve_drafter_ranks(int n) { reserved_drafters_ = n; }
+  // Tensor-parallel layouts: each control-plane rank's world rank and group size, so that
+  // messages and reports name ranks as mpirun numbers them ("rank 4 (target 1, world ranks
+  // 4-5)").
+  void set_world_ranks(std::vector<int> world, std::vector<int> group_size) {
+    world_ = std::move(world);
+    group_size_ = std::move(group_size);
+  }
 
  private:
   struct Run;  // one run's state (coordinator.cc)
@@ -69,6 +76,9 @@ class Coordinator {
   uint32_t run_ = 0;
   std::vector<std::string> roles_;  // role of each rank in the current run, for messages
   int reserved_drafters_ = 0;
+  std::vector<int> world_, group_size_;  // per control rank (empty: the control plane is the world)
+  int world_rank(int rank) const;
+  std::string role_in_world(int rank) const;
   std::map<std::string, std::shared_ptr<const TextModel>> text_models_;  // by path
   std::string name(int rank) const;
 };

@@ -12,7 +12,17 @@ namespace dsi {
 namespace {
 
 // The calls a leader hands on, one frame each: the op's byte, then its fields.
-enum class Op : uint8_t { kBuild = 1, kForward, kTree, kKeepPath, kTruncate, kDrop, kEnd };
+enum class Op : uint8_t {
+  kBuild = 1,
+  kForward,
+  kTree,
+  kKeepPath,
+  kTruncate,
+  kSendKv,
+  kRecvKv,
+  kDrop,
+  kEnd
+};
 
 struct Out {
   std::vector<uint8_t> b;
@@ -21,6 +31,17 @@ struct Out {
     const size_t at = b.size();
     b.resize(at + sizeof v);
     std::memcpy(b.data() + at, &v, sizeof v);
+  }
+  void i64(int64_t v) {
+    const size_t at = b.size();
+    b.resize(at + sizeof v);
+    std::memcpy(b.data() + at, &v, sizeof v);
+  }
+  void key(const DataKey& k) {
+    i64(k.run);
+    i64(static_cast<int64_t>(k.kind));
+    i64(static_cast<int64_t>(k.stream));
+    i64(k.index);
   }
   template <class T>
   void list(std::span<const T> v) {
@@ -45,6 +66,21 @@ struct In {
     std::memcpy(&v, b.data() + at, sizeof v);
     at += sizeof v;
     return v;
+  }
+  int64_t i64() {
+    int64_t v;
+    if (at + sizeof v > b.size()) throw ProtocolError("group call cut short");
+    std::memcpy(&v, b.data() + at, sizeof v);
+    at += sizeof v;
+    return v;
+  }
+  DataKey key() {
+    DataKey k;
+    k.run = static_cast<uint32_t>(i64());
+    k.kind = static_cast<DataKind>(i64());
+    k.stream = static_cast<uint64_t>(i64());
+    k.index = i64();
+    return k;
   }
   template <class T>
   std::vector<T> list() {
@@ -81,6 +117,27 @@ std::vector<int> failed_shards(Collective& coll, bool failed) {
   return out;
 }
 
+// A handoff's import, agreed over the group: every shard keeps the range only if every shard
+// received its part (a shard that did not would leave the group's caches unequal).
+bool agreed_recv_kv(Engine& e, Collective& coll, DataChannel* ch, const DataKey& key, int begin,
+                    int end, Clock::time_point deadline, const CancelFlag* cancel) {
+  bool ok = false;
+  try {
+    ok = ch && e.recv_kv(*ch, key, begin, end, deadline, cancel);
+  } catch (const CollectiveTimeout&) {
+    throw;
+  } catch (const std::exception&) {
+    ok = false;
+  }
+  const bool all = !coll.all_reduce(std::span<float>(), !ok);
+  if (!all && e.kv_len() > begin) e.truncate(begin);
+  return all;
+}
+
+bool is_kv(const DataKey& k) {
+  return k.kind == DataKind::kKvHeader || k.kind == DataKind::kKvCache;
+}
+
 std::unique_ptr<Engine> build_shard(const EngineSpec& spec, Collective& coll,
                                     std::exception_ptr& error) {
   try {
@@ -93,10 +150,9 @@ std::unique_ptr<Engine> build_shard(const EngineSpec& spec, Collective& coll,
 
 class GroupLeaderEngine final : public Engine {
  public:
-  GroupLeaderEngine(std::unique_ptr<Engine> local, ControlChannel& group, std::string name,
-                    GroupFatal fatal)
-      : local_(std::move(local)), group_(group), name_(std::move(name)), fatal_(std::move(fatal)) {}
-  ~GroupLeaderEngine() override { to_members(group_, Out(Op::kDrop).b); }
+  GroupLeaderEngine(std::unique_ptr<Engine> local, const GroupContext& ctx)
+      : local_(std::move(local)), ctx_(ctx) {}
+  ~GroupLeaderEngine() override { to_members(*ctx_.ch, Out(Op::kDrop).b); }
 
   Logits forward(std::span<const Token> tokens, int n_logits, const CancelFlag& cancel) override {
     hand_on_forward(tokens, n_logits);
@@ -111,7 +167,7 @@ class GroupLeaderEngine final : public Engine {
     Out o(Op::kTree);
     o.i32(from);
     o.tree(tree);
-    to_members(group_, o.b);
+    to_members(*ctx_.ch, o.b);
     return guard([&] { return local_->forward_tree(tree, from, cancel); });
   }
   void keep_path(const TokenTree& tree, std::span<const int> path,
@@ -119,7 +175,7 @@ class GroupLeaderEngine final : public Engine {
     Out o(Op::kKeepPath);
     o.tree(tree);
     o.list(path);
-    to_members(group_, o.b);
+    to_members(*ctx_.ch, o.b);
     guard([&] {
       local_->keep_path(tree, path, cancel);
       return 0;
@@ -128,22 +184,44 @@ class GroupLeaderEngine final : public Engine {
   void truncate(int n) override {
     Out o(Op::kTruncate);
     o.i32(n);
-    to_members(group_, o.b);
+    to_members(*ctx_.ch, o.b);
     local_->truncate(n);
   }
   int kv_len() const override { return local_->kv_len(); }
   int vocab_size() const override { return local_->vocab_size(); }
   std::string device_name() const override { return local_->device_name(); }
-  // KV handoff between groups (shard i to shard i) is not built: the coordinator sees no KV
-  // to hand off and the targets recompute.
-  size_t kv_bytes_per_token() const override { return 0; }
+  // KV handoff between target groups moves each shard's heads, shard i to shard i.
+  size_t kv_bytes_per_token() const override {
+    return ctx_.kv_handoff ? local_->kv_bytes_per_token() : 0;
+  }
+  void send_kv(DataChannel& ch, int dst, const DataKey& key, int begin, int end) const override {
+    Out o(Op::kSendKv);
+    o.i32(dst - ctx_.first_target);
+    o.key(key);
+    o.i32(begin);
+    o.i32(end);
+    to_members(*ctx_.ch, o.b);
+    local_->send_kv(ch, dst, key, begin, end);
+  }
+  bool recv_kv(DataChannel& ch, const DataKey& key, int begin, int end,
+               std::chrono::steady_clock::time_point deadline, const CancelFlag* cancel) override {
+    Out o(Op::kRecvKv);
+    o.key(key);
+    o.i32(begin);
+    o.i32(end);
+    o.i64(std::chrono::duration_cast<std::chrono::microseconds>(deadline - Clock::now()).count());
+    to_members(*ctx_.ch, o.b);
+    return guard([&] {
+      return agreed_recv_kv(*local_, *ctx_.coll, &ch, key, begin, end, deadline, cancel);
+    });
+  }
 
  private:
   void hand_on_forward(std::span<const Token> tokens, int n_logits) {
     Out o(Op::kForward);
     o.i32(n_logits);
     o.list(tokens);
-    to_members(group_, o.b);
+    to_members(*ctx_.ch, o.b);
   }
   // A collective that timed out leaves the group out of step for good.
   template <class F>
@@ -151,15 +229,13 @@ class GroupLeaderEngine final : public Engine {
     try {
       return f();
     } catch (const CollectiveTimeout& e) {
-      fatal_(fmt::format("{}: {}", name_, e.what()));
+      ctx_.fatal(fmt::format("{}: {}", ctx_.name, e.what()));
       throw;
     }
   }
 
   std::unique_ptr<Engine> local_;
-  ControlChannel& group_;
-  std::string name_;
-  GroupFatal fatal_;
+  GroupContext ctx_;
 };
 
 }  // namespace
@@ -194,47 +270,47 @@ std::vector<RankPlace> rank_layout(const RunConfig& cfg, int world) {
   return out;
 }
 
-std::unique_ptr<Engine> make_group_leader_engine(const EngineSpec& spec, ControlChannel& group,
-                                                 Collective& coll, std::string name,
-                                                 GroupFatal fatal) {
+std::unique_ptr<Engine> make_group_leader_engine(const EngineSpec& spec, const GroupContext& ctx) {
   msg::Configure c;
   c.spec.engine = spec;
   Out o(Op::kBuild);
   const std::vector<uint8_t> m = encode(Message{.body = c});
   o.b.insert(o.b.end(), m.begin(), m.end());
-  to_members(group, o.b);
+  to_members(*ctx.ch, o.b);
   std::exception_ptr error;
-  auto local = build_shard(spec, coll, error);
+  auto local = build_shard(spec, *ctx.coll, error);
   std::vector<int> failed;
   try {
-    failed = failed_shards(coll, error != nullptr);
+    failed = failed_shards(*ctx.coll, error != nullptr);
   } catch (const CollectiveTimeout& e) {
-    fatal(fmt::format("{}: building the shards: {}", name, e.what()));
+    ctx.fatal(fmt::format("{}: building the shards: {}", ctx.name, e.what()));
     throw;
   }
   if (error) std::rethrow_exception(error);
   if (!failed.empty()) {
     throw Error(fmt::format("{}: shard {} could not build its engine (its error is printed by that "
                             "rank)",
-                            name, fmt::join(failed, ", ")));
+                            ctx.name, fmt::join(failed, ", ")));
   }
-  return std::make_unique<GroupLeaderEngine>(std::move(local), group, std::move(name),
-                                             std::move(fatal));
+  return std::make_unique<GroupLeaderEngine>(std::move(local), ctx);
 }
 
 void end_group(ControlChannel& group) {
   to_members(group, Out(Op::kEnd).b);
 }
 
-void run_group_member(ControlChannel& group, Collective& coll, const std::string& name,
-                      const GroupFatal& fatal) {
+void run_group_member(const GroupContext& ctx) {
+  ControlChannel& group = *ctx.ch;
+  Collective& coll = *ctx.coll;
+  const std::string& name = ctx.name;
+  const int shard = coll.rank();
   std::unique_ptr<Engine> engine;
   const CancelFlag never;
   for (;;) {
     auto f = group.recv(Clock::now() + std::chrono::seconds(1));
     if (!f) continue;
     if (f->bytes.empty()) {
-      fatal(fmt::format("{}: an empty call from the leader", name));
+      ctx.fatal(fmt::format("{}: an empty call from the leader", name));
       return;
     }
     In in{f->bytes};
@@ -250,8 +326,10 @@ void run_group_member(ControlChannel& group, Collective& coll, const std::string
             try {
               std::rethrow_exception(error);
             } catch (const std::exception& e) {
-              fmt::print(stderr, "dsi: error: {}: shard {} building its engine: {}\n", name,
-                         coll.rank(), e.what());
+              fmt::print(
+                  stderr, "dsi: error: {}\n",
+                  Error(fmt::format("{}: shard {} building its engine: {}", name, shard, e.what()))
+                      .what());
             }
           }
           (void)failed_shards(coll, error != nullptr);
@@ -264,7 +342,7 @@ void run_group_member(ControlChannel& group, Collective& coll, const std::string
           return;
         default: {
           if (!engine) {
-            fatal(fmt::format("{}: shard {} was called without an engine", name, coll.rank()));
+            ctx.fatal(fmt::format("{}: shard {} was called without an engine", name, shard));
             return;
           }
           if (op == Op::kForward) {
@@ -279,17 +357,36 @@ void run_group_member(ControlChannel& group, Collective& coll, const std::string
             engine->keep_path(tree, in.list<int>(), never);
           } else if (op == Op::kTruncate) {
             engine->truncate(in.i32());
+          } else if (op == Op::kSendKv) {
+            const int dst = in.i32();
+            const DataKey key = in.key();
+            const int begin = in.i32(), end = in.i32();
+            if (!ctx.shard_data) throw ProtocolError("a KV handoff without a shard data channel");
+            engine->send_kv(*ctx.shard_data, dst, key, begin, end);
+          } else if (op == Op::kRecvKv) {
+            const DataKey key = in.key();
+            const int begin = in.i32(), end = in.i32();
+            const auto deadline = Clock::now() + std::chrono::microseconds(in.i64());
+            if (ctx.shard_data) {  // older handoffs and other runs will not be asked for
+              ctx.shard_data->discard([&](const DataKey& k) {
+                return is_kv(k) && (k.run != key.run || k.stream < key.stream);
+              });
+            }
+            (void)agreed_recv_kv(*engine, coll, ctx.shard_data, key, begin, end, deadline, nullptr);
+            if (ctx.shard_data) {
+              ctx.shard_data->discard([&](const DataKey& k) { return is_kv(k) && k == key; });
+            }
           } else {
-            fatal(fmt::format("{}: unknown call {} from the leader", name, f->bytes[0]));
+            ctx.fatal(fmt::format("{}: unknown call {} from the leader", name, f->bytes[0]));
             return;
           }
         }
       }
     } catch (const CollectiveTimeout& e) {
-      fatal(fmt::format("{}: shard {}: {}", name, coll.rank(), e.what()));
+      ctx.fatal(fmt::format("{}: shard {}: {}", name, shard, e.what()));
       return;
     } catch (const ProtocolError& e) {
-      fatal(fmt::format("{}: shard {}: {}", name, coll.rank(), e.what()));
+      ctx.fatal(fmt::format("{}: shard {}: {}", name, shard, e.what()));
       return;
     } catch (const std::exception&) {
       // Cancelled, or what the leader's own call throws too (the same checks on the same

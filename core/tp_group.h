@@ -19,6 +19,7 @@
 #include "engines/engine_factory.h"
 #include "transport/collective.h"
 #include "transport/control_channel.h"
+#include "transport/data_channel.h"
 
 namespace dsi {
 
@@ -45,18 +46,27 @@ std::vector<RankPlace> rank_layout(const RunConfig& cfg, int world);
 // the reason and ends the job; it does not return.
 using GroupFatal = std::function<void(const std::string& why)>;
 
-// The leader's side: builds its shard over `coll` and tells the members (ranks 1.. of `group`)
-// to build theirs; a member that fails is named (its own error is on its stderr).
-// `name` names the group in errors.
-std::unique_ptr<Engine> make_group_leader_engine(const EngineSpec& spec, ControlChannel& group,
-                                                 Collective& coll, std::string name,
-                                                 GroupFatal fatal);
+// What one rank of a group works with (ranks of `ch` and `coll`: 0 the leader, then members).
+struct GroupContext {
+  ControlChannel* ch = nullptr;  // the leader's calls to its members
+  Collective* coll = nullptr;    // the group's all-reduces
+  std::string name;              // "target 1 (world ranks 5-6)", for errors
+  GroupFatal fatal;
+  // KV handoff between target groups, shard i to shard i: a member's channel to the same shard
+  // of every target group (its ranks: the target indices); the leaders use the control plane's.
+  DataChannel* shard_data = nullptr;
+  bool kv_handoff = false;  // a target group whose members have shard_data
+  int first_target = 1;     // control rank of target 0 (a leader maps a handoff's peer to a target)
+};
+
+// The leader's side: builds its shard over ctx.coll and tells the members to build theirs; a
+// member that fails is named (its own error is on its stderr). The engine hands each call on.
+std::unique_ptr<Engine> make_group_leader_engine(const EngineSpec& spec, const GroupContext& ctx);
 
 // Tells the members that the leader is done (they return from run_group_member).
 void end_group(ControlChannel& group);
 
 // A member's loop: makes its leader's calls on its shard until the leader ends the group.
-void run_group_member(ControlChannel& group, Collective& coll, const std::string& name,
-                      const GroupFatal& fatal);
+void run_group_member(const GroupContext& ctx);
 
 }  // namespace dsi

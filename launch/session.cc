@@ -18,6 +18,7 @@
 #include "transport/data_plane.h"
 #include "transport/mpi_check.h"
 #include "transport/mpi_collective.h"
+#include "transport/mpi_data_channel.h"
 
 namespace dsi {
 namespace {
@@ -97,6 +98,7 @@ struct Comms {
   MPI_Comm control = MPI_COMM_WORLD;
   MPI_Comm group = MPI_COMM_NULL;
   MPI_Comm collective = MPI_COMM_NULL;
+  MPI_Comm shard = MPI_COMM_NULL;  // members of target groups: shard i of every target group
 };
 
 Comms split_world(const RankPlace& me, bool tp) {
@@ -108,7 +110,12 @@ Comms split_world(const RankPlace& me, bool tp) {
   const bool grouped = me.kind != RankPlace::Kind::kCoordinator && me.group_size > 1;
   mpi_check(MPI_Comm_split(MPI_COMM_WORLD, grouped ? me.first : MPI_UNDEFINED, me.shard, &c.group),
             "MPI_Comm_split");
+  const bool target_member = me.kind == RankPlace::Kind::kTarget && me.shard > 0;
+  mpi_check(
+      MPI_Comm_split(MPI_COMM_WORLD, target_member ? me.shard : MPI_UNDEFINED, me.index, &c.shard),
+      "MPI_Comm_split");
   if (c.control != MPI_COMM_NULL) mpi_errors_return(c.control);
+  if (c.shard != MPI_COMM_NULL) mpi_errors_return(c.shard);
   if (c.group != MPI_COMM_NULL) {
     mpi_errors_return(c.group);
     mpi_check(MPI_Comm_dup(c.group, &c.collective), "MPI_Comm_dup");
@@ -237,19 +244,33 @@ int session_body(const SessionOptions& common, const std::function<void(Session&
   // control plane's policy decides whether the node is oversubscribed; spin only when asked).
   std::unique_ptr<MpiChannel> group_ch;
   std::unique_ptr<Collective> coll;
+  std::unique_ptr<DataChannel> shard_data;
+  GroupContext group;
   if (comms.group != MPI_COMM_NULL) {
     MpiChannel::Polling gp = polling;
     gp.wait = s.cfg.wait == "spin" ? MpiChannel::Wait::kSpin : MpiChannel::Wait::kSleep;
     group_ch = std::make_unique<MpiChannel>(comms.group, gp);
     coll = make_mpi_collective(comms.collective, s.cfg.peer_timeout_s);
+    if (comms.shard != MPI_COMM_NULL) {
+      shard_data = make_mpi_data_channel(comms.shard, s.cfg.poll_min_us);
+    }
+    group = GroupContext{.ch = group_ch.get(),
+                         .coll = coll.get(),
+                         .name = me.group_name(),
+                         .fatal = group_fatal,
+                         .shard_data = shard_data.get(),
+                         .kv_handoff = me.kind == RankPlace::Kind::kTarget,
+                         .first_target = 1 + s.cfg.n_drafters()};
   }
   if (member) {
     std::unique_ptr<ControlChannel> faulty;  // testing: the rank that fails
     WorkerOptions unused;
     if (s.rank == common.fault_rank) {
       faulty = apply_fault(common.fault, common.fault_after_ms, *group_ch, unused);
+      group.ch = faulty.get();
     }
-    run_group_member(faulty ? *faulty : *group_ch, *coll, me.group_name(), group_fatal);
+    run_group_member(group);
+    shard_data.reset();
     group_ch.reset();
     coll.reset();
     mpi_warn(MPI_Finalize(), "MPI_Finalize");
@@ -259,7 +280,16 @@ int session_body(const SessionOptions& common, const std::function<void(Session&
   int rc = 0;
   if (s.rank == 0) {
     Coordinator coord(*s.channel, s.cfg.heartbeat_ms, s.cfg.peer_timeout_s);
-    if (tp) coord.reserve_drafter_ranks(s.cfg.n_drafters());
+    if (tp) {
+      coord.reserve_drafter_ranks(s.cfg.n_drafters());
+      std::vector<int> world, size;
+      for (const RankPlace& p : layout) {
+        if (p.control < 0) continue;
+        world.push_back(p.first);
+        size.push_back(p.group_size);
+      }
+      coord.set_world_ranks(std::move(world), std::move(size));
+    }
     try {
       rc = coordinate(s, coord);
       coord.exit_all(rc);
@@ -287,7 +317,7 @@ int session_body(const SessionOptions& common, const std::function<void(Session&
     }
     if (group_ch) {
       wo.engine_factory = [&](const EngineSpec& spec) {
-        return make_group_leader_engine(spec, *group_ch, *coll, me.group_name(), group_fatal);
+        return make_group_leader_engine(spec, group);
       };
     }
     try {

@@ -133,6 +133,15 @@ PY
       run --config "$cfg" --set engine=llama --set model.path="$tmp/m.gguf" --set roles.target_tp=3 ;;
   tp_synthetic)
     expect_error 5 "roles.target_tp = 2 needs engine llama" run --config "$cfg" --set roles.target_tp=2 ;;
+  tp_leader_hangs)
+    # The leader of target 1 (ranks 4-5) is stopped: the coordinator's heartbeat timeout names
+    # it by its world rank and group, and every rank (its member too) is taken down.
+    make_model m.gguf
+    expect_error 6 "rank 4 \(target 1, world ranks 4-5\) has not been heard from" run --config "$cfg" \
+      --set engine=llama --set model.path="$tmp/m.gguf" --set roles.target_tp=2 \
+      --set generation.max_new_tokens=100000 --set model.max_context=100000 \
+      --set generation.chat=false --set runtime.peer_timeout_s=2 \
+      --fault-rank 4 --fault hang --fault-after-ms 500 ;;
   tp_member_hangs|tp_member_exits)
     # Rank 3, the second shard of target 0 (ranks 2-3), stops or dies mid-run. A stopped one
     # leaves its leader waiting in an all-reduce, which times out (runtime.peer_timeout_s) and

@@ -130,19 +130,22 @@ TEST_P(TpGroupRun, MembersFollowTheLeaderThroughCancelsTreesAndRebuilds) {
     std::lock_guard lk(mu);
     fatal.push_back(why);
   };
+  auto ctx = [&](int r) {
+    return GroupContext{
+        .ch = ch[r].get(), .coll = coll[r].get(), .name = "target 0", .fatal = on_fatal};
+  };
   std::vector<std::thread> members;
   for (int r = 1; r < tp; ++r) {
-    members.emplace_back([&, r] { run_group_member(*ch[r], *coll[r], "target 0", on_fatal); });
+    members.emplace_back([&, r] { run_group_member(ctx(r)); });
   }
 
   std::mt19937 gen(100 + tp);
   int cancelled = 0, completed = 0;
   {
     // A build the members cannot do (no such file) fails on every shard, and the group lives on.
-    EXPECT_THROW(make_group_leader_engine(LlamaSpec{.model = path + ".missing"}, *ch[0], *coll[0],
-                                          "target 0", on_fatal),
+    EXPECT_THROW(make_group_leader_engine(LlamaSpec{.model = path + ".missing"}, ctx(0)),
                  std::exception);
-    auto leader = make_group_leader_engine(spec, *ch[0], *coll[0], "target 0", on_fatal);
+    auto leader = make_group_leader_engine(spec, ctx(0));
     EXPECT_EQ(leader->kv_bytes_per_token(), 0u);  // no handoff between groups yet
     CancelFlag never;
     for (int i = 0; i < 300; ++i) {
