@@ -17,20 +17,40 @@ dsi_paths() {
 }
 
 # Ranks a mode needs: coordinator + drafter (dsi, si) + targets (DSI_SP, or at least 1).
-dsi_ranks_needed() {  # MODE [SP]
+dsi_ranks_needed() {  # MODE [SP]   (tensor-parallel groups: DSI_TP, DSI_DRAFTER_TP ranks each)
   local mode=$1 sp=${2:-}
-  local fixed=2
+  local tp dtp fixed
+  tp=$(dsi_tp) dtp=$(dsi_drafter_tp)
   case $mode in
-    dsi|si) fixed=2 ;;
+    dsi|si) fixed=$((1 + dtp)) ;;
     nonsi) fixed=1 ;;
     *) dsi_die "DSI_MODE '$mode' must be dsi, si or nonsi" ;;
   esac
   if [ -n "$sp" ]; then
     [[ $sp =~ ^[0-9]+$ ]] && [ "$sp" -ge 1 ] || dsi_die "DSI_SP '$sp' must be a positive integer"
-    echo $((fixed + sp))
+    echo $((fixed + sp * tp))
   else
-    echo $((fixed + 1))
+    echo $((fixed + tp))
   fi
+}
+
+# Ranks per target (DSI_TP) and per drafter (DSI_DRAFTER_TP): tensor-parallel groups, 1 = none.
+dsi_tp() {
+  local tp=${DSI_TP:-1}
+  [[ $tp =~ ^[0-9]+$ ]] && [ "$tp" -ge 1 ] || dsi_die "DSI_TP '$tp' must be a positive integer"
+  echo "$tp"
+}
+dsi_drafter_tp() {
+  local tp=${DSI_DRAFTER_TP:-1}
+  [[ $tp =~ ^[0-9]+$ ]] && [ "$tp" -ge 1 ] || dsi_die "DSI_DRAFTER_TP '$tp' must be a positive integer"
+  echo "$tp"
+}
+# The dsi arguments for them (none when both are 1).
+dsi_tp_args() {
+  local tp dtp
+  tp=$(dsi_tp) dtp=$(dsi_drafter_tp)
+  [ "$tp" -eq 1 ] || echo "--set roles.target_tp=$tp"
+  [ "$dtp" -eq 1 ] || echo "--set roles.drafter_tp=$dtp"
 }
 
 # Refuses an allocation with fewer tasks than NEED (or not exactly NEED when EXACT=1).

@@ -53,6 +53,13 @@ job[multi]=$(submit multi --nodes=1 --ntasks-per-node=5 \
   --export=ALL,DSI_GPUS_PER_NODE=4,DSI_RANKS_PER_NODE=4 cluster/slurm/multi_node.sbatch)
 job[sweep]=$(submit sweep --ntasks=5 --export=ALL,DSI_RANKS=2-5,DSI_K=3,DSI_TOKENS=30,DSI_ARGS=--set\ synthetic.t_ms=5 cluster/slurm/sweep.sbatch)
 job[too_few]=$(submit too_few --ntasks=2 cluster/slurm/one_node.sbatch)
+# Tensor-parallel groups (llama on CPUs, a tiny random model): DSI with 2 targets of 2 ranks
+# each and the drafter (7 tasks, one left unused: whole groups only), against non-SI on one
+# rank.
+"$dsi" make-model --shape tiny --type q8_0 -o "$tmp/tiny.gguf" >/dev/null || fail "make-model"
+llama_args="--set engine=llama --set model.path=$tmp/tiny.gguf --set generation.max_new_tokens=24 --set generation.chat=false"
+job[tp]=$(export DSI_TP=2 DSI_ARGS="$llama_args"; submit tp --ntasks=7 cluster/slurm/one_node.sbatch)
+job[tp_ref]=$(export DSI_MODE=nonsi DSI_ARGS="$llama_args"; submit tp_ref --ntasks=2 cluster/slurm/one_node.sbatch)
 for n in "${!job[@]}"; do
   [[ ${job[$n]} =~ ^[0-9]+$ ]] || fail "sbatch of $n returned '${job[$n]}'"
   echo "submitted $n as job ${job[$n]}"
@@ -81,7 +88,7 @@ while :; do
 done
 
 out() { cat "$tmp/out/$1-${job[$1]}.out"; }
-for n in dsi nonsi si_mpirun multi sweep; do
+for n in dsi nonsi si_mpirun multi sweep tp tp_ref; do
   if [ "${state[$n]}" != COMPLETED ] || [ "${exitc[$n]}" != 0:0 ]; then
     echo "--- $n output"; out "$n"
     fail "job $n ended ${state[$n]} with ${exitc[$n]}"
@@ -103,6 +110,17 @@ for n in ("dsi", "si", "multi"):
 print("ok: dsi (SP 3, srun), si (mpirun), multi-node layout: tokens equal non-SI's;",
       ", ".join(f"{n} {s[n]['latency_per_token_ms']:.2f} ms/token" for n in s))
 PY
+python3 - "$tmp/out" "${job[tp]}" "${job[tp_ref]}" <<'PY' || { out tp; fail "TP summaries"; }
+import json, sys
+d = sys.argv[1]
+tp, ref = (json.load(open(f"{d}/dsi-{j}.json")) for j in sys.argv[2:])
+assert tp["mode"] == "dsi" and tp["sp"] == 2, (tp["mode"], tp["sp"])
+assert tp["generated_ids"] == ref["generated_ids"] and len(ref["generated_ids"]) == 24
+roles = [r["role"] for r in tp["ranks"]]
+assert "target 1, world ranks 4-5" in roles, roles
+print("ok: TP job (SP 2 x TP 2 from one_node.sbatch, 6 of 7 tasks): tokens equal non-SI's;", roles)
+PY
+grep -q "launch: 6 ranks via srun" <(out tp) || { out tp; fail "the TP job did not launch 6 ranks"; }
 grep -q "launch: 5 ranks via srun" <(out dsi) || fail "dsi job did not launch through srun"
 grep -q "launch: 4 ranks via mpirun" <(out si_mpirun) || fail "si job did not launch through mpirun"
 # The colocated layout on a 4-GPU node: coordinator without GPU, drafter GPU 0, targets 1..3.
