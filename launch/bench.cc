@@ -52,6 +52,11 @@ int cmd_bench(const CommonOptions& common, const BenchOptions& opts) {
   return with_session(
       common,
       [&](Session& s) {
+        if (s.cfg.tensor_parallel()) {
+          throw ConfigError(
+              "dsi bench lays out single-rank targets; measure tensor-parallel groups "
+              "(roles.target_tp, roles.drafter_tp) with dsi run or tests/bench/tp_bench");
+        }
         grid = parse_grid(opts.grid);
         for (int sp : opts.sp) {
           if (sp < 1) throw ConfigError("--sp values must be at least 1");

@@ -54,6 +54,11 @@ struct SimulateOptions {
   // that the target's token is the drafter's 2nd, 3rd, ... best (a profile measures them).
   std::string trees;
   std::vector<double> ranks;
+  // Tensor-parallel targets: "N:T,..." = a target of N ranks forwards in T ms (t per group);
+  // each is simulated at every k and SP, and the ranks it takes (1 + drafter_tp + SP x N) are
+  // compared at equal budgets.
+  std::string tp;
+  int drafter_tp = 1;
   // Which of t/c/a/per-token/ranks were given on the command line (they win over a profile).
   bool t_set = false, c_set = false, a_set = false, pt_set = false, ranks_set = false;
 };

@@ -144,6 +144,11 @@ int main(int argc, char** argv) {
                                    "trees: probability that the target's token is the drafter's "
                                    "2nd, 3rd, ... best (default: a profile's, else none)")
                       ->delimiter(',');
+  simulate->add_option("--tp", sim.tp,
+                       "tensor-parallel targets, \"N:T,...\": a target group of N ranks forwards "
+                       "in T ms; each simulated at every k and SP, compared by ranks used");
+  simulate->add_option("--drafter-tp", sim.drafter_tp, "ranks of the drafter's group (with --tp)")
+      ->capture_default_str();
   simulate->add_flag("--json", sim.json, "print one JSON object instead of the table");
   simulate->add_option("--json-file", sim.json_path, "also write the JSON here");
 

@@ -6,6 +6,7 @@
 #include <fmt/ranges.h>
 
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
@@ -72,6 +73,39 @@ LatencyInputs inputs(const SimulateOptions& o, json& source) {
   return in;
 }
 
+// --tp "N:T,...": (ranks per target group, its forward latency in ms).
+std::vector<std::pair<int, double>> parse_tp(const std::string& text) {
+  std::vector<std::pair<int, double>> out;
+  if (text.empty()) return out;
+  size_t at = 0;
+  while (at <= text.size()) {
+    const size_t comma = std::min(text.find(',', at), text.size());
+    const std::string item = text.substr(at, comma - at);
+    const size_t colon = item.find(':');
+    int n = 0;
+    double t = 0;
+    try {
+      size_t used = 0;
+      if (colon == std::string::npos) throw std::invalid_argument("no colon");
+      n = std::stoi(item.substr(0, colon), &used);
+      if (used != colon) throw std::invalid_argument("trailing");
+      const std::string ts = item.substr(colon + 1);
+      t = std::stod(ts, &used);
+      if (used != ts.size()) throw std::invalid_argument("trailing");
+    } catch (const std::exception&) {
+      throw UsageError(fmt::format("--tp: '{}' must read N:T (ranks per target : its forward in "
+                                   "ms), e.g. 2:11.5",
+                                   item));
+    }
+    if (n < 1 || !(t > 0)) {
+      throw UsageError(fmt::format("--tp: '{}' needs N >= 1 ranks and T > 0 ms", item));
+    }
+    out.emplace_back(n, t);
+    at = comma + 1;
+  }
+  return out;
+}
+
 }  // namespace
 
 int cmd_simulate(const SimulateOptions& o) {
@@ -84,6 +118,8 @@ int cmd_simulate(const SimulateOptions& o) {
       if (sp < 1) throw UsageError(fmt::format("--sp {}: SP must be >= 1", sp));
     if (o.tokens < 1 || o.runs < 1) throw UsageError("--tokens and --runs must be >= 1");
     if (o.max_k < 1 || o.max_sp < 1) throw UsageError("--max-k and --max-sp must be >= 1");
+    const auto tps = parse_tp(o.tp);
+    if (o.drafter_tp < 1) throw UsageError("--drafter-tp must be >= 1");
     const auto queue = parse_queue_policy(o.queue);
     if (!queue) throw UsageError(fmt::format("--queue {}: must be newest or fifo", o.queue));
     const PlanOptions po{
@@ -264,6 +300,50 @@ int cmd_simulate(const SimulateOptions& o) {
           fmt::format("{}SP {}: k {} {:.3f}", sp == 1 ? "" : ", ", sp, b->k, b->dsi_ms);
     }
     if (!o.json) fmt::print("  best k per SP (ms/token, {} runs): {}\n", scan.runs, frontier_text);
+    // Tensor-parallel targets: t per group, ranks 1 + drafter group + SP x N.
+    json tp_rows = json::array();
+    if (!tps.empty()) {
+      if (!o.json) {
+        fmt::print("\ntensor-parallel targets (t per group of N ranks, drafter group {} ranks; "
+                   "ms/token):\n{:>3} {:>8} {:>3} {:>4} {:>5} {:>9} {:>9} {:>9} {:>8}\n",
+                   o.drafter_tp, "N", "t_ms", "k", "SP", "ranks", "nonsi_sim", "si_sim",
+                   "dsi_sim", "vs_nonSI");
+      }
+      std::map<int, json> best_by_ranks;
+      for (const auto& [n, t] : tps) {
+        LatencyInputs g = in;
+        g.t_ms = t;
+        const double g_non = simulate_iid(Mode::kNonSi, g, 1, 1, po).latency_ms;
+        for (int k : o.k) {
+          const double g_si = simulate_iid(Mode::kSi, g, k, 1, po).latency_ms;
+          for (int sp : o.sp) {
+            const double g_dsi = simulate_iid(Mode::kDsi, g, k, sp, po).latency_ms;
+            const int ranks = 1 + o.drafter_tp + sp * n;
+            json row = {{"tp", n},      {"t_ms", t},          {"k", k},
+                        {"sp", sp},     {"ranks", ranks},     {"nonsi_sim_ms", g_non},
+                        {"si_sim_ms", g_si}, {"dsi_sim_ms", g_dsi}};
+            if (!o.json) {
+              fmt::print("{:3} {:8.3f} {:3} {:4} {:5} {:9.3f} {:9.3f} {:9.3f} {:8.2f}\n", n, t, k,
+                         sp, ranks, g_non, g_si, g_dsi, g_non / g_dsi);
+            }
+            auto it = best_by_ranks.find(ranks);
+            if (it == best_by_ranks.end() || g_dsi < it->second["dsi_sim_ms"].get<double>()) {
+              best_by_ranks[ranks] = row;
+            }
+            tp_rows.push_back(std::move(row));
+          }
+        }
+      }
+      if (!o.json) {
+        std::string line;
+        for (const auto& [ranks, row] : best_by_ranks) {
+          line += fmt::format("\n  {} ranks: TP {} x SP {}, k {}: {:.3f}", ranks,
+                              row["tp"].get<int>(), row["sp"].get<int>(), row["k"].get<int>(),
+                              row["dsi_sim_ms"].get<double>());
+        }
+        fmt::print("  best DSI split at each rank count:{}\n", line);
+      }
+    }
     json grid = json::array();
     for (const PlanPoint& p : r.grid)
       grid.push_back({{"k", p.k}, {"sp", p.sp}, {"dsi_sim_ms", p.dsi_ms}});
@@ -281,6 +361,7 @@ int cmd_simulate(const SimulateOptions& o) {
                 {"model", "iid"},
                 {"rows", rows},
                 {"tree_rows", tree_rows},
+                {"tp_rows", tp_rows},
                 {"recommendation", rec},
                 {"frontier", frontier},
                 {"scan", grid}};

@@ -180,6 +180,27 @@ PY
     [ $rc -eq 2 ] && grep -q -- "--trees: 'x' in '2,x' is not a branching factor" "$tmp/out" \
       || fail "a bad shape accepted (rc $rc)"
     echo "ok: bad ranks and shapes refused" ;;
+  simulate_tp)
+    # Tensor-parallel targets: t per group. A TP-2 group at 11.5 ms (vs 20 ms on one rank) takes
+    # 1 + 1 + SP x 2 ranks, is faster per token at equal SP, and the best split at 6 ranks is
+    # reported; TP 1 reproduces the plain rows.
+    timeout 120 "$dsi" simulate -t 20 --c 0.1 -a 0.8 -k 3 --sp 1,2 --tp "1:20,2:11.5" \
+      --tokens 300 --runs 6 --max-k 3 --max-sp 2 --json >"$tmp/tp.json" 2>"$tmp/out" || fail "simulate --tp failed"
+    python3 - "$tmp/tp.json" <<'PY' || fail "JSON check"
+import json, sys
+d = json.load(open(sys.argv[1]))
+rows = {(r["tp"], r["sp"]): r for r in d["tp_rows"]}
+plain = {r["sp"]: r for r in d["rows"]}
+assert rows[(2, 2)]["ranks"] == 6 and rows[(1, 2)]["ranks"] == 4, rows
+assert abs(rows[(1, 2)]["dsi_sim_ms"] - plain[2]["dsi_sim_ms"]) < 1e-9, (rows[(1, 2)], plain[2])
+for sp in (1, 2):
+    assert rows[(2, sp)]["dsi_sim_ms"] < 0.8 * rows[(1, sp)]["dsi_sim_ms"], sp
+    assert rows[(2, sp)]["nonsi_sim_ms"] == 11.5
+print("ok:", {k: round(v["dsi_sim_ms"], 3) for k, v in rows.items()})
+PY
+    "$dsi" simulate --tp "2:x" >"$tmp/out" 2>&1; rc=$?
+    [ $rc -eq 2 ] && grep -q -- "--tp: '2:x' must read N:T" "$tmp/out" || fail "a bad --tp accepted (rc $rc)"
+    echo "ok: bad --tp refused" ;;
   simulate_bad_input)
     "$dsi" simulate -a 1.5 >"$tmp/out" 2>&1; rc=$?
     [ $rc -eq 2 ] && grep -q "a must lie in \[0, 1\], got 1.5" "$tmp/out" || fail "a = 1.5 accepted (rc $rc)"
