@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 #include <mpi.h>
+#include <sched.h>
 
 #include <algorithm>
 #include <climits>
@@ -66,6 +67,22 @@ int find_local_rank() {
   std::fflush(stdout);
   MPI_Abort(MPI_COMM_WORLD, 1);
   std::_Exit(1);
+}
+
+// A worker whose engine threads would share fewer CPUs than there are threads (Open MPI binds
+// each rank to one core when np <= 2) says so: model.threads would buy nothing.
+void warn_narrow_affinity(int rank, const RunConfig& cfg) {
+  if (rank == 0 || cfg.engine != "llama" || cfg.threads <= 1) return;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof set, &set) != 0) return;
+  const int cpus = CPU_COUNT(&set);
+  if (cpus >= cfg.threads) return;
+  fmt::print(stderr,
+             "dsi: warning: {}: model.threads = {}, but this rank may run on {} CPU{} (its "
+             "affinity, set by the launcher: Open MPI binds each rank to a core when np <= 2; "
+             "launch with --bind-to none)\n",
+             process_identity(), cfg.threads, cpus, cpus == 1 ? "" : "s");
 }
 
 // Tensor-parallel groups are refused before any model loads when the model's heads do not
@@ -207,6 +224,7 @@ int session_body(const SessionOptions& common, const std::function<void(Session&
     }
   }
   const bool member = tp && me.control < 0;
+  warn_narrow_affinity(s.rank, s.cfg);
 
   // The data plane first: when it cannot be had, every rank fails alike before any other
   // channel exists.
