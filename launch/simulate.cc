@@ -306,8 +306,8 @@ int cmd_simulate(const SimulateOptions& o) {
       if (!o.json) {
         fmt::print("\ntensor-parallel targets (t per group of N ranks, drafter group {} ranks; "
                    "ms/token):\n{:>3} {:>8} {:>3} {:>4} {:>5} {:>9} {:>9} {:>9} {:>8}\n",
-                   o.drafter_tp, "N", "t_ms", "k", "SP", "ranks", "nonsi_sim", "si_sim",
-                   "dsi_sim", "vs_nonSI");
+                   o.drafter_tp, "N", "t_ms", "k", "SP", "ranks", "nonsi_sim", "si_sim", "dsi_sim",
+                   "vs_nonSI");
       }
       std::map<int, json> best_by_ranks;
       for (const auto& [n, t] : tps) {
@@ -319,8 +319,8 @@ int cmd_simulate(const SimulateOptions& o) {
           for (int sp : o.sp) {
             const double g_dsi = simulate_iid(Mode::kDsi, g, k, sp, po).latency_ms;
             const int ranks = 1 + o.drafter_tp + sp * n;
-            json row = {{"tp", n},      {"t_ms", t},          {"k", k},
-                        {"sp", sp},     {"ranks", ranks},     {"nonsi_sim_ms", g_non},
+            json row = {{"tp", n},           {"t_ms", t},          {"k", k},
+                        {"sp", sp},          {"ranks", ranks},     {"nonsi_sim_ms", g_non},
                         {"si_sim_ms", g_si}, {"dsi_sim_ms", g_dsi}};
             if (!o.json) {
               fmt::print("{:3} {:8.3f} {:3} {:4} {:5} {:9.3f} {:9.3f} {:9.3f} {:8.2f}\n", n, t, k,

@@ -2,6 +2,9 @@
 // tokens at once so that prefill and verification are matrix-matrix products.
 #include "engines/llama/llama_engine.h"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstring>
 #include <filesystem>
@@ -52,6 +55,30 @@ WeightMatrix cols_of(const WeightMatrix& w, int64_t c0, int64_t n) {
   v.data = w.data + ggml_row_size(w.type, c0);
   v.cols = n;
   return v;
+}
+
+// Columns [c0, c0 + n) of w copied into `out` as a matrix of its own (rows of n columns), so a
+// shard holds only its part; the pages of w it read are then offered back to the kernel
+// (MADV_PAGEOUT: clean file pages are dropped, anonymous ones kept or swapped, never lost), so
+// that the rank's resident memory is its shard. The products give the same bits either way.
+WeightMatrix packed_cols(const WeightMatrix& w, int64_t c0, int64_t n,
+                         std::vector<std::vector<uint8_t>>& out) {
+  const WeightMatrix v = cols_of(w, c0, n);
+  const size_t row = ggml_row_size(w.type, n);
+  std::vector<uint8_t>& buf = out.emplace_back(static_cast<size_t>(w.rows) * row);
+  for (int64_t r = 0; r < w.rows; ++r) std::memcpy(buf.data() + r * row, v.row(r), row);
+#ifdef MADV_PAGEOUT
+  const auto page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const auto begin = (reinterpret_cast<uintptr_t>(w.data) + page - 1) / page * page;
+  const auto end = (reinterpret_cast<uintptr_t>(w.data) + w.bytes()) / page * page;
+  if (end > begin) {
+    (void)madvise(reinterpret_cast<void*>(begin), end - begin, MADV_PAGEOUT);
+  }
+#endif
+  WeightMatrix m = v;
+  m.data = buf.data();
+  m.row_bytes = row;
+  return m;
 }
 
 const float* part(const std::vector<float>& v, size_t off) {
@@ -180,10 +207,10 @@ void LlamaEngine::shard(Collective* tp) {
     shard_.push_back({.wq = rows_of(L.wq, q0, q_dim()),
                       .wk = rows_of(L.wk, k0, kv_dim()),
                       .wv = rows_of(L.wv, k0, kv_dim()),
-                      .wo = n > 1 ? cols_of(L.wo, q0, q_dim()) : L.wo,
+                      .wo = n > 1 ? packed_cols(L.wo, q0, q_dim(), packed_) : L.wo,
                       .w_gate = rows_of(L.w_gate, f0, ffn_),
                       .w_up = rows_of(L.w_up, f0, ffn_),
-                      .w_down = n > 1 ? cols_of(L.w_down, f0, ffn_) : L.w_down,
+                      .w_down = n > 1 ? packed_cols(L.w_down, f0, ffn_, packed_) : L.w_down,
                       .bq = part(L.bq, q0),
                       .bk = part(L.bk, k0),
                       .bv = part(L.bv, k0)});

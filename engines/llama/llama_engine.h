@@ -128,9 +128,12 @@ class LlamaEngine final : public Engine {
   Collective* tp_ = nullptr;
   int heads_ = 0, kv_heads_ = 0, ffn_ = 0;  // this engine's share
   std::vector<LayerShard> shard_;           // by slot
-  kernels::WeightMatrix head_;              // the LM head's rows this engine computes
-  int head_v0_ = 0;                         // the first of them
-  std::vector<float> head_part_;            // a shard's rows of the logits
+  // A shard's columns of the output and down projections, packed (TP > 1): read in place
+  // they would touch every page of the matrices.
+  std::vector<std::vector<uint8_t>> packed_;
+  kernels::WeightMatrix head_;    // the LM head's rows this engine computes
+  int head_v0_ = 0;               // the first of them
+  std::vector<float> head_part_;  // a shard's rows of the logits
   int threads_;
   kernels::Activations act_;
   int max_ctx_;
