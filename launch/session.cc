@@ -89,22 +89,29 @@ void warn_narrow_affinity(int rank, const RunConfig& cfg) {
 // split (GGUF files: read from the header).
 void check_tp_models(const RunConfig& cfg) {
   if (!cfg.tensor_parallel()) return;
-  auto check = [](const std::string& path, int n, const char* key) {
+  auto check = [](const std::string& path, const std::vector<int>& layers, int n, const char* key) {
     if (n <= 1 || path.empty()) return;
-    std::optional<LlamaConfig> c;
+    const std::string file = expand_path(path);
+    std::string why;
     try {
-      c = read_llama_config(expand_path(path));
+      // Heads from the header; blocks from the mapped file's tensor types (GGUF: no weight is
+      // read; a Hugging Face folder is checked when it loads).
+      const std::optional<LlamaConfig> c = read_llama_config(file);
+      if (!c) return;
+      why = tensor_parallel_refusal(*c, n);
+      if (why.empty()) {
+        const auto m = load_llama_model(file, layers);
+        why = tensor_parallel_refusal(*m, llama_kept_layers(*m, layers), n);
+      }
     } catch (const std::exception& e) {
       throw ConfigError(fmt::format("{}: cannot read the model '{}': {}", key, path, e.what()));
     }
-    if (!c) return;
-    if (const std::string why = tensor_parallel_refusal(*c, n); !why.empty()) {
-      throw ConfigError(fmt::format("{} = {}: {} of '{}'", key, n, why, path));
-    }
+    if (!why.empty()) throw ConfigError(fmt::format("{} = {}: {} (model '{}')", key, n, why, path));
   };
-  check(cfg.model_path, cfg.target_tp, "roles.target_tp");
+  check(cfg.model_path, {}, cfg.target_tp, "roles.target_tp");
   if (cfg.n_drafters() > 0) {
-    check(cfg.drafter_model_path.empty() ? cfg.model_path : cfg.drafter_model_path, cfg.drafter_tp,
+    const bool own = !cfg.drafter_model_path.empty();
+    check(own ? cfg.drafter_model_path : cfg.model_path, cfg.drafter_layers, cfg.drafter_tp,
           "roles.drafter_tp");
   }
 }

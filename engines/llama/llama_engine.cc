@@ -141,6 +141,36 @@ std::string tensor_parallel_refusal(const LlamaConfig& c, int n) {
   return {};
 }
 
+namespace {
+// The MLP is split in whole blocks of the down projection's widest type.
+int64_t mlp_unit(const LlamaModel& m, const std::vector<int>& layers) {
+  int64_t unit = 1;
+  for (int l : layers) unit = std::max(unit, ggml_block_size(m.weights.layers[l].w_down.type));
+  return unit;
+}
+}  // namespace
+
+std::string tensor_parallel_refusal(const LlamaModel& m, const std::vector<int>& layers, int n) {
+  const LlamaConfig& c = m.config;
+  if (std::string why = tensor_parallel_refusal(c, n); !why.empty()) return why;
+  if (n == 1) return {};
+  const int64_t units = c.ffn_dim / mlp_unit(m, layers);
+  if (units < n) {
+    return "tensor parallelism of " + std::to_string(n) + " exceeds the " + std::to_string(units) +
+           " blocks of the MLP";
+  }
+  const int64_t q = static_cast<int64_t>(c.n_heads / n) * c.head_dim;
+  for (int l : layers) {
+    const GgmlType t = m.weights.layers[l].wo.type;
+    if (q % ggml_block_size(t) != 0) {
+      return "tensor parallelism of " + std::to_string(n) + ": a shard's " + std::to_string(q) +
+             " columns of the attention output (layer " + std::to_string(l) + ") are not whole " +
+             ggml_type_name(t) + " blocks of " + std::to_string(ggml_block_size(t));
+    }
+  }
+  return {};
+}
+
 std::optional<LlamaConfig> read_llama_config(const std::string& path) {
   if (std::filesystem::is_directory(path)) return std::nullopt;
   return llama_config_from_gguf(*GgufFile::open(path));
@@ -186,15 +216,11 @@ void LlamaEngine::shard(Collective* tp) {
   }
   // MLP rows: whole blocks of the down projection's columns each (K-quants: 256), spread as
   // evenly as they go (Qwen2.5-1.5B's 35 blocks: 18 and 17).
-  int64_t unit = 1;
-  for (int l : layers_) {
-    unit = std::max(unit, ggml_block_size(model_->weights.layers[l].w_down.type));
+  if (const std::string why = tensor_parallel_refusal(*model_, layers_, n); !why.empty()) {
+    throw std::invalid_argument(why);
   }
+  const int64_t unit = mlp_unit(*model_, layers_);
   const int64_t units = c.ffn_dim / unit;
-  if (units < n) {
-    throw std::invalid_argument("tensor parallelism of " + std::to_string(n) + " exceeds the " +
-                                std::to_string(units) + " blocks of the MLP");
-  }
   const int f0 = static_cast<int>(units * r / n * unit);
   ffn_ = static_cast<int>(units * (r + 1) / n * unit) - f0;
   // The LM head's rows (the vocabulary) split evenly.

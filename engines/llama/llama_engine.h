@@ -59,6 +59,9 @@ std::shared_ptr<LlamaModel> load_llama_model(const std::string& path,
 // the attention heads, and divide the KV heads or be a multiple of them. The MLP's block count
 // is checked when the weights are there (LlamaEngine::shard).
 std::string tensor_parallel_refusal(const LlamaConfig& c, int n);
+// The same, and whole quantized blocks for each shard's columns of the kept `layers` (the MLP's
+// blocks, the attention output's columns), on a loaded model (a mapped GGUF: no weight read).
+std::string tensor_parallel_refusal(const LlamaModel& m, const std::vector<int>& layers, int n);
 // The config of the GGUF file at `path`, read from its header (no weights); nullopt for a
 // Hugging Face folder (checked when it loads). Throws ModelError for a malformed file.
 std::optional<LlamaConfig> read_llama_config(const std::string& path);

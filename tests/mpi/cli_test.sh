@@ -129,8 +129,14 @@ PY
   tp_bad_heads)
     # Refused before any model loads (read from the GGUF header), naming the numbers.
     make_model m.gguf
-    expect_error 5 "roles.target_tp = 3: tensor parallelism of 3 does not divide the 8 attention heads" \
+    expect_error 5 "roles.target_tp = 3: tensor parallelism of 3 does not divide the 8 attention heads \\(model '.*m.gguf'\\)" \
       run --config "$cfg" --set engine=llama --set model.path="$tmp/m.gguf" --set roles.target_tp=3 ;;
+  tp_bad_blocks)
+    # Heads that split, columns that do not: 8 shards of a Q8_0 model of 8 heads of 16 take 16
+    # columns each of the attention output, not whole blocks of 32; refused before the run.
+    make_model k.gguf --dim 128 --heads 8 --kv-heads 8
+    expect_error 9 "roles.target_tp = 8: tensor parallelism of 8: a shard's 16 columns of the attention output \\(layer 0\\) are not whole q8_0 blocks of 32" \
+      run --config "$cfg" --set engine=llama --set model.path="$tmp/k.gguf" --set roles.target_tp=8 --set mode=nonsi ;;
   tp_synthetic)
     expect_error 5 "roles.target_tp = 2 needs engine llama" run --config "$cfg" --set roles.target_tp=2 ;;
   tp_leader_hangs)

@@ -176,7 +176,11 @@ TEST(LlamaTensorParallel, RefusesDegreesThatDoNotDivideTheModel) {
   m->config.n_heads = 8;
   m->config.head_dim = 16;
   m->config.n_kv_heads = 8;
-  EXPECT_NE(error_of(m, 8).find("not whole blocks"), std::string::npos);
+  EXPECT_NE(
+      error_of(m, 8).find(
+          "a shard's 16 columns of the attention output (layer 0) are not whole q4_0 blocks of 32"),
+      std::string::npos)
+      << error_of(m, 8);
 }
 
 // Preemption as one: thousands of cancels raised on shard 0 alone at random moments (before,
