@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <exception>
 #include <utility>
@@ -105,11 +107,14 @@ void to_members(ControlChannel& group, const std::vector<uint8_t>& frame) {
   for (int r = 1; r < group.size(); ++r) group.send(r, frame, Traffic::kWork);
 }
 
+constexpr std::chrono::milliseconds kBuildPatience = std::chrono::minutes(10);
+
 // After a build: which shards failed, agreed over the group (each adds a 1 at its own rank).
 std::vector<int> failed_shards(Collective& coll, bool failed) {
   std::vector<float> flags(static_cast<size_t>(coll.size()), 0.f);
   flags[static_cast<size_t>(coll.rank())] = failed ? 1.f : 0.f;
-  coll.all_reduce_sum(flags);
+  // Shards may finish loading minutes apart (a cold page cache, many shards on one node).
+  (void)coll.all_reduce(flags, false, kBuildPatience);
   std::vector<int> out;
   for (int r = 0; r < coll.size(); ++r) {
     if (flags[static_cast<size_t>(r)] > 0) out.push_back(r);
@@ -129,7 +134,11 @@ bool agreed_recv_kv(Engine& e, Collective& coll, DataChannel* ch, const DataKey&
   } catch (const std::exception&) {
     ok = false;
   }
-  const bool all = !coll.all_reduce(std::span<float>(), !ok);
+  // A shard whose part never came gives up at the deadline: the others wait that long too.
+  const auto left =
+      std::max(std::chrono::milliseconds(0),
+               std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()));
+  const bool all = !coll.all_reduce(std::span<float>(), !ok, left);
   if (!all && e.kv_len() > begin) e.truncate(begin);
   return all;
 }
@@ -152,7 +161,14 @@ class GroupLeaderEngine final : public Engine {
  public:
   GroupLeaderEngine(std::unique_ptr<Engine> local, const GroupContext& ctx)
       : local_(std::move(local)), ctx_(ctx) {}
-  ~GroupLeaderEngine() override { to_members(*ctx_.ch, Out(Op::kDrop).b); }
+  ~GroupLeaderEngine() override {
+    try {
+      to_members(*ctx_.ch, Out(Op::kDrop).b);
+    } catch (const std::exception& e) {
+      fmt::print(stderr, "dsi: warning: {}: could not tell the members to drop their shards: {}\n",
+                 ctx_.name, e.what());
+    }
+  }
 
   Logits forward(std::span<const Token> tokens, int n_logits, const CancelFlag& cancel) override {
     hand_on_forward(tokens, n_logits);
@@ -362,6 +378,8 @@ void run_group_member(const GroupContext& ctx) {
             const DataKey key = in.key();
             const int begin = in.i32(), end = in.i32();
             if (!ctx.shard_data) throw ProtocolError("a KV handoff without a shard data channel");
+            // Transfers of earlier runs that were never imported will not be asked for.
+            ctx.shard_data->discard([&](const DataKey& k) { return is_kv(k) && k.run != key.run; });
             engine->send_kv(*ctx.shard_data, dst, key, begin, end);
           } else if (op == Op::kRecvKv) {
             const DataKey key = in.key();

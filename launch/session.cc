@@ -213,12 +213,33 @@ int session_body(const SessionOptions& common, const std::function<void(Session&
   const bool tp = s.cfg.tensor_parallel();
   std::vector<RankPlace> layout;
   try {
-    if (tp) {
-      layout = rank_layout(s.cfg, s.world);
-      check_tp_models(s.cfg);
-    }
+    if (tp) layout = rank_layout(s.cfg, s.world);  // the same verdict on every rank
   } catch (const ConfigError& e) {
     return fail(std::string(e.message()), 2);
+  }
+  if (tp) {
+    // Each rank reads the model's header itself: agree, so that a file one node cannot read
+    // fails every rank alike (the ranks that could not say why).
+    std::string why;
+    try {
+      check_tp_models(s.cfg);
+      if (common.fault_rank >= 0 && common.fault == "kv_corrupt") {
+        throw ConfigError("--fault kv_corrupt is for single-rank targets (roles.target_tp = 1)");
+      }
+    } catch (const ConfigError& e) {
+      why = e.message();
+    }
+    int ok = why.empty() ? 1 : 0, all = 0;
+    mpi_check(MPI_Allreduce(&ok, &all, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD), "MPI_Allreduce");
+    int root_ok = ok;  // rank 0 prints its own reason; the others only when it has none
+    mpi_check(MPI_Bcast(&root_ok, 1, MPI_INT, 0, MPI_COMM_WORLD), "MPI_Bcast");
+    if (!all) {
+      if (!why.empty() && s.rank != 0 && root_ok) {
+        fmt::print(stderr, "dsi: error: {}: {}\n", process_identity(), why);
+      }
+      return fail(why.empty() ? "another rank could not check the model (its error is above)" : why,
+                  2);
+    }
   }
   const RankPlace me = tp ? layout[static_cast<size_t>(s.rank)] : RankPlace{};
   const Comms comms = split_world(me, tp);
@@ -292,7 +313,7 @@ int session_body(const SessionOptions& common, const std::function<void(Session&
     WorkerOptions unused;
     if (s.rank == common.fault_rank) {
       faulty = apply_fault(common.fault, common.fault_after_ms, *group_ch, unused);
-      group.ch = faulty.get();
+      if (faulty) group.ch = faulty.get();
     }
     run_group_member(group);
     shard_data.reset();

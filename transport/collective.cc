@@ -28,9 +28,10 @@ class LoopbackCollective final : public Collective {
   int rank() const override { return rank_; }
   int size() const override { return s_.size; }
 
-  bool all_reduce(std::span<float> data, bool stop) override {
+  bool all_reduce(std::span<float> data, bool stop, std::chrono::milliseconds longer) override {
     std::unique_lock lk(s_.mu);
-    const auto deadline = std::chrono::steady_clock::now() + s_.timeout;
+    waited_ = s_.timeout + longer;
+    const auto deadline = std::chrono::steady_clock::now() + waited_;
     // The previous all-reduce's result must be taken by every rank before this one starts.
     if (!s_.cv.wait_until(lk, deadline, [&] { return s_.left == 0; })) timeout("finish");
     const uint64_t gen = s_.generation;
@@ -60,10 +61,11 @@ class LoopbackCollective final : public Collective {
  private:
   [[noreturn]] void timeout(const char* what) {
     throw CollectiveTimeout("all-reduce: rank " + std::to_string(rank_) + " of " +
-                            std::to_string(s_.size) + " waited " +
-                            std::to_string(s_.timeout.count()) + " ms for its peers to " + what);
+                            std::to_string(s_.size) + " waited " + std::to_string(waited_.count()) +
+                            " ms for its peers to " + what);
   }
   LoopbackCollectiveHub::State& s_;
+  std::chrono::milliseconds waited_{0};
   int rank_;
 };
 

@@ -27,8 +27,10 @@ class Collective {
   // returns whether any rank passed stop = true: the agreement by which a group stops as one
   // (a cancel that reached one rank stops every rank at the same collective). Every rank
   // passes the same length. Throws CollectiveTimeout when a peer has not joined within the
-  // group's timeout.
-  virtual bool all_reduce(std::span<float> data, bool stop) = 0;
+  // group's timeout, plus `longer` (a wait that may legitimately take more, such as every
+  // shard building its engine).
+  virtual bool all_reduce(std::span<float> data, bool stop,
+                          std::chrono::milliseconds longer = std::chrono::milliseconds(0)) = 0;
   void all_reduce_sum(std::span<float> data) { (void)all_reduce(data, false); }
 };
 

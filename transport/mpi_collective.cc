@@ -17,7 +17,8 @@ class MpiCollective final : public Collective {
   int rank() const override { return rank_; }
   int size() const override { return size_; }
 
-  bool all_reduce(std::span<float> data, bool stop) override {
+  bool all_reduce(std::span<float> data, bool stop, std::chrono::milliseconds longer) override {
+    const double wait_s = timeout_s_ + std::chrono::duration<double>(longer).count();
     // The stop flag rides as one more element.
     const int n = static_cast<int>(data.size()), m = n + 1;
     mine_.assign(data.begin(), data.end());
@@ -27,13 +28,13 @@ class MpiCollective final : public Collective {
     MPI_Iallgather(mine_.data(), m, MPI_FLOAT, gathered_.data(), m, MPI_FLOAT, comm_, &req);
     const auto deadline = std::chrono::steady_clock::now() +
                           std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-                              std::chrono::duration<double>(timeout_s_));
+                              std::chrono::duration<double>(wait_s));
     for (int done = 0;;) {
       MPI_Test(&req, &done, MPI_STATUS_IGNORE);
       if (done) break;
       if (std::chrono::steady_clock::now() > deadline) {
         throw CollectiveTimeout("all-reduce: rank " + std::to_string(rank_) + " of " +
-                                std::to_string(size_) + " waited " + std::to_string(timeout_s_) +
+                                std::to_string(size_) + " waited " + std::to_string(wait_s) +
                                 " s for its peers");
       }
       std::this_thread::yield();
